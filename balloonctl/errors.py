@@ -1,0 +1,166 @@
+"""One error tree for balloonctl.
+
+Third-party failures (qemu.qmp, OSError, asyncio timeouts, JSON) are translated into this
+tree exactly once, at the boundary where they happen (``qmp.py`` for QMP, ``agent.py`` for
+the guest agent). ``asyncio.CancelledError`` is never wrapped.
+
+    BalloonError                      anything balloonctl raises on purpose
+    ├── UsageError                    the caller asked for something malformed
+    │   ├── SizeError                 a size, percentage or duration that does not parse
+    │   └── UnknownVM                 no VM of that name in the inventory
+    ├── UnsafeTarget                  a target refused before it was sent (above RAM, below floor)
+    ├── ConnectFailed                 the QMP/QGA socket cannot be reached (missing, refused)
+    │   └── SocketBusy                connected, but no greeting: another client holds the socket
+    ├── Disconnected                  the peer went away (mid-command, or VM shut down)
+    ├── QMPTimeout                    a reply did not arrive in time
+    ├── QMPCommandError               QEMU answered a command with an error (keeps sent/received)
+    │   └── NoBalloonDevice           the VM has no virtio-balloon device (DeviceNotActive)
+    ├── DriverNotReady                the guest has not loaded virtio_balloon (no stats, no movement)
+    ├── WaitTimeout                   the balloon did not reach its target in time
+    │   └── StuckBalloon              ``actual`` stopped moving short of the target
+    ├── HintUnsupported               no way to honour the cache-first hint on this VM
+    └── AgentError                    the guest agent failed or is unreachable
+        └── AgentExecBlocked          the guest agent refuses guest-exec
+
+Every error's ``str()`` is one line meant for an operator; ``vm`` names the VM when known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AgentError",
+    "AgentExecBlocked",
+    "BalloonError",
+    "ConnectFailed",
+    "Disconnected",
+    "DriverNotReady",
+    "HintUnsupported",
+    "NoBalloonDevice",
+    "QMPCommandError",
+    "QMPTimeout",
+    "SizeError",
+    "SocketBusy",
+    "StuckBalloon",
+    "UnknownVM",
+    "UnsafeTarget",
+    "UsageError",
+    "WaitTimeout",
+]
+
+
+class BalloonError(Exception):
+    """Base of every error balloonctl raises on purpose."""
+
+    def __init__(self, message: str, *, vm: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.vm = vm
+
+    def __str__(self) -> str:
+        if self.vm:
+            return f"{self.vm}: {self.message}"
+        return self.message
+
+    def with_vm(self, vm: str) -> BalloonError:
+        """Name the VM this error is about (returns self)."""
+        if self.vm is None:
+            self.vm = vm
+        return self
+
+
+class UsageError(BalloonError):
+    """The caller asked for something malformed."""
+
+
+class SizeError(UsageError):
+    """A size, percentage or duration that does not parse."""
+
+
+class UnknownVM(UsageError):
+    """No VM by that name in the inventory."""
+
+
+class UnsafeTarget(BalloonError):
+    """A balloon target refused before it was sent to QEMU."""
+
+    def __init__(
+        self, message: str, *, vm: str | None = None, target: int | None = None
+    ) -> None:
+        super().__init__(message, vm=vm)
+        self.target = target
+
+
+class ConnectFailed(BalloonError):
+    """The QMP or guest-agent socket cannot be reached."""
+
+
+class SocketBusy(ConnectFailed):
+    """Connected, but QEMU sent no greeting: another QMP client holds the socket."""
+
+
+class Disconnected(BalloonError):
+    """The peer went away (mid-command, or the VM shut down)."""
+
+
+class QMPTimeout(BalloonError):
+    """A QMP reply did not arrive in time."""
+
+
+class QMPCommandError(BalloonError):
+    """QEMU answered a command with an error.
+
+    ``error_class`` is QEMU's class (``GenericError``, ``DeviceNotFound``...), ``sent`` the
+    command as sent and ``received`` the reply.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        vm: str | None = None,
+        error_class: str = "GenericError",
+        sent: Any = None,
+        received: Any = None,
+    ) -> None:
+        super().__init__(message, vm=vm)
+        self.error_class = error_class
+        self.sent = sent
+        self.received = received
+
+
+class NoBalloonDevice(QMPCommandError):
+    """The VM has no virtio-balloon device."""
+
+
+class DriverNotReady(BalloonError):
+    """The guest has not loaded the virtio_balloon driver."""
+
+
+class WaitTimeout(BalloonError):
+    """The balloon did not reach its target in time."""
+
+    def __init__(
+        self, message: str, *, vm: str | None = None, actual: int | None = None,
+        target: int | None = None,
+    ) -> None:
+        super().__init__(message, vm=vm)
+        self.actual = actual
+        self.target = target
+
+
+class StuckBalloon(WaitTimeout):
+    """``actual`` stopped moving short of the target."""
+
+
+class HintUnsupported(BalloonError):
+    """The cache-first hint cannot be honoured on this VM."""
+
+
+class AgentError(BalloonError):
+    """The guest agent failed or is unreachable."""
+
+
+class AgentExecBlocked(AgentError):
+    """The guest agent refuses guest-exec (blocked by its configuration)."""

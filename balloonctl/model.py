@@ -1,0 +1,367 @@
+"""The one model of a VM's balloon state, shared by the CLI, the dashboard and HTTP.
+
+All sizes are ``int`` bytes. ``BalloonState.to_json()`` keys are API: scripts parse them.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from balloonctl.errors import UnsafeTarget
+from balloonctl.units import MiB, format_size
+
+__all__ = [
+    "HARD_MINIMUM",
+    "JSON_KEYS",
+    "STAT_NOT_REPORTED",
+    "BalloonState",
+    "DeviceFeatures",
+    "GuestStats",
+    "HintMode",
+    "HintState",
+    "VmRef",
+    "VmStatus",
+    "default_floor",
+    "validate_target",
+]
+
+# QEMU reports a stat the guest never sent as u64 -1.
+STAT_NOT_REPORTED = 2**64 - 1
+
+# Even a forced target never goes below this: a Linux guest squeezed further thrashes or
+# OOM-kills its own init.
+HARD_MINIMUM = 128 * MiB
+
+# How far from the target ``actual`` may sit and still count as converged. The guest moves
+# in 1 MiB steps (4 KiB pages batched by the driver) and may stop a few pages short.
+CONVERGED_TOLERANCE = 2 * MiB
+
+
+def default_floor(guest_ram: int) -> int:
+    """The default safe floor: the larger of 256 MiB and 10% of guest RAM."""
+    return max(256 * MiB, guest_ram // 10)
+
+
+def validate_target(
+    target: int,
+    *,
+    guest_ram: int,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    force: bool = False,
+    vm: str | None = None,
+) -> int:
+    """Check a resolved target against the VM's limits before it is sent to QEMU.
+
+    QEMU silently clamps targets above guest RAM, so balloonctl refuses them itself.
+    ``minimum`` is the VM's configured floor (``default_floor`` when ``None``); ``force``
+    allows going below it but never below ``HARD_MINIMUM``. ``maximum`` caps the target
+    below guest RAM when configured.
+
+    Raises:
+        UnsafeTarget: the target is above guest RAM or the VM's maximum, below the floor
+            without ``force``, or below the hard minimum.
+    """
+    ceiling = guest_ram if maximum is None else min(maximum, guest_ram)
+    floor = default_floor(guest_ram) if minimum is None else minimum
+    if target > ceiling:
+        what = "guest RAM" if ceiling == guest_ram else "the VM's maximum"
+        raise UnsafeTarget(
+            f"target {format_size(target)} is above {what} ({format_size(ceiling)})",
+            vm=vm, target=target,
+        )
+    if target < HARD_MINIMUM:
+        raise UnsafeTarget(
+            f"target {format_size(target)} is below the hard minimum "
+            f"{format_size(HARD_MINIMUM)}, even with --force",
+            vm=vm, target=target,
+        )
+    if target < floor and not force:
+        raise UnsafeTarget(
+            f"target {format_size(target)} is below the safe floor {format_size(floor)} "
+            "(use --force to go lower)",
+            vm=vm, target=target,
+        )
+    return target
+
+
+class HintMode(enum.StrEnum):
+    """How the cache-first hint is honoured on a VM."""
+
+    DEVICE = "device"  # the balloon device has a bool QOM property 'reclaim-cache-first'
+    AGENT = "agent"  # stock QEMU: the guest agent drops clean page cache before inflating
+    UNSUPPORTED = "unsupported"  # neither
+    UNKNOWN = "unknown"  # not probed yet (or the VM is unreachable)
+
+
+class VmStatus(enum.StrEnum):
+    """One word for a VM's condition, as the dashboard and ``status`` show it."""
+
+    OK = "ok"
+    CONVERGING = "converging"
+    STALE = "stale"  # stats polling is on but the guest stopped reporting
+    NO_DRIVER = "no-driver"  # balloon device present, guest driver not loaded
+    NO_DEVICE = "no-device"
+    BUSY = "busy"  # another QMP client holds the socket
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class VmRef:
+    """A VM as the inventory knows it."""
+
+    name: str
+    qmp: str  # unix socket path, or "host:port"
+    qga: str | None = None  # guest-agent socket path
+    minimum: int | None = None  # safe floor; default_floor(guest_ram) when None
+    maximum: int | None = None
+    shares: int = 1000
+    hint: bool | None = None  # preferred cache-first hint state, None = leave as is
+    source: str = "cli"  # where this VM came from: cli, dir, config, proxmox
+
+
+_STAT_FIELDS = {
+    "stat-swap-in": "swap_in",
+    "stat-swap-out": "swap_out",
+    "stat-major-faults": "major_faults",
+    "stat-minor-faults": "minor_faults",
+    "stat-free-memory": "free_memory",
+    "stat-total-memory": "total_memory",
+    "stat-available-memory": "available_memory",
+    "stat-disk-caches": "disk_caches",
+    "stat-htlb-pgalloc": "htlb_pgalloc",
+    "stat-htlb-pgfail": "htlb_pgfail",
+}
+
+
+def _stat(value: Any) -> int | None:
+    if not isinstance(value, int) or value == STAT_NOT_REPORTED or value < 0:
+        return None
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class GuestStats:
+    """The balloon device's ``guest-stats`` QOM property. ``None`` means not reported.
+
+    Memory values are bytes, faults and swap are counts (pages). ``last_update`` is host
+    wall-clock whole seconds; 0 means the guest driver never reported.
+    """
+
+    last_update: int = 0
+    swap_in: int | None = None
+    swap_out: int | None = None
+    major_faults: int | None = None
+    minor_faults: int | None = None
+    free_memory: int | None = None
+    total_memory: int | None = None
+    available_memory: int | None = None
+    disk_caches: int | None = None
+    htlb_pgalloc: int | None = None
+    htlb_pgfail: int | None = None
+    extra: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_qom(cls, value: Mapping[str, Any]) -> GuestStats:
+        """Build from ``qom-get guest-stats``; unknown (newer QEMU) stats land in ``extra``."""
+        stats = value.get("stats", {}) or {}
+        known: dict[str, int | None] = {}
+        extra: dict[str, int] = {}
+        for key, raw in stats.items():
+            name = _STAT_FIELDS.get(key)
+            if name is not None:
+                known[name] = _stat(raw)
+            else:
+                v = _stat(raw)
+                if v is not None:
+                    extra[key] = v
+        last = value.get("last-update", 0)
+        return cls(last_update=last if isinstance(last, int) else 0, extra=extra, **known)
+
+    @property
+    def reported(self) -> bool:
+        """True once the guest driver has pushed at least one sample."""
+        return self.last_update != 0
+
+    def age(self, now: float | None = None) -> float | None:
+        """Seconds since the guest last reported, or None if it never did."""
+        if not self.reported:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.last_update)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFeatures:
+    """Fixed properties of the balloon device (set at QEMU start, read with qom-get)."""
+
+    deflate_on_oom: bool | None = None
+    free_page_reporting: bool | None = None
+    free_page_hint: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HintState:
+    """The cache-first hint, reported honestly.
+
+    ``released`` is how much page cache the last agent-mode drop released (bytes), when known.
+    """
+
+    mode: HintMode = HintMode.UNKNOWN
+    enabled: bool = False
+    detail: str = ""
+    released: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BalloonState:
+    """One snapshot of one VM's balloon. ``error`` is set when the VM could not be read."""
+
+    name: str
+    qmp: str
+    reachable: bool = False
+    error: str | None = None
+    error_kind: str | None = None  # the BalloonError class name, e.g. "SocketBusy"
+    actual: int | None = None
+    guest_ram: int | None = None
+    target: int | None = None  # last target balloonctl set, if known
+    floor: int | None = None  # the safe floor that applies to this VM
+    stats: GuestStats | None = None
+    polling_interval: int | None = None
+    has_device: bool = True
+    features: DeviceFeatures = field(default_factory=DeviceFeatures)
+    hint: HintState = field(default_factory=HintState)
+    taken_at: float = field(default_factory=time.time)
+
+    @property
+    def driver_ready(self) -> bool:
+        return self.stats is not None and self.stats.reported
+
+    @property
+    def stats_age(self) -> float | None:
+        return None if self.stats is None else self.stats.age(self.taken_at)
+
+    @property
+    def ballooned(self) -> int | None:
+        """Memory held by the balloon (guest RAM minus actual)."""
+        if self.guest_ram is None or self.actual is None:
+            return None
+        return max(0, self.guest_ram - self.actual)
+
+    @property
+    def stale(self) -> bool:
+        """Polling is on but the guest's last report is older than three intervals."""
+        age = self.stats_age
+        if not self.polling_interval or age is None:
+            return False
+        return age > 3 * self.polling_interval + 2
+
+    @property
+    def converging(self) -> bool:
+        if self.target is None or self.actual is None:
+            return False
+        return abs(self.actual - self.target) > CONVERGED_TOLERANCE
+
+    @property
+    def status(self) -> VmStatus:
+        if not self.reachable:
+            return VmStatus.BUSY if self.error_kind == "SocketBusy" else VmStatus.UNREACHABLE
+        if not self.has_device:
+            return VmStatus.NO_DEVICE
+        if not self.driver_ready:
+            return VmStatus.NO_DRIVER
+        if self.converging:
+            return VmStatus.CONVERGING
+        if self.stale:
+            return VmStatus.STALE
+        return VmStatus.OK
+
+    def with_changes(self, **changes: Any) -> BalloonState:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """A flat dict with stable keys (``JSON_KEYS``), bytes as ints, ``None`` as null."""
+        s = self.stats or GuestStats()
+        age = self.stats_age
+        return {
+            "name": self.name,
+            "qmp": self.qmp,
+            "status": self.status.value,
+            "reachable": self.reachable,
+            "error": self.error,
+            "error_kind": self.error_kind,
+            "actual": self.actual,
+            "guest_ram": self.guest_ram,
+            "ballooned": self.ballooned,
+            "target": self.target,
+            "floor": self.floor,
+            "free_memory": s.free_memory,
+            "disk_caches": s.disk_caches,
+            "available_memory": s.available_memory,
+            "total_memory": s.total_memory,
+            "swap_in": s.swap_in,
+            "swap_out": s.swap_out,
+            "major_faults": s.major_faults,
+            "minor_faults": s.minor_faults,
+            "last_update": s.last_update if self.stats is not None else None,
+            "stats_age": None if age is None else round(age, 1),
+            "driver_ready": self.driver_ready,
+            "polling_interval": self.polling_interval,
+            "deflate_on_oom": self.features.deflate_on_oom,
+            "free_page_reporting": self.features.free_page_reporting,
+            "free_page_hint": self.features.free_page_hint,
+            "hint_mode": self.hint.mode.value,
+            "hint_enabled": self.hint.enabled,
+            "hint_detail": self.hint.detail,
+            "hint_released": self.hint.released,
+            "taken_at": round(self.taken_at, 3),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BalloonState:
+        """Inverse of ``to_json`` (used by the HTTP client)."""
+        stats = None
+        if data.get("last_update") is not None:
+            stats = GuestStats(
+                last_update=int(data["last_update"]),
+                swap_in=data.get("swap_in"),
+                swap_out=data.get("swap_out"),
+                major_faults=data.get("major_faults"),
+                minor_faults=data.get("minor_faults"),
+                free_memory=data.get("free_memory"),
+                total_memory=data.get("total_memory"),
+                available_memory=data.get("available_memory"),
+                disk_caches=data.get("disk_caches"),
+            )
+        return cls(
+            name=data["name"],
+            qmp=data["qmp"],
+            reachable=bool(data.get("reachable")),
+            error=data.get("error"),
+            error_kind=data.get("error_kind"),
+            actual=data.get("actual"),
+            guest_ram=data.get("guest_ram"),
+            target=data.get("target"),
+            floor=data.get("floor"),
+            stats=stats,
+            polling_interval=data.get("polling_interval"),
+            has_device=data.get("status") != VmStatus.NO_DEVICE.value,
+            features=DeviceFeatures(
+                deflate_on_oom=data.get("deflate_on_oom"),
+                free_page_reporting=data.get("free_page_reporting"),
+                free_page_hint=data.get("free_page_hint"),
+            ),
+            hint=HintState(
+                mode=HintMode(data.get("hint_mode", "unknown")),
+                enabled=bool(data.get("hint_enabled")),
+                detail=data.get("hint_detail") or "",
+                released=data.get("hint_released"),
+            ),
+            taken_at=float(data.get("taken_at", time.time())),
+        )
+
+
+JSON_KEYS: tuple[str, ...] = tuple(BalloonState(name="", qmp="").to_json())

@@ -1,0 +1,208 @@
+"""Sizes and durations: the only place where strings become bytes and bytes become strings.
+
+Everything else in balloonctl passes sizes around as ``int`` bytes.
+
+Suffixes follow QEMU and virsh: ``K``/``M``/``G``/``T`` and ``KiB``/``MiB``/``GiB``/``TiB``
+are powers of 1024, ``KB``/``MB``/``GB``/``TB`` are powers of 1000, ``B`` or no suffix means
+bytes. Case is ignored (``512m`` == ``512M``).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from balloonctl.errors import SizeError
+
+__all__ = [
+    "GiB",
+    "KiB",
+    "MiB",
+    "SizeKind",
+    "TargetSpec",
+    "TiB",
+    "format_duration",
+    "format_size",
+    "parse_duration",
+    "parse_size",
+    "parse_target",
+]
+
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+TiB = 1024**4
+
+# Larger sizes than this cannot be a guest's memory and would overflow QEMU's int64 'value'.
+_MAX_BYTES = 2**63 - 1
+
+_MULTIPLIERS: dict[str, int] = {
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "m": MiB,
+    "g": GiB,
+    "t": TiB,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": TiB,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+}
+
+_SIZE_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)$")
+_PERCENT_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%$")
+_DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|)$")
+_DURATION_UNITS = {"ms": Fraction(1, 1000), "": Fraction(1), "s": Fraction(1), "m": 60, "h": 3600}
+
+
+def _explain(text: str) -> str:
+    return (
+        f"invalid size {text!r}: expected a positive number with an optional unit "
+        "(e.g. 1073741824, 512M, 512MiB, 1.5G, 2GB)"
+    )
+
+
+def parse_size(text: str) -> int:
+    """Parse an absolute, positive size such as ``512M``, ``1.5G`` or ``2GB`` into bytes.
+
+    Fractions of a byte are rounded down.
+
+    Raises:
+        SizeError: the text is not a size, is zero, is negative or is absurdly large.
+    """
+    raw = text
+    text = text.strip()
+    m = _SIZE_RE.match(text)
+    if m is None:
+        raise SizeError(_explain(raw))
+    unit = m.group("unit").lower()
+    if unit not in _MULTIPLIERS:
+        raise SizeError(f"invalid size {raw!r}: unknown unit {m.group('unit')!r} "
+                        "(use B, K, M, G, T, KiB..TiB or KB..TB)")
+    value = int(Fraction(m.group("num")) * _MULTIPLIERS[unit])
+    if value <= 0:
+        raise SizeError(f"invalid size {raw!r}: must be greater than zero")
+    if value > _MAX_BYTES:
+        raise SizeError(f"invalid size {raw!r}: too large")
+    return value
+
+
+class SizeKind(enum.StrEnum):
+    ABSOLUTE = "absolute"
+    PERCENT = "percent"
+    RELATIVE = "relative"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """A balloon target as the user wrote it, before it is resolved for one VM.
+
+    ``value`` is bytes for ABSOLUTE, a signed byte delta for RELATIVE, and a
+    percentage (as an exact Fraction) of guest RAM for PERCENT.
+    """
+
+    kind: SizeKind
+    value: int | Fraction
+    text: str
+
+    def resolve(self, *, guest_ram: int, current: int) -> int:
+        """Turn this spec into absolute target bytes for a VM.
+
+        ``current`` is the VM's current target (or ``actual`` when no target was set).
+
+        Raises:
+            SizeError: a relative change would go to zero or below.
+        """
+        if self.kind is SizeKind.ABSOLUTE:
+            return int(self.value)
+        if self.kind is SizeKind.PERCENT:
+            return int(Fraction(self.value) * guest_ram / 100)
+        result = current + int(self.value)
+        if result <= 0:
+            raise SizeError(
+                f"target {self.text!r} from {format_size(current)} would be "
+                f"{'zero' if result == 0 else 'negative'}"
+            )
+        return result
+
+
+def parse_target(text: str) -> TargetSpec:
+    """Parse a balloon target: absolute (``1G``), percent of guest RAM (``75%``),
+    or relative to the current target (``+256M`` / ``-256M``).
+
+    Raises:
+        SizeError: the text is none of these.
+    """
+    stripped = text.strip()
+    if stripped.startswith(("+", "-")):
+        sign = -1 if stripped[0] == "-" else 1
+        delta = parse_size(stripped[1:])
+        return TargetSpec(SizeKind.RELATIVE, sign * delta, stripped)
+    m = _PERCENT_RE.match(stripped)
+    if m is not None:
+        pct = Fraction(m.group("num"))
+        if not 0 < pct <= 100:
+            raise SizeError(f"invalid size {text!r}: a percentage must be above 0 and at most 100")
+        return TargetSpec(SizeKind.PERCENT, pct, stripped)
+    if stripped.endswith("%"):
+        raise SizeError(f"invalid size {text!r}: expected a percentage such as 75%")
+    return TargetSpec(SizeKind.ABSOLUTE, parse_size(stripped), stripped)
+
+
+def format_size(n: int | None, *, compact: bool = False) -> str:
+    """Format bytes for humans with binary units: ``1.5 GiB``, ``512 MiB``, ``0 B``.
+
+    ``compact`` gives the short form used in tables: ``1.5G``, ``512M``. ``None`` gives ``-``.
+    """
+    if n is None:
+        return "-"
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    value = float(n)
+    idx = 0
+    while value >= 1024 and idx < len(units) - 1:
+        value /= 1024
+        idx += 1
+    if idx == 0:
+        text = f"{n}"
+    elif value >= 100 or value == int(value):
+        text = f"{value:.0f}"
+    else:
+        text = f"{value:.1f}".rstrip("0").rstrip(".")
+    if compact:
+        return f"{sign}{text}{units[idx][0] if idx else 'B'}"
+    return f"{sign}{text} {units[idx]}"
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``60s``, ``2m``, ``1h``, ``250ms`` or a bare number of seconds.
+
+    Raises:
+        SizeError: not a positive duration.
+    """
+    m = _DURATION_RE.match(text.strip().lower())
+    if m is None:
+        raise SizeError(f"invalid duration {text!r}: expected e.g. 30s, 2m, 1h, 500ms")
+    seconds = Fraction(m.group("num")) * _DURATION_UNITS[m.group("unit")]
+    if seconds <= 0:
+        raise SizeError(f"invalid duration {text!r}: must be greater than zero")
+    return float(seconds)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``3s``, ``2m05s``, ``1h02m``; ``None`` gives ``-``."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
