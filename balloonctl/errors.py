@@ -15,7 +15,7 @@ the guest agent). ``asyncio.CancelledError`` is never wrapped.
     ├── QMPTimeout                    a reply did not arrive in time
     ├── QMPCommandError               QEMU answered a command with an error (keeps sent/received)
     │   └── NoBalloonDevice           the VM has no virtio-balloon device (DeviceNotActive)
-    ├── DriverNotReady                the guest has not loaded virtio_balloon (no stats, no movement)
+    ├── DriverNotReady                the guest has not loaded virtio_balloon (no stats)
     ├── WaitTimeout                   the balloon did not reach its target in time
     │   └── StuckBalloon              ``actual`` stopped moving short of the target
     ├── HintUnsupported               no way to honour the cache-first hint on this VM

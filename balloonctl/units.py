@@ -58,7 +58,13 @@ _MULTIPLIERS: dict[str, int] = {
 _SIZE_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)$")
 _PERCENT_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%$")
 _DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|)$")
-_DURATION_UNITS = {"ms": Fraction(1, 1000), "": Fraction(1), "s": Fraction(1), "m": 60, "h": 3600}
+_DURATION_UNITS: dict[str, Fraction] = {
+    "ms": Fraction(1, 1000),
+    "": Fraction(1),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+}
 
 
 def _explain(text: str) -> str:
@@ -200,7 +206,7 @@ def format_duration(seconds: float | None) -> str:
     """``3s``, ``2m05s``, ``1h02m``; ``None`` gives ``-``."""
     if seconds is None:
         return "-"
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:
