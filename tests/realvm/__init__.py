@@ -1,0 +1,1 @@
+"""End-to-end tests against real QEMU VMs with a real Linux guest (see scripts/build-guest)."""
