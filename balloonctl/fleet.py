@@ -1,0 +1,329 @@
+"""Many VMs at once: concurrency, per-VM failures, reconnects, and a stream of states.
+
+``DataSource`` is what the dashboard and the HTTP server talk to; ``Fleet`` implements it
+over QMP.
+
+A QEMU QMP socket serves one client at a time: a second client's connection is accepted
+but gets no greeting until the first one leaves. So ``Fleet`` is polite by default
+(``hold=False``): every operation opens the VM's socket, does its work and closes it, and
+other tools (virsh, libvirt, scripts, another balloonctl) get their turn between polls.
+``hold=True`` keeps one connection per VM (reconnecting with capped exponential backoff,
+re-reading the full state after each reconnect) and receives QMP events; use it only when
+balloonctl is meant to own the VMs' QMP sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol, TypeVar
+
+from balloonctl.errors import BalloonError, UnknownVM
+from balloonctl.model import BalloonState, HintState, VmRef
+from balloonctl.qmp import BalloonClient, BalloonEvent, Trace
+from balloonctl.store import MemoryStore, Store
+from balloonctl.units import TargetSpec
+
+__all__ = ["CONNECTED", "DISCONNECTED", "Backoff", "DataSource", "Fleet"]
+
+T = TypeVar("T")
+
+# Events balloonctl itself emits in hold mode (QEMU's are upper-case too; these are not
+# QEMU event names). CONNECTED carries the freshly queried state under "state".
+CONNECTED: Final = "BALLOONCTL_CONNECTED"
+DISCONNECTED: Final = "BALLOONCTL_DISCONNECTED"
+
+EVENT_QUEUE: Final = 1024
+
+
+class DataSource(Protocol):
+    """What the dashboard (and the HTTP server) need from a set of VMs."""
+
+    @property
+    def names(self) -> Sequence[str]: ...
+
+    async def snapshot(self) -> list[BalloonState]: ...
+
+    async def set_target(self, name: str, spec: TargetSpec, *, force: bool = False) -> int: ...
+
+    async def set_hint(self, name: str, on: bool) -> HintState: ...
+
+    async def enable_stats(self, name: str, interval: int) -> None: ...
+
+    def events(self) -> AsyncIterator[tuple[str, BalloonEvent]]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential backoff between reconnect attempts to one VM."""
+
+    initial: float = 0.5
+    cap: float = 30.0
+    delay: float = 0.0
+    not_before: float = 0.0  # loop time before which no attempt is made
+
+    def failed(self, now: float) -> None:
+        self.delay = self.initial if self.delay == 0 else min(self.cap, self.delay * 2)
+        self.not_before = now + self.delay
+
+    def succeeded(self) -> None:
+        self.delay = 0.0
+        self.not_before = 0.0
+
+    def wait(self, now: float) -> float:
+        return max(0.0, self.not_before - now)
+
+
+class Fleet(DataSource):
+    """A set of VMs, reached over QMP. See the module docstring for ``hold``.
+
+    ``concurrency`` bounds how many VMs are worked on at once; a slow VM is bounded by
+    ``connect_timeout`` and ``command_timeout`` (and ``run_each``'s ``limit``).
+    """
+
+    def __init__(self, refs: Sequence[VmRef], *, store: Store | None = None,
+                 hold: bool = False, connect_timeout: float = 3.0,
+                 command_timeout: float = 10.0, concurrency: int = 32,
+                 trace: Trace | None = None) -> None:
+        self.refs: dict[str, VmRef] = {}
+        for ref in refs:
+            if ref.name in self.refs:
+                raise UnknownVM(f"two VMs named {ref.name!r} in the inventory")
+            self.refs[ref.name] = ref
+        self.store: Store = store if store is not None else MemoryStore()
+        self.hold = hold
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.concurrency = concurrency
+        self.trace = trace
+        self._sem = asyncio.Semaphore(concurrency)
+        self._clients: dict[str, BalloonClient] = {}  # hold mode only
+        self._backoff: dict[str, Backoff] = {name: Backoff() for name in self.refs}
+        self._last: dict[str, BalloonState] = {}
+        self._queue: asyncio.Queue[tuple[str, BalloonEvent]] = asyncio.Queue(EVENT_QUEUE)
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self.events_dropped = 0
+        self._closed = False
+
+    @property
+    def names(self) -> Sequence[str]:
+        return list(self.refs)
+
+    def client(self, name: str) -> BalloonClient:
+        """A new (unconnected) client for one VM, sharing the fleet's store and settings.
+
+        Raises:
+            UnknownVM: no VM by that name.
+        """
+        return BalloonClient.from_ref(self._ref(name), store=self.store,
+                                      connect_timeout=self.connect_timeout,
+                                      command_timeout=self.command_timeout, trace=self.trace)
+
+    def _ref(self, name: str) -> VmRef:
+        try:
+            return self.refs[name]
+        except KeyError:
+            known = ", ".join(self.refs) or "none"
+            raise UnknownVM(f"no VM named {name!r} (known: {known})") from None
+
+    @contextlib.asynccontextmanager
+    async def _session(self, name: str) -> AsyncIterator[BalloonClient]:
+        if not self.hold:
+            client = self.client(name)
+            try:
+                yield client
+            finally:
+                await client.close()
+            return
+        held = self._clients.get(name)
+        if held is None:
+            held = self._clients[name] = self.client(name)
+        yield held
+
+    async def _run_one(self, name: str, fn: Callable[[BalloonClient], Awaitable[T]],
+                       limit: float | None) -> T:
+        async with self._sem, self._session(name) as client:
+            if limit is None:
+                return await fn(client)
+            try:
+                async with asyncio.timeout(limit):
+                    return await fn(client)
+            except TimeoutError:
+                raise BalloonError(f"gave up after {limit:g}s", vm=name) from None
+
+    async def run_each(self, names: Iterable[str] | None,
+                       fn: Callable[[BalloonClient], Awaitable[T]], *,
+                       limit: float | None = None) -> dict[str, T | BalloonError]:
+        """Run ``fn(client)`` on each VM concurrently (at most ``concurrency`` at once).
+
+        Returns each VM's result or its ``BalloonError`` (named with ``vm``), in the order
+        of ``names`` (all VMs when None). One VM failing never stops the others;
+        ``limit`` (seconds) bounds each VM's whole call.
+
+        Raises:
+            UnknownVM: a name is not in the inventory (checked before anything runs).
+        """
+        chosen = list(self.refs) if names is None else list(names)
+        for name in chosen:
+            self._ref(name)
+
+        async def guarded(name: str) -> T | BalloonError:
+            try:
+                return await self._run_one(name, fn, limit)
+            except BalloonError as exc:
+                return exc.with_vm(name)
+
+        results = await asyncio.gather(*(guarded(name) for name in chosen))
+        return dict(zip(chosen, results, strict=True))
+
+    async def _one(self, name: str, fn: Callable[[BalloonClient], Awaitable[T]]) -> T:
+        self._ref(name)
+        try:
+            return await self._run_one(name, fn, None)
+        except BalloonError as exc:
+            raise exc.with_vm(name) from None
+
+    # ---- DataSource -------------------------------------------------------------------
+
+    async def snapshot(self) -> list[BalloonState]:
+        """One ``BalloonState`` per VM, in inventory order. Never raises ``BalloonError``.
+
+        In hold mode a VM in reconnect backoff is not retried; its last state is returned
+        with the error that caused the backoff.
+        """
+        loop = asyncio.get_running_loop()
+
+        async def one(client: BalloonClient) -> BalloonState:
+            backoff = self._backoff[client.name]
+            wait = backoff.wait(loop.time()) if self.hold else 0.0
+            if wait > 0 and client.name in self._last:
+                return self._last[client.name].with_changes(taken_at=time.time())
+            state = await client.snapshot()
+            if self.hold:
+                if state.reachable:
+                    backoff.succeeded()
+                    self._ensure_pump(client.name)
+                else:
+                    backoff.failed(loop.time())
+            return state
+
+        results = await self.run_each(None, one)
+        states: list[BalloonState] = []
+        for name, result in results.items():
+            if isinstance(result, BalloonError):  # only a run_each timeout gets here
+                ref = self.refs[name]
+                result = BalloonState(name=name, qmp=ref.qmp, error=str(result),
+                                      error_kind=type(result).__name__)
+            self._last[name] = result
+            states.append(result)
+        return states
+
+    async def stream(self, interval: float) -> AsyncIterator[list[BalloonState]]:
+        """Snapshots of every VM, one list every ``interval`` seconds (never raises
+        ``BalloonError``). A snapshot slower than the interval is followed immediately.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            yield await self.snapshot()
+            await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+
+    async def set_target(self, name: str, spec: TargetSpec | int, *, force: bool = False,
+                         dry_run: bool = False) -> int:
+        """Set one VM's balloon target (see ``BalloonClient.set_target``).
+
+        Raises:
+            UnknownVM, and what ``BalloonClient.set_target`` raises.
+        """
+        return await self._one(name, lambda c: c.set_target(spec, force=force, dry_run=dry_run))
+
+    async def set_hint(self, name: str, on: bool) -> HintState:
+        """Turn one VM's cache-first hint on or off (see ``BalloonClient.set_hint``).
+
+        Raises:
+            UnknownVM, and what ``BalloonClient.set_hint`` raises.
+        """
+        return await self._one(name, lambda c: c.set_hint(on))
+
+    async def enable_stats(self, name: str, interval: int) -> None:
+        """Set one VM's guest stats polling interval (0 turns it off).
+
+        Raises:
+            UnknownVM, and what ``BalloonClient.enable_stats`` raises.
+        """
+        await self._one(name, lambda c: c.enable_stats(interval))
+
+    async def events(self) -> AsyncIterator[tuple[str, BalloonEvent]]:
+        """``(vm, event)`` pairs from every VM, hold mode only (the polite mode holds no
+        connection, so this iterator ends at once). Starts the per-VM listeners; at most
+        ``EVENT_QUEUE`` unread events are kept (oldest dropped, counted in
+        ``events_dropped``). Besides QEMU's events, ``CONNECTED`` (with the state queried
+        right after connecting) and ``DISCONNECTED`` mark connection changes.
+        """
+        if not self.hold:
+            return
+        for name in self.refs:
+            self._ensure_pump(name)
+        while not self._closed:
+            yield await self._queue.get()
+
+    def _ensure_pump(self, name: str) -> None:
+        if self.hold and not self._closed and name not in self._pumps:
+            self._pumps[name] = asyncio.create_task(self._pump(name), name=f"events:{name}")
+
+    def _emit(self, name: str, event: BalloonEvent) -> None:
+        while self._queue.full():
+            self._queue.get_nowait()
+            self.events_dropped += 1
+        self._queue.put_nowait((name, event))
+
+    async def _pump(self, name: str) -> None:
+        """Hold mode: keep one VM connected, forwarding its events; back off on failure."""
+        loop = asyncio.get_running_loop()
+        backoff = self._backoff[name]
+        async with self._session(name) as client:
+            while not self._closed:
+                await asyncio.sleep(backoff.wait(loop.time()))
+                # Never trust events alone: re-read everything after each (re)connect.
+                state = await client.snapshot()
+                self._last[name] = state
+                if not state.reachable:
+                    backoff.failed(loop.time())
+                    continue
+                backoff.succeeded()
+                self._emit(name, BalloonEvent(CONNECTED, {"state": state}, time.time()))
+                reason = "event stream ended"
+                try:
+                    async for event in client.events():
+                        self._emit(name, event)
+                except BalloonError as exc:
+                    reason = str(exc)
+                self._emit(name, BalloonEvent(DISCONNECTED, {"error": reason}, time.time()))
+                backoff.failed(loop.time())
+
+    async def close(self) -> None:
+        """Stop the event listeners and close held connections (never raises)."""
+        self._closed = True
+        pumps = list(self._pumps.values())
+        self._pumps.clear()
+        for task in pumps:
+            task.cancel()
+        for task in pumps:
+            with contextlib.suppress(asyncio.CancelledError, BalloonError):
+                await task
+        clients = list(self._clients.values())
+        self._clients.clear()
+        for client in clients:
+            await client.close()
+
+    async def __aenter__(self) -> Fleet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
