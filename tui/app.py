@@ -1,0 +1,279 @@
+"""The dashboard App: owns the data source and the workers that talk to it.
+
+All I/O happens in App-owned workers (``@work(exclusive=True, group=..., exit_on_error=False)``);
+their results arrive as typed messages (``tui.messages``) and are folded into a
+``FleetView``, which the main screen renders. The App depends only on the ``DataSource``
+protocol, so QMP (``balloonctl.fleet.Fleet``) and HTTP (``balloonctl.http.HttpSource``)
+sources plug in alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding, BindingType
+
+from balloonctl.errors import BalloonError
+from balloonctl.model import BalloonState
+from balloonctl.units import MiB, format_size
+from tui.commands import FleetCommands
+from tui.fleetview import FleetView
+from tui.hostmem import DEFAULT_MEMINFO, read_meminfo
+from tui.messages import (
+    ActionDone,
+    EnableStats,
+    HostMemoryRead,
+    SetTargets,
+    SnapshotReady,
+    SourceEvent,
+    SourceFailed,
+    ToggleHint,
+)
+from tui.screens.main import MainScreen
+from tui.targets import absolute
+
+if TYPE_CHECKING:
+    from balloonctl.fleet import DataSource
+
+__all__ = ["DashboardApp", "backoff", "run_dashboard"]
+
+
+def backoff(failures: int, base: float, cap: float = 30.0) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: doubling from ``base``."""
+    return float(min(cap, base * 2.0 ** max(0, failures - 1)))
+
+
+class DashboardApp(App[None]):
+    """The live dashboard over any ``DataSource``.
+
+    ``interval`` is seconds between polls; ``step`` the bytes the +/- keys move a target;
+    ``stats_interval`` what the stats key sets; ``history`` samples kept per VM for the
+    sparklines; ``meminfo`` the host's meminfo file (None: do not show host memory);
+    ``clock`` stamps the event log; ``close_source`` closes the source when the App exits.
+    """
+
+    CSS_PATH = "dashboard.tcss"
+    TITLE = "balloonctl dashboard"
+    COMMANDS = App.COMMANDS | {FleetCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit")]
+
+    def __init__(
+        self,
+        source: DataSource,
+        *,
+        interval: float = 1.0,
+        step: int = 128 * MiB,
+        stats_interval: int = 2,
+        history: int = 300,
+        meminfo: Path | None = DEFAULT_MEMINFO,
+        clock: Callable[[], float] = time.time,
+        snapshot_timeout: float = 30.0,
+        events: bool = True,
+        close_source: bool = False,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.interval = interval
+        self.meminfo = meminfo
+        self.snapshot_timeout = snapshot_timeout
+        self.watch_events = events
+        self.close_source = close_source
+        self.view = FleetView(source.names, history=history)
+        self.polls = 0  # snapshots applied so far (tests wait on this)
+        self._wake = asyncio.Event()
+        self.main = MainScreen(
+            self.view, step=step, stats_interval=stats_interval, clock=clock,
+            refresh_now=self._wake.set,
+        )
+
+    def on_mount(self) -> None:
+        self.push_screen(self.main)
+        self._poll()
+        if self.watch_events:
+            self._events()
+        if self.meminfo is not None:
+            self._host_memory(self.meminfo)
+
+    async def on_unmount(self) -> None:
+        if self.close_source:
+            await self.source.close()
+
+    # -- workers ----------------------------------------------------------------------------
+    @work(exclusive=True, group="poll", exit_on_error=False)
+    async def _poll(self) -> None:
+        failures = 0
+        while True:
+            self._wake.clear()
+            try:
+                states = await asyncio.wait_for(self.source.snapshot(), self.snapshot_timeout)
+            except TimeoutError:
+                failures += 1
+                error = f"no snapshot within {self.snapshot_timeout:g}s"
+                self.post_message(SourceFailed(error, "Timeout", backoff(failures, self.interval)))
+            except Exception as exc:  # any failure of the source must not end the polling
+                failures += 1
+                kind = type(exc).__name__
+                self.post_message(SourceFailed(str(exc), kind, backoff(failures, self.interval)))
+            else:
+                failures = 0
+                self.post_message(SnapshotReady(states))
+            delay = backoff(failures, self.interval) if failures else self.interval
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    @work(exclusive=True, group="events", exit_on_error=False)
+    async def _events(self) -> None:
+        quiet = 0  # event streams that ended or failed in a row
+        while True:
+            try:
+                async for name, event in self.source.events():
+                    quiet = 0
+                    self.post_message(SourceEvent(name, event))
+            except Exception:  # reconnecting is the source's job; just ask again later
+                pass
+            # A polite-mode source has no event stream: it ends at once. Back off to a minute.
+            quiet += 1
+            await asyncio.sleep(backoff(quiet, self.interval, cap=60.0))
+
+    @work(exclusive=True, group="host", exit_on_error=False)
+    async def _host_memory(self, path: Path) -> None:
+        while True:
+            try:
+                host = await asyncio.to_thread(read_meminfo, path)
+            except OSError as exc:
+                self.post_message(HostMemoryRead(None, exc.strerror or str(exc)))
+            else:
+                self.post_message(HostMemoryRead(host))
+            await asyncio.sleep(self.interval)
+
+    @work(group="actions", exit_on_error=False)
+    async def _act(
+        self, action: str, calls: Mapping[str, Callable[[], Awaitable[str]]]
+    ) -> None:
+        async def one(name: str, call: Callable[[], Awaitable[str]]) -> None:
+            try:
+                detail = await call()
+            except BalloonError as exc:
+                self.post_message(ActionDone(action, name, False, exc.message))
+            except Exception as exc:
+                self.post_message(ActionDone(action, name, False, f"{type(exc).__name__}: {exc}"))
+            else:
+                self.post_message(ActionDone(action, name, True, detail))
+
+        await asyncio.gather(*(one(name, call) for name, call in calls.items()))
+        self._wake.set()
+
+    # -- results ----------------------------------------------------------------------------
+    @on(SnapshotReady)
+    def _snapshot(self, message: SnapshotReady) -> None:
+        self.view.apply(message.states)
+        self.polls += 1
+        self.main.show_source_error(None)
+        self.main.show_fleet()
+
+    @on(SourceFailed)
+    def _source_failed(self, message: SourceFailed) -> None:
+        self.main.show_source_error(f"{message.error} (retry in {message.retry_in:g}s)")
+
+    @on(HostMemoryRead)
+    def _host(self, message: HostMemoryRead) -> None:
+        self.main.show_host(message.host, message.error)
+
+    @on(SourceEvent)
+    def _source_event(self, message: SourceEvent) -> None:
+        name, event = message.name, message.event
+        state = event.data.get("state")
+        if isinstance(state, BalloonState):  # the source re-read the VM after connecting
+            self.view.apply([state])
+            self.main.show_fleet()
+        text = event.name
+        actual = event.data.get("actual")
+        if isinstance(actual, int):
+            text += f" actual {format_size(actual)}"
+            self.view.patch(name, actual=actual)
+            self.main.show_fleet()
+        error = event.data.get("error")
+        if isinstance(error, str):
+            text += f": {error}"
+        self.view.note(name, text)
+        self.main.log_line(f"{name}: {text}", style="dim")
+
+    @on(ActionDone)
+    def _action_done(self, message: ActionDone) -> None:
+        result = message.detail if message.ok else f"failed: {message.detail}"
+        self.view.note(message.name, f"{message.action}: {result}")
+        self.main.log_line(
+            f"{message.name}: {message.action}: {result}", style="" if message.ok else "red"
+        )
+
+    # -- requests from the screens ----------------------------------------------------------
+    @on(SetTargets)
+    def _set_targets(self, message: SetTargets) -> None:
+        source, force = self.source, message.force
+
+        def call(name: str, target: int) -> Callable[[], Awaitable[str]]:
+            async def run() -> str:
+                sent = await source.set_target(name, absolute(target), force=force)
+                return f"target {format_size(sent)}"
+
+            return run
+
+        self._start("target", {n: call(n, t) for n, t in message.targets.items()})
+
+    @on(ToggleHint)
+    def _toggle_hint(self, message: ToggleHint) -> None:
+        source = self.source
+
+        def call(name: str, enabled: bool) -> Callable[[], Awaitable[str]]:
+            async def run() -> str:
+                hint = await source.set_hint(name, enabled)
+                state = "on" if hint.enabled else "off"
+                return f"{hint.mode.value} {state}" + (f" ({hint.detail})" if hint.detail else "")
+
+            return run
+
+        self._start("hint", {n: call(n, e) for n, e in message.hints.items()})
+
+    @on(EnableStats)
+    def _enable_stats(self, message: EnableStats) -> None:
+        source, interval = self.source, message.interval
+
+        def call(name: str) -> Callable[[], Awaitable[str]]:
+            async def run() -> str:
+                await source.enable_stats(name, interval)
+                return f"polling every {interval}s"
+
+            return run
+
+        self._start("stats", {n: call(n) for n in message.names})
+
+    def _start(self, action: str, calls: Mapping[str, Callable[[], Awaitable[str]]]) -> None:
+        for name in calls:
+            self.main.log_line(f"{name}: {action}: sending")
+        self._act(action, calls)
+
+
+def run_dashboard(
+    source: DataSource,
+    *,
+    interval: float = 1.0,
+    step: int = 128 * MiB,
+    stats_interval: int = 2,
+    history: int = 300,
+    meminfo: Path | None = DEFAULT_MEMINFO,
+    headless: bool = False,
+) -> None:
+    """Run the dashboard on ``source`` until the user quits; the source is closed on exit."""
+    app = DashboardApp(
+        source, interval=interval, step=step, stats_interval=stats_interval,
+        history=history, meminfo=meminfo, close_source=True,
+    )
+    app.run(headless=headless)

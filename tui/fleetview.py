@@ -1,0 +1,189 @@
+"""What the dashboard knows about the fleet, independent of how it is drawn.
+
+``FleetView`` folds successive ``BalloonState`` snapshots into rows (adding swap rates and
+history), and owns the selection, sort order and filter. It has no Textual imports, so its
+rules are tested without running an app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from balloonctl.model import BalloonState, VmStatus
+from tui.history import VmHistory
+
+__all__ = ["SORT_KEYS", "FleetView", "Totals", "VmRow", "reason"]
+
+
+@dataclass(frozen=True, slots=True)
+class VmRow:
+    """One VM as a dashboard row: its latest state and rates derived from the one before."""
+
+    state: BalloonState
+    swap_in_rate: float | None = None  # pages per second since the previous snapshot
+    swap_out_rate: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+
+def reason(state: BalloonState) -> str:
+    """The error of an unreadable VM without the ``vm:`` prefix errors carry."""
+    text = state.error or ""
+    prefix = f"{state.name}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _rate(new: int | None, old: int | None, seconds: float) -> float | None:
+    if new is None or old is None or seconds <= 0 or new < old:
+        return None
+    return (new - old) / seconds
+
+
+def _none_last(value: Any) -> tuple[bool, Any]:
+    return (value is None, value)
+
+
+def _stat(name: str) -> Callable[[VmRow], Any]:
+    def key(row: VmRow) -> Any:
+        stats = row.state.stats
+        return None if stats is None else getattr(stats, name)
+
+    return key
+
+
+def _swap_key(row: VmRow) -> float | None:
+    if row.swap_in_rate is None and row.swap_out_rate is None:
+        return None
+    return (row.swap_in_rate or 0.0) + (row.swap_out_rate or 0.0)
+
+
+_STATUS_ORDER = {status: i for i, status in enumerate(reversed(list(VmStatus)))}
+
+# Sort keys in the order the sort key cycles through them.
+SORT_KEYS: dict[str, Callable[[VmRow], Any]] = {
+    "name": lambda row: row.name,
+    "state": lambda row: _STATUS_ORDER[row.state.status],
+    "actual": lambda row: row.state.actual,
+    "ram": lambda row: row.state.guest_ram,
+    "target": lambda row: row.state.target,
+    "free": _stat("free_memory"),
+    "cached": _stat("disk_caches"),
+    "avail": _stat("available_memory"),
+    "swap": _swap_key,
+    "age": lambda row: row.state.stats_age,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Fleet totals for the header; sums over the VMs that reported the value."""
+
+    vms: int
+    reachable: int
+    guest_ram: int
+    ballooned: int
+    free: int
+    cached: int
+
+
+class FleetView:
+    """The fleet as rows: latest state per VM, history, selection, sort and filter."""
+
+    def __init__(self, names: Iterable[str] = (), *, history: int = 300) -> None:
+        self.history_len = history
+        self.rows: dict[str, VmRow] = {}
+        self.history: dict[str, VmHistory] = {}
+        self.selected: set[str] = set()
+        self.sort_key = "name"
+        self.reverse = False
+        self.filter_text = ""
+        self._order: dict[str, int] = {}
+        for name in names:
+            self._known(name)
+
+    def _known(self, name: str) -> VmHistory:
+        hist = self.history.get(name)
+        if hist is None:
+            hist = self.history[name] = VmHistory(self.history_len)
+            self._order[name] = len(self._order)
+        return hist
+
+    # -- data -------------------------------------------------------------------------------
+    def apply(self, states: Iterable[BalloonState]) -> None:
+        """Fold one snapshot of (some or all) VMs into the rows."""
+        for state in states:
+            old = self.rows.get(state.name)
+            in_rate = out_rate = None
+            if old is not None and state.stats is not None and old.state.stats is not None:
+                seconds = state.taken_at - old.state.taken_at
+                in_rate = _rate(state.stats.swap_in, old.state.stats.swap_in, seconds)
+                out_rate = _rate(state.stats.swap_out, old.state.stats.swap_out, seconds)
+            self.rows[state.name] = VmRow(state, in_rate, out_rate)
+            self._known(state.name).record(state)
+
+    def patch(self, name: str, **changes: Any) -> None:
+        """Change fields of a VM's latest state (e.g. ``actual`` from BALLOON_CHANGE) without
+        adding a history sample."""
+        row = self.rows.get(name)
+        if row is not None:
+            self.rows[name] = VmRow(
+                row.state.with_changes(**changes), row.swap_in_rate, row.swap_out_rate
+            )
+
+    def note(self, name: str, text: str) -> None:
+        """Remember an event or an action result for the VM's detail pane."""
+        if name in self.history:
+            self.history[name].events.append(text)
+
+    def state(self, name: str) -> BalloonState | None:
+        row = self.rows.get(name)
+        return None if row is None else row.state
+
+    # -- presentation rules -----------------------------------------------------------------
+    def matches(self, row: VmRow) -> bool:
+        needle = self.filter_text.strip().lower()
+        if not needle:
+            return True
+        haystack = (row.name, row.state.status.value, row.state.hint.mode.value, reason(row.state))
+        return any(needle in text.lower() for text in haystack)
+
+    def visible(self) -> list[VmRow]:
+        """The rows to show: filtered, then sorted (ties in inventory order)."""
+        rows = [row for row in self.rows.values() if self.matches(row)]
+        rows.sort(key=lambda row: self._order.get(row.name, 0))
+        key = SORT_KEYS[self.sort_key]
+        rows.sort(key=lambda row: _none_last(key(row)), reverse=self.reverse)
+        return rows
+
+    def cycle_sort(self) -> str:
+        keys = list(SORT_KEYS)
+        self.sort_key = keys[(keys.index(self.sort_key) + 1) % len(keys)]
+        return self.sort_key
+
+    def toggle_selected(self, name: str) -> None:
+        self.selected.symmetric_difference_update({name})
+
+    def targets(self, cursor: str | None) -> list[str]:
+        """The VMs an action applies to: the selection if any, else the row under the cursor."""
+        if self.selected:
+            return [name for name in self._order if name in self.selected]
+        return [] if cursor is None else [cursor]
+
+    def states_of(self, names: Sequence[str]) -> list[BalloonState]:
+        return [row.state for name in names if (row := self.rows.get(name)) is not None]
+
+    def totals(self) -> Totals:
+        states = [row.state for row in self.rows.values()]
+        stats = [s.stats for s in states if s.reachable and s.stats is not None]
+        return Totals(
+            vms=len(self._order),
+            reachable=sum(1 for s in states if s.reachable),
+            guest_ram=sum(s.guest_ram or 0 for s in states if s.reachable),
+            ballooned=sum(s.ballooned or 0 for s in states if s.reachable),
+            free=sum(st.free_memory or 0 for st in stats),
+            cached=sum(st.disk_caches or 0 for st in stats),
+        )

@@ -1,0 +1,42 @@
+"""The keys, listed from the same table the bindings and the command palette use."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from tui.commands import ACTIONS
+
+__all__ = ["HelpScreen", "keys_table"]
+
+
+def keys_table() -> Table:
+    table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for a in ACTIONS:
+        table.add_row(a.key_display, a.help)
+    table.add_row("ctrl+p", "Command palette (every action above by name)")
+    table.add_row("q", "Quit")
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,question_mark,f1", "dismiss", "Close")
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="help-box"):
+            yield Static("balloonctl dashboard: keys", id="help-title")
+            yield Static(keys_table(), id="help-keys")
+            yield Static(
+                "Actions apply to the selected VMs (space), or to the VM under the cursor.",
+                id="help-note",
+            )

@@ -1,0 +1,29 @@
+"""Recent events and action results, newest at the bottom, bounded."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+__all__ = ["EventLog"]
+
+
+class EventLog(RichLog):
+    """A ``RichLog`` keeping at most ``max_lines`` lines, each stamped with the clock's time."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_lines: int = 200,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(max_lines=max_lines, wrap=False, markup=False, id=id)
+        self._clock = clock
+
+    def add(self, text: str, *, style: str = "") -> None:
+        stamp = time.strftime("%H:%M:%S", time.gmtime(self._clock()))
+        self.write(Text.assemble((stamp + " ", "dim"), (text, style)))

@@ -1,0 +1,150 @@
+"""The fleet table: one keyed row per VM, updated cell by cell so the cursor and scroll stay put."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from balloonctl.model import VmStatus
+from balloonctl.units import format_duration, format_size
+from tui.fleetview import VmRow, reason
+from tui.widgets.memory_bar import memory_bar
+
+__all__ = ["COLUMNS", "Column", "FleetTable", "row_cells"]
+
+Cell = str | Text
+
+_STATUS_STYLE = {
+    VmStatus.OK: "green",
+    VmStatus.CONVERGING: "cyan",
+    VmStatus.STALE: "yellow",
+    VmStatus.NO_DRIVER: "yellow",
+    VmStatus.NO_DEVICE: "yellow",
+    VmStatus.BUSY: "bold red",
+    VmStatus.UNREACHABLE: "bold red",
+}
+
+
+def _state(row: VmRow) -> Text:
+    status = row.state.status
+    text = Text(status.value, style=_STATUS_STYLE[status])
+    if status in (VmStatus.UNREACHABLE, VmStatus.BUSY) and row.state.error:
+        text.append(f": {reason(row.state)}", style="red")
+    return text
+
+
+def _size(value: int | None) -> str:
+    return format_size(value, compact=True)
+
+
+def _stat_size(field: str) -> Callable[[VmRow], Cell]:
+    def cell(row: VmRow) -> Cell:
+        stats = row.state.stats
+        return _size(None if stats is None else getattr(stats, field))
+
+    return cell
+
+
+def _swap(row: VmRow) -> Cell:
+    if row.swap_in_rate is None and row.swap_out_rate is None:
+        return "-"
+    rate_in, rate_out = row.swap_in_rate or 0.0, row.swap_out_rate or 0.0
+    text = f"{rate_in:.0f}/{rate_out:.0f}"
+    return Text(text, style="bold yellow") if rate_in + rate_out >= 1 else text
+
+
+def _hint(row: VmRow) -> Cell:
+    hint = row.state.hint
+    if hint.mode.value in ("unknown", "unsupported"):
+        return Text(hint.mode.value, style="dim")
+    return f"{hint.mode.value} {'on' if hint.enabled else 'off'}"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: str
+    label: str
+    width: int
+    cell: Callable[[VmRow], Cell]
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("name", "VM", 10, lambda row: row.name),
+    Column("state", "state", 28, _state),
+    Column("actual", "actual", 6, lambda row: _size(row.state.actual)),
+    Column("ram", "RAM", 6, lambda row: _size(row.state.guest_ram)),
+    Column("target", "target", 6, lambda row: _size(row.state.target)),
+    Column("free", "free", 6, _stat_size("free_memory")),
+    Column("cached", "cached", 6, _stat_size("disk_caches")),
+    Column("avail", "avail", 6, _stat_size("available_memory")),
+    Column("swap", "swap/s", 7, _swap),
+    Column("hint", "hint", 10, _hint),
+    Column("age", "age", 5, lambda row: format_duration(row.state.stats_age)),
+    Column("bar", "free/cached/used/balloon", 24, lambda row: memory_bar(row.state, 24)),
+)
+
+
+def row_cells(row: VmRow, selected: bool) -> tuple[Cell, ...]:
+    mark: Cell = Text("●", style="bold magenta") if selected else " "
+    return (mark, *(column.cell(row) for column in COLUMNS))
+
+
+class FleetTable(DataTable[Cell]):
+    """Keyed rows (the VM name is the key); ``show`` changes only the cells that changed."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        self._cells: dict[str, tuple[Cell, ...]] = {}
+        self._labels: dict[str, str] = {}
+        self.fixed_columns = 2
+
+    def on_mount(self) -> None:
+        self.add_column(" ", key="sel", width=1)
+        for column in COLUMNS:
+            self.add_column(column.label, key=column.key, width=column.width)
+            self._labels[column.key] = column.label
+
+    @property
+    def cursor_vm(self) -> str | None:
+        """The VM under the cursor."""
+        if not self.row_count:
+            return None
+        key = self.ordered_rows[min(self.cursor_row, self.row_count - 1)].key
+        return key.value
+
+    def show(self, rows: Sequence[VmRow], selected: set[str]) -> None:
+        """Make the table show ``rows`` in this order, keeping the cursor on its VM."""
+        wanted = [row.name for row in rows]
+        wanted_set = set(wanted)
+        cursor_vm = self.cursor_vm
+        for name in [n for n in self._cells if n not in wanted_set]:
+            self.remove_row(name)
+            del self._cells[name]
+        column_keys = ("sel", *(column.key for column in COLUMNS))
+        for row in rows:
+            cells = row_cells(row, row.name in selected)
+            old = self._cells.get(row.name)
+            if old is None:
+                self.add_row(*cells, key=row.name)
+            else:
+                for key, new, prev in zip(column_keys, cells, old, strict=True):
+                    if new != prev:
+                        self.update_cell(row.name, key, new, update_width=False)
+            self._cells[row.name] = cells
+        if [r.key.value for r in self.ordered_rows] != wanted:
+            position = {name: i for i, name in enumerate(wanted)}
+            self.sort("name", key=lambda name: position[str(name)])
+            if cursor_vm in position:
+                self.move_cursor(row=position[cursor_vm], scroll=False)
+
+    def mark_sort(self, key: str, reverse: bool) -> None:
+        """Show the sort column and direction in the column labels."""
+        for column_key, label in self._labels.items():
+            text = Text(label)
+            if column_key == key:
+                text.append(" ▼" if reverse else " ▲", style="bold")
+            self.columns[column_key].label = text  # type: ignore[index]
+        self.refresh()

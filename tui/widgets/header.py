@@ -1,0 +1,68 @@
+"""Fleet totals and host memory, one line across the top."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from balloonctl.units import format_size
+from tui.fleetview import Totals
+from tui.hostmem import HostMemory
+
+__all__ = ["FleetHeader"]
+
+
+class FleetHeader(Static):
+    """``show`` with the latest totals and host memory (either may be missing)."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._totals: Totals | None = None
+        self._host: HostMemory | None = None
+        self._host_error: str | None = None
+        self._source_error: str | None = None
+
+    def show(
+        self,
+        totals: Totals | None = None,
+        host: HostMemory | None = None,
+        *,
+        host_error: str | None = None,
+    ) -> None:
+        if totals is not None:
+            self._totals = totals
+        if host is not None or host_error is not None:
+            self._host, self._host_error = host, host_error
+        self.update(self._render_text())
+
+    def source_error(self, error: str | None) -> None:
+        self._source_error = error
+        self.update(self._render_text())
+
+    def _render_text(self) -> Text:
+        size = format_size
+        text = Text()
+        t = self._totals
+        if t is not None:
+            text.append("VMs ", style="dim")
+            text.append(f"{t.reachable}/{t.vms}")
+            for label, value in (
+                ("guest RAM", t.guest_ram),
+                ("ballooned", t.ballooned),
+                ("free", t.free),
+                ("cached", t.cached),
+            ):
+                text.append(f"  {label} ", style="dim")
+                text.append(size(value))
+        host = self._host
+        text.append("  │  host ", style="dim")
+        if host is not None:
+            text.append("free ", style="dim")
+            text.append(size(host.free))
+            text.append(" avail ", style="dim")
+            text.append(size(host.available))
+        else:
+            text.append(self._host_error or "-", style="dim")
+        if self._source_error:
+            text.append(f"\nsource: {self._source_error}", style="bold red")
+        return text
