@@ -24,6 +24,8 @@ from .qemu import BALLOON_QOM_PATH, GuestImage, QemuVM, poll_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-guest"
+# MemTotal is RAM minus what the kernel reserves for itself (about 52 MiB of 1 GiB here).
+FULL_RAM_SLACK = 128 * 1024 * 1024
 
 
 def _require() -> bool:
@@ -66,17 +68,31 @@ def guest_image() -> GuestImage:
 
 
 def _restore(vm: QemuVM) -> None:
-    """Put the shared VM back as the tests found it: full RAM, stats polling off."""
+    """Put the shared VM back as the tests found it: balloon at full RAM, stats polling
+    off, and the last guest-stats sample showing full RAM (with polling off, QEMU keeps
+    serving the last sample, which may date from an inflated balloon)."""
+    stats_path = {"path": BALLOON_QOM_PATH, "property": "guest-stats"}
+    polling = {"path": BALLOON_QOM_PATH, "property": "guest-stats-polling-interval"}
     with vm.qmp() as qmp:
+        actual = qmp.command("query-balloon")["actual"]
+        interval = qmp.command("qom-get", polling)
+        total = qmp.command("qom-get", stats_path)["stats"]["stat-total-memory"]
+        if actual == vm.ram and interval == 0 and total > vm.ram - FULL_RAM_SLACK:
+            return
         qmp.command("balloon", {"value": vm.ram})
-        qmp.command("qom-set", {"path": BALLOON_QOM_PATH,
-                                "property": "guest-stats-polling-interval", "value": 0})
+        qmp.command("qom-set", {**polling, "value": 1})
+        since = int(time.time())
 
-    def deflated() -> bool:
-        with vm.qmp() as qmp:
-            return bool(qmp.command("query-balloon")["actual"] == vm.ram)
+        def back_to_full() -> bool:
+            stats = qmp.command("qom-get", stats_path)
+            return bool(
+                qmp.command("query-balloon")["actual"] == vm.ram
+                and stats["last-update"] > since
+                and stats["stats"]["stat-total-memory"] > vm.ram - FULL_RAM_SLACK
+            )
 
-    poll_until(deflated, timeout=30, what="the shared VM's balloon to deflate to full RAM")
+        poll_until(back_to_full, timeout=30, what="the shared VM to return to full RAM")
+        qmp.command("qom-set", {**polling, "value": 0})
 
 
 @pytest.fixture(scope="session")

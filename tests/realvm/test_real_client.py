@@ -1,0 +1,236 @@
+"""balloonctl's BalloonClient against a real QEMU with a real Linux guest.
+
+Every test runs on the session's shared guest and leaves it as it found it (the conftest
+puts the balloon back at full RAM and stats polling off after each test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from balloonctl.errors import (
+    HintUnsupported,
+    NoBalloonDevice,
+    QMPCommandError,
+    SocketBusy,
+    UnsafeTarget,
+)
+from balloonctl.model import GuestStats, HintMode, VmStatus
+from balloonctl.qmp import BalloonClient
+
+from .qemu import MiB, QemuVM
+
+pytestmark = pytest.mark.realvm
+
+TARGET = 640 * MiB
+BIG_FILE = "/data/big.bin"  # 200 MiB on the read-only data disk
+
+
+def client_for(vm: QemuVM, *, agent: bool = False, **kwargs: object) -> BalloonClient:
+    return BalloonClient(
+        str(vm.qmp_path), name=vm.name, qga=str(vm.qga_path) if agent else None,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def fresh_stats(
+    client: BalloonClient, *, newer_than: int,
+    until: Callable[[GuestStats], bool] = lambda s: True, within: float = 20.0,
+) -> GuestStats:
+    """Poll guest-stats (polling must be on) for a sample newer than ``newer_than`` that
+    satisfies ``until``; fail with the last sample after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        stats = await client.stats()
+        if stats.last_update > newer_than and until(stats):
+            return stats
+        if loop.time() >= deadline:
+            pytest.fail(f"no matching guest stats sample within {within:g}s; last: {stats}")
+        await asyncio.sleep(0.2)
+
+
+async def test_target_converges_and_guest_stats_follow(real_vm: QemuVM) -> None:
+    async with client_for(real_vm) as client:
+        ram = await client.guest_ram()
+        assert ram == real_vm.ram
+        assert await client.query_actual() == ram
+        await client.enable_stats(1)
+        before = await fresh_stats(client, newer_than=0)
+        assert before.total_memory is not None and before.free_memory is not None
+
+        seen: list[int] = []
+        assert await client.set_target(TARGET) == TARGET
+        actual = await client.wait_for_target(
+            TARGET, timeout=60, progress=lambda a, _t: seen.append(a)
+        )
+        assert abs(actual - TARGET) <= 2 * MiB
+        assert seen == sorted(seen, reverse=True), "actual moved up while inflating"
+
+        # The driver takes the balloon's pages out of MemTotal (no deflate-on-oom here).
+        ballooned = ram - TARGET
+        after = await fresh_stats(
+            client, newer_than=before.last_update,
+            until=lambda s: (s.total_memory or 0) <= before.total_memory - ballooned + 4 * MiB,
+        )
+        assert after.free_memory is not None
+        assert after.free_memory < before.free_memory - ballooned + 32 * MiB
+
+        state = await client.snapshot()
+        assert state.reachable and state.driver_ready
+        assert state.target == TARGET
+        assert state.ballooned is not None and abs(state.ballooned - ballooned) <= 2 * MiB
+        assert state.status is VmStatus.OK
+
+        await client.set_target(ram)
+        assert await client.wait_for_target(ram, timeout=30) == ram
+        restored = await fresh_stats(
+            client, newer_than=after.last_update,
+            until=lambda s: (s.total_memory or 0) > before.total_memory - 8 * MiB,
+        )
+        assert restored.total_memory is not None
+
+
+async def test_stats_polling_makes_last_update_advance(real_vm: QemuVM) -> None:
+    async with client_for(real_vm) as client:
+        assert await client.polling_interval() == 0
+        first = await client.stats()
+        assert first.reported  # the driver pushed one sample when it loaded
+        await client.enable_stats(1)
+        assert await client.polling_interval() == 1
+        later = await fresh_stats(client, newer_than=first.last_update, within=10)
+        again = await fresh_stats(client, newer_than=later.last_update, within=10)
+        assert again.last_update > later.last_update > first.last_update
+        await client.enable_stats(0)
+        assert await client.polling_interval() == 0
+
+
+async def test_negative_polling_interval_is_refused_by_qemu(real_vm: QemuVM) -> None:
+    async with client_for(real_vm) as client:
+        with pytest.raises(QMPCommandError) as err:
+            await client.enable_stats(-1)
+        assert "greater than zero" in str(err.value)
+        assert await client.polling_interval() == 0
+
+
+async def test_cache_first_hint_in_agent_mode_drops_page_cache_before_inflating(
+    real_vm: QemuVM,
+) -> None:
+    def fill_cache() -> None:
+        real_vm.guest_exec("sh", "-c", f"cat {BIG_FILE} > /dev/null")
+
+    cached = 150 * MiB
+    async with client_for(real_vm, agent=True) as client:
+        ram = await client.guest_ram()
+        status = await client.hint_status()
+        assert status.mode is HintMode.AGENT
+        assert status.enabled is False
+
+        await client.enable_stats(1)
+        await asyncio.to_thread(fill_cache)
+        start = await client.stats()
+        full = await fresh_stats(
+            client, newer_than=start.last_update - 1,
+            until=lambda s: (s.disk_caches or 0) >= cached,
+        )
+
+        # Control: with the hint off, this inflation leaves the page cache where it was
+        # (the guest has plenty of free memory to give instead).
+        await client.set_target(TARGET)
+        await client.wait_for_target(TARGET, timeout=60)
+        unhinted = await fresh_stats(client, newer_than=full.last_update)
+        assert (unhinted.disk_caches or 0) >= cached
+        await client.set_target(ram)
+        await client.wait_for_target(ram, timeout=30)
+
+        on = await client.set_hint(True)
+        assert (on.mode, on.enabled) == (HintMode.AGENT, True)
+        await client.set_target(TARGET)
+        await client.wait_for_target(TARGET, timeout=60)
+        hinted = await client.hint_status()
+        assert hinted.enabled is True
+        assert hinted.released is not None and hinted.released > 100 * MiB, hinted
+        after = await fresh_stats(client, newer_than=unhinted.last_update)
+        assert after.disk_caches is not None
+        assert after.disk_caches < full.disk_caches - 100 * MiB  # type: ignore[operator]
+
+        off = await client.set_hint(False)
+        assert (off.mode, off.enabled) == (HintMode.AGENT, False)
+
+
+async def test_device_mode_is_unsupported_on_stock_qemu(real_vm: QemuVM) -> None:
+    async with client_for(real_vm) as client:  # no guest agent socket given
+        status = await client.hint_status()
+        assert status.mode is HintMode.UNSUPPORTED
+        assert status.enabled is False
+        with pytest.raises(HintUnsupported):
+            await client.set_hint(True)
+        # Upstream QEMU has no such device property at all.
+        with pytest.raises(QMPCommandError) as err:
+            await client.execute("qom-set", {"path": await client.device_path(),
+                                             "property": "reclaim-cache-first", "value": True})
+        assert "not found" in str(err.value)
+
+
+async def test_unsafe_targets_are_refused_and_nothing_moves(real_vm: QemuVM) -> None:
+    async with client_for(real_vm) as client:
+        ram = await client.guest_ram()
+        with pytest.raises(UnsafeTarget):
+            await client.set_target(ram + 512 * MiB)  # QEMU would silently clamp this
+        with pytest.raises(UnsafeTarget):
+            await client.set_target(64 * MiB, force=True)  # below the hard minimum
+        assert await client.query_actual() == ram
+        assert client.last_target() is None
+
+
+async def test_features_of_the_stock_device(real_vm: QemuVM) -> None:
+    async with client_for(real_vm) as client:
+        features = await client.features()
+        assert await client.device_path() == "/machine/peripheral/balloon0"
+    assert features.deflate_on_oom is False
+    assert features.free_page_reporting is False
+    assert features.free_page_hint is False
+
+
+async def test_device_properties_given_on_the_command_line_are_reported() -> None:
+    # No guest needed: the device's properties are readable while QEMU is paused (-S).
+    vm = QemuVM(None, name="props", paused=True, memory=256,
+                balloon_props={"deflate-on-oom": True, "free-page-reporting": True})
+    with vm:
+        async with client_for(vm) as client:
+            features = await client.features()
+    assert features.deflate_on_oom is True
+    assert features.free_page_reporting is True
+    assert features.free_page_hint is False
+
+
+async def test_vm_without_balloon_device_reports_no_balloon_device(
+    real_vm_no_balloon: QemuVM,
+) -> None:
+    async with client_for(real_vm_no_balloon) as client:
+        with pytest.raises(NoBalloonDevice):
+            await client.query_actual()
+        with pytest.raises(NoBalloonDevice):
+            await client.device_path()
+        with pytest.raises(NoBalloonDevice):
+            await client.set_target(await client.guest_ram())
+        state = await client.snapshot()
+    assert state.reachable is True
+    assert state.has_device is False
+    assert state.status is VmStatus.NO_DEVICE
+
+
+async def test_second_qmp_client_gets_socket_busy(real_vm: QemuVM) -> None:
+    async with client_for(real_vm) as first:
+        assert await first.query_actual() == real_vm.ram
+        second = client_for(real_vm, connect_timeout=1.0)
+        with pytest.raises(SocketBusy) as err:
+            await second.connect()
+        assert "another QMP client" in str(err.value)
+        assert await first.query_actual() == real_vm.ram  # the holder is unaffected
+    # Once the first lets go, QEMU greets the next client at once.
+    async with client_for(real_vm, connect_timeout=3.0) as second:
+        assert await second.query_actual() == real_vm.ram
