@@ -1,0 +1,155 @@
+"""``HttpSource``: a ``DataSource`` that talks to a balloonctl HTTP agent (``server.py``).
+
+httpx failures are translated into ``balloonctl.errors`` here and nowhere else; errors the
+server reports come back as the same error classes the server raised.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from balloonctl.errors import BalloonError, ConnectFailed, Disconnected, QMPTimeout
+from balloonctl.http.wire import API_PREFIX, error_from_body, event_from_json, spec_text
+from balloonctl.model import BalloonState, HintMode, HintState
+from balloonctl.qmp import BalloonEvent
+from balloonctl.units import TargetSpec
+
+__all__ = ["HttpSource"]
+
+
+class HttpSource:
+    """The VMs of one balloonctl agent, reached over HTTP.
+
+    Give ``base_url`` (``http://host:8765``), or ``uds`` (a unix socket path; the URL's host
+    is then only a label), or a ``transport`` (tests: ``httpx.ASGITransport``). ``timeout``
+    bounds every request except the event stream's waits between events. ``names`` is the
+    inventory as last seen; ``open()`` or any ``snapshot()`` refreshes it.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://balloonctl",
+        *,
+        uds: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
+        names: Sequence[str] = (),
+    ) -> None:
+        if transport is None and uds is not None:
+            transport = httpx.AsyncHTTPTransport(uds=uds)
+        self.base_url = base_url
+        self.timeout = timeout
+        self._client = httpx.AsyncClient(
+            base_url=base_url, transport=transport, timeout=timeout
+        )
+        self._names: list[str] = list(names)
+
+    @classmethod
+    async def open(cls, base_url: str = "http://balloonctl", **kw: Any) -> HttpSource:
+        """A source with its inventory already fetched.
+
+        Raises:
+            ConnectFailed, Disconnected, QMPTimeout: the agent cannot be reached;
+            BalloonError: the agent answered with an error.
+        """
+        source = cls(base_url, **kw)
+        try:
+            body = await source._request("GET", "/names")
+        except BaseException:
+            await source.close()
+            raise
+        source._names = [str(n) for n in body["names"]]
+        return source
+
+    @property
+    def names(self) -> Sequence[str]:
+        return self._names
+
+    def _fail(self, exc: httpx.HTTPError, path: str) -> BalloonError:
+        where = f"{self.base_url}{API_PREFIX}{path}"
+        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+            return ConnectFailed(f"cannot connect to the balloonctl agent at {where}: {exc}")
+        if isinstance(exc, httpx.TimeoutException):
+            return QMPTimeout(f"the balloonctl agent at {where} did not answer within "
+                              f"{self.timeout:g}s")
+        return Disconnected(f"HTTP request to {where} failed: {exc or type(exc).__name__}")
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            response = await self._client.request(method, API_PREFIX + path, json=body)
+        except httpx.HTTPError as exc:
+            raise self._fail(exc, path) from exc
+        return self._decode(response)
+
+    def _decode(self, response: httpx.Response) -> Any:
+        try:
+            data = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = None
+        if response.is_error:
+            raise error_from_body(data if isinstance(data, dict) else {}, response.status_code)
+        if data is None:
+            raise BalloonError(
+                f"the balloonctl agent answered {response.request.url.path} with non-JSON"
+            )
+        return data
+
+    # -- DataSource -------------------------------------------------------------------------
+    async def snapshot(self) -> list[BalloonState]:
+        """Raises: ConnectFailed, Disconnected, QMPTimeout, BalloonError (see ``open``)."""
+        states = [BalloonState.from_json(item) for item in await self._request("GET", "/vms")]
+        self._names = [s.name for s in states]
+        return states
+
+    async def set_target(self, name: str, spec: TargetSpec, *, force: bool = False) -> int:
+        """Raises: what the agent's source raised (UnsafeTarget, UnknownVM...), or a
+        connection error as in ``open``."""
+        body = await self._request(
+            "POST", f"/vms/{name}/target", {"size": spec_text(spec), "force": force}
+        )
+        return int(body["target"])
+
+    async def set_hint(self, name: str, on: bool) -> HintState:
+        """Raises: HintUnsupported, UnknownVM..., or a connection error as in ``open``."""
+        hint = (await self._request("POST", f"/vms/{name}/hint", {"on": on}))["hint"]
+        return HintState(
+            mode=HintMode(hint.get("mode", "unknown")),
+            enabled=bool(hint.get("enabled")),
+            detail=hint.get("detail") or "",
+            released=hint.get("released"),
+        )
+
+    async def enable_stats(self, name: str, interval: int) -> None:
+        """Raises: UnknownVM, QMPCommandError..., or a connection error as in ``open``."""
+        await self._request("POST", f"/vms/{name}/stats", {"interval": interval})
+
+    async def events(self) -> AsyncIterator[tuple[str, BalloonEvent]]:
+        """The agent's event stream; ends when the agent ends it.
+
+        Raises: a connection error as in ``open``.
+        """
+        path = "/events"
+        timeout = httpx.Timeout(self.timeout, read=None)
+        try:
+            async with self._client.stream("GET", API_PREFIX + path, timeout=timeout) as resp:
+                if resp.is_error:
+                    await resp.aread()
+                    self._decode(resp)
+                async for line in resp.aiter_lines():
+                    if line.strip():
+                        yield event_from_json(json.loads(line))
+        except httpx.HTTPError as exc:
+            raise self._fail(exc, path) from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> HttpSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
