@@ -1,0 +1,996 @@
+"""The balloonctl command line: thin commands that parse, call the library and render.
+
+Errors are raised as ``BalloonError`` (one VM) or returned per VM by ``Fleet.run_each``
+(several); ``BalloonGroup.main`` turns whatever escapes into one stderr line and an exit code
+(``exitcodes``). Textual, httpx, qemu.qmp and the fake are imported only inside the commands
+that use them, so ``--help`` stays fast; completion never gets here (see ``fastcomplete``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from typer._click import exceptions as click_exceptions
+from typer.core import TyperGroup
+
+from balloonctl import __version__
+from balloonctl.cli import completers
+from balloonctl.cli.exitcodes import ExitCode, combine, exit_code_for
+from balloonctl.cli.output import (
+    Format,
+    error,
+    note,
+    render_records,
+    render_states,
+    size,
+    table,
+)
+from balloonctl.config import Inventory, busy_advice
+from balloonctl.errors import BalloonError, SocketBusy, UsageError
+from balloonctl.model import BalloonState, HintMode, HintState, VmRef
+from balloonctl.units import (
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+    parse_target,
+)
+
+if TYPE_CHECKING:
+    from balloonctl.fleet import Fleet
+    from balloonctl.qmp import BalloonClient
+
+__all__ = ["app", "run"]
+
+T = TypeVar("T")
+
+
+class BalloonGroup(TyperGroup):
+    """Formats every failure as one ``balloonctl: error: ...`` line and picks the exit code
+    (typer would draw a box around usage errors and print tracebacks)."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "balloonctl",
+                              complete_var=complete_var, standalone_mode=False, **extra)
+            code = int(rv) if isinstance(rv, int) else ExitCode.OK
+        except click_exceptions.NoArgsIsHelpError as exc:
+            print(exc.format_message(), file=sys.stderr)
+            code = ExitCode.USAGE
+        except click_exceptions.ClickException as exc:
+            message = exc.format_message()
+            ctx = getattr(exc, "ctx", None)
+            if isinstance(exc, click_exceptions.UsageError) and ctx is not None:
+                message += f" (see '{ctx.command_path} --help')"
+            error(message)
+            code = ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code
+        except typer.Abort:
+            code = ExitCode.INTERRUPTED
+        except BalloonError as exc:
+            report_error(exc)
+            code = exit_code_for(exc)
+        except KeyboardInterrupt:
+            code = ExitCode.INTERRUPTED
+        except Exception as exc:  # a bug: still one line, the traceback only with -v
+            if _STATE.verbose:
+                traceback.print_exc()
+            error(f"internal error: {type(exc).__name__}: {exc}")
+            code = ExitCode.FAILURE
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    cls=BalloonGroup,
+    name="balloonctl",
+    help="See and steer QEMU/KVM guest memory through the virtio balloon.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+
+# ---- global state ------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """The global options, and what the commands build from them."""
+
+    qmp: list[str] = field(default_factory=list)
+    qga: str | None = None
+    directory: str | None = None
+    config: Path | None = None
+    timeout: float | None = None
+    verbose: bool = False
+    _inventory: Inventory | None = None
+
+    def inventory(self) -> Inventory:
+        if self._inventory is None:
+            self._inventory = Inventory.load(
+                qmp=self.qmp, qga=self.qga, directory=self.directory, config=self.config
+            )
+        return self._inventory
+
+    def select(self, patterns: Sequence[str], *, all_vms: bool = False) -> list[VmRef]:
+        return self.inventory().select(patterns, all_vms=all_vms)
+
+    def _timeouts(self) -> tuple[float, float]:
+        """(connect, command) timeouts: --timeout, else the config's, else the library's."""
+        timeout = self.timeout
+        if timeout is None:
+            timeout = self.inventory().config.defaults.timeout
+        if timeout is None:
+            return 3.0, 10.0
+        return timeout, max(timeout, 1.0)
+
+    def trace(self, vm: str, direction: str, message: Any) -> None:
+        text = json.dumps(message, separators=(",", ":"), default=str)
+        print(f"balloonctl: {vm} {direction} {text}", file=sys.stderr, flush=True)
+
+    def fleet(self, refs: Sequence[VmRef], *, hold: bool = False) -> Fleet:
+        from balloonctl.fleet import Fleet
+        from balloonctl.store import FileStore
+
+        connect, command = self._timeouts()
+        return Fleet(refs, store=FileStore(), hold=hold, connect_timeout=connect,
+                     command_timeout=command, trace=self.trace if self.verbose else None)
+
+    def client(self, ref: VmRef) -> BalloonClient:
+        from balloonctl.qmp import BalloonClient
+        from balloonctl.store import FileStore
+
+        connect, command = self._timeouts()
+        return BalloonClient.from_ref(ref, store=FileStore(), connect_timeout=connect,
+                                      command_timeout=command,
+                                      trace=self.trace if self.verbose else None)
+
+
+_STATE = Settings()
+
+
+def settings() -> Settings:
+    return _STATE
+
+
+def _duration(text: str | None, what: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except BalloonError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"balloonctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    qmp: Annotated[list[str] | None, typer.Option(
+        "--qmp", metavar="[NAME=]PATH",
+        help="A VM's QMP socket (repeatable); the name is the file stem unless NAME= is given.",
+    )] = None,
+    qga: Annotated[str | None, typer.Option(
+        "--qga", metavar="PATH", help="The guest-agent socket of the single --qmp VM.",
+    )] = None,
+    directory: Annotated[str | None, typer.Option(
+        "--dir", metavar="DIR",
+        help="A directory of sockets (*.qmp, *.sock; <stem>.qga for the agent). "
+             "Default: $BALLOONCTL_DIR.",
+    )] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", metavar="FILE",
+        help="The TOML config. Default: $BALLOONCTL_CONFIG or "
+             "$XDG_CONFIG_HOME/balloonctl/config.toml.",
+    )] = None,
+    timeout: Annotated[str | None, typer.Option(
+        "--timeout", metavar="DURATION",
+        help="Timeout to connect to a VM and for each QMP command (e.g. 3s).",
+    )] = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show the QMP and guest-agent messages on stderr.",
+    )] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.",
+    )] = False,
+) -> None:
+    """See and steer QEMU/KVM guest memory through the virtio balloon.
+
+    VMs come from --qmp, --dir ($BALLOONCTL_DIR), the config file and Proxmox's
+    /var/run/qemu-server. Name them exactly or by glob ('web-*'); most commands take --all.
+    """
+    global _STATE
+    _STATE = Settings(
+        qmp=list(qmp or []), qga=qga, directory=directory, config=config,
+        timeout=_duration(timeout, "--timeout"), verbose=verbose,
+    )
+
+
+# ---- shared option types and helpers ------------------------------------------------------
+
+VmsArg = Annotated[list[str] | None, typer.Argument(
+    metavar="[VM]...", help="VM names or globs (default: every VM).",
+    autocompletion=completers.typer_callback("vms"), show_default=False,
+)]
+AllOpt = Annotated[bool, typer.Option("--all", "-a", help="Every VM in the inventory.")]
+FormatOpt = Annotated[Format, typer.Option(
+    "--format", "-f", case_sensitive=False, help="Output format.",
+)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Shorthand for --format json.")]
+
+
+def _format(fmt: Format, as_json: bool) -> Format:
+    return Format.JSON if as_json else fmt
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _out(text: str) -> None:
+    if text:
+        print(text, flush=True)
+
+
+def _exit(code: ExitCode) -> None:
+    if code is not ExitCode.OK:
+        raise typer.Exit(int(code))
+
+
+def report_error(exc: BalloonError, ref: VmRef | None = None) -> None:
+    """One stderr line for an error; a busy socket owned by libvirt says so."""
+    message = str(exc)
+    if isinstance(exc, SocketBusy) or type(exc).__name__ == "SocketBusy":
+        if ref is None and exc.vm is not None:
+            with contextlib.suppress(BalloonError):
+                ref = _STATE.inventory().get(exc.vm)
+        advice = busy_advice(ref) if ref is not None else None
+        if advice:
+            message = f"{message}; {advice}"
+    error(message)
+
+
+def _report(results: Mapping[str, object], refs: Sequence[VmRef]) -> ExitCode:
+    """Print one error line per failed VM; the combined exit code."""
+    by_name = {r.name: r for r in refs}
+    codes: list[ExitCode] = []
+    for name, result in results.items():
+        if isinstance(result, BalloonError):
+            report_error(result.with_vm(name), by_name.get(name))
+            codes.append(exit_code_for(result))
+        else:
+            codes.append(ExitCode.OK)
+    return combine(codes)
+
+
+def _report_states(states: Sequence[BalloonState], refs: Sequence[VmRef]) -> ExitCode:
+    """Unreachable VMs in snapshots are failures (one stderr line each)."""
+    by_name = {r.name: r for r in refs}
+    codes: list[ExitCode] = []
+    for s in states:
+        if s.reachable:
+            codes.append(ExitCode.OK)
+            continue
+        kind = s.error_kind or "ConnectFailed"
+        message = f"{s.name}: {s.error or 'unreachable'}"
+        ref = by_name.get(s.name)
+        advice = busy_advice(ref) if kind == "SocketBusy" and ref is not None else None
+        error(f"{message}; {advice}" if advice else message)
+        codes.append(exit_code_for(kind))
+    return combine(codes)
+
+
+async def _each(
+    refs: Sequence[VmRef], fn: Callable[[BalloonClient], Awaitable[T]], *, hold: bool = False,
+) -> dict[str, T | BalloonError]:
+    fleet = _STATE.fleet(refs, hold=hold)
+    try:
+        return await fleet.run_each([r.name for r in refs], fn)
+    finally:
+        await fleet.close()
+
+
+async def _snapshot(refs: Sequence[VmRef]) -> list[BalloonState]:
+    fleet = _STATE.fleet(refs)
+    try:
+        return await fleet.snapshot()
+    finally:
+        await fleet.close()
+
+
+def _is_tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# ---- status --------------------------------------------------------------------------------
+
+
+@app.command()
+def status(
+    vms: VmsArg = None,
+    all_vms: AllOpt = False,
+    fmt: FormatOpt = Format.TABLE,
+    as_json: JsonOpt = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh in place.")] = False,
+    interval: Annotated[str, typer.Option(
+        "--interval", "-n", metavar="DURATION", help="Refresh interval with --watch.",
+    )] = "2s",
+    count: Annotated[int | None, typer.Option(
+        "--count", metavar="N", help="With --watch, stop after N refreshes.",
+    )] = None,
+) -> None:
+    """A table of every selected VM's balloon: actual, RAM, target, free, cached, hint."""
+    fmt = _format(fmt, as_json)
+    every = _duration(interval, "--interval") or 2.0
+    refs = _STATE.select(vms or [], all_vms=all_vms)
+    if not watch:
+        states = _run(_snapshot(refs))
+        _out(render_states(states, fmt))
+        _exit(_report_states(states, refs))
+        return
+
+    async def loop() -> None:
+        fleet = _STATE.fleet(refs)
+        tty = _is_tty() and fmt is Format.TABLE
+        n = 0
+        try:
+            async for states in fleet.stream(every):
+                text = render_states(states, fmt, csv_header=n == 0)
+                if tty:
+                    stamp = time.strftime("%H:%M:%S")
+                    text = f"\x1b[H\x1b[2J{stamp}  every {format_duration(every)}\n{text}"
+                elif fmt is Format.TABLE and n:
+                    text = "\n" + text
+                _out(text)
+                n += 1
+                if count is not None and n >= count:
+                    return
+        finally:
+            await fleet.close()
+
+    try:
+        _run(loop())
+    except KeyboardInterrupt:
+        pass
+
+
+# ---- set -----------------------------------------------------------------------------------
+
+
+class _Progress:
+    """One progress line on stderr for every VM being waited for (terminals only)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.state: dict[str, tuple[int, int, int]] = {}  # name -> (start, actual, target)
+        self.names = list(names)
+        self.drawn = False
+
+    def callback(self, name: str) -> Callable[[int, int], None]:
+        def update(actual: int, target: int) -> None:
+            start = self.state.get(name, (actual, actual, target))[0]
+            self.state[name] = (start, actual, target)
+            self.draw()
+
+        return update
+
+    def draw(self) -> None:
+        if not self.enabled:
+            return
+        parts = []
+        for name in self.names:
+            if name not in self.state:
+                continue
+            start, actual, target = self.state[name]
+            span = abs(target - start)
+            done = 1.0 if span == 0 else min(1.0, abs(actual - start) / span)
+            bar = "#" * int(done * 20)
+            parts.append(f"{name} [{bar:<20}] {size(actual)}->{size(target)}")
+        sys.stderr.write("\r\x1b[K" + "  ".join(parts))
+        sys.stderr.flush()
+        self.drawn = True
+
+    def done(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _split_set_args(args: Sequence[str], all_vms: bool) -> tuple[list[str], str]:
+    for a in args:
+        if a.startswith("--"):
+            raise UsageError(f"no such option: {a}")
+    if all_vms:
+        if len(args) != 1:
+            raise UsageError("with --all, give only the SIZE")
+        return [], args[0]
+    if len(args) < 2:
+        raise UsageError("expected VM... SIZE (e.g. balloonctl set web-1 1.5G)")
+    return list(args[:-1]), args[-1]
+
+
+@app.command(
+    "set",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True},
+)
+def set_(
+    targets: Annotated[list[str], typer.Argument(
+        metavar="VM... SIZE",
+        help="VM names or globs, then the target: 1.5G, 2GB, 75% (of guest RAM), "
+             "+256M or -256M (relative to the current target).",
+        autocompletion=completers.typer_callback("targets"), show_default=False,
+    )],
+    all_vms: AllOpt = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", "-W", help="Wait until actual reaches the target (progress on stderr).",
+    )] = False,
+    timeout: Annotated[str, typer.Option(
+        "--timeout", "-t", metavar="DURATION", help="How long --wait waits.",
+    )] = "60s",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Allow a target below the VM's safe floor (never below 128 MiB).",
+    )] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", "-n", help="Print the QMP command that would be sent; send nothing.",
+    )] = False,
+) -> None:
+    """Set the balloon target of one or more VMs."""
+    names, size_text = _split_set_args(targets, all_vms)
+    spec = parse_target(size_text)
+    wait_for = _duration(timeout, "--timeout") or 60.0
+    refs = _STATE.select(names, all_vms=all_vms)
+    progress = _Progress([r.name for r in refs])
+
+    async def one(c: BalloonClient) -> str:
+        before = await c.query_actual()
+        target = await c.set_target(spec, force=force, dry_run=dry_run)
+        if dry_run:
+            sent = json.dumps({"execute": "balloon", "arguments": {"value": target}})
+            return f"{c.name}: would send {sent} ({format_size(target)})"
+        if not wait:
+            return f"{c.name}: target {format_size(target)} (actual {format_size(before)})"
+        started = time.monotonic()
+        final = await c.wait_for_target(target, timeout=wait_for,
+                                        progress=progress.callback(c.name))
+        took = time.monotonic() - started
+        return f"{c.name}: reached {format_size(final)} (target {format_size(target)}) " \
+               f"in {took:.1f}s"
+
+    try:
+        results = _run(_each(refs, one))
+    finally:
+        progress.done()
+    for r in results.values():
+        if isinstance(r, str):
+            _out(r)
+    _exit(_report(results, refs))
+
+
+# ---- hint ----------------------------------------------------------------------------------
+
+_HINT_ACTIONS = ("on", "off", "status")
+
+
+def _hint_record(name: str, h: HintState) -> dict[str, Any]:
+    # the same keys as BalloonState.to_json() uses for the hint
+    return {"name": name, "hint_mode": h.mode.value, "hint_enabled": h.enabled,
+            "hint_detail": h.detail, "hint_released": h.released}
+
+
+def _hint_line(name: str, h: HintState) -> str:
+    if h.mode is HintMode.UNSUPPORTED:
+        return f"{name}: hint unsupported ({h.detail})"
+    state = "on" if h.enabled else "off"
+    return f"{name}: hint {state} ({h.mode.value} mode: {h.detail})"
+
+
+@app.command()
+def hint(
+    hint_args: Annotated[list[str], typer.Argument(
+        metavar="VM... [on|off|status]",
+        help="VM names or globs, then on, off or status (the default).",
+        autocompletion=completers.typer_callback("hint_args"), show_default=False,
+    )],
+    all_vms: AllOpt = False,
+    fmt: FormatOpt = Format.TABLE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Turn the cache-first hint on or off, or show it (device, agent or unsupported mode)."""
+    fmt = _format(fmt, as_json)
+    args = list(hint_args)
+    action = "status"
+    if args and args[-1] in _HINT_ACTIONS:
+        action = args.pop()
+    if not args and not all_vms:
+        raise UsageError("expected VM... [on|off|status]")
+    refs = _STATE.select(args, all_vms=all_vms)
+
+    async def one(c: BalloonClient) -> HintState:
+        if action == "status":
+            return await c.hint_status()
+        return await c.set_hint(action == "on")
+
+    results = _run(_each(refs, one))
+    ok = {n: h for n, h in results.items() if isinstance(h, HintState)}
+    if fmt is Format.TABLE:
+        _out("\n".join(_hint_line(n, h) for n, h in ok.items()))
+    else:
+        records = [_hint_record(n, h) for n, h in ok.items()]
+        _out(render_records(records, fmt, keys=list(_hint_record("", HintState()))))
+    _exit(_report(results, refs))
+
+
+# ---- stats ---------------------------------------------------------------------------------
+
+
+@app.command()
+def stats(
+    vms: VmsArg = None,
+    all_vms: AllOpt = False,
+    interval: Annotated[int, typer.Option(
+        "--interval", "-i", min=0, metavar="SECONDS",
+        help="Guest stats polling interval in seconds (0 turns polling off).",
+    )] = 2,
+) -> None:
+    """Turn on the guest's memory statistics (the balloon's stats polling)."""
+    if not vms and not all_vms:
+        raise UsageError("name the VMs (or --all)")
+    refs = _STATE.select(vms or [], all_vms=all_vms)
+
+    async def one(c: BalloonClient) -> str:
+        await c.enable_stats(interval)
+        if interval == 0:
+            return f"{c.name}: guest stats polling off"
+        return f"{c.name}: guest stats every {interval}s"
+
+    results = _run(_each(refs, one))
+    _out("\n".join(r for r in results.values() if isinstance(r, str)))
+    _exit(_report(results, refs))
+
+
+# ---- preflight -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    check: str
+    result: str  # ok, warn, fail, info
+    detail: str
+
+    def record(self) -> dict[str, str]:
+        return {"check": self.check, "result": self.result, "detail": self.detail}
+
+
+def _yesno(v: bool | None) -> str:
+    return "unknown" if v is None else ("on" if v else "off")
+
+
+async def _agent_checks(ref: VmRef, limit: float) -> list[Check]:
+    if ref.qga is None:
+        return [Check("guest agent", "warn", "no guest-agent socket known (--qga or <vm>.qga)"),
+                Check("guest-exec", "info", "not checked: no guest agent")]
+    from balloonctl.agent import GuestAgent
+    from balloonctl.errors import AgentExecBlocked
+
+    trace = _STATE.trace if _STATE.verbose else None
+    try:
+        async with GuestAgent(ref.qga, timeout=limit, trace=trace, vm=ref.name) as ga:
+            await ga.ping()
+            reach = Check("guest agent", "ok", f"answers at {ref.qga}")
+            try:
+                await ga.require_exec()
+            except AgentExecBlocked as exc:
+                return [reach, Check("guest-exec", "warn", exc.message)]
+            return [reach, Check("guest-exec", "ok", "allowed")]
+    except BalloonError as exc:
+        return [Check("guest agent", "warn", exc.message),
+                Check("guest-exec", "info", "not checked: agent unreachable")]
+
+
+def _preflight_checks(s: BalloonState, agent: list[Check]) -> tuple[list[Check], ExitCode]:
+    if not s.reachable:
+        kind = s.error_kind or "ConnectFailed"
+        return [Check("qmp socket", "fail", s.error or "unreachable")], exit_code_for(kind)
+    checks = [Check("qmp socket", "ok", s.qmp)]
+    if not s.has_device:
+        checks.append(Check("balloon device", "fail", s.error or "no virtio-balloon device"))
+        return checks + agent, ExitCode.QMP_ERROR
+    checks.append(Check("balloon device", "ok", f"guest RAM {format_size(s.guest_ram)}"))
+    code = ExitCode.OK
+    if s.driver_ready:
+        checks.append(Check("driver loaded", "ok", "the guest has reported stats"))
+    else:
+        checks.append(Check("driver loaded", "fail",
+                            "no stats ever reported: is virtio_balloon loaded in the guest?"))
+        code = ExitCode.QMP_ERROR
+    if not s.polling_interval:
+        checks.append(Check("stats flowing", "warn",
+                            "stats polling is off (balloonctl stats VM --interval 2)"))
+    elif s.stale:
+        checks.append(Check("stats flowing", "warn",
+                            f"last report {format_duration(s.stats_age)} ago"))
+    else:
+        checks.append(Check("stats flowing", "ok",
+                            f"last report {format_duration(s.stats_age)} ago"))
+    checks.append(Check("polling interval", "info",
+                        f"{s.polling_interval}s" if s.polling_interval else "off"))
+    f = s.features
+    checks.append(Check("deflate-on-oom", "info", _yesno(f.deflate_on_oom)))
+    checks.append(Check("free-page-reporting", "info", _yesno(f.free_page_reporting)))
+    checks.append(Check("free-page-hint", "info", _yesno(f.free_page_hint)))
+    checks.extend(agent)
+    mode = s.hint.mode
+    checks.append(Check("hint mode", "ok" if mode in (HintMode.DEVICE, HintMode.AGENT)
+                        else "warn", f"{mode.value}: {s.hint.detail}".rstrip(": ")))
+    return checks, code
+
+
+@app.command()
+def preflight(
+    vms: VmsArg = None,
+    all_vms: AllOpt = False,
+    fmt: FormatOpt = Format.TABLE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that ballooning will work: driver, stats, device features, guest agent, hint."""
+    fmt = _format(fmt, as_json)
+    refs = _STATE.select(vms or [], all_vms=all_vms)
+    timeout = _STATE.timeout or 5.0
+
+    async def gather() -> tuple[list[BalloonState], list[list[Check]]]:
+        states = await _snapshot(refs)
+        agents = await asyncio.gather(*(_agent_checks(r, timeout) for r in refs))
+        return states, list(agents)
+
+    states, agents = _run(gather())
+    records: list[dict[str, Any]] = []
+    rows: list[list[str]] = []
+    codes: list[ExitCode] = []
+    for s, agent in zip(states, agents, strict=True):
+        checks, code = _preflight_checks(s, agent)
+        codes.append(code)
+        records.append({"name": s.name, "ok": code is ExitCode.OK,
+                        "checks": [c.record() for c in checks]})
+        rows.extend([s.name, c.check, c.result, c.detail] for c in checks)
+        if code is not ExitCode.OK:
+            failed = next(c for c in checks if c.result == "fail")
+            error(f"{s.name}: {failed.check}: {failed.detail}")
+    if fmt is Format.CSV:
+        flat = [{"name": r[0], "check": r[1], "result": r[2], "detail": r[3]} for r in rows]
+        _out(render_records(flat, fmt, keys=["name", "check", "result", "detail"]))
+    else:
+        _out(render_records(records, fmt, headers=["NAME", "CHECK", "RESULT", "DETAIL"],
+                            rows=rows))
+    _exit(combine(codes))
+
+
+# ---- watch ---------------------------------------------------------------------------------
+
+
+class WatchFormat(enum.StrEnum):
+    NDJSON = "ndjson"
+    CSV = "csv"
+
+
+def _event_record(vm: str, name: str, data: Mapping[str, Any], ts: float) -> dict[str, Any]:
+    from balloonctl.fleet import CONNECTED, DISCONNECTED
+
+    label = {CONNECTED: "CONNECTED", DISCONNECTED: "DISCONNECTED"}.get(name, name)
+    record: dict[str, Any] = {"event": label, "name": vm, "timestamp": round(ts, 6)}
+    if name != CONNECTED:
+        record["data"] = json.loads(json.dumps(dict(data), default=str))
+    return record
+
+
+@app.command()
+def watch(
+    vms: VmsArg = None,
+    all_vms: AllOpt = False,
+    fmt: Annotated[WatchFormat, typer.Option(
+        "--format", "-f", case_sensitive=False, help="ndjson (with events) or csv.",
+    )] = WatchFormat.NDJSON,
+    interval: Annotated[str, typer.Option(
+        "--interval", "-n", metavar="DURATION", help="Time between snapshots.",
+    )] = "2s",
+    count: Annotated[int | None, typer.Option(
+        "--count", metavar="N", help="Stop after N rounds of snapshots.",
+    )] = None,
+    events: Annotated[bool, typer.Option(
+        "--events/--no-events",
+        help="Hold the QMP sockets open and print BALLOON_CHANGE and other QMP events "
+             "(ndjson only). --no-events polls politely, leaving the sockets free between polls.",
+    )] = True,
+) -> None:
+    """A stream of snapshots, one line per VM, for piping (NDJSON or CSV)."""
+    every = _duration(interval, "--interval") or 2.0
+    refs = _STATE.select(vms or [], all_vms=all_vms)
+    as_csv = fmt is WatchFormat.CSV
+    hold = events and not as_csv
+
+    async def loop() -> None:
+        fleet = _STATE.fleet(refs, hold=hold)
+
+        async def pump_events() -> None:
+            async for vm, ev in fleet.events():
+                _out(json.dumps(_event_record(vm, ev.name, ev.data, ev.timestamp),
+                                separators=(",", ":")))
+
+        pump = asyncio.create_task(pump_events()) if hold else None
+        n = 0
+        try:
+            async for states in fleet.stream(every):
+                _out(render_states(states, Format.CSV if as_csv else Format.NDJSON,
+                                   csv_header=n == 0))
+                n += 1
+                if count is not None and n >= count:
+                    return
+        finally:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, BalloonError):
+                    await pump
+            await fleet.close()
+
+    try:
+        _run(loop())
+    except KeyboardInterrupt:
+        pass
+
+
+# ---- wave ----------------------------------------------------------------------------------
+
+
+@app.command()
+def wave(
+    vm: Annotated[str, typer.Argument(
+        metavar="VM", help="The VM to balloon up and down.",
+        autocompletion=completers.typer_callback("vm"), show_default=False,
+    )],
+    minimum: Annotated[str, typer.Option(
+        "--min", metavar="SIZE", help="The bottom of the wave.",
+        autocompletion=completers.typer_callback("minimum"),
+    )] = "500M",
+    maximum: Annotated[str, typer.Option(
+        "--max", metavar="SIZE", help="The top of the wave (and where it starts).",
+        autocompletion=completers.typer_callback("maximum"),
+    )] = "1500M",
+    period: Annotated[str, typer.Option(
+        "--period", "-p", metavar="DURATION", help="One full cycle, top to top.",
+    )] = "60s",
+    step: Annotated[str | None, typer.Option(
+        "--step", metavar="DURATION", help="Time between targets (default: period/20).",
+    )] = None,
+    cycles: Annotated[int | None, typer.Option(
+        "--cycles", "-c", min=1, metavar="N", help="Stop after N cycles (default: forever).",
+    )] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Allow --min below the VM's safe floor.",
+    )] = False,
+    fmt: FormatOpt = Format.TABLE,
+    as_json: JsonOpt = False,
+    speed: Annotated[float, typer.Option("--speed", hidden=True, min=0.001)] = 1.0,
+) -> None:
+    """Balloon a VM up and down along a triangular wave (the RFC's first experiment),
+    printing each step. Ctrl-C restores the original target."""
+    from balloonctl.cli.wave import ScaledClock, WaveStep, run_wave
+
+    fmt = _format(fmt, as_json)
+    low, high = parse_size(minimum), parse_size(maximum)
+    if low >= high:
+        raise UsageError(f"--min ({format_size(low)}) must be below --max ({format_size(high)})")
+    cycle = _duration(period, "--period") or 60.0
+    every = _duration(step, "--step") or cycle / 20
+    ref = _STATE.select([vm])[0]
+    steps: list[dict[str, Any]] = []
+    headers = ["T", "TARGET", "ACTUAL", "NOTE"]
+
+    def emit(s: WaveStep) -> None:
+        record = {"name": ref.name, "t": round(s.t, 3), "target": s.target, "actual": s.actual,
+                  "restore": s.restore}
+        steps.append(record)
+        if fmt is Format.TABLE:
+            if len(steps) == 1:
+                _out(table(headers, []))
+            row = [f"{s.t:7.1f}s", size(s.target), size(s.actual),
+                   "restored original target" if s.restore else ""]
+            _out(table(headers, [row]).split("\n", 1)[1])
+        elif fmt is Format.NDJSON:
+            _out(json.dumps(record, separators=(",", ":")))
+        elif fmt is Format.CSV:
+            _out(render_records([record], fmt, csv_header=len(steps) == 1))
+
+    async def go() -> None:
+        async with _STATE.client(ref) as c:
+            await c.resolve_target(low, force=force)
+            await c.resolve_target(high, force=force)
+            original = c.last_target() or await c.query_actual()
+            await run_wave(c, original=original, minimum=low, maximum=high, period=cycle,
+                           step=every, cycles=cycles, clock=ScaledClock(speed), emit=emit,
+                           force=force)
+
+    try:
+        _run(go())
+    finally:
+        if fmt is Format.JSON:
+            _out(render_records(steps, fmt))
+
+
+# ---- fake, demo, dashboard ------------------------------------------------------------------
+
+
+def _make_fake_fleet(n: int, directory: Path, mem: int, workload: str | None,
+                     prefix: str) -> Any:
+    from balloonctl.fake import FakeFleet
+
+    return FakeFleet(n, directory, prefix=prefix, ram=mem, workload=workload)
+
+
+@app.command()
+def fake(
+    vms: Annotated[int, typer.Option("--vms", min=1, max=256, help="How many VMs.")] = 3,
+    mem: Annotated[str, typer.Option(
+        "--mem", metavar="SIZE", help="Guest RAM of each VM.",
+        autocompletion=completers.typer_callback("mem"),
+    )] = "2G",
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", metavar="DIR", help="Where to put the sockets (default: a new temp dir).",
+    )] = None,
+    workload: Annotated[str | None, typer.Option(
+        "--workload", metavar="NAME", help="A simulated guest workload, e.g. compile.",
+    )] = None,
+    prefix: Annotated[str, typer.Option("--prefix", help="VM name prefix.")] = "vm",
+) -> None:
+    """Run a simulated fleet (fake QEMU + guest agent per VM) until interrupted."""
+    import tempfile
+
+    ram = parse_size(mem)
+    where = directory or Path(tempfile.mkdtemp(prefix="balloonctl-fake-"))
+    where.mkdir(parents=True, exist_ok=True)
+
+    async def serve() -> None:
+        fleet = _make_fake_fleet(vms, where, ram, workload, prefix)
+        async with fleet:
+            for v in fleet.vms:
+                _out(f"{v.name}\t{v.qmp_path}\t{v.qga_path}")
+            note(f"{vms} fake VMs serving in {where}; Ctrl-C to stop")
+            note(f"try: BALLOONCTL_DIR={where} balloonctl status")
+            await asyncio.Event().wait()
+
+    try:
+        _run(serve())
+    except KeyboardInterrupt:
+        note("fake fleet stopped")
+
+
+def _open_dashboard(refs: Sequence[VmRef], *, hold: bool, **opts: Any) -> None:
+    try:
+        from tui.app import run_dashboard
+    except ImportError as exc:
+        raise BalloonError(f"the dashboard is not available: {exc}") from None
+    run_dashboard(_STATE.fleet(refs, hold=hold), **opts)
+
+
+@app.command()
+def dashboard(
+    vms: VmsArg = None,
+    all_vms: AllOpt = False,
+    hold: Annotated[bool, typer.Option(
+        "--hold/--polite",
+        help="Keep the QMP sockets open (live events) or reconnect for every poll.",
+    )] = False,
+) -> None:
+    """Open the live dashboard on the selected VMs (alias: top)."""
+    _open_dashboard(_STATE.select(vms or [], all_vms=all_vms), hold=hold)
+
+
+app.command("top", help="Open the live dashboard on the selected VMs (alias of dashboard).")(
+    dashboard
+)
+
+
+@app.command()
+def demo(
+    vms: Annotated[int, typer.Option("--vms", min=1, max=64, help="How many VMs.")] = 6,
+    mem: Annotated[str, typer.Option(
+        "--mem", metavar="SIZE", help="Guest RAM of each VM.",
+        autocompletion=completers.typer_callback("mem"),
+    )] = "2G",
+    workload: Annotated[str, typer.Option(
+        "--workload", metavar="NAME", help="The simulated guest workload.",
+    )] = "compile",
+    once: Annotated[bool, typer.Option(
+        "--once", "--no-tui",
+        help="Print one status table of the simulated fleet and exit (no terminal needed).",
+    )] = False,
+    fmt: FormatOpt = Format.TABLE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start six simulated 2 GiB VMs running a compile workload and open the dashboard."""
+    import tempfile
+
+    from balloonctl.config import scan_dir
+    from balloonctl.fake import run_in_thread
+
+    ram = parse_size(mem)
+    fmt = _format(fmt, as_json)
+    with tempfile.TemporaryDirectory(prefix="balloonctl-demo-") as tmp:
+        fleet = _make_fake_fleet(vms, Path(tmp), ram, workload, "vm")
+        with run_in_thread(fleet):
+            refs = scan_dir(tmp)
+
+            async def prepare() -> list[BalloonState]:
+                async def enable(c: BalloonClient) -> None:
+                    await c.enable_stats(1)
+
+                await _each(refs, enable)
+                return await _snapshot(refs)
+
+            states = _run(prepare())
+            if once:
+                _out(render_states(states, fmt))
+                _exit(_report_states(states, refs))
+                return
+            _open_dashboard(refs, hold=False)
+
+
+# ---- completion ----------------------------------------------------------------------------
+
+
+class Shell(enum.StrEnum):
+    BASH = "bash"
+    ZSH = "zsh"
+    FISH = "fish"
+
+
+@app.command()
+def completion(
+    shell: Annotated[Shell | None, typer.Argument(
+        help="bash, zsh or fish.", show_default=False,
+    )] = None,
+    regen: Annotated[bool, typer.Option("--regen-spec", hidden=True)] = False,
+) -> None:
+    """Print the shell completion script (see docs/cli.md to install it)."""
+    from balloonctl.cli import scripts
+
+    if regen:  # developers: after changing commands or options
+        from balloonctl.cli import spec
+
+        for path in spec.regenerate():
+            note(f"wrote {path}")
+        return
+    if shell is None:
+        raise UsageError("name the shell: bash, zsh or fish")
+    sys.stdout.write(scripts.script(shell.value))
+
+
+def run() -> None:
+    """The console script's entry point."""
+    app(prog_name="balloonctl")

@@ -1,0 +1,412 @@
+"""The VM inventory: which VMs exist, where their sockets are, and their limits.
+
+Sources, merged in this order (a later source wins for the socket path of a name):
+
+1. well-known places that exist on this host: Proxmox's ``/var/run/qemu-server/<vmid>.qmp``
+   (with ``<vmid>.qga``); ``$BALLOONCTL_WELLKNOWN`` (colon-separated dirs) replaces the roots,
+   an empty value turns them off;
+2. the TOML config at ``$BALLOONCTL_CONFIG`` or ``$XDG_CONFIG_HOME/balloonctl/config.toml``
+   (``[defaults]`` and ``[vm.NAME]`` tables);
+3. a directory of sockets (``--dir`` or ``$BALLOONCTL_DIR``): ``*.qmp`` and ``*.sock``, the name
+   from the file stem, a sibling ``<stem>.qga`` as the guest-agent socket;
+4. ``--qmp PATH`` (repeatable; ``NAME=PATH`` names it, otherwise the file stem).
+
+A ``[vm.NAME]`` table without ``qmp`` only adds limits to a VM found elsewhere.
+
+Discovery only lists directories and reads the config: it never connects to a socket, so shell
+completion can call it on every key press. This module imports only the standard library and
+the core.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from balloonctl.errors import SizeError, UnknownVM, UsageError
+from balloonctl.model import VmRef
+from balloonctl.units import parse_duration, parse_size
+
+__all__ = [
+    "ENV_CONFIG",
+    "ENV_DIR",
+    "ENV_WELLKNOWN",
+    "LIBVIRT_ROOTS",
+    "PROXMOX_ROOTS",
+    "Config",
+    "Defaults",
+    "Inventory",
+    "busy_advice",
+    "config_path",
+    "is_libvirt_socket",
+    "load_config",
+    "scan_dir",
+    "scan_proxmox",
+    "wellknown_roots",
+]
+
+ENV_DIR = "BALLOONCTL_DIR"
+ENV_CONFIG = "BALLOONCTL_CONFIG"
+ENV_WELLKNOWN = "BALLOONCTL_WELLKNOWN"
+
+PROXMOX_ROOTS: tuple[Path, ...] = (Path("/var/run/qemu-server"),)
+# libvirt keeps each domain's monitor socket here and holds it for the domain's lifetime.
+LIBVIRT_ROOTS: tuple[str, ...] = ("/var/lib/libvirt/qemu", "/run/libvirt", "/var/run/libvirt")
+
+_SOCKET_SUFFIXES = (".qmp", ".sock")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_LIBVIRT_DOMAIN_DIR = re.compile(r"^domain-\d+-(?P<name>.+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """``[defaults]`` of the config: applied to every VM that does not set its own."""
+
+    directory: str | None = None
+    timeout: float | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    shares: int | None = None
+    hint: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path | None = None
+    defaults: Defaults = field(default_factory=Defaults)
+    vms: tuple[VmRef, ...] = ()
+    # the limits of every [vm.NAME] table (min, max, shares, hint), applied by name to the VM
+    # wherever it was found; a table without qmp only adds limits to a VM found elsewhere
+    overlays: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    """Where the config lives: ``$BALLOONCTL_CONFIG``, else the XDG config dir."""
+    env = os.environ if env is None else env
+    explicit = env.get(ENV_CONFIG)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "balloonctl" / "config.toml"
+
+
+def _size(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise UsageError(f"{where}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise UsageError(f"{where}: a size must be greater than zero")
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_size(value)
+        except SizeError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+    raise UsageError(f"{where}: expected a size such as \"1G\", got {value!r}")
+
+
+def _limits(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The per-VM (or default) settings of a table, as VmRef/Defaults field values."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        here = f"{where}.{key}"
+        if key in ("min", "minimum"):
+            out["minimum"] = _size(value, here)
+        elif key in ("max", "maximum"):
+            out["maximum"] = _size(value, here)
+        elif key == "shares":
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UsageError(f"{here}: expected a positive integer, got {value!r}")
+            out["shares"] = value
+        elif key == "hint":
+            if not isinstance(value, bool):
+                raise UsageError(f"{here}: expected true or false, got {value!r}")
+            out["hint"] = value
+        elif key in ("qmp", "qga", "dir"):
+            if not isinstance(value, str) or not value:
+                raise UsageError(f"{here}: expected a path, got {value!r}")
+            out[key] = os.path.expanduser(value)
+        elif key == "timeout":
+            try:
+                out["timeout"] = (
+                    float(value)
+                    if isinstance(value, int | float) and not isinstance(value, bool)
+                    else parse_duration(str(value))
+                )
+            except SizeError as exc:
+                raise UsageError(f"{here}: {exc}") from None
+        else:
+            raise UsageError(f"{here}: unknown setting {key!r}")
+    if "minimum" in out and "maximum" in out and out["minimum"] > out["maximum"]:
+        raise UsageError(f"{where}: min is above max")
+    return out
+
+
+def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML config; a missing file is an empty config.
+
+    Raises:
+        UsageError: the file is not valid TOML or has a bad setting (the message names it).
+    """
+    path = config_path(env) if path is None else path
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return Config(path=None)
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    import tomllib  # only when there is a config: completion stays cheap without one
+
+    try:
+        doc = tomllib.loads(data.decode("utf-8", errors="replace"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config {path}: {exc}") from None
+
+    unknown = set(doc) - {"defaults", "vm"}
+    if unknown:
+        raise UsageError(f"config {path}: unknown table(s) {', '.join(sorted(unknown))}")
+    raw_defaults = doc.get("defaults", {})
+    if not isinstance(raw_defaults, dict):
+        raise UsageError(f"config {path}: [defaults] must be a table")
+    d = _limits(raw_defaults, "defaults")
+    if "qmp" in d or "qga" in d:
+        raise UsageError(f"config {path}: defaults cannot set qmp or qga")
+    defaults = Defaults(
+        directory=d.get("dir"),
+        timeout=d.get("timeout"),
+        minimum=d.get("minimum"),
+        maximum=d.get("maximum"),
+        shares=d.get("shares"),
+        hint=d.get("hint"),
+    )
+    vms: list[VmRef] = []
+    overlays: dict[str, dict[str, Any]] = {}
+    raw_vms = doc.get("vm", {})
+    if not isinstance(raw_vms, dict):
+        raise UsageError(f"config {path}: [vm.NAME] entries must be tables")
+    for name, table in raw_vms.items():
+        if not isinstance(table, dict):
+            raise UsageError(f"config {path}: vm.{name} must be a table")
+        settings = _limits(table, f"vm.{name}")
+        if "dir" in settings or "timeout" in settings:
+            raise UsageError(f"config {path}: vm.{name} cannot set dir or timeout")
+        qmp = settings.pop("qmp", None)
+        qga = settings.pop("qga", None)
+        overlays[name] = settings
+        if qmp is not None:
+            vms.append(VmRef(name=name, qmp=qmp, qga=qga, source="config"))
+        elif qga is not None:
+            overlays[name]["qga"] = qga
+    return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays)
+
+
+def scan_dir(directory: str | Path, *, source: str = "dir") -> list[VmRef]:
+    """The VMs of a directory of sockets: ``*.qmp`` and ``*.sock`` (name = stem), with a
+    sibling ``<stem>.qga`` as the guest agent. A missing directory has none.
+    """
+    try:
+        entries = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+    present = set(entries)
+    refs: list[VmRef] = []
+    seen: set[str] = set()
+    for entry in entries:
+        stem, suffix = os.path.splitext(entry)
+        if suffix not in _SOCKET_SUFFIXES or not stem or stem in seen:
+            continue
+        seen.add(stem)
+        qga = f"{stem}.qga"
+        refs.append(
+            VmRef(
+                name=stem,
+                qmp=os.path.join(directory, entry),
+                qga=os.path.join(directory, qga) if qga in present else None,
+                source=source,
+            )
+        )
+    return refs
+
+
+def wellknown_roots(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Directories searched for Proxmox-style ``<vmid>.qmp`` sockets."""
+    env = os.environ if env is None else env
+    override = env.get(ENV_WELLKNOWN)
+    if override is not None:
+        return [Path(p) for p in override.split(":") if p]
+    return list(PROXMOX_ROOTS)
+
+
+def scan_proxmox(roots: Iterable[Path]) -> list[VmRef]:
+    """Proxmox keeps ``<vmid>.qmp`` and ``<vmid>.qga`` in /var/run/qemu-server."""
+    refs: list[VmRef] = []
+    for root in roots:
+        refs.extend(r for r in scan_dir(root, source="proxmox") if r.qmp.endswith(".qmp"))
+    return refs
+
+
+def is_libvirt_socket(path: str) -> bool:
+    """True when the socket lives where libvirt keeps the monitors of its domains."""
+    real = os.path.abspath(path)
+    return any(real == root or real.startswith(root + os.sep) for root in LIBVIRT_ROOTS)
+
+
+def busy_advice(ref: VmRef) -> str | None:
+    """What to tell an operator whose VM's socket is busy, when there is more to say."""
+    if is_libvirt_socket(ref.qmp):
+        return (
+            "libvirt owns this monitor socket and holds it while the domain runs; use "
+            f"`virsh qemu-monitor-command {ref.name} --pretty '{{\"execute\":\"query-balloon\"}}'`"
+            " (or `virsh setmem`) instead"
+        )
+    return None
+
+
+def _name_for_path(path: str) -> str:
+    p = Path(path)
+    parent = _LIBVIRT_DOMAIN_DIR.match(p.parent.name)
+    if parent is not None and p.stem == "monitor":
+        return parent.group("name")  # libvirt: .../domain-3-web1/monitor.sock
+    return p.stem or path
+
+
+def _parse_qmp_arg(arg: str) -> tuple[str, str]:
+    name, sep, path = arg.partition("=")
+    if sep and name and path and "/" not in name:
+        return name, os.path.expanduser(path)
+    return _name_for_path(arg), os.path.expanduser(arg)
+
+
+class Inventory:
+    """The VMs known from every source, in a stable order, selectable by name or glob."""
+
+    def __init__(self, refs: Iterable[VmRef] = (), *, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self._refs: dict[str, VmRef] = {}
+        for ref in refs:
+            self._refs[ref.name] = ref
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        qmp: Sequence[str] = (),
+        qga: str | None = None,
+        directory: str | None = None,
+        config: Path | None = None,
+        roots: Sequence[Path] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Inventory:
+        """Merge every source (see the module docstring); never connects to a socket.
+
+        Raises:
+            UsageError: a bad config, or ``qga`` given without exactly one ``qmp``.
+        """
+        env = os.environ if env is None else env
+        if qga is not None and len(qmp) != 1:
+            raise UsageError("--qga needs exactly one --qmp")
+        cfg = load_config(config, env=env)
+        found: dict[str, VmRef] = {}
+
+        def add(refs: Iterable[VmRef]) -> None:
+            for ref in refs:
+                old = found.get(ref.name)
+                if old is not None and ref.qga is None:
+                    ref = replace(ref, qga=old.qga)
+                found[ref.name] = ref
+
+        add(scan_proxmox(wellknown_roots(env) if roots is None else roots))
+        add(cfg.vms)
+        dir_ = directory or env.get(ENV_DIR) or cfg.defaults.directory
+        if dir_:
+            add(scan_dir(os.path.expanduser(dir_)))
+        explicit = [_parse_qmp_arg(a) for a in qmp]
+        add(
+            VmRef(name=name, qmp=path, qga=os.path.expanduser(qga) if qga else None)
+            for name, path in explicit
+        )
+
+        d = cfg.defaults
+        refs: list[VmRef] = []
+        for ref in found.values():
+            settings: dict[str, Any] = {
+                "minimum": d.minimum, "maximum": d.maximum, "hint": d.hint,
+                "shares": d.shares or ref.shares,
+            }
+            settings.update(cfg.overlays.get(ref.name, {}))
+            refs.append(replace(ref, **settings))
+        return cls(refs, config=cfg)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._refs)
+
+    @property
+    def refs(self) -> list[VmRef]:
+        return list(self._refs.values())
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._refs
+
+    def get(self, name: str) -> VmRef:
+        """The VM of that exact name.
+
+        Raises:
+            UnknownVM: no such VM; the message suggests close matches.
+        """
+        ref = self._refs.get(name)
+        if ref is None:
+            raise self._unknown(name)
+        return ref
+
+    def select(self, patterns: Sequence[str], *, all_vms: bool = False) -> list[VmRef]:
+        """VMs by exact name or glob (``web-*``), in inventory order, without duplicates.
+        No patterns (or ``all_vms``) selects every VM.
+
+        Raises:
+            UnknownVM: a name or pattern matches nothing, or the inventory is empty.
+        """
+        if not self._refs:
+            raise UnknownVM(self._nothing_known())
+        if all_vms or not patterns:
+            return self.refs
+        chosen: dict[str, VmRef] = {}
+        for pattern in patterns:
+            if pattern in self._refs:
+                chosen.setdefault(pattern, self._refs[pattern])
+                continue
+            if _GLOB_CHARS.search(pattern):
+                hits = [n for n in self._refs if fnmatch.fnmatchcase(n, pattern)]
+                if hits:
+                    for n in hits:
+                        chosen.setdefault(n, self._refs[n])
+                    continue
+            raise self._unknown(pattern)
+        return list(chosen.values())
+
+    def suggestions(self, name: str) -> list[str]:
+        return difflib.get_close_matches(name, self._refs, n=3, cutoff=0.5)
+
+    def _nothing_known(self) -> str:
+        where = self.config.path or config_path()
+        return (
+            "no VMs known: pass --qmp PATH or --dir DIR (or set BALLOONCTL_DIR), "
+            f"or list them in {where}"
+        )
+
+    def _unknown(self, name: str) -> UnknownVM:
+        if not self._refs:
+            return UnknownVM(self._nothing_known())
+        close = self.suggestions(name)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        known = ", ".join(list(self._refs)[:8]) + (", ..." if len(self._refs) > 8 else "")
+        return UnknownVM(f"unknown VM {name!r}{hint} (known: {known})")
