@@ -1,0 +1,28 @@
+"""A fake QEMU 7.2 for tests and demos: QMP and guest-agent sockets over a simulated guest.
+
+    FakeVM          one VM: ``qmp_path``, ``qga_path``, ``guest`` (GuestSim), ``faults``
+    FakeFleet       n VMs sharing one timer (the demo fleet, the dashboard benchmark)
+    GuestSim        the simulated guest memory (free, cache, anon, balloon, swap)
+    Faults          fault injection switches, settable while the VM runs
+    run_in_thread   run a VM or fleet on its own loop in a thread (for CLI tests)
+    serve           run a fleet until SIGINT/SIGTERM (``python -m balloonctl.fake``)
+
+The fake depends only on ``balloonctl.units`` and the wire format.
+"""
+
+from balloonctl.fake.faults import Faults
+from balloonctl.fake.fleet import FakeFleet
+from balloonctl.fake.guest import WORKLOADS, GuestSim
+from balloonctl.fake.runner import run_fleet_forever, run_in_thread, serve
+from balloonctl.fake.vm import FakeVM
+
+__all__ = [
+    "WORKLOADS",
+    "FakeFleet",
+    "FakeVM",
+    "Faults",
+    "GuestSim",
+    "run_fleet_forever",
+    "run_in_thread",
+    "serve",
+]

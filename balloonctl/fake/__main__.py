@@ -1,0 +1,47 @@
+"""``python -m balloonctl.fake --vms N --mem 2G --dir DIR``: serve a fake fleet until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from balloonctl.errors import SizeError
+from balloonctl.fake.guest import WORKLOADS
+from balloonctl.fake.runner import serve
+from balloonctl.units import parse_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m balloonctl.fake",
+        description="Serve fake QEMU VMs (QMP + guest agent) on unix sockets until Ctrl-C.",
+    )
+    parser.add_argument("--vms", type=int, default=3, help="number of VMs (default 3)")
+    parser.add_argument("--mem", default="2G", help="guest RAM per VM (default 2G)")
+    parser.add_argument("--dir", type=Path, default=None, help="socket directory")
+    parser.add_argument(
+        "--workload", default="compile", choices=[*WORKLOADS, "none"],
+        help="guest workload (default compile)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        ram = parse_size(args.mem)
+    except SizeError as exc:
+        parser.error(str(exc))
+    if args.vms < 1:
+        parser.error("--vms must be at least 1")
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="balloonctl-fake-"))
+    workload = None if args.workload == "none" else args.workload
+    try:
+        serve(args.vms, ram, directory, workload, seed=args.seed)
+    except OSError as exc:
+        print(f"balloonctl: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

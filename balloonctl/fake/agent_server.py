@@ -1,0 +1,218 @@
+"""The guest agent (qemu-ga) socket: line-delimited JSON, no greeting, no negotiation.
+
+``guest-exec`` runs a tiny simulated shell against the guest simulation: ``sync``,
+``echo 1 > /proc/sys/vm/drop_caches`` (or 3; also via ``tee`` with ``input-data``),
+``cat /proc/meminfo``, ``true``, ``false`` and ``echo``. Anything else exits 127.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from balloonctl.fake.faults import Faults
+from balloonctl.fake.guest import GuestSim
+from balloonctl.fake.server import JSONServer
+from balloonctl.fake.wire import QMPError
+
+__all__ = ["QGA_VERSION", "AgentServer", "run_command"]
+
+QGA_VERSION = "7.2.22"
+
+_SHELLS = frozenset({"sh", "bash", "dash"})
+_DROP_RE = re.compile(r"(?:echo|printf)\s+['\"]?([0-9])['\"]?[^;&|]*drop_caches")
+_SPLIT_RE = re.compile(r"\s*(?:;|&&|\|\||\n)\s*")
+
+
+def _failed(reason: str) -> QMPError:
+    return QMPError(f"Guest agent command failed, error was '{reason}'")
+
+
+@dataclass
+class _Process:
+    exitcode: int
+    out: bytes
+    err: bytes
+    capture: bool
+    done_at: float
+
+
+def _drop_value(cmdline: str, input_data: bytes) -> int | None:
+    """The number a command line writes to /proc/sys/vm/drop_caches, if it does."""
+    if "drop_caches" not in cmdline:
+        return None
+    m = _DROP_RE.search(cmdline)
+    if m is not None:
+        return int(m.group(1))
+    text = input_data.decode(errors="replace").strip()
+    if text.isdigit():
+        return int(text)
+    return None
+
+
+def _simple(argv: list[str], guest: GuestSim) -> tuple[int, bytes, bytes]:
+    prog = argv[0].rsplit("/", 1)[-1]
+    if prog in ("true", "sync", ":"):
+        return 0, b"", b""
+    if prog == "false":
+        return 1, b"", b""
+    if prog == "echo":
+        return 0, (" ".join(argv[1:]) + "\n").encode(), b""
+    if prog == "cat":
+        out = b""
+        for name in argv[1:]:
+            if name != "/proc/meminfo":
+                return 1, out, f"cat: {name}: No such file or directory\n".encode()
+            out += guest.meminfo().encode()
+        return 0, out, b""
+    return 127, b"", f"sh: 1: {argv[0]}: not found\n".encode()
+
+
+def run_command(
+    path: str, args: list[str], guest: GuestSim, input_data: bytes = b""
+) -> tuple[int, bytes, bytes]:
+    """Run a command line in the simulated guest: ``(exitcode, stdout, stderr)``."""
+    argv = [path, *args]
+    cmdline = " ".join(argv)
+    value = _drop_value(cmdline, input_data)
+    if value is not None:
+        if value in (1, 3):
+            guest.drop_caches()
+        elif value != 2:
+            return 1, b"", b"sh: 1: echo: echo: I/O error\n"
+        return 0, b"", b""
+    prog = path.rsplit("/", 1)[-1]
+    if prog in _SHELLS:
+        if len(args) < 2 or args[0] != "-c":
+            return 2, b"", f"{prog}: unsupported invocation in the fake guest\n".encode()
+        out = b""
+        err = b""
+        code = 0
+        for part in _SPLIT_RE.split(args[1].strip()):
+            if not part:
+                continue
+            try:
+                words = shlex.split(part)
+            except ValueError:
+                return 2, out, b"sh: 1: Syntax error: Unterminated quoted string\n"
+            if not words:
+                continue
+            code, o, e = _simple(words, guest)
+            out += o
+            err += e
+        return code, out, err
+    return _simple(argv, guest)
+
+
+class AgentServer(JSONServer):
+    """One VM's guest-agent socket (``-chardev socket,...,server=on`` behind virtserialport)."""
+
+    crlf = False
+
+    def __init__(
+        self,
+        path: Path,
+        guest: GuestSim,
+        faults: Faults,
+        *,
+        exec_enabled: bool = True,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(path, faults)
+        self.guest = guest
+        self.exec_enabled = exec_enabled
+        self.clock = clock
+        # How long a guest-exec'd process runs before guest-exec-status says it exited.
+        self.exec_duration = 0.0
+        self._next_pid = 1000
+        self._procs: dict[int, _Process] = {}
+        self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "guest-sync": self._sync,
+            "guest-sync-delimited": self._sync_delimited,
+            "guest-ping": self._ping,
+            "guest-info": self._info,
+            "guest-exec": self._exec,
+            "guest-exec-status": self._exec_status,
+        }
+
+    def command(self, name: str, args: dict[str, Any]) -> Any:
+        handler = self._handlers.get(name)
+        if handler is None:
+            raise QMPError(f"The command {name} has not been found", "CommandNotFound")
+        if not self.exec_enabled and name in ("guest-exec", "guest-exec-status"):
+            raise _failed(f"The command {name} has been disabled for this instance")
+        return handler(args)
+
+    def _sync(self, args: dict[str, Any]) -> Any:
+        if "id" not in args:
+            raise QMPError("Parameter 'id' is missing")
+        if not isinstance(args["id"], int) or isinstance(args["id"], bool):
+            raise QMPError("Invalid parameter type for 'id', expected: integer")
+        return args["id"]
+
+    def _sync_delimited(self, args: dict[str, Any]) -> Any:
+        value = self._sync(args)
+        writer = self._current
+        if writer is not None:
+            writer.write(b"\xff")
+        return value
+
+    def _ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def _info(self, args: dict[str, Any]) -> dict[str, Any]:
+        commands = []
+        for name in sorted(self._handlers):
+            enabled = self.exec_enabled or name not in ("guest-exec", "guest-exec-status")
+            commands.append({"enabled": enabled, "name": name, "success-response": True})
+        return {"version": QGA_VERSION, "supported_commands": commands}
+
+    def _exec(self, args: dict[str, Any]) -> dict[str, Any]:
+        path = args.get("path")
+        if not isinstance(path, str):
+            raise QMPError(
+                "Parameter 'path' is missing" if path is None
+                else "Invalid parameter type for 'path', expected: string"
+            )
+        argv = args.get("arg", [])
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise QMPError("Invalid parameter type for 'arg', expected: array")
+        raw_input = args.get("input-data")
+        input_data = b""
+        if isinstance(raw_input, str):
+            try:
+                input_data = base64.b64decode(raw_input, validate=True)
+            except ValueError:
+                raise _failed("Invalid base64 in input-data") from None
+        capture = bool(args.get("capture-output", False))
+        code, out, err = run_command(path, argv, self.guest, input_data)
+        pid = self._next_pid
+        self._next_pid += 1
+        self._procs[pid] = _Process(code, out, err, capture, self.clock() + self.exec_duration)
+        return {"pid": pid}
+
+    def _exec_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        pid = args.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise QMPError(
+                "Parameter 'pid' is missing" if pid is None
+                else "Invalid parameter type for 'pid', expected: integer"
+            )
+        proc = self._procs.get(pid)
+        if proc is None:
+            raise _failed("Invalid parameter 'pid'")
+        if self.clock() < proc.done_at:
+            return {"exited": False}
+        del self._procs[pid]  # qemu-ga forgets a process once it reported its exit
+        status: dict[str, Any] = {"exited": True, "exitcode": proc.exitcode}
+        if proc.capture:
+            if proc.out:
+                status["out-data"] = base64.b64encode(proc.out).decode()
+            if proc.err:
+                status["err-data"] = base64.b64encode(proc.err).decode()
+        return status

@@ -1,0 +1,119 @@
+"""Running fakes outside a test's event loop: in a thread, or as a process until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from balloonctl.fake.fleet import FakeFleet
+from balloonctl.fake.vm import FakeVM
+
+__all__ = ["run_fleet_forever", "run_in_thread", "serve"]
+
+F = TypeVar("F", FakeVM, FakeFleet)
+
+
+@contextlib.contextmanager
+def run_in_thread(target: F, *, timeout: float = 10.0) -> Iterator[F]:
+    """Run a FakeVM or FakeFleet on its own event loop in a daemon thread.
+
+    For tests of code that calls ``asyncio.run`` itself (the CLI). Yields ``target`` once
+    its sockets listen; stops it and joins the thread on exit. Change ``target.guest`` or
+    ``target.faults`` from the test through ``vm.call_threadsafe`` when it matters.
+
+    Raises:
+        TimeoutError: the fake did not start (or stop) within ``timeout``.
+        OSError: a socket could not be created.
+    """
+    started = threading.Event()
+    errors: list[BaseException] = []
+    loop_box: list[asyncio.AbstractEventLoop] = []
+    stop_box: list[asyncio.Event] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop_box.append(asyncio.get_running_loop())
+        stop_box.append(stop)
+        try:
+            await target.start()
+        except BaseException as exc:
+            errors.append(exc)
+            started.set()
+            return
+        started.set()
+        try:
+            await stop.wait()
+        finally:
+            await target.stop()
+
+    thread = threading.Thread(
+        target=asyncio.run, args=(main(),), name=f"fake-{type(target).__name__}", daemon=True
+    )
+    thread.start()
+    if not started.wait(timeout):
+        raise TimeoutError("the fake did not start in time")
+    if errors:
+        thread.join(timeout)
+        raise errors[0]
+    try:
+        yield target
+    finally:
+        loop_box[0].call_soon_threadsafe(stop_box[0].set)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError("the fake did not stop in time")
+
+
+async def run_fleet_forever(
+    n: int,
+    ram: int,
+    directory: Path,
+    workload: str | None = "compile",
+    *,
+    out: TextIO | None = None,
+    stop: asyncio.Event | None = None,
+    **vm_kwargs: Any,
+) -> None:
+    """Serve ``n`` fake VMs in ``directory`` until SIGINT/SIGTERM (or ``stop`` is set).
+
+    Prints one line per VM when ready: ``NAME qmp=PATH qga=PATH``.
+
+    Raises:
+        OSError: a socket could not be created.
+        ValueError: an unknown workload.
+    """
+    out = sys.stdout if out is None else out
+    stop = asyncio.Event() if stop is None else stop
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        async with FakeFleet(n, directory, ram=ram, workload=workload, **vm_kwargs) as fleet:
+            for vm in fleet.vms:
+                qga = f" qga={vm.qga_path}" if vm.agent else ""
+                print(f"{vm.name} qmp={vm.qmp_path}{qga}", file=out, flush=True)
+            await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def serve(
+    n: int, ram: int, directory: Path, workload: str | None = "compile", **vm_kwargs: Any
+) -> None:
+    """Blocking ``run_fleet_forever`` (for ``balloonctl fake`` and ``python -m``).
+
+    Raises:
+        OSError: a socket could not be created.
+        ValueError: an unknown workload.
+    """
+    asyncio.run(run_fleet_forever(n, ram, directory, workload, **vm_kwargs))

@@ -1,0 +1,172 @@
+"""The QMP/QGA wire format: incremental JSON framing, encoding, errors and events.
+
+QEMU's JSON streamer splits the byte stream by brace depth, not by lines: clients
+(qemu.qmp included) send compact JSON without a trailing newline. Server messages end
+with a newline (QMP's monitor writes ``\\r\\n``, qemu-ga writes ``\\n``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import time
+from typing import Any, Final
+
+__all__ = [
+    "JSONStream",
+    "ParseError",
+    "QMPError",
+    "encode",
+    "error_reply",
+    "event",
+    "timestamp",
+]
+
+# Refuse a single message larger than this (QEMU's limit is far larger; a fake needs none).
+_MAX_MESSAGE = 1 << 20
+_WHITESPACE: Final = " \t\r\n"
+
+
+class QMPError(Exception):
+    """A command failed; becomes ``{"error": {"class": ..., "desc": ...}}`` on the wire."""
+
+    def __init__(self, desc: str, error_class: str = "GenericError") -> None:
+        super().__init__(desc)
+        self.desc = desc
+        self.error_class = error_class
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"class": self.error_class, "desc": self.desc}
+
+
+class ParseError:
+    """One piece of input that is not JSON (what QEMU answers with a parse error)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"ParseError({self.text!r})"
+
+
+class JSONStream:
+    """Split a byte stream into JSON values as they complete.
+
+    ``feed(data)`` returns every value completed by ``data`` (decoded objects, or
+    ``ParseError`` for junk). A value may arrive split across any number of reads.
+    Bytes 0xFF reset the parser, as qemu-ga's lexer does (``guest-sync-delimited``).
+    """
+
+    __slots__ = ("_buf", "_decoder", "_depth", "_escape", "_in_string", "_scan", "_utf8")
+
+    def __init__(self) -> None:
+        self._decoder = json.JSONDecoder()
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buf = ""
+        self._scan = 0  # index in _buf up to which depth/string state is known
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+
+    def reset(self) -> None:
+        self._utf8.reset()
+        self._buf = ""
+        self._scan = 0
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+
+    def feed(self, data: bytes) -> list[Any]:
+        out: list[Any] = []
+        if b"\xff" in data:
+            *_, data = data.split(b"\xff")
+            self.reset()
+        self._buf += self._utf8.decode(data)
+        start = 0
+        buf = self._buf
+        i = self._scan
+        n = len(buf)
+        while i < n:
+            ch = buf[i]
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                elif ch == "\\":
+                    self._escape = True
+                elif ch == '"':
+                    self._in_string = False
+            elif ch == '"':
+                if self._depth == 0:
+                    start, i = self._junk(buf, start, i, out)
+                    continue
+                self._in_string = True
+            elif ch in "{[":
+                if self._depth == 0:
+                    if buf[start:i].strip(_WHITESPACE):
+                        out.append(ParseError(buf[start:i].strip(_WHITESPACE)))
+                    start = i
+                self._depth += 1
+            elif ch in "}]":
+                if self._depth == 0:
+                    out.append(ParseError(ch))
+                    start = i + 1
+                else:
+                    self._depth -= 1
+                    if self._depth == 0:
+                        out.append(self._decode(buf[start : i + 1]))
+                        start = i + 1
+            elif self._depth == 0 and ch not in _WHITESPACE:
+                start, i = self._junk(buf, start, i, out)
+                continue
+            i += 1
+        self._buf = buf[start:]
+        self._scan = n - start
+        if len(self._buf) > _MAX_MESSAGE:
+            out.append(ParseError(self._buf[:40]))
+            self.reset()
+        return out
+
+    def _junk(self, buf: str, start: int, i: int, out: list[Any]) -> tuple[int, int]:
+        """Top-level text that cannot start a JSON object: report it up to the next space."""
+        j = i
+        while j < len(buf) and buf[j] not in _WHITESPACE and buf[j] not in "{[":
+            j += 1
+        out.append(ParseError(buf[i:j]))
+        return j, j
+
+    def _decode(self, text: str) -> Any:
+        try:
+            value, _ = self._decoder.raw_decode(text)
+        except json.JSONDecodeError as exc:
+            return ParseError(f"{exc.msg} at {exc.pos}")
+        return value
+
+
+def encode(msg: Any, *, crlf: bool = True) -> bytes:
+    """One server message: JSON with QEMU's ``", "``/``": "`` separators and a newline."""
+    return (json.dumps(msg) + ("\r\n" if crlf else "\n")).encode()
+
+
+def error_reply(err: QMPError, msg_id: Any = None, *, has_id: bool = False) -> dict[str, Any]:
+    reply: dict[str, Any] = {"error": err.to_wire()}
+    if has_id:
+        reply["id"] = msg_id
+    return reply
+
+
+def timestamp(wall: float | None = None) -> dict[str, int]:
+    """QMP's event timestamp: host wall-clock seconds and microseconds."""
+    now = time.time() if wall is None else wall
+    seconds = int(now)
+    return {"seconds": seconds, "microseconds": int((now - seconds) * 1_000_000)}
+
+
+def event(name: str, data: dict[str, Any] | None = None, *, wall: float | None = None
+          ) -> dict[str, Any]:
+    msg: dict[str, Any] = {"event": name}
+    if data is not None:
+        msg["data"] = data
+    msg["timestamp"] = timestamp(wall)
+    return msg

@@ -1,0 +1,54 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balloonctl.units import GiB
+
+# --- the fake QEMU (balloonctl.fake) ----------------------------------------------------
+
+
+@pytest.fixture
+def fake_dir() -> Iterator[Path]:
+    """A short socket directory (unix socket paths must stay under 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="bf-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# Fast defaults for tests: the balloon moves 4 GiB/s and the timer ticks every 10 ms.
+FAKE_FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB}
+
+
+@pytest.fixture
+async def fake_vm_factory(fake_dir: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await fake_vm_factory(name="vm1", **FakeVM kwargs)`` -> a started FakeVM, fast
+    defaults (``FAKE_FAST``); every VM is stopped at teardown."""
+    from balloonctl.fake import FakeVM
+
+    vms: list[FakeVM] = []
+
+    async def make(name: str = "vm1", **kwargs: Any) -> FakeVM:
+        vm = FakeVM(name, fake_dir, **{**FAKE_FAST, **kwargs})
+        await vm.start()
+        vms.append(vm)
+        return vm
+
+    yield make
+    for vm in vms:
+        await vm.stop()
+
+
+@pytest.fixture
+async def fake_vm(fake_vm_factory: Callable[..., Awaitable[Any]]) -> Any:
+    """One started fake VM "vm1" with the fast test defaults."""
+    return await fake_vm_factory()
