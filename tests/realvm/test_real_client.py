@@ -77,7 +77,8 @@ async def test_target_converges_and_guest_stats_follow(real_vm: QemuVM) -> None:
             until=lambda s: (s.total_memory or 0) <= before.total_memory - ballooned + 4 * MiB,
         )
         assert after.free_memory is not None
-        assert after.free_memory < before.free_memory - ballooned + 32 * MiB
+        # Free memory falls by about the balloon size (the guest may reclaim a little).
+        assert after.free_memory < before.free_memory - ballooned * 3 // 4
 
         state = await client.snapshot()
         assert state.reachable and state.driver_ready

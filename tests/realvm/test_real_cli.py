@@ -1,0 +1,145 @@
+"""The installed ``balloonctl`` console script against the real guest, as a user runs it.
+
+Each test gets its own state file (BALLOONCTL_STATE) and an empty config home, so nothing
+from the user's environment leaks in and nothing leaks out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .qemu import BALLOON_QOM_PATH, MiB, QemuVM
+
+pytestmark = pytest.mark.realvm
+
+VM = "realvm"
+
+
+def balloonctl_path() -> str:
+    # The console script installed next to this interpreter (the project's venv).
+    here = Path(sys.executable).parent / "balloonctl"
+    found = str(here) if here.is_file() else shutil.which("balloonctl")
+    if found is None:
+        pytest.fail("the balloonctl console script is not installed (pip install -e .)")
+    return found
+
+
+class Cli:
+    """Runs balloonctl against one VM with a private state file and config home."""
+
+    def __init__(self, vm: QemuVM, tmp: Path, *, agent: bool = True) -> None:
+        self.vm = vm
+        self.sockets = ["--qmp", f"{VM}={vm.qmp_path}"]
+        if agent:
+            self.sockets += ["--qga", str(vm.qga_path)]
+        self.state = tmp / "state.json"
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("BALLOONCTL_") and k != "NO_COLOR"}
+        self.env.update(BALLOONCTL_STATE=str(self.state), XDG_CONFIG_HOME=str(tmp / "config"),
+                        NO_COLOR="1")
+
+    def run(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [balloonctl_path(), *self.sockets, *args],
+            capture_output=True, text=True, env=self.env, timeout=timeout,
+        )
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = self.run(*args)
+        assert result.returncode == 0, (
+            f"balloonctl {' '.join(args)} exited {result.returncode}\n"
+            f"stdout: {result.stdout}\nstderr: {result.stderr}"
+        )
+        return result
+
+    def json(self, *args: str) -> dict[str, Any]:
+        rows = json.loads(self.ok(*args, "--json").stdout)
+        assert isinstance(rows, list) and len(rows) == 1, rows
+        row: dict[str, Any] = rows[0]
+        assert row["name"] == VM
+        return row
+
+
+def actual(vm: QemuVM) -> int:
+    with vm.qmp() as qmp:
+        return int(qmp.command("query-balloon")["actual"])
+
+
+def test_cli_status_json_shows_the_real_guest(real_vm: QemuVM, tmp_path: Path) -> None:
+    row = Cli(real_vm, tmp_path).json("status")
+    assert row["status"] == "ok"
+    assert row["reachable"] is True and row["driver_ready"] is True
+    assert row["actual"] == row["guest_ram"] == real_vm.ram
+    assert row["ballooned"] == 0
+    assert 0 < row["total_memory"] < real_vm.ram
+    assert 0 < row["free_memory"] < row["total_memory"]
+    assert row["last_update"] > 0
+    assert row["hint_mode"] == "agent"
+    assert row["deflate_on_oom"] is False
+
+
+def test_cli_set_wait_inflates_then_restores(real_vm: QemuVM, tmp_path: Path) -> None:
+    cli = Cli(real_vm, tmp_path)
+    cli.ok("set", VM, "640M", "--wait")
+    # --wait returned, so QEMU must already report the target.
+    assert abs(actual(real_vm) - 640 * MiB) <= 2 * MiB
+    row = cli.json("status")
+    assert row["target"] == 640 * MiB
+    assert abs(row["ballooned"] - (real_vm.ram - 640 * MiB)) <= 2 * MiB
+
+    cli.ok("set", VM, "100%", "--wait")
+    assert actual(real_vm) == real_vm.ram
+
+
+def test_cli_refuses_a_target_above_ram(real_vm: QemuVM, tmp_path: Path) -> None:
+    result = Cli(real_vm, tmp_path).run("set", VM, "2G")
+    assert result.returncode == 5  # ExitCode.UNSAFE_TARGET
+    assert result.stderr.startswith("balloonctl: error:")
+    assert "above guest RAM" in result.stderr
+    assert actual(real_vm) == real_vm.ram
+
+
+def test_cli_hint_on_status_off_in_agent_mode(real_vm: QemuVM, tmp_path: Path) -> None:
+    cli = Cli(real_vm, tmp_path)
+    assert cli.json("hint", VM, "status")["hint_enabled"] is False
+    assert "agent" in cli.ok("hint", VM, "on").stdout
+    row = cli.json("hint", VM, "status")
+    assert (row["hint_mode"], row["hint_enabled"]) == ("agent", True)
+    # Agent mode is balloonctl's own state: it must persist between invocations.
+    assert json.loads(cli.state.read_text())[str(real_vm.qmp_path)]["hint"] is True
+    cli.ok("hint", VM, "off")
+    assert cli.json("hint", VM, "status")["hint_enabled"] is False
+
+
+def test_cli_hint_without_guest_agent_is_unsupported(real_vm: QemuVM, tmp_path: Path) -> None:
+    cli = Cli(real_vm, tmp_path, agent=False)
+    assert cli.json("hint", VM, "status")["hint_mode"] == "unsupported"
+    result = cli.run("hint", VM, "on")
+    assert result.returncode == 4  # ExitCode.QMP_ERROR: HintUnsupported
+    assert "reclaim-cache-first" in result.stderr
+
+
+def test_cli_stats_turns_on_polling(real_vm: QemuVM, tmp_path: Path) -> None:
+    Cli(real_vm, tmp_path).ok("stats", VM, "--interval", "1")
+    with real_vm.qmp() as qmp:
+        interval = qmp.command("qom-get", {"path": BALLOON_QOM_PATH,
+                                           "property": "guest-stats-polling-interval"})
+    assert interval == 1
+
+
+def test_cli_reports_a_busy_socket(real_vm: QemuVM, tmp_path: Path) -> None:
+    cli = Cli(real_vm, tmp_path)
+    with real_vm.qmp():  # another QMP client holds the socket
+        result = cli.run("--timeout", "1s", "status", "--json")
+    assert result.returncode == 3  # ExitCode.UNREACHABLE
+    row = json.loads(result.stdout)[0]
+    assert (row["status"], row["error_kind"]) == ("busy", "SocketBusy")
+    assert "another QMP client" in result.stderr
