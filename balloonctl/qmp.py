@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -169,6 +168,17 @@ class _Transport(QMPClient):
         self._listeners.append(self.events)
         self._trace = trace
         self._vm = name
+        # Set whenever the session is not RUNNING; unlike runstate_changed() it cannot be
+        # missed by a waiter that starts listening just after the change.
+        self.not_running = asyncio.Event()
+        self.not_running.set()
+
+    def _set_state(self, state: Runstate) -> None:
+        super()._set_state(state)
+        if state is Runstate.RUNNING:
+            self.not_running.clear()
+        else:
+            self.not_running.set()
 
     def _cb_outbound(self, msg: Message) -> Message:
         # Not calling super(): it pretty-prints every message even when debug is off.
@@ -632,9 +642,14 @@ class BalloonClient:
 
     # ---- cache-first hint -------------------------------------------------------------
 
-    def _agent(self) -> GuestAgent:
+    def _agent(self, *, probe: bool = False) -> GuestAgent:
+        # A probe (hint status, in every snapshot) must not stall on a guest whose agent is
+        # not running: the socket accepts, nothing answers.
         assert self.qga is not None
-        return GuestAgent(self.qga, timeout=min(self.command_timeout, 5.0), trace=self.trace,
+        timeout = min(self.command_timeout, 5.0)
+        if probe:
+            timeout = min(timeout, self.connect_timeout, 2.0)
+        return GuestAgent(self.qga, timeout=timeout, trace=self.trace,
                           name=f"{self.name}/qga", vm=self._vm)
 
     async def _hint_mode(self) -> HintMode:
@@ -644,7 +659,7 @@ class BalloonClient:
     async def _probe_hint(self) -> HintState:
         """Find how the hint can be honoured here, without changing anything."""
         props = await self._properties()
-        if props.get(HINT_PROPERTY) == "bool":
+        if HINT_PROPERTY in props:  # a patched device; its QOM type is "bool"
             path = await self.device_path()
             enabled = bool(await self._qom_get(path, HINT_PROPERTY))
             return HintState(HintMode.DEVICE, enabled,
@@ -653,7 +668,7 @@ class BalloonClient:
         if self.qga is None:
             return HintState(HintMode.UNSUPPORTED, False, HINT_UNSUPPORTED_MESSAGE)
         try:
-            async with self._agent() as agent:
+            async with self._agent(probe=True) as agent:
                 await agent.require_exec()
         except AgentExecBlocked as exc:
             return HintState(HintMode.UNSUPPORTED, False, f"{HINT_UNSUPPORTED_MESSAGE}: {exc}")
@@ -707,38 +722,38 @@ class BalloonClient:
         self.store.update(self.address, hint=bool(on))
         return await self._probe_hint()
 
-    async def _fresh_stats(self, since: float, wait: float) -> GuestStats | None:
-        """The first stats sample the guest pushed at or after wall-clock ``since``.
+    async def _next_sample(self, previous: GuestStats, wait: float) -> GuestStats | None:
+        """The first stats sample newer than ``previous``, or None after ``wait`` seconds.
 
-        ``last-update`` is whole seconds, so "after" means ``last_update >= ceil(since)``.
-        Returns None when no such sample arrived within ``wait`` seconds.
+        ``last-update`` is whole seconds and the guest pushes at most once per polling
+        interval (1 s here), so a changed ``last-update`` is a sample received after
+        ``previous`` was read.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        wanted = math.ceil(since)
-        while True:
+        while loop.time() < deadline:
+            await asyncio.sleep(POLL_INTERVAL)
             stats = await self.stats()
-            if stats.last_update >= wanted:
+            if stats.last_update != previous.last_update:
                 return stats
-            if loop.time() >= deadline:
-                return None
-            await asyncio.sleep(0.1)
+        return None
 
     async def _drop_cache_before_inflating(self) -> None:
         """Agent-mode hint: have the guest drop clean page cache and measure what it freed.
 
-        The release is ``stat-disk-caches`` before minus after. The guest pushes stats only
-        on its polling interval, so when polling is off a 1 s interval is enabled for the
-        measurement and restored afterwards; each sample waits at most
-        ``STATS_REFRESH_WAIT`` seconds (an unmeasured release is recorded as unknown).
+        The release is ``stat-disk-caches`` before minus after the drop. The guest pushes
+        stats only on its polling interval, so for the measurement the interval is set to
+        1 s when it is off (QEMU then asks for a sample at once) or longer than 2 s, and
+        restored afterwards. Each sample is awaited at most ``STATS_REFRESH_WAIT`` seconds;
+        a release that could not be measured is recorded as unknown (None).
         """
         interval = await self.polling_interval()
-        if interval == 0:
+        before = await self.stats()
+        if interval == 0 or interval > 2:
             await self.enable_stats(1)
         try:
-            before = await self.stats()
             if interval == 0 or not before.reported:
-                before = await self._fresh_stats(time.time(), STATS_REFRESH_WAIT) or before
+                before = await self._next_sample(before, STATS_REFRESH_WAIT) or before
             try:
                 async with self._agent() as agent:
                     await agent.drop_caches()
@@ -747,12 +762,10 @@ class BalloonClient:
                 self.store.update(self.address, hint_error=str(exc), hint_released=None,
                                   hint_at=time.time())
                 return
-            done = time.time()
-            wait = STATS_REFRESH_WAIT + max(interval, 1)
-            after = await self._fresh_stats(done, wait)
+            after = await self._next_sample(await self.stats(), STATS_REFRESH_WAIT)
         finally:
-            if interval == 0:
-                await self.enable_stats(0)
+            if interval == 0 or interval > 2:
+                await self.enable_stats(interval)
         released: int | None = None
         if after is not None and before.disk_caches is not None and after.disk_caches is not None:
             released = max(0, before.disk_caches - after.disk_caches)
@@ -809,11 +822,11 @@ class BalloonClient:
                 if qmp is not self._qmp or qmp.runstate is not Runstate.RUNNING:
                     break
                 getter = asyncio.ensure_future(listener.get())
-                changed = asyncio.ensure_future(qmp.runstate_changed())
+                down = asyncio.ensure_future(qmp.not_running.wait())
                 try:
-                    await asyncio.wait({getter, changed}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({getter, down}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    changed.cancel()
+                    down.cancel()
                     if not getter.done():
                         getter.cancel()
                 if getter.done() and not getter.cancelled():

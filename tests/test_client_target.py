@@ -1,0 +1,213 @@
+"""Targets, stats and convergence: what ``balloonctl set``/``status`` do, against the fake."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rawqmp import poll_until
+
+from balloonctl.errors import (
+    DriverNotReady,
+    SizeError,
+    StuckBalloon,
+    UnsafeTarget,
+    WaitTimeout,
+)
+from balloonctl.fake import FakeVM
+from balloonctl.model import CONVERGED_TOLERANCE, HARD_MINIMUM, VmStatus
+from balloonctl.qmp import BalloonClient
+from balloonctl.store import FileStore, MemoryStore
+from balloonctl.units import GiB, MiB, parse_target
+
+
+def client_for(vm: FakeVM, **kw: Any) -> BalloonClient:
+    kw.setdefault("connect_timeout", 1.0)
+    kw.setdefault("command_timeout", 2.0)
+    return BalloonClient(str(vm.qmp_path), name=vm.name, **kw)
+
+
+def fake_target(vm: FakeVM) -> int:
+    """The target the fake guest was last given (guest RAM when none was sent)."""
+    return vm.guest.ram - vm.guest.balloon_target
+
+
+async def test_absolute_target_is_sent_recorded_and_reached(fake_vm: FakeVM) -> None:
+    store = MemoryStore()
+    async with client_for(fake_vm, store=store) as client:
+        before = time.time()
+        assert await client.set_target(parse_target("1G")) == GiB
+        assert fake_target(fake_vm) == GiB
+        entry = store.get(str(fake_vm.qmp_path))
+        assert entry["target"] == GiB and entry["target_at"] >= before
+        seen: list[tuple[int, int]] = []
+        actual = await client.wait_for_target(GiB, timeout=5, progress=lambda a, t: seen.append(
+            (a, t)))
+    assert abs(actual - GiB) <= CONVERGED_TOLERANCE
+    assert seen and all(t == GiB for _, t in seen)
+    assert seen[-1][0] == actual
+    assert [a for a, _ in seen] == sorted((a for a, _ in seen), reverse=True)
+
+
+async def test_percent_and_relative_targets(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm) as client:
+        assert await client.set_target(parse_target("75%")) == 1536 * MiB
+        # Relative targets count from the last target set, not from where actual is now.
+        assert await client.set_target(parse_target("-512M")) == GiB
+        assert await client.set_target(parse_target("+256M")) == 1280 * MiB
+        assert fake_target(fake_vm) == 1280 * MiB
+        assert await client.resolve_target(parse_target("+768M")) == 2 * GiB
+        with pytest.raises(SizeError):
+            await client.resolve_target(parse_target("-4G"))
+
+
+async def test_relative_target_without_history_counts_from_actual(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm) as client:
+        assert await client.resolve_target(parse_target("-512M")) == 1536 * MiB
+
+
+async def test_target_above_guest_ram_is_never_sent(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm) as client:
+        with pytest.raises(UnsafeTarget, match="above guest RAM"):
+            await client.set_target(parse_target("3G"))
+        with pytest.raises(UnsafeTarget, match="above guest RAM"):
+            await client.set_target(parse_target("+1M"))
+    assert fake_vm.guest.balloon_target == 0
+
+
+async def test_target_above_maximum_is_never_sent(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm, maximum=GiB) as client:
+        with pytest.raises(UnsafeTarget, match="maximum"):
+            await client.set_target(parse_target("1.5G"))
+    assert fake_vm.guest.balloon_target == 0
+
+
+async def test_target_below_floor_needs_force(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm) as client:
+        with pytest.raises(UnsafeTarget, match="safe floor 256 MiB") as err:
+            await client.set_target(parse_target("200M"))
+        assert err.value.target == 200 * MiB
+        assert fake_vm.guest.balloon_target == 0
+        assert await client.set_target(parse_target("200M"), force=True) == 200 * MiB
+        assert fake_target(fake_vm) == 200 * MiB
+
+
+async def test_forced_target_below_hard_minimum_is_never_sent(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm) as client:
+        with pytest.raises(UnsafeTarget, match="hard minimum"):
+            await client.set_target(HARD_MINIMUM - MiB, force=True)
+    assert fake_vm.guest.balloon_target == 0
+
+
+async def test_configured_minimum_is_the_floor(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm, minimum=GiB) as client:
+        with pytest.raises(UnsafeTarget, match="safe floor 1 GiB"):
+            await client.set_target(parse_target("900M"))
+        assert (await client.snapshot()).floor == GiB
+
+
+async def test_dry_run_resolves_and_validates_but_sends_nothing(fake_vm: FakeVM) -> None:
+    store = MemoryStore()
+    async with client_for(fake_vm, store=store) as client:
+        assert await client.set_target(parse_target("50%"), dry_run=True) == GiB
+        with pytest.raises(UnsafeTarget):
+            await client.set_target(parse_target("10M"), dry_run=True)
+    assert fake_vm.guest.balloon_target == 0
+    assert store.get(str(fake_vm.qmp_path)) == {}
+
+
+async def test_target_persists_in_a_file_store(fake_vm: FakeVM, tmp_path: Path) -> None:
+    async with client_for(fake_vm, store=FileStore(tmp_path / "state.json")) as client:
+        await client.set_target(parse_target("1G"))
+    async with client_for(fake_vm, store=FileStore(tmp_path / "state.json")) as again:
+        assert again.last_target() == GiB
+        assert await again.set_target(parse_target("-256M")) == 768 * MiB
+        state = await again.snapshot()
+    assert state.target == 768 * MiB
+
+
+async def test_stuck_balloon(fake_vm: FakeVM) -> None:
+    fake_vm.faults.stuck = True
+    async with client_for(fake_vm) as client:
+        await client.set_target(GiB)
+        started = time.monotonic()
+        with pytest.raises(StuckBalloon) as err:
+            await client.wait_for_target(GiB, timeout=5, stall_timeout=0.3)
+        assert time.monotonic() - started < 2
+        assert err.value.actual == 2 * GiB and err.value.target == GiB
+        assert "no movement for 0.3s" in str(err.value)
+
+
+async def test_wait_timeout_while_still_moving(fake_vm_factory: Any) -> None:
+    vm = await fake_vm_factory(rate=64 * MiB)
+    async with client_for(vm) as client:
+        await client.set_target(GiB)
+        with pytest.raises(WaitTimeout) as err:
+            await client.wait_for_target(GiB, timeout=0.3, stall_timeout=5)
+        assert not isinstance(err.value, StuckBalloon)
+        assert err.value.actual is not None and GiB < err.value.actual < 2 * GiB
+
+
+async def test_no_driver(fake_vm_factory: Any) -> None:
+    vm = await fake_vm_factory(driver=False)
+    async with client_for(vm) as client:
+        stats = await client.stats()
+        assert not stats.reported and stats.free_memory is None
+        state = await client.snapshot()
+        assert state.status is VmStatus.NO_DRIVER and not state.driver_ready
+        await client.set_target(GiB)
+        with pytest.raises(DriverNotReady, match="virtio_balloon"):
+            await client.wait_for_target(GiB, timeout=5, stall_timeout=0.3)
+
+
+async def test_driver_that_loads_late_converges(fake_vm_factory: Any) -> None:
+    vm = await fake_vm_factory(driver=False)
+    async with client_for(vm) as client:
+        await client.set_target(GiB)
+        vm.load_driver()
+        assert abs(await client.wait_for_target(GiB, timeout=5) - GiB) <= CONVERGED_TOLERANCE
+
+
+async def test_stats_and_polling_interval(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm) as client:
+        stats = await client.stats()
+        assert stats.reported
+        assert stats.free_memory == fake_vm.guest.free
+        assert stats.disk_caches == fake_vm.guest.cache
+        assert await client.polling_interval() == 0
+        await client.enable_stats(1)
+        assert await client.polling_interval() == 1
+        state = await client.snapshot()
+        assert state.polling_interval == 1 and state.status is VmStatus.OK
+
+
+async def test_stale_stats(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm) as client:
+        await client.enable_stats(1)
+        fake_vm.faults.stale_stats = True
+        # The guest stopped answering a minute ago (the device keeps its last sample).
+        assert fake_vm.device is not None
+        fake_vm.device.last_update = int(time.time()) - 60
+        state = await client.snapshot()
+    assert state.stale and state.status is VmStatus.STALE
+    assert state.stats_age is not None and state.stats_age >= 59
+
+
+async def test_features(fake_vm_factory: Any) -> None:
+    vm = await fake_vm_factory(deflate_on_oom=True, free_page_reporting=True)
+    async with client_for(vm) as client:
+        features = await client.features()
+    assert features.deflate_on_oom is True
+    assert features.free_page_reporting is True
+    assert features.free_page_hint is False
+
+
+async def test_snapshot_while_converging(fake_vm_factory: Any) -> None:
+    vm = await fake_vm_factory(rate=64 * MiB)
+    async with client_for(vm) as client:
+        await client.set_target(GiB)
+        state = await poll_until(client.snapshot, within=2)
+        assert state.target == GiB and state.status is VmStatus.CONVERGING
+        assert state.to_json()["target"] == GiB
