@@ -25,7 +25,7 @@ __all__ = ["QGA_VERSION", "AgentServer", "run_command"]
 QGA_VERSION = "7.2.22"
 
 _SHELLS = frozenset({"sh", "bash", "dash"})
-_DROP_RE = re.compile(r"(?:echo|printf)\s+['\"]?([0-9])['\"]?[^;&|]*drop_caches")
+_DROP_RE = re.compile(r"(?:echo|printf)\s+['\"]?([0-9])['\"]?[^;&]*drop_caches")
 _SPLIT_RE = re.compile(r"\s*(?:;|&&|\|\||\n)\s*")
 
 

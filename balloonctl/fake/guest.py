@@ -92,8 +92,8 @@ class GuestSim:
             _mib_floor(min(64 * MiB, ram // 16)) if kernel_reserve is None else kernel_reserve
         )
         # Linux's watermarks scale with RAM; these are the fake's round numbers.
-        self.low_watermark = min(64 * MiB, ram // 50)
-        self.min_watermark = self.low_watermark // 2
+        self.low_watermark = min(64 * MiB, ram // 50) // PAGE * PAGE
+        self.min_watermark = self.low_watermark // 2 // PAGE * PAGE
         self.anon = _mib_floor(ram // 10) if anon is None else anon
         self.cache = _mib_floor(ram // 20) if cache is None else cache
         self.balloon = 0

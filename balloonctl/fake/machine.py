@@ -141,9 +141,9 @@ class Machine:
         machine = root.add("machine", _Node("pc-q35-7.2-machine"))
         root.add("objects", _Node("container"))
         root.add("chardevs", _Node("container"))
-        peripheral = machine.add("peripheral", _Node("container"))
-        anon = machine.add("peripheral-anon", _Node("container"))
         machine.add("unattached", _Node("container"))
+        # QEMU creates these containers with the first device that has (or lacks) an id.
+        anon = machine.add("peripheral-anon", _Node("container"))
         anon.add("device[0]", _Node("virtio-net-pci"))
         if agent:
             anon.add("device[1]", _Node("virtio-serial-pci"))
@@ -151,6 +151,7 @@ class Machine:
         dev = self.device
         if dev is not None:
             if dev.device_id is not None:
+                peripheral = machine.add("peripheral", _Node("container"))
                 proxy = peripheral.add(dev.device_id, _Node(PCI_TYPE))
             else:
                 proxy = anon.add(f"device[{len(anon.children)}]", _Node(PCI_TYPE))
