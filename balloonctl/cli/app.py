@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import json
+import logging
 import sys
 import time
 import traceback
@@ -34,7 +35,6 @@ from balloonctl.cli.output import (
     render_records,
     render_states,
     size,
-    table,
 )
 from balloonctl.config import Inventory, busy_advice
 from balloonctl.errors import BalloonError, SocketBusy, UsageError
@@ -68,12 +68,14 @@ class BalloonGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        # qemu.qmp logs failures it also raises; balloonctl reports them once, as one line
+        logging.getLogger("qemu").addHandler(_QUIET)
         try:
             rv = super().main(args=args, prog_name=prog_name or "balloonctl",
                               complete_var=complete_var, standalone_mode=False, **extra)
             code = int(rv) if isinstance(rv, int) else ExitCode.OK
-        except click_exceptions.NoArgsIsHelpError as exc:
-            print(exc.format_message(), file=sys.stderr)
+        except click_exceptions.NoArgsIsHelpError as exc:  # bare `balloonctl`: the help
+            print(exc.format_message())
             code = ExitCode.USAGE
         except click_exceptions.ClickException as exc:
             message = exc.format_message()
@@ -98,6 +100,8 @@ class BalloonGroup(TyperGroup):
             sys.exit(code)
         return code
 
+
+_QUIET = logging.NullHandler()
 
 app = typer.Typer(
     cls=BalloonGroup,
@@ -297,7 +301,9 @@ def _report_states(states: Sequence[BalloonState], refs: Sequence[VmRef]) -> Exi
             codes.append(ExitCode.OK)
             continue
         kind = s.error_kind or "ConnectFailed"
-        message = f"{s.name}: {s.error or 'unreachable'}"
+        message = s.error or "unreachable"
+        if not message.startswith(f"{s.name}: "):
+            message = f"{s.name}: {message}"
         ref = by_name.get(s.name)
         advice = busy_advice(ref) if kind == "SocketBusy" and ref is not None else None
         error(f"{message}; {advice}" if advice else message)
@@ -810,7 +816,6 @@ def wave(
     every = _duration(step, "--step") or cycle / 20
     ref = _STATE.select([vm])[0]
     steps: list[dict[str, Any]] = []
-    headers = ["T", "TARGET", "ACTUAL", "NOTE"]
 
     def emit(s: WaveStep) -> None:
         record = {"name": ref.name, "t": round(s.t, 3), "target": s.target, "actual": s.actual,
@@ -818,10 +823,9 @@ def wave(
         steps.append(record)
         if fmt is Format.TABLE:
             if len(steps) == 1:
-                _out(table(headers, []))
-            row = [f"{s.t:7.1f}s", size(s.target), size(s.actual),
-                   "restored original target" if s.restore else ""]
-            _out(table(headers, [row]).split("\n", 1)[1])
+                _out(f"{'T':>8}  {'TARGET':>7}  {'ACTUAL':>7}  NOTE".rstrip())
+            note_ = "restored the original target" if s.restore else ""
+            _out(f"{s.t:7.1f}s  {size(s.target):>7}  {size(s.actual):>7}  {note_}".rstrip())
         elif fmt is Format.NDJSON:
             _out(json.dumps(record, separators=(",", ":")))
         elif fmt is Format.CSV:
@@ -846,11 +850,20 @@ def wave(
 # ---- fake, demo, dashboard ------------------------------------------------------------------
 
 
-def _make_fake_fleet(n: int, directory: Path, mem: int, workload: str | None,
+class Workload(enum.StrEnum):
+    """The fake guest's workloads (``balloonctl.fake.WORKLOADS``), or none."""
+
+    NONE = "none"
+    IDLE = "idle"
+    COMPILE = "compile"
+
+
+def _make_fake_fleet(n: int, directory: Path, mem: int, workload: Workload,
                      prefix: str) -> Any:
     from balloonctl.fake import FakeFleet
 
-    return FakeFleet(n, directory, prefix=prefix, ram=mem, workload=workload)
+    return FakeFleet(n, directory, prefix=prefix, ram=mem,
+                     workload=None if workload is Workload.NONE else workload.value)
 
 
 @app.command()
@@ -863,31 +876,34 @@ def fake(
     directory: Annotated[Path | None, typer.Option(
         "--dir", metavar="DIR", help="Where to put the sockets (default: a new temp dir).",
     )] = None,
-    workload: Annotated[str | None, typer.Option(
-        "--workload", metavar="NAME", help="A simulated guest workload, e.g. compile.",
-    )] = None,
+    workload: Annotated[Workload, typer.Option(
+        "--workload", case_sensitive=False, help="The simulated guest workload.",
+    )] = Workload.NONE,
     prefix: Annotated[str, typer.Option("--prefix", help="VM name prefix.")] = "vm",
 ) -> None:
-    """Run a simulated fleet (fake QEMU + guest agent per VM) until interrupted."""
+    """Run a simulated fleet (fake QEMU + guest agent per VM) until interrupted.
+
+    Prints one line per VM when ready: NAME qmp=PATH qga=PATH.
+    """
     import tempfile
+
+    from balloonctl.fake import run_fleet_forever
 
     ram = parse_size(mem)
     where = directory or Path(tempfile.mkdtemp(prefix="balloonctl-fake-"))
     where.mkdir(parents=True, exist_ok=True)
-
-    async def serve() -> None:
-        fleet = _make_fake_fleet(vms, where, ram, workload, prefix)
-        async with fleet:
-            for v in fleet.vms:
-                _out(f"{v.name}\t{v.qmp_path}\t{v.qga_path}")
-            note(f"{vms} fake VMs serving in {where}; Ctrl-C to stop")
-            note(f"try: BALLOONCTL_DIR={where} balloonctl status")
-            await asyncio.Event().wait()
-
+    note(f"serving {vms} fake VMs in {where} until Ctrl-C; "
+         f"try: BALLOONCTL_DIR={where} balloonctl status")
     try:
-        _run(serve())
+        _run(run_fleet_forever(
+            vms, ram, where, None if workload is Workload.NONE else workload.value,
+            out=sys.stdout, prefix=prefix,
+        ))
+    except OSError as exc:
+        raise BalloonError(f"cannot serve fake VMs in {where}: {exc}") from None
     except KeyboardInterrupt:
-        note("fake fleet stopped")
+        pass
+    note("fake fleet stopped")
 
 
 def _open_dashboard(refs: Sequence[VmRef], *, hold: bool, **opts: Any) -> None:
@@ -906,9 +922,18 @@ def dashboard(
         "--hold/--polite",
         help="Keep the QMP sockets open (live events) or reconnect for every poll.",
     )] = False,
+    interval: Annotated[str, typer.Option(
+        "--interval", "-n", metavar="DURATION", help="Refresh interval.",
+    )] = "1s",
+    step_size: Annotated[str, typer.Option(
+        "--step", metavar="SIZE", help="How much one +/- key press moves a target.",
+        autocompletion=completers.typer_callback("step_size"),
+    )] = "128M",
 ) -> None:
     """Open the live dashboard on the selected VMs (alias: top)."""
-    _open_dashboard(_STATE.select(vms or [], all_vms=all_vms), hold=hold)
+    every = _duration(interval, "--interval") or 1.0
+    _open_dashboard(_STATE.select(vms or [], all_vms=all_vms), hold=hold, interval=every,
+                    step=parse_size(step_size))
 
 
 app.command("top", help="Open the live dashboard on the selected VMs (alias of dashboard).")(
@@ -923,9 +948,9 @@ def demo(
         "--mem", metavar="SIZE", help="Guest RAM of each VM.",
         autocompletion=completers.typer_callback("mem"),
     )] = "2G",
-    workload: Annotated[str, typer.Option(
-        "--workload", metavar="NAME", help="The simulated guest workload.",
-    )] = "compile",
+    workload: Annotated[Workload, typer.Option(
+        "--workload", case_sensitive=False, help="The simulated guest workload.",
+    )] = Workload.COMPILE,
     once: Annotated[bool, typer.Option(
         "--once", "--no-tui",
         help="Print one status table of the simulated fleet and exit (no terminal needed).",
@@ -958,7 +983,7 @@ def demo(
                 _out(render_states(states, fmt))
                 _exit(_report_states(states, refs))
                 return
-            _open_dashboard(refs, hold=False)
+            _open_dashboard(refs, hold=False, stats_interval=1)
 
 
 # ---- completion ----------------------------------------------------------------------------

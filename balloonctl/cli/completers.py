@@ -29,6 +29,7 @@ KIND_BY_PARAM: dict[str, str] = {
     "minimum": "size",
     "maximum": "size",
     "mem": "size",
+    "step_size": "size",
 }
 
 SIZE_SUGGESTIONS: tuple[tuple[str, str], ...] = (

@@ -7,9 +7,11 @@ code  name             meaning
 1     FAILURE          an unexpected failure (a bug: please report it)
 2     USAGE            bad arguments: unknown command or option, bad size, unknown VM, config
 3     UNREACHABLE      a VM's socket is missing, refused, busy with another client, or dropped
-4     QMP_ERROR        QEMU refused a command (no balloon device, driver not ready, agent error)
+4     QMP_ERROR        QEMU refused a command (no balloon device), the hint cannot be honoured,
+                       or the guest agent failed
 5     UNSAFE_TARGET    a target refused before it was sent (above RAM or max, below floor)
-6     TIMEOUT          a reply or the balloon did not arrive in time, or the balloon is stuck
+6     TIMEOUT          a reply or the balloon did not arrive in time, the balloon is stuck, or
+                       the guest has no balloon driver loaded (so it never moves)
 7     PARTIAL          several VMs were asked and some, not all, failed
 130   INTERRUPTED      stopped by Ctrl-C (SIGINT)
 ====  ===============  ======================================================================
@@ -60,8 +62,8 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (Disconnected, ExitCode.UNREACHABLE),
     (WaitTimeout, ExitCode.TIMEOUT),
     (QMPTimeout, ExitCode.TIMEOUT),
+    (DriverNotReady, ExitCode.TIMEOUT),  # a balloon that cannot move is a stuck balloon
     (QMPCommandError, ExitCode.QMP_ERROR),
-    (DriverNotReady, ExitCode.QMP_ERROR),
     (HintUnsupported, ExitCode.QMP_ERROR),
     (AgentError, ExitCode.QMP_ERROR),
     (KeyboardInterrupt, ExitCode.INTERRUPTED),

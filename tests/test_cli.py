@@ -1,0 +1,508 @@
+"""The CLI against the fake QEMU: every command, its output formats, errors and exit codes.
+
+The fake VMs run on their own loop in a thread (``run_in_thread``), because the commands
+call ``asyncio.run`` themselves. Commands run in process through typer's CliRunner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from balloonctl import config
+from balloonctl.cli.app import app
+from balloonctl.cli.exitcodes import ExitCode
+from balloonctl.fake import FakeVM, run_in_thread
+from balloonctl.model import JSON_KEYS
+from balloonctl.policy import triangle_wave
+from balloonctl.units import GiB, MiB
+
+FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB}
+
+Start = Callable[..., FakeVM]
+Cli = Callable[..., Result]
+
+
+@pytest.fixture
+def env(fake_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """An inventory of exactly the fake dir, a private state file, no config."""
+    return {
+        "BALLOONCTL_DIR": str(fake_dir),
+        "BALLOONCTL_STATE": str(tmp_path / "state.json"),
+        "BALLOONCTL_CONFIG": str(tmp_path / "absent.toml"),
+        "BALLOONCTL_WELLKNOWN": "",
+    }
+
+
+@pytest.fixture
+def start(fake_dir: Path) -> Iterator[Start]:
+    """``start("vm1", **FakeVM kwargs)``: a fake VM serving in a thread until teardown."""
+    with contextlib.ExitStack() as stack:
+
+        def make(name: str = "vm1", **kwargs: Any) -> FakeVM:
+            vm = FakeVM(name, fake_dir, **{**FAST, **kwargs})
+            return stack.enter_context(run_in_thread(vm))
+
+        yield make
+
+
+@pytest.fixture
+def cli(env: dict[str, str]) -> Cli:
+    def invoke(*args: str, extra_env: dict[str, str] | None = None) -> Result:
+        result = CliRunner().invoke(app, list(args), env={**env, **(extra_env or {})},
+                                    prog_name="balloonctl")
+        # however it failed, the user sees one line per error and never a traceback
+        assert "Traceback" not in result.stderr, result.stderr
+        for line in result.stderr.splitlines():
+            assert line.startswith("balloonctl: "), result.stderr
+            assert "\x1b[" not in line
+        return result
+
+    return invoke
+
+
+def states(result: Result) -> dict[str, dict[str, Any]]:
+    data = json.loads(result.stdout)
+    return {d["name"]: d for d in data}
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+# ---- status -------------------------------------------------------------------------------
+
+
+def test_status_table_lists_every_vm(start: Start, cli: Cli) -> None:
+    start("vm1")
+    start("vm2", ram=1 * GiB)
+    r = cli("status")
+    assert r.exit_code == ExitCode.OK, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["NAME", "STATE", "ACTUAL", "RAM"]
+    assert [line.split()[0] for line in lines[1:]] == ["vm1", "vm2"]
+    assert lines[2].split()[1:4] == ["ok", "1G", "1G"]
+
+
+def test_status_json_is_exactly_the_snapshot(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("status", "--json")
+    assert r.exit_code == 0
+    (vm,) = json.loads(r.stdout)
+    assert tuple(vm) == JSON_KEYS
+    assert vm["actual"] == vm["guest_ram"] == 2 * GiB
+    assert vm["status"] == "ok" and vm["driver_ready"] is True
+    assert tuple(json.loads(cli("status", "--format", "json").stdout)[0]) == JSON_KEYS
+
+
+def test_status_ndjson_and_csv(start: Start, cli: Cli) -> None:
+    start("vm1")
+    start("vm2")
+    nd = cli("status", "-f", "ndjson")
+    rows = [json.loads(line) for line in nd.stdout.splitlines()]
+    assert [r["name"] for r in rows] == ["vm1", "vm2"]
+    assert all(tuple(r) == JSON_KEYS for r in rows)
+    c = cli("status", "--format", "csv")
+    table = list(csv.reader(io.StringIO(c.stdout)))
+    assert tuple(table[0]) == JSON_KEYS
+    assert [row[0] for row in table[1:]] == ["vm1", "vm2"]
+
+
+def test_status_of_a_missing_socket_is_unreachable(cli: Cli, fake_dir: Path) -> None:
+    r = cli("--qmp", str(fake_dir / "gone.qmp"), "status", "gone")
+    assert r.exit_code == ExitCode.UNREACHABLE
+    assert r.stderr.count("\n") == 1 and "gone" in r.stderr
+    assert "unreachable" in r.stdout
+
+
+def test_one_unreachable_vm_is_a_partial_failure(start: Start, cli: Cli, fake_dir: Path) -> None:
+    start("vm1")
+    r = cli("--qmp", f"ghost={fake_dir / 'ghost.sock'}", "status", "--json")
+    assert r.exit_code == ExitCode.PARTIAL
+    got = states(r)
+    assert got["vm1"]["reachable"] is True
+    assert got["ghost"]["reachable"] is False and got["ghost"]["error_kind"]
+    assert r.stderr.startswith("balloonctl: error: ghost:")
+
+
+def test_busy_socket_says_so_and_names_libvirt(
+    start: Start, cli: Cli, fake_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vm = start("vm1")
+    holder = socket.socket(socket.AF_UNIX)
+    holder.connect(str(vm.qmp_path))
+    try:
+        holder.recv(4096)  # the greeting: we are the one client QEMU serves now
+        r = cli("--timeout", "0.3s", "status", "vm1")
+        assert r.exit_code == ExitCode.UNREACHABLE
+        assert "another QMP client" in r.stderr
+        assert r.stdout.splitlines()[1].split()[1] == "busy"
+        monkeypatch.setattr(config, "LIBVIRT_ROOTS", (str(fake_dir),))
+        r = cli("--timeout", "0.3s", "set", "vm1", "1G")
+        assert r.exit_code == ExitCode.UNREACHABLE
+        assert "libvirt" in r.stderr and "virsh qemu-monitor-command vm1" in r.stderr
+    finally:
+        holder.close()
+
+
+def test_status_watch_refreshes(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("status", "--watch", "--interval", "0.05s", "--count", "3")
+    assert r.exit_code == 0
+    assert r.stdout.count("NAME") == 3
+
+
+def test_verbose_shows_the_qmp_exchange(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("-v", "status", "vm1")
+    assert r.exit_code == 0
+    assert 'vm1 -> {"execute":"query-balloon"' in r.stderr
+    assert "vm1 <- " in r.stderr
+    assert "NAME" in r.stdout and "query-balloon" not in r.stdout
+
+
+# ---- set ----------------------------------------------------------------------------------
+
+
+def test_set_absolute_and_wait(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("set", "vm1", "1.5G", "--wait")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith("vm1: reached 1.5 GiB")
+    vm = states(cli("status", "--json"))["vm1"]
+    assert vm["target"] == 1536 * MiB
+    assert abs(vm["actual"] - 1536 * MiB) <= 2 * MiB
+
+
+def test_set_percent_then_relative_without_double_dash(start: Start, cli: Cli) -> None:
+    start("vm1")
+    assert cli("set", "vm1", "50%").exit_code == 0
+    assert states(cli("status", "--json"))["vm1"]["target"] == 1 * GiB
+    r = cli("set", "vm1", "-256M")
+    assert r.exit_code == 0, r.stderr
+    assert states(cli("status", "--json"))["vm1"]["target"] == 768 * MiB
+    assert cli("set", "vm1", "--", "+512M").exit_code == 0
+    assert states(cli("status", "--json"))["vm1"]["target"] == 1280 * MiB
+
+
+def test_set_dry_run_sends_nothing(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("set", "vm1", "1G", "--dry-run")
+    assert r.exit_code == 0
+    assert '{"execute": "balloon", "arguments": {"value": 1073741824}}' in r.stdout
+    vm = states(cli("status", "--json"))["vm1"]
+    assert vm["target"] is None and vm["actual"] == 2 * GiB
+
+
+def test_set_several_vms_by_glob(start: Start, cli: Cli) -> None:
+    start("web-1")
+    start("web-2")
+    start("db")
+    r = cli("set", "web-*", "1G")
+    assert r.exit_code == 0
+    got = states(cli("status", "--json"))
+    assert got["web-1"]["target"] == got["web-2"]["target"] == 1 * GiB
+    assert got["db"]["target"] is None
+
+
+@pytest.mark.parametrize(
+    ("size", "force", "code"),
+    [
+        ("3G", False, ExitCode.UNSAFE_TARGET),  # above guest RAM (QEMU would clamp silently)
+        ("200M", False, ExitCode.UNSAFE_TARGET),  # below the 256 MiB floor
+        ("200M", True, ExitCode.OK),
+        ("100M", True, ExitCode.UNSAFE_TARGET),  # below the hard minimum, even forced
+    ],
+)
+def test_unsafe_targets_are_refused(
+    start: Start, cli: Cli, size: str, force: bool, code: ExitCode
+) -> None:
+    start("vm1")
+    r = cli("set", "vm1", size, *(["--force"] if force else []))
+    assert r.exit_code == code, r.stderr
+    if code is not ExitCode.OK:
+        assert r.stderr.startswith("balloonctl: error: vm1: target")
+        assert states(cli("status", "--json"))["vm1"]["target"] is None
+
+
+@pytest.mark.parametrize("size", ["abc", "12XB", "0", "1e999", "-0", "150%", "%"])
+def test_bad_sizes_are_usage_errors(start: Start, cli: Cli, size: str) -> None:
+    start("vm1")
+    r = cli("set", "vm1", size)
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr.startswith("balloonctl: error: ")
+    assert r.stderr.count("\n") == 1
+
+
+def test_unknown_vm_suggests_close_names(start: Start, cli: Cli) -> None:
+    start("web-1")
+    r = cli("set", "web1", "1G")
+    assert r.exit_code == ExitCode.USAGE
+    assert "unknown VM 'web1'" in r.stderr and "did you mean web-1" in r.stderr
+    assert cli("status", "nomatch-*").exit_code == ExitCode.USAGE
+
+
+def test_no_inventory_says_where_vms_come_from(cli: Cli, tmp_path: Path) -> None:
+    r = cli("status", extra_env={"BALLOONCTL_DIR": str(tmp_path / "empty")})
+    assert r.exit_code == ExitCode.USAGE
+    assert "--qmp" in r.stderr and "BALLOONCTL_DIR" in r.stderr
+
+
+def test_qmp_error_is_reported(start: Start, cli: Cli) -> None:
+    vm = start("vm1")
+    vm.faults.errors["balloon"] = ("GenericError", "something broke")
+    r = cli("set", "vm1", "1G")
+    assert r.exit_code == ExitCode.QMP_ERROR
+    assert "something broke" in r.stderr
+
+
+def test_no_balloon_device(start: Start, cli: Cli) -> None:
+    start("vm1", balloon=False)
+    r = cli("set", "vm1", "1G")
+    assert r.exit_code == ExitCode.QMP_ERROR
+    assert "balloon" in r.stderr
+    assert states(cli("status", "--json"))["vm1"]["status"] == "no-device"
+
+
+def test_stuck_balloon_times_out(start: Start, cli: Cli) -> None:
+    vm = start("vm1")
+    vm.faults.stuck = True
+    r = cli("set", "vm1", "1G", "--wait", "--timeout", "0.5s")
+    assert r.exit_code == ExitCode.TIMEOUT
+    assert "vm1" in r.stderr
+
+
+def test_no_driver_never_converges(start: Start, cli: Cli) -> None:
+    start("vm1", driver=False)
+    r = cli("set", "vm1", "1G", "--wait", "--timeout", "0.5s")
+    assert r.exit_code == ExitCode.TIMEOUT
+    assert "driver" in r.stderr
+
+
+def test_one_failing_vm_does_not_stop_the_others(start: Start, cli: Cli) -> None:
+    start("vm1")
+    bad = start("vm2")
+    bad.faults.errors["balloon"] = ("GenericError", "nope")
+    r = cli("set", "vm1", "vm2", "1G")
+    assert r.exit_code == ExitCode.PARTIAL
+    assert r.stdout.startswith("vm1: target 1 GiB")
+    assert r.stderr.startswith("balloonctl: error: vm2:")
+
+
+def test_set_usage_errors(start: Start, cli: Cli) -> None:
+    start("vm1")
+    assert cli("set", "vm1").exit_code == ExitCode.USAGE
+    assert cli("set", "--all", "vm1", "1G").exit_code == ExitCode.USAGE
+    r = cli("set", "vm1", "1G", "--frobnicate")
+    assert r.exit_code == ExitCode.USAGE and "--frobnicate" in r.stderr
+    assert cli("set", "--all", "1G").exit_code == ExitCode.OK
+
+
+# ---- hint, stats, preflight ---------------------------------------------------------------
+
+
+def test_hint_agent_mode(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("hint", "vm1")
+    assert r.exit_code == 0
+    assert r.stdout.startswith("vm1: hint off (agent mode")
+    assert cli("hint", "vm1", "on").stdout.startswith("vm1: hint on (agent mode")
+    r = cli("hint", "vm1", "status", "--json")
+    (h,) = json.loads(r.stdout)
+    assert set(h) <= set(JSON_KEYS)
+    assert h["hint_mode"] == "agent" and h["hint_enabled"] is True
+
+
+def test_hint_device_mode(start: Start, cli: Cli) -> None:
+    start("vm1", hint_device=True)
+    assert cli("hint", "vm1", "on").stdout.startswith("vm1: hint on (device mode")
+    assert states(cli("status", "--json"))["vm1"]["hint_mode"] == "device"
+
+
+def test_hint_unsupported_without_agent(start: Start, cli: Cli) -> None:
+    start("vm1", agent=False)
+    assert "unsupported" in cli("hint", "vm1").stdout
+    r = cli("hint", "vm1", "on")
+    assert r.exit_code == ExitCode.QMP_ERROR
+    assert "agent" in r.stderr
+
+
+def test_stats_sets_the_polling_interval(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("stats", "vm1", "--interval", "3")
+    assert r.exit_code == 0 and r.stdout == "vm1: guest stats every 3s\n"
+    assert states(cli("status", "--json"))["vm1"]["polling_interval"] == 3
+    assert cli("stats").exit_code == ExitCode.USAGE
+
+
+def test_preflight_ok(start: Start, cli: Cli) -> None:
+    start("vm1")
+    cli("stats", "vm1", "--interval", "1")
+    r = cli("preflight", "vm1", "--json")
+    assert r.exit_code == 0, r.stderr
+    (report,) = json.loads(r.stdout)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert report["ok"] is True
+    for name in ("driver loaded", "stats flowing", "guest agent", "guest-exec", "hint mode"):
+        assert checks[name]["result"] == "ok", checks[name]
+    for name in ("polling interval", "deflate-on-oom", "free-page-reporting", "free-page-hint"):
+        assert checks[name]["result"] == "info"
+    table = cli("preflight", "vm1").stdout
+    assert "deflate-on-oom" in table and "guest-exec" in table
+
+
+def test_preflight_finds_problems(start: Start, cli: Cli) -> None:
+    start("vm1", driver=False, agent_exec=False, deflate_on_oom=True)
+    r = cli("preflight", "vm1", "--json")
+    assert r.exit_code == ExitCode.QMP_ERROR
+    checks = {c["check"]: c for c in json.loads(r.stdout)[0]["checks"]}
+    assert checks["driver loaded"]["result"] == "fail"
+    assert checks["guest-exec"]["result"] == "warn"
+    assert checks["deflate-on-oom"]["detail"] == "on"
+    assert "driver loaded" in r.stderr
+
+
+# ---- watch --------------------------------------------------------------------------------
+
+
+def test_watch_streams_snapshots_and_balloon_events(start: Start, cli: Cli) -> None:
+    start("vm1", rate=256 * MiB)
+    assert cli("set", "vm1", "1G").exit_code == 0  # the balloon takes ~4 s to get there
+    # QEMU rate-limits BALLOON_CHANGE to one a second: watch for 2.4 s
+    r = cli("watch", "--interval", "0.4s", "--count", "6")
+    assert r.exit_code == 0
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    snaps = [x for x in lines if "event" not in x]
+    assert len(snaps) == 6 and all(tuple(s) == JSON_KEYS for s in snaps)
+    assert snaps[0]["actual"] > snaps[-1]["actual"]
+    changes = [x for x in lines if x.get("event") == "BALLOON_CHANGE"]
+    assert changes and all(c["name"] == "vm1" and "actual" in c["data"] for c in changes)
+
+
+def test_watch_csv_polite(start: Start, cli: Cli) -> None:
+    start("vm1")
+    start("vm2")
+    r = cli("watch", "--format", "csv", "--interval", "0.05s", "--count", "2")
+    rows = list(csv.reader(io.StringIO(r.stdout)))
+    assert tuple(rows[0]) == JSON_KEYS
+    assert [row[0] for row in rows[1:]] == ["vm1", "vm2", "vm1", "vm2"]
+
+
+# ---- wave ---------------------------------------------------------------------------------
+
+
+def test_wave_follows_a_triangle_and_restores(start: Start, cli: Cli) -> None:
+    start("vm1")
+    assert cli("set", "vm1", "1800M").exit_code == 0
+    r = cli("wave", "vm1", "--min", "600M", "--max", "1400M", "--period", "8s",
+            "--step", "0.5s", "--cycles", "1", "--speed", "40", "-f", "ndjson")
+    assert r.exit_code == 0, r.stderr
+    steps = [json.loads(line) for line in r.stdout.splitlines()]
+    *wave, restore = steps
+    assert [s["t"] for s in wave] == [i * 0.5 for i in range(17)]
+    targets = [s["target"] for s in wave]
+    assert targets == [
+        triangle_wave(s["t"], minimum=600 * MiB, maximum=1400 * MiB, period=8)
+        for s in wave
+    ]
+    assert targets[0] == targets[-1] == 1400 * MiB and targets[8] == 600 * MiB
+    down, up = targets[:9], targets[8:]
+    assert down == sorted(down, reverse=True) and up == sorted(up)
+    assert restore["restore"] is True and restore["target"] == 1800 * MiB
+    assert states(cli("status", "--json"))["vm1"]["target"] == 1800 * MiB
+
+
+def test_wave_table_and_bad_bounds(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("wave", "vm1", "--min", "1G", "--max", "1.5G", "--period", "1s", "--cycles", "1",
+            "--speed", "50")
+    assert r.exit_code == 0
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["T", "TARGET", "ACTUAL", "NOTE"]
+    assert lines[-1].endswith("restored the original target")
+    assert cli("wave", "vm1", "--min", "1.5G", "--max", "1G").exit_code == ExitCode.USAGE
+    assert cli("wave", "vm1", "--min", "100M", "--max", "1G").exit_code == (
+        ExitCode.UNSAFE_TARGET)
+
+
+# ---- demo, dashboard, completion, misc ----------------------------------------------------
+
+
+def test_demo_once_prints_the_simulated_fleet(cli: Cli) -> None:
+    r = cli("demo", "--once", "--vms", "2", "--mem", "1G", "--json")
+    assert r.exit_code == 0, r.stderr
+    got = states(r)
+    assert sorted(got) == ["vm1", "vm2"]
+    assert all(s["guest_ram"] == 1 * GiB and s["polling_interval"] == 1 for s in got.values())
+
+
+def test_dashboard_opens_the_tui_on_the_selected_vms(
+    start: Start, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tui.app
+
+    start("web-1")
+    start("db")
+    seen: dict[str, Any] = {}
+
+    def fake_run(source: Any, **opts: Any) -> None:
+        seen["names"] = list(source.names)
+        seen["opts"] = opts
+
+    monkeypatch.setattr(tui.app, "run_dashboard", fake_run)
+    assert cli("top", "web-*", "--interval", "2s").exit_code == 0
+    assert seen == {"names": ["web-1"], "opts": {"interval": 2.0, "step": 128 * MiB}}
+
+
+def test_completion_prints_each_script(cli: Cli) -> None:
+    from balloonctl.cli.scripts import script
+
+    for shell in ("bash", "zsh", "fish"):
+        r = cli("completion", shell)
+        assert r.exit_code == 0 and r.stdout == script(shell)
+    assert cli("completion", "tcsh").exit_code == ExitCode.USAGE
+
+
+def test_no_arguments_and_version(cli: Cli) -> None:
+    r = cli()
+    assert r.exit_code == ExitCode.USAGE and "Commands" in r.stderr + r.stdout
+    v = cli("--version")
+    assert v.exit_code == 0 and v.stdout.startswith("balloonctl ")
+
+
+def test_bad_global_option_values(cli: Cli) -> None:
+    assert cli("--timeout", "soon", "status").exit_code == ExitCode.USAGE
+    assert cli("--qga", "/x.qga", "status").exit_code == ExitCode.USAGE
+    assert cli("status", "--format", "yaml").exit_code == ExitCode.USAGE
+
+
+def test_config_file_vms_and_limits(start: Start, cli: Cli, tmp_path: Path,
+                                    fake_dir: Path) -> None:
+    start("vm1")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[defaults]\nmin = "1G"\n\n[vm.db]\nqmp = "{fake_dir}/vm1.qmp"\nmax = "1.5G"\n'
+    )
+    r = cli("--config", str(cfg), "set", "db", "1.8G",
+            extra_env={"BALLOONCTL_DIR": str(tmp_path / "none")})
+    assert r.exit_code == ExitCode.UNSAFE_TARGET and "maximum" in r.stderr
+    r = cli("--config", str(cfg), "set", "db", "900M",
+            extra_env={"BALLOONCTL_DIR": str(tmp_path / "none")})
+    assert r.exit_code == ExitCode.UNSAFE_TARGET and "floor 1 GiB" in r.stderr
+    cfg.write_text("[vm.db\n")
+    r = cli("--config", str(cfg), "status")
+    assert r.exit_code == ExitCode.USAGE and str(cfg) in r.stderr
