@@ -7,11 +7,13 @@ puts the balloon back at full RAM and stats polling off after each test).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import pytest
 
 from balloonctl.errors import (
+    DriverNotReady,
     HintUnsupported,
     NoBalloonDevice,
     QMPCommandError,
@@ -93,6 +95,32 @@ async def test_target_converges_and_guest_stats_follow(real_vm: QemuVM) -> None:
             until=lambda s: (s.total_memory or 0) > before.total_memory - 8 * MiB,
         )
         assert restored.total_memory is not None
+
+
+async def test_balloon_change_events_arrive_while_inflating(real_vm: QemuVM) -> None:
+    async with client_for(real_vm) as client:
+        seen: list[int] = []
+        final = asyncio.Event()
+
+        async def collect() -> None:
+            async for event in client.events():
+                if event.name == "BALLOON_CHANGE":
+                    seen.append(int(event.data["actual"]))
+                    if abs(seen[-1] - TARGET) <= 2 * MiB:
+                        final.set()
+
+        collector = asyncio.create_task(collect())
+        try:
+            await client.set_target(TARGET)
+            await client.wait_for_target(TARGET, timeout=60)
+            # QEMU sends at most one event per second, so the last one trails convergence.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(final.wait(), 5)
+        finally:
+            collector.cancel()
+    assert seen, "no BALLOON_CHANGE event during a 384 MiB inflation"
+    assert abs(seen[-1] - TARGET) <= 2 * MiB  # the last event carries the final value
+    assert all(TARGET - 2 * MiB <= a <= real_vm.ram for a in seen)
 
 
 async def test_stats_polling_makes_last_update_advance(real_vm: QemuVM) -> None:
@@ -206,6 +234,23 @@ async def test_device_properties_given_on_the_command_line_are_reported() -> Non
     assert features.deflate_on_oom is True
     assert features.free_page_reporting is True
     assert features.free_page_hint is False
+
+
+async def test_guest_without_a_balloon_driver_is_reported_as_such() -> None:
+    # A paused VM never runs its guest, so the device is there but no driver ever loads.
+    vm = QemuVM(None, name="nodriver", paused=True, memory=512)
+    with vm:
+        async with client_for(vm) as client:
+            assert await client.query_actual() == vm.ram  # QEMU's answer before any driver
+            stats = await client.stats()
+            assert not stats.reported
+            assert stats.total_memory is None and stats.free_memory is None
+            state = await client.snapshot()
+            assert state.status is VmStatus.NO_DRIVER
+            target = await client.set_target(256 * MiB)
+            with pytest.raises(DriverNotReady):
+                await client.wait_for_target(target, timeout=10, stall_timeout=1)
+            assert await client.query_actual() == vm.ram
 
 
 async def test_vm_without_balloon_device_reports_no_balloon_device(
