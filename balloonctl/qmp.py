@@ -583,7 +583,7 @@ class BalloonClient:
         # without one fails before the agent does any work.
         actual = await self.query_actual()
         if target < actual and self.qga is not None and self._remembered().get("hint"):
-            if await self._hint_mode() is HintMode.AGENT:
+            if (await self.hint_status()).mode is HintMode.AGENT:
                 await self._drop_cache_before_inflating()
         await self.execute("balloon", {"value": target})
         self.store.update(self.address, target=target, target_at=time.time())
@@ -652,29 +652,28 @@ class BalloonClient:
         return GuestAgent(self.qga, timeout=timeout, trace=self.trace,
                           name=f"{self.name}/qga", vm=self._vm)
 
-    async def _hint_mode(self) -> HintMode:
-        state = await self._probe_hint()
-        return state.mode
-
-    async def _probe_hint(self) -> HintState:
-        """Find how the hint can be honoured here, without changing anything."""
+    async def _probe_hint(self) -> tuple[HintState, AgentError | None]:
+        """Find how the hint can be honoured here, without changing anything; also return
+        the agent failure that makes it unsupported, if that is the reason."""
         props = await self._properties()
         if HINT_PROPERTY in props:  # a patched device; its QOM type is "bool"
             path = await self.device_path()
             enabled = bool(await self._qom_get(path, HINT_PROPERTY))
             return HintState(HintMode.DEVICE, enabled,
-                             f"balloon device property {HINT_PROPERTY}")
-        remembered = self._remembered()
+                             f"balloon device property {HINT_PROPERTY}"), None
         if self.qga is None:
-            return HintState(HintMode.UNSUPPORTED, False, HINT_UNSUPPORTED_MESSAGE)
+            return HintState(HintMode.UNSUPPORTED, False, HINT_UNSUPPORTED_MESSAGE), None
+        remembered = self._remembered()
         try:
             async with self._agent(probe=True) as agent:
                 await agent.require_exec()
-        except AgentExecBlocked as exc:
-            return HintState(HintMode.UNSUPPORTED, False, f"{HINT_UNSUPPORTED_MESSAGE}: {exc}")
         except AgentError as exc:
-            return HintState(HintMode.UNSUPPORTED, False,
-                             f"guest agent unreachable ({exc}); {HINT_UNSUPPORTED_MESSAGE}")
+            why = "guest-exec is blocked" if isinstance(exc, AgentExecBlocked) else (
+                "the guest agent is unreachable")
+            detail = f"{why} ({exc}); {HINT_UNSUPPORTED_MESSAGE}"
+            if remembered.get("hint"):
+                detail = f"the hint is on in balloonctl's state but not honoured: {detail}"
+            return HintState(HintMode.UNSUPPORTED, False, detail), exc
         enabled = bool(remembered.get("hint"))
         released = remembered.get("hint_released")
         detail = "guest agent drops clean page cache before each inflation"
@@ -683,7 +682,7 @@ class BalloonClient:
         elif isinstance(released, int):
             detail += f"; last drop released {format_size(released)}"
         return HintState(HintMode.AGENT, enabled, detail,
-                         released if isinstance(released, int) else None)
+                         released if isinstance(released, int) else None), None
 
     async def hint_status(self) -> HintState:
         """How the cache-first hint is honoured on this VM (device, agent or unsupported).
@@ -691,7 +690,8 @@ class BalloonClient:
         Raises:
             NoBalloonDevice, and what ``execute`` raises.
         """
-        return await self._probe_hint()
+        state, _ = await self._probe_hint()
+        return state
 
     async def set_hint(self, on: bool) -> HintState:
         """Turn the cache-first hint on or off and return the resulting state.
@@ -704,23 +704,22 @@ class BalloonClient:
             AgentExecBlocked: the guest agent refuses guest-exec.
             NoBalloonDevice, and what ``execute`` raises.
         """
-        state = await self._probe_hint()
+        state, agent_error = await self._probe_hint()
         if state.mode is HintMode.DEVICE:
             path = await self.device_path()
             await self.execute("qom-set", {"path": path, "property": HINT_PROPERTY,
                                            "value": bool(on)})
-            return await self._probe_hint()
+            return await self.hint_status()
         if state.mode is HintMode.UNSUPPORTED:
             if on:
-                if self.qga is not None and "guest-exec" in state.detail:
-                    async with self._agent() as agent:
-                        await agent.require_exec()  # raises AgentExecBlocked with its reason
+                if isinstance(agent_error, AgentExecBlocked):
+                    raise agent_error
                 raise HintUnsupported(f"cannot honour the cache-first hint: {state.detail}",
                                       vm=self._vm)
             self.store.update(self.address, hint=False)
             return state
         self.store.update(self.address, hint=bool(on))
-        return await self._probe_hint()
+        return await self.hint_status()
 
     async def _next_sample(self, previous: GuestStats, wait: float) -> GuestStats | None:
         """The first stats sample newer than ``previous``, or None after ``wait`` seconds.
@@ -791,7 +790,7 @@ class BalloonClient:
             stats, interval = await asyncio.gather(self.stats(), self.polling_interval())
             state = state.with_changes(stats=stats, polling_interval=interval,
                                        features=await self.features())
-            state = state.with_changes(hint=await self._probe_hint())
+            state = state.with_changes(hint=await self.hint_status())
         except NoBalloonDevice as exc:
             return _failed(state, exc, reachable=True).with_changes(has_device=False)
         except (ConnectFailed, Disconnected, QMPTimeout) as exc:

@@ -1,0 +1,128 @@
+"""The cache-first hint in its three modes: device property, guest agent, unsupported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balloonctl.errors import AgentExecBlocked, HintUnsupported
+from balloonctl.fake import FakeVM
+from balloonctl.model import HintMode
+from balloonctl.qmp import BalloonClient
+from balloonctl.store import FileStore, MemoryStore
+from balloonctl.units import GiB, MiB
+
+
+def client_for(vm: FakeVM, *, agent: bool = True, **kw: Any) -> BalloonClient:
+    kw.setdefault("connect_timeout", 1.0)
+    kw.setdefault("command_timeout", 2.0)
+    qga = str(vm.qga_path) if agent else None
+    return BalloonClient(str(vm.qmp_path), name=vm.name, qga=qga, **kw)
+
+
+async def test_device_mode_toggles_the_qom_property(fake_vm_factory: Any) -> None:
+    vm = await fake_vm_factory(hint_device=True)
+    async with client_for(vm, agent=False) as client:
+        state = await client.hint_status()
+        assert state.mode is HintMode.DEVICE and not state.enabled
+        on = await client.set_hint(True)
+        assert on.mode is HintMode.DEVICE and on.enabled
+        assert vm.guest.hint is True
+        off = await client.set_hint(False)
+        assert not off.enabled and vm.guest.hint is False
+        assert (await client.snapshot()).hint.mode is HintMode.DEVICE
+
+
+async def test_device_mode_wins_over_the_agent(fake_vm_factory: Any) -> None:
+    vm = await fake_vm_factory(hint_device=True)
+    async with client_for(vm) as client:
+        assert (await client.set_hint(True)).mode is HintMode.DEVICE
+
+
+async def test_unsupported_without_device_property_or_agent(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm, agent=False) as client:
+        state = await client.hint_status()
+        assert state.mode is HintMode.UNSUPPORTED and not state.enabled
+        with pytest.raises(HintUnsupported) as err:
+            await client.set_hint(True)
+        assert "stock QEMU has no reclaim-cache-first property" in str(err.value)
+        assert "--qga" in str(err.value) and "guest-exec allowed" in str(err.value)
+        # Turning off what cannot be on is fine.
+        assert not (await client.set_hint(False)).enabled
+        assert (await client.snapshot()).hint.mode is HintMode.UNSUPPORTED
+
+
+async def test_agent_mode_drops_cache_before_inflating_and_persists(
+    fake_vm: FakeVM, tmp_path: Path
+) -> None:
+    state_file = tmp_path / "state.json"
+    async with client_for(fake_vm, store=FileStore(state_file)) as client:
+        status = await client.hint_status()
+        assert status.mode is HintMode.AGENT and not status.enabled
+        assert (await client.set_hint(True)).enabled
+
+    # A later balloonctl run (a new client, the same state file) still has the hint on.
+    fake_vm.guest.read_file(400 * MiB)
+    cache_before = fake_vm.guest.cache
+    assert cache_before >= 300 * MiB
+    async with client_for(fake_vm, store=FileStore(state_file)) as client:
+        status = await client.hint_status()
+        assert status.mode is HintMode.AGENT and status.enabled
+        await client.set_target(GiB + 512 * MiB)  # an inflation
+        assert fake_vm.guest.cache < cache_before // 4
+        after = await client.hint_status()
+    assert after.released is not None
+    assert abs(after.released - cache_before) <= 64 * MiB
+    assert "released" in after.detail
+    assert await client.polling_interval() == 0  # the temporary 1 s interval was undone
+    await client.close()
+
+    async with client_for(fake_vm, store=FileStore(state_file)) as client:
+        state = await client.snapshot()
+    assert state.hint.enabled and state.hint.released == after.released
+    assert state.to_json()["hint_released"] == after.released
+
+
+async def test_agent_mode_leaves_deflation_alone(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm, store=MemoryStore()) as client:
+        await client.set_target(GiB)
+        await client.wait_for_target(GiB, timeout=5)
+        await client.set_hint(True)
+        fake_vm.guest.read_file(100 * MiB)
+        cache = fake_vm.guest.cache
+        await client.set_target(GiB + 256 * MiB)  # a deflation: no drop
+        assert fake_vm.guest.cache >= cache
+        assert (await client.hint_status()).released is None
+
+
+async def test_agent_mode_with_hint_off_does_not_drop(fake_vm: FakeVM) -> None:
+    fake_vm.guest.read_file(200 * MiB)
+    cache = fake_vm.guest.cache
+    async with client_for(fake_vm) as client:
+        await client.set_target(GiB + 512 * MiB)
+    assert fake_vm.guest.cache >= cache - 8 * MiB
+
+
+async def test_agent_with_exec_blocked(fake_vm_factory: Any) -> None:
+    vm = await fake_vm_factory(agent_exec=False)
+    async with client_for(vm) as client:
+        state = await client.hint_status()
+        assert state.mode is HintMode.UNSUPPORTED
+        assert "guest-exec" in state.detail
+        with pytest.raises(AgentExecBlocked, match="guest-exec"):
+            await client.set_hint(True)
+
+
+async def test_unreachable_agent_is_reported_not_raised(fake_vm: FakeVM,
+                                                        fake_dir: Path) -> None:
+    client = BalloonClient(str(fake_vm.qmp_path), qga=str(fake_dir / "gone.qga"),
+                           connect_timeout=1.0)
+    async with client:
+        state = await client.snapshot()
+        assert state.reachable and state.error is None
+        assert state.hint.mode is HintMode.UNSUPPORTED
+        assert "unreachable" in state.hint.detail
+        with pytest.raises(HintUnsupported, match="unreachable"):
+            await client.set_hint(True)
