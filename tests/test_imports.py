@@ -1,0 +1,80 @@
+"""What each path imports: completion and --help must stay light (a fresh process each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("textual", "httpx", "qemu")  # never for --help or completion
+TYPER = ("typer", "click", "pydantic", "rich")  # not even these for completion
+
+# Runs balloonctl's entry point in a fresh interpreter, then lists the modules it imported.
+PROBE = """
+import json, sys
+from balloonctl.__main__ import main
+sys.argv = ["balloonctl", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit:
+    pass
+import os
+with open(os.environ["MODULES_OUT"], "w") as f:
+    json.dump(sorted(sys.modules), f)
+"""
+
+
+def imported(tmp_path: Path, args: list[str], env: dict[str, str] | None = None) -> set[str]:
+    out = tmp_path / "modules.json"
+    full_env = {**os.environ, **(env or {}), "MODULES_OUT": str(out),
+                "BALLOONCTL_DIR": str(tmp_path), "BALLOONCTL_WELLKNOWN": "",
+                "BALLOONCTL_CONFIG": str(tmp_path / "absent.toml")}
+    if env is None:
+        full_env.pop("_BALLOONCTL_COMPLETE", None)
+    subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], env=full_env,
+                   capture_output=True, check=True, timeout=60)
+    return set(json.loads(out.read_text()))
+
+
+def roots(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+@pytest.mark.parametrize(
+    "request_env",
+    [
+        {"_BALLOONCTL_COMPLETE": "complete_bash", "COMP_WORDS": "balloonctl set vm1 ",
+         "COMP_CWORD": "3"},
+        {"_BALLOONCTL_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "balloonctl st"},
+        {"_BALLOONCTL_COMPLETE": "complete_fish", "_TYPER_COMPLETE_ARGS": "balloonctl st",
+         "_TYPER_COMPLETE_FISH_ACTION": "get-args"},
+        {"_BALLOONCTL_COMPLETE": "source_bash"},
+    ],
+)
+def test_completion_imports_no_framework(tmp_path: Path, request_env: dict[str, str]) -> None:
+    (tmp_path / "vm1.qmp").touch()
+    found = roots(imported(tmp_path, [], request_env))
+    assert not found & {*HEAVY, *TYPER}, sorted(found & {*HEAVY, *TYPER})
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status", "--help"], ["set", "--help"],
+                                  ["dashboard", "--help"], ["demo", "--help"]])
+def test_help_imports_nothing_heavy(tmp_path: Path, args: list[str]) -> None:
+    found = roots(imported(tmp_path, args))
+    assert "typer" in found  # the probe really ran the typer app
+    assert not found & set(HEAVY), sorted(found & set(HEAVY))
+
+
+def test_core_modules_import_no_framework() -> None:
+    program = (
+        "import sys, balloonctl.config, balloonctl.policy, balloonctl.cli.fastcomplete, "
+        "balloonctl.cli.exitcodes, balloonctl.cli.completers\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    assert not set(out) & {*HEAVY, *TYPER}
