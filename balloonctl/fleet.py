@@ -207,7 +207,6 @@ class Fleet(DataSource):
             if self.hold:
                 if state.reachable:
                     backoff.succeeded()
-                    self._ensure_pump(client.name)
                 else:
                     backoff.failed(loop.time())
             return state
@@ -303,6 +302,9 @@ class Fleet(DataSource):
                         self._emit(name, event)
                 except BalloonError as exc:
                     reason = str(exc)
+                self._last[name] = self._last[name].with_changes(
+                    reachable=False, error=reason, error_kind="Disconnected",
+                    taken_at=time.time())
                 self._emit(name, BalloonEvent(DISCONNECTED, {"error": reason}, time.time()))
                 backoff.failed(loop.time())
 

@@ -14,9 +14,8 @@ from balloonctl.fake import FakeVM
 from balloonctl.units import MiB
 
 
-def agent_for(vm: FakeVM, **kw: float) -> GuestAgent:
-    kw.setdefault("timeout", 1.0)
-    return GuestAgent(str(vm.qga_path), vm="vm1", **kw)
+def agent_for(vm: FakeVM, *, timeout: float = 1.0) -> GuestAgent:
+    return GuestAgent(str(vm.qga_path), timeout=timeout, vm="vm1")
 
 
 async def test_ping_info_and_exec(fake_vm: FakeVM) -> None:
@@ -87,7 +86,7 @@ async def test_missing_agent_socket(fake_dir: Path) -> None:
 async def test_silent_agent_times_out(fake_vm: FakeVM) -> None:
     fake_vm.faults.delay["guest-sync"] = 2.0
     started = time.monotonic()
-    with pytest.raises(AgentError, match="did not answer guest-sync within 0.2s"):
+    with pytest.raises(AgentError, match=r"did not answer guest-sync within 0\.2s"):
         await agent_for(fake_vm, timeout=0.2).connect()
     assert time.monotonic() - started < 1.5
 
@@ -96,7 +95,7 @@ async def test_process_that_never_exits_times_out(fake_vm: FakeVM) -> None:
     assert fake_vm.qga is not None
     fake_vm.qga.exec_duration = 30.0
     async with agent_for(fake_vm) as agent:
-        with pytest.raises(AgentError, match="did not exit within 0.2s"):
+        with pytest.raises(AgentError, match=r"did not exit within 0\.2s"):
             await agent.exec("/bin/true", timeout=0.2)
 
 

@@ -1,0 +1,199 @@
+"""Fleet: many fake VMs at once, partial failure, polite and held connections, events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from rawqmp import RawQMP, poll_until
+
+from balloonctl.errors import BalloonError, NoBalloonDevice, QMPTimeout, UnknownVM
+from balloonctl.fake import FakeVM
+from balloonctl.fleet import CONNECTED, DISCONNECTED, Backoff, DataSource, Fleet
+from balloonctl.model import HintMode, VmRef, VmStatus
+from balloonctl.qmp import BalloonClient, BalloonEvent
+from balloonctl.units import GiB, parse_target
+
+
+def refs(*vms: FakeVM) -> list[VmRef]:
+    return [VmRef(name=vm.name, qmp=str(vm.qmp_path), qga=str(vm.qga_path)) for vm in vms]
+
+
+async def three(factory: Any, **vm2: Any) -> list[FakeVM]:
+    return [await factory("vm1"), await factory("vm2", **vm2), await factory("vm3")]
+
+
+async def test_fleet_is_a_data_source(fake_vm: FakeVM) -> None:
+    source: DataSource = Fleet(refs(fake_vm))
+    assert list(source.names) == ["vm1"]
+    await source.close()
+
+
+async def test_snapshot_with_a_busy_vm(fake_vm_factory: Any) -> None:
+    vms = await three(fake_vm_factory)
+    vms[1].faults.never_greet = True
+    async with Fleet(refs(*vms), connect_timeout=0.3) as fleet:
+        started = time.monotonic()
+        states = await fleet.snapshot()
+        assert time.monotonic() - started < 1.5  # concurrent: one timeout, not three
+    assert [s.name for s in states] == ["vm1", "vm2", "vm3"]
+    assert [s.status for s in states] == [VmStatus.OK, VmStatus.BUSY, VmStatus.OK]
+    assert "no greeting" in (states[1].error or "")
+    assert states[0].actual == 2 * GiB and states[0].hint.mode is HintMode.AGENT
+
+
+async def test_run_each_partial_failure(fake_vm_factory: Any) -> None:
+    vms = await three(fake_vm_factory, balloon=False)
+    async with Fleet(refs(*vms)) as fleet:
+        results = await fleet.run_each(None, lambda c: c.set_target(parse_target("1G")))
+    assert results["vm1"] == GiB and results["vm3"] == GiB
+    err = results["vm2"]
+    assert isinstance(err, NoBalloonDevice) and err.vm == "vm2"
+    assert vms[0].guest.balloon_target > 0 and vms[2].guest.balloon_target > 0
+
+
+async def test_a_slow_vm_is_bounded_by_timeouts(fake_vm_factory: Any) -> None:
+    vms = await three(fake_vm_factory)
+    vms[1].faults.delay["query-balloon"] = 1.0
+    async with Fleet(refs(*vms), command_timeout=0.3) as fleet:
+        started = time.monotonic()
+        results = await fleet.run_each(["vm2", "vm1"], BalloonClient.query_actual)
+        assert time.monotonic() - started < 0.9
+    assert list(results) == ["vm2", "vm1"]
+    assert isinstance(results["vm2"], QMPTimeout) and results["vm1"] == 2 * GiB
+    vms[1].faults.delay.clear()
+
+
+async def test_a_slow_vm_shows_in_the_snapshot(fake_vm_factory: Any) -> None:
+    vms = await three(fake_vm_factory)
+    vms[1].faults.delay["query-balloon"] = 1.0
+    async with Fleet(refs(*vms), command_timeout=0.3) as fleet:
+        started = time.monotonic()
+        states = await fleet.snapshot()
+        assert time.monotonic() - started < 0.9
+    assert states[1].error_kind == "QMPTimeout" and not states[1].reachable
+    assert states[0].status is VmStatus.OK and states[2].status is VmStatus.OK
+    vms[1].faults.delay.clear()
+
+
+async def test_run_each_limit_bounds_a_whole_call(fake_vm: FakeVM) -> None:
+    async def slow(client: BalloonClient) -> int:
+        await asyncio.sleep(5)
+        return 0
+
+    async with Fleet(refs(fake_vm)) as fleet:
+        results = await fleet.run_each(None, slow, limit=0.2)
+    assert isinstance(results["vm1"], BalloonError) and "gave up after 0.2s" in str(
+        results["vm1"])
+
+
+async def test_unknown_vm(fake_vm: FakeVM) -> None:
+    async with Fleet(refs(fake_vm)) as fleet:
+        with pytest.raises(UnknownVM, match="no VM named 'web'"):
+            await fleet.set_target("web", parse_target("1G"))
+        with pytest.raises(UnknownVM):
+            await fleet.run_each(["vm1", "web"], BalloonClient.query_actual)
+
+
+async def test_polite_mode_leaves_the_socket_free(fake_vm_factory: Any) -> None:
+    vms = await three(fake_vm_factory)
+    async with Fleet(refs(*vms)) as fleet:
+        await fleet.snapshot()
+        assert await fleet.set_target("vm1", parse_target("1G")) == GiB
+        await fleet.enable_stats("vm2", 1)
+        state = await fleet.set_hint("vm3", True)
+        assert state.mode is HintMode.AGENT and state.enabled
+        # Between operations another QMP client gets in at once.
+        for vm in vms:
+            async with await RawQMP.open(vm.qmp_path, reply_timeout=0.5) as raw:
+                assert "actual" in await raw.execute("query-balloon")
+        states = await fleet.snapshot()
+    assert states[0].target == GiB
+    assert states[1].polling_interval == 1
+    assert states[2].hint.enabled
+    events = [e async for e in fleet.events()]
+    assert events == []  # the polite mode holds no connection, so it hears no events
+
+
+async def test_concurrency_of_one_still_visits_everyone(fake_vm_factory: Any) -> None:
+    vms = await three(fake_vm_factory)
+    async with Fleet(refs(*vms), concurrency=1) as fleet:
+        states = await fleet.snapshot()
+    assert [s.status for s in states] == [VmStatus.OK] * 3
+
+
+async def test_stream_yields_fresh_snapshots(fake_vm: FakeVM) -> None:
+    async with Fleet(refs(fake_vm)) as fleet:
+        stream = fleet.stream(0.05)
+        first = await anext(stream)
+        await fleet.set_target("vm1", GiB)
+        second = await poll_until(lambda: _next_converging(stream), within=3)
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert first[0].target is None and second[0].target == GiB
+
+
+async def _next_converging(stream: AsyncIterator[list[Any]]) -> list[Any] | None:
+    states = await anext(stream)
+    return states if states[0].target is not None else None
+
+
+async def _collect(fleet: Fleet, into: list[tuple[str, BalloonEvent]]) -> None:
+    async for item in fleet.events():
+        into.append(item)
+
+
+async def test_hold_mode_events_and_reconnect(fake_vm_factory: Any) -> None:
+    vm1, vm2 = await fake_vm_factory("vm1"), await fake_vm_factory("vm2")
+    fleet = Fleet(refs(vm1, vm2), hold=True, connect_timeout=0.5)
+    got: list[tuple[str, BalloonEvent]] = []
+    task = asyncio.create_task(_collect(fleet, got))
+    try:
+        await poll_until(lambda: sum(e.name == CONNECTED for _, e in got) == 2, within=3,
+                         what="both connected")
+        connected = next(e for n, e in got if n == "vm1" and e.name == CONNECTED)
+        assert connected.data["state"].actual == 2 * GiB  # state re-read on connect
+        await fleet.set_target("vm1", GiB)
+        await poll_until(lambda: any(n == "vm1" and e.name == "BALLOON_CHANGE"
+                                     for n, e in got), within=3, what="BALLOON_CHANGE")
+        # The held connection blocks other clients, as QEMU's one-client socket does.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await RawQMP.open(vm2.qmp_path, reply_timeout=0.3)
+
+        await vm1.shutdown()
+        await poll_until(lambda: any(n == "vm1" and e.name == DISCONNECTED for n, e in got),
+                         within=3, what="DISCONNECTED")
+        states = await fleet.snapshot()
+        assert states[0].status is VmStatus.UNREACHABLE and states[1].status is VmStatus.OK
+        connects = sum(n == "vm1" and e.name == CONNECTED for n, e in got)
+        await vm1.start()
+        await poll_until(lambda: sum(n == "vm1" and e.name == CONNECTED for n, e in got)
+                         > connects, within=5, what="reconnect")
+        states = await poll_until(
+            lambda: _all_ok(fleet), within=3, what="snapshot after reconnect")
+        assert states[0].actual is not None
+    finally:
+        task.cancel()
+        await fleet.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def _all_ok(fleet: Fleet) -> list[Any] | None:
+    states = await fleet.snapshot()
+    return states if all(s.reachable for s in states) else None
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    b = Backoff(initial=0.5, cap=4.0)
+    delays = []
+    for _ in range(6):
+        b.failed(100.0)
+        delays.append(b.delay)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert b.wait(101.0) == 3.0
+    b.succeeded()
+    assert b.wait(100.0) == 0.0 and b.delay == 0.0
