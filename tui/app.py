@@ -218,6 +218,9 @@ class DashboardApp(App[None]):
     @on(SetTargets)
     def _set_targets(self, message: SetTargets) -> None:
         source, force = self.source, message.force
+        for name, target in message.targets.items():
+            # Optimistic, so a quick second step starts from here; the next poll corrects it.
+            self.view.patch(name, target=target)
 
         def call(name: str, target: int) -> Callable[[], Awaitable[str]]:
             async def run() -> str:

@@ -43,10 +43,6 @@ def _rate(new: int | None, old: int | None, seconds: float) -> float | None:
     return (new - old) / seconds
 
 
-def _none_last(value: Any) -> tuple[bool, Any]:
-    return (value is None, value)
-
-
 def _stat(name: str) -> Callable[[VmRow], Any]:
     def key(row: VmRow) -> Any:
         stats = row.state.stats
@@ -156,8 +152,9 @@ class FleetView:
         rows = [row for row in self.rows.values() if self.matches(row)]
         rows.sort(key=lambda row: self._order.get(row.name, 0))
         key = SORT_KEYS[self.sort_key]
-        rows.sort(key=lambda row: _none_last(key(row)), reverse=self.reverse)
-        return rows
+        known = [row for row in rows if key(row) is not None]
+        known.sort(key=key, reverse=self.reverse)
+        return known + [row for row in rows if key(row) is None]  # unknown values last
 
     def cycle_sort(self) -> str:
         keys = list(SORT_KEYS)

@@ -5,7 +5,8 @@ Nothing here does I/O: snapshots return fixed ``BalloonState`` values taken at a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from balloonctl.errors import UnknownVM
@@ -20,9 +21,11 @@ from balloonctl.model import (
 from balloonctl.units import GiB, MiB, TargetSpec
 
 if TYPE_CHECKING:
+    from textual.pilot import Pilot
+
     from balloonctl.qmp import BalloonEvent
 
-__all__ = ["FIXED_TIME", "StaticSource", "sample_states"]
+__all__ = ["FIXED_TIME", "StaticSource", "sample_states", "wait_until"]
 
 FIXED_TIME = 1_790_000_000.0  # 2026-09-21T14:13:20Z; any fixed instant will do
 
@@ -120,3 +123,20 @@ class StaticSource:
 
     async def close(self) -> None:
         self.closed = True
+
+
+async def wait_until(
+    pilot: Pilot[Any], predicate: Callable[[], bool], *, within: float = 10.0,
+    what: str = "condition",
+) -> None:
+    """Let the app run until ``predicate()`` holds; fail after ``within`` seconds.
+
+    Raises:
+        AssertionError: the deadline passed first.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
+        await pilot.pause(0.02)

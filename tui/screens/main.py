@@ -49,6 +49,7 @@ class MainScreen(Screen[None]):
         self.stats_interval = stats_interval
         self._clock = clock
         self._refresh_now = refresh_now
+        self._ready = False
 
     def compose(self) -> ComposeResult:
         yield FleetHeader(id="totals")
@@ -62,41 +63,51 @@ class MainScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # Held once: the App may call in while the screen is being torn down at exit.
+        self.table = self.query_one(FleetTable)
+        self._header = self.query_one(FleetHeader)
+        self._detail = self.query_one(DetailPane)
+        self._log = self.query_one(EventLog)
+        self._status = self.query_one("#status-line", Static)
+        self._ready = True
         self.table.focus()
         self.show_fleet()
-
-    @property
-    def table(self) -> FleetTable:
-        return self.query_one(FleetTable)
 
     # -- rendering --------------------------------------------------------------------------
     def show_fleet(self) -> None:
         """Redraw from the view (after a snapshot, a sort, a filter or a selection change)."""
+        if not self._ready:
+            return
         view = self.view
         self.table.show(view.visible(), view.selected)
         self.table.mark_sort(view.sort_key, view.reverse)
-        self.query_one(FleetHeader).show(view.totals())
+        self._header.show(view.totals())
         status = f"sort {view.sort_key} {'▼' if view.reverse else '▲'}"
         if view.selected:
             status += f"  selected {len(view.selected)}"
         status += f"  step {format_size(self.step)}"
-        self.query_one("#status-line", Static).update(status)
+        self._status.update(status)
         self.show_detail()
 
     def show_detail(self) -> None:
+        if not self._ready:
+            return
         name = self.table.cursor_vm
         state = None if name is None else self.view.state(name)
         history = None if name is None else self.view.history.get(name)
-        self.query_one(DetailPane).show(state, history)
+        self._detail.show(state, history)
 
     def show_host(self, host: HostMemory | None, error: str | None) -> None:
-        self.query_one(FleetHeader).show(host=host, host_error=error)
+        if self._ready:
+            self._header.show(host=host, host_error=error)
 
     def show_source_error(self, error: str | None) -> None:
-        self.query_one(FleetHeader).source_error(error)
+        if self._ready:
+            self._header.source_error(error)
 
     def log_line(self, text: str, *, style: str = "") -> None:
-        self.query_one(EventLog).add(text, style=style)
+        if self._ready:
+            self._log.add(text, style=style)
 
     @on(DataTable.RowHighlighted)
     def _row_highlighted(self) -> None:

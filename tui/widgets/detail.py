@@ -67,24 +67,38 @@ class DetailPane(VerticalScroll):
                 yield Sparkline([], id=f"spark-{series}", summary_function=max)
         yield Static(id="detail-events")
 
+    def on_mount(self) -> None:
+        # Held once: ``show`` may be called while the app is being torn down at exit.
+        self._facts = self.query_one("#detail-facts", Static)
+        self._bar = self.query_one(MemoryBar)
+        self._labels = {s: self.query_one(f"#label-{s}", Label) for s in _SERIES}
+        self._sparks = {s: self.query_one(f"#spark-{s}", Sparkline) for s in _SERIES}
+        self._events = self.query_one("#detail-events", Static)
+        self._ready = True
+        self.show(*self._pending)
+
+    _ready = False
+    _pending: tuple[BalloonState | None, VmHistory | None] = (None, None)
+
     def show(self, state: BalloonState | None, history: VmHistory | None) -> None:
-        facts = self.query_one("#detail-facts", Static)
-        if state is None:
-            facts.update("no VM selected")
-            self.query_one(MemoryBar).show(None)
+        if not self._ready:
+            self._pending = (state, history)
             return
-        facts.update(describe(state))
-        self.query_one(MemoryBar).show(state)
+        if state is None:
+            self._facts.update("no VM selected")
+            self._bar.show(None)
+            return
+        self._facts.update(describe(state))
+        self._bar.show(state)
         if history is None:
             return
         for series in _SERIES:
             ring: Ring = getattr(history, series)
             values = ring.values()
-            label = self.query_one(f"#label-{series}", Label)
             latest = format_size(int(values[-1]), compact=True) if values else "-"
-            label.update(f"{series} {latest}")
-            self.query_one(f"#spark-{series}", Sparkline).data = values
+            self._labels[series].update(f"{series} {latest}")
+            self._sparks[series].data = values
         events = Text("recent\n", style="bold")
         for line in reversed(history.events):
-            events.append(f"{line}\n", style="")
-        self.query_one("#detail-events", Static).update(events)
+            events.append(f"{line}\n")
+        self._events.update(events)

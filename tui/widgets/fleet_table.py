@@ -100,8 +100,6 @@ class FleetTable(DataTable[Cell]):
         self._cells: dict[str, tuple[Cell, ...]] = {}
         self._labels: dict[str, str] = {}
         self.fixed_columns = 2
-
-    def on_mount(self) -> None:
         self.add_column(" ", key="sel", width=1)
         for column in COLUMNS:
             self.add_column(column.label, key=column.key, width=column.width)

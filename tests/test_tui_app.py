@@ -1,0 +1,296 @@
+"""The dashboard driven with Pilot over a deterministic in-memory source.
+
+Scenarios against the fake QEMU fleet are in test_tui_fake.py; these cover the screen's
+behaviour (dialog, selection, sort, filter, palette, failures) quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+from rich.console import Console
+from textual.message import Message
+from textual.pilot import Pilot
+from textual.widgets import Input, Static
+
+from balloonctl.errors import ConnectFailed
+from balloonctl.model import BalloonState
+from balloonctl.units import GiB, MiB, TargetSpec, format_size
+from tui.app import DashboardApp
+from tui.messages import ActionDone, SnapshotReady, SourceFailed
+from tui.screens import HelpScreen, SetTargetDialog
+from tui.screens.help import keys_table
+from tui.testing import StaticSource, sample_states, wait_until
+from tui.widgets import FleetHeader, FleetTable
+
+SIZE = (160, 40)
+
+
+def make_app(source: StaticSource, **kw: object) -> DashboardApp:
+    return DashboardApp(source, interval=0.1, meminfo=None, clock=lambda: 0.0, **kw)  # type: ignore[arg-type]
+
+
+async def started(pilot: Pilot[None], app: DashboardApp) -> FleetTable:
+    await wait_until(pilot, lambda: app.polls >= 1, what="the first snapshot")
+    return app.main.table
+
+
+def cell(table: FleetTable, vm: str, column: str) -> str:
+    value = table.get_cell(vm, column)
+    return value if isinstance(value, str) else value.plain
+
+
+async def test_rows_show_the_sources_numbers() -> None:
+    source = StaticSource(sample_states(6))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await started(pilot, app)
+        assert table.row_count == 6
+        for state in source.states.values():
+            stats = state.stats
+            assert cell(table, state.name, "actual") == format_size(state.actual, compact=True)
+            assert cell(table, state.name, "ram") == format_size(state.guest_ram, compact=True)
+            free = None if stats is None else stats.free_memory
+            assert cell(table, state.name, "free") == format_size(free, compact=True)
+            assert cell(table, state.name, "state").startswith(state.status.value)
+        assert "connection refused" in cell(table, "vm5", "state")
+        assert cell(table, "vm2", "hint") == "agent on"
+
+
+async def open_dialog(pilot: Pilot[None], app: DashboardApp) -> SetTargetDialog:
+    await pilot.press("t")
+    await wait_until(pilot, lambda: isinstance(app.screen, SetTargetDialog), what="the dialog")
+    assert isinstance(app.screen, SetTargetDialog)
+    return app.screen
+
+
+def verdict(dialog: SetTargetDialog) -> str:
+    return str(dialog.query_one("#target-verdict", Static).render())
+
+
+async def test_dialog_refuses_unsafe_sizes_with_the_reason_and_sends_nothing() -> None:
+    source = StaticSource(sample_states(6))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        dialog = await open_dialog(pilot, app)
+        limits = str(dialog.query_one("#target-limits", Static).render())
+        assert "floor 256 MiB" in limits and "maximum 2 GiB" in limits
+        for text, reason in [
+            ("lots", "invalid size"),
+            ("3G", "above guest RAM"),
+            ("200M", "below the safe floor"),
+            ("100M", "below the hard minimum"),
+            ("0%", "percentage"),
+        ]:
+            field = dialog.query_one("#target-input", Input)
+            field.value = ""
+            await pilot.press(*text, "enter")
+            await pilot.pause()
+            assert reason in verdict(dialog), text
+            assert app.screen is dialog  # still open
+        assert source.calls == []
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.screen is app.main, what="the dialog to close")
+        assert source.calls == []
+
+
+async def test_dialog_force_allows_below_the_floor_but_not_the_hard_minimum() -> None:
+    source = StaticSource(sample_states(2))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        dialog = await open_dialog(pilot, app)
+        await pilot.press(*"100M")
+        await pilot.click("#target-force")
+        assert "100 MiB is below the hard minimum" in verdict(dialog)
+        dialog.query_one("#target-input", Input).value = "200M"
+        await pilot.pause()
+        await pilot.click("#target-set")
+        await wait_until(pilot, lambda: bool(source.calls), what="the target to be sent")
+        assert source.calls == [("set_target", "vm1", 200 * MiB)]
+
+
+async def test_dialog_target_is_sent_and_the_row_follows() -> None:
+    source = StaticSource(sample_states(6))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await started(pilot, app)
+        await pilot.press("down")  # vm2
+        await open_dialog(pilot, app)
+        await pilot.press(*"1.5G", "enter")
+        await wait_until(pilot, lambda: cell(table, "vm2", "target") == "1.5G", what="vm2")
+        assert source.calls == [("set_target", "vm2", 3 * GiB // 2)]
+        assert table.cursor_vm == "vm2"
+
+
+async def test_multi_select_steps_every_selected_vm_and_refuses_per_vm() -> None:
+    source = StaticSource(sample_states(6))
+    app = make_app(source, step=256 * MiB)
+    done: list[ActionDone] = []
+
+    def hook(message: Message) -> None:
+        if isinstance(message, ActionDone):
+            done.append(message)
+
+    async with app.run_test(size=SIZE, message_hook=hook) as pilot:
+        table = await started(pilot, app)
+        await pilot.press("space", "down", "down", "down", "space")  # vm1 and vm4
+        assert cell(table, "vm1", "sel") == "●" and cell(table, "vm4", "sel") == "●"
+        await pilot.press("minus")
+        await wait_until(pilot, lambda: len(done) == 2, what="two results")
+        vm1, vm4 = sample_states(4)[0], sample_states(4)[3]
+        assert vm1.target is not None and vm4.target is not None
+        assert sorted(source.calls) == [
+            ("set_target", "vm1", vm1.target - 256 * MiB),
+            ("set_target", "vm4", vm4.target - 256 * MiB),
+        ]
+        # From 1.75G vm4 may go up once by 256M; the next step (above guest RAM) is refused
+        # before anything is sent.
+        source.calls.clear()
+        await pilot.press("escape", "plus", "plus")
+        await wait_until(pilot, lambda: len(done) == 3, what="vm4's step up")
+        await pilot.pause()
+        assert source.calls == [("set_target", "vm4", 2 * GiB)]
+        assert any("above guest RAM" in line for line in app.view.history["vm4"].events)
+
+
+async def test_hint_toggle_and_stats_are_sent_and_shown() -> None:
+    source = StaticSource(sample_states(3))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await started(pilot, app)
+        assert cell(table, "vm1", "hint") == "agent off"
+        await pilot.press("h")
+        await wait_until(pilot, lambda: cell(table, "vm1", "hint") == "agent on", what="hint")
+        await pilot.press("down", "down", "s")
+        await wait_until(pilot, lambda: len(source.calls) == 2, what="stats")
+        assert source.calls == [("set_hint", "vm1", True), ("enable_stats", "vm3", 2)]
+
+
+async def test_command_palette_offers_the_actions() -> None:
+    source = StaticSource(sample_states(3))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"toggle hint")
+        await pilot.pause(0.3)  # the palette searches in the background
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: source.calls == [("set_hint", "vm1", True)],
+                         what="the palette's action")
+
+
+async def test_sort_and_filter_keep_the_cursor_on_its_vm() -> None:
+    source = StaticSource(sample_states(6))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await started(pilot, app)
+        await pilot.press("down", "down")
+        assert table.cursor_vm == "vm3"
+        await pilot.press("o")  # sort by state: unreachable first
+        await pilot.pause()
+        assert table.ordered_rows[0].key.value == "vm5"
+        assert table.cursor_vm == "vm3"
+        polls = app.polls
+        await wait_until(pilot, lambda: app.polls >= polls + 3, what="more polls")
+        assert table.cursor_vm == "vm3"
+        await pilot.press("slash", *"vm5", "enter")
+        await pilot.pause()
+        assert table.row_count == 1
+        await pilot.press("escape")  # clears the filter (nothing selected)
+        await pilot.pause()
+        assert table.row_count == 6
+
+
+async def test_help_lists_the_keys() -> None:
+    app = make_app(StaticSource(sample_states(2)))
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        console = Console(width=120, record=True, file=io.StringIO())
+        console.print(keys_table())
+        text = console.export_text()
+        assert "Set the balloon target" in text and "cache-first hint" in text
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.screen is app.main, what="help to close")
+
+
+class FlakySource(StaticSource):
+    """Fails every snapshot while ``down`` is set, like an agent that went away."""
+
+    def __init__(self, states: list[BalloonState]) -> None:
+        super().__init__(states)
+        self.down = False
+
+    async def snapshot(self) -> list[BalloonState]:
+        if self.down:
+            raise ConnectFailed("cannot connect to the balloonctl agent")
+        return await super().snapshot()
+
+
+async def test_a_failing_source_keeps_rows_and_recovers() -> None:
+    source = FlakySource(sample_states(3))
+    app = make_app(source)
+    seen: list[Message] = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        table = await started(pilot, app)
+        source.down = True
+        header = app.main.query_one(FleetHeader)
+        await wait_until(pilot, lambda: "cannot connect" in str(header.render()), what="error")
+        assert table.row_count == 3
+        source.down = False
+        app.main.action_refresh()
+        await wait_until(pilot, lambda: "cannot connect" not in str(header.render()),
+                         what="recovery")
+        assert any(isinstance(m, SourceFailed) for m in seen)
+        assert any(isinstance(m, SnapshotReady) for m in seen)
+
+
+class SlowSource(StaticSource):
+    """Actions hang until released, like a VM whose socket never answers."""
+
+    def __init__(self, states: list[BalloonState]) -> None:
+        super().__init__(states)
+        self.release = asyncio.Event()
+
+    async def set_target(self, name: str, spec: TargetSpec, *, force: bool = False) -> int:
+        await self.release.wait()
+        return await super().set_target(name, spec, force=force)
+
+
+async def test_a_hung_action_never_freezes_the_screen() -> None:
+    source = SlowSource(sample_states(3))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await started(pilot, app)
+        await pilot.press("minus")
+        polls = app.polls
+        await wait_until(pilot, lambda: app.polls >= polls + 3, what="polls to continue")
+        await pilot.press("down")
+        assert table.cursor_vm == "vm2"
+        source.release.set()
+        await wait_until(pilot, lambda: len(source.calls) == 1, what="the action to finish")
+
+
+async def test_host_memory_is_read_from_the_given_file(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 8388608 kB\nMemFree: 1048576 kB\nMemAvailable: 4194304 kB\n")
+    app = DashboardApp(StaticSource(sample_states(2)), interval=0.1, meminfo=meminfo)
+    async with app.run_test(size=SIZE) as pilot:
+        header = app.main.query_one(FleetHeader)
+        await wait_until(pilot, lambda: "avail 4 GiB" in str(header.render()), what="host")
+        assert "free 1 GiB" in str(header.render())
+
+
+async def test_run_dashboard_closes_its_source() -> None:
+    source = StaticSource(sample_states(1))
+    app = DashboardApp(source, meminfo=None, close_source=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+    assert source.closed
+
+

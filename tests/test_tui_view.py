@@ -1,0 +1,117 @@
+"""The dashboard's rules without a screen: rows, sorting, filtering, targets, bars, host memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from balloonctl.errors import SizeError
+from balloonctl.model import GuestStats
+from balloonctl.units import GiB, MiB, SizeKind, TargetSpec
+from tui.fleetview import FleetView
+from tui.history import Ring
+from tui.hostmem import parse_meminfo
+from tui.targets import plan_targets, plan_text
+from tui.testing import FIXED_TIME, sample_states
+from tui.widgets.memory_bar import memory_bar, segments
+
+
+def test_swap_rates_come_from_successive_snapshots() -> None:
+    view = FleetView(["vm1"])
+    first = sample_states(1)[0]
+    assert first.stats is not None
+    view.apply([first])
+    later = first.with_changes(
+        taken_at=FIXED_TIME + 2,
+        stats=GuestStats(last_update=int(FIXED_TIME) + 1, swap_in=10, swap_out=30),
+    )
+    view.apply([later])
+    row = view.rows["vm1"]
+    assert (row.swap_in_rate, row.swap_out_rate) == (5.0, 15.0)
+
+
+def test_sort_cycles_and_puts_unknown_values_last() -> None:
+    view = FleetView([s.name for s in sample_states(6)])
+    view.apply(sample_states(6))
+    assert [r.name for r in view.visible()] == [f"vm{i}" for i in range(1, 7)]
+    assert view.cycle_sort() == "state"
+    assert view.visible()[0].name == "vm5"  # unreachable first: problems on top
+    view.sort_key = "free"
+    names = [r.name for r in view.visible()]
+    assert names[-2:] == ["vm3", "vm5"]  # no stats: at the end
+    view.reverse = True
+    assert view.visible()[0].name == "vm6"
+
+
+def test_filter_matches_name_state_and_reason() -> None:
+    view = FleetView()
+    view.apply(sample_states(6))
+    view.filter_text = "unreach"
+    assert [r.name for r in view.visible()] == ["vm5"]
+    view.filter_text = "refused"
+    assert [r.name for r in view.visible()] == ["vm5"]
+    view.filter_text = "VM2"
+    assert [r.name for r in view.visible()] == ["vm2"]
+
+
+def test_actions_apply_to_the_selection_or_the_cursor() -> None:
+    view = FleetView([f"vm{i}" for i in range(1, 4)])
+    assert view.targets("vm2") == ["vm2"]
+    view.toggle_selected("vm3")
+    view.toggle_selected("vm1")
+    assert view.targets("vm2") == ["vm1", "vm3"]
+    view.toggle_selected("vm1")
+    assert view.targets("vm2") == ["vm3"]
+
+
+def test_totals_count_only_reachable_vms() -> None:
+    view = FleetView()
+    view.apply(sample_states(6))
+    totals = view.totals()
+    assert (totals.vms, totals.reachable) == (6, 5)
+    assert totals.guest_ram == 5 * 2 * GiB
+
+
+def test_plan_refuses_unsafe_targets_with_reasons() -> None:
+    states = sample_states(6)
+    plan = plan_text(states[:2], "3G")
+    assert plan.targets == {} and not plan.ok
+    assert "above guest RAM" in plan.refused["vm1"]
+    plan = plan_text(states[:1], "200M")
+    assert "below the safe floor" in plan.refused["vm1"]
+    plan = plan_text(states[:1], "200M", force=True)
+    assert plan.ok and plan.targets == {"vm1": 200 * MiB}
+    plan = plan_text([states[4]], "1G")  # vm5: unreachable
+    assert "not reachable" in plan.refused["vm5"]
+    with pytest.raises(SizeError):
+        plan_text(states[:1], "1.5 gallons")
+
+
+def test_plan_resolves_relative_and_percent_per_vm() -> None:
+    vm1, vm2 = sample_states(2)
+    plan = plan_targets([vm1, vm2], TargetSpec(SizeKind.RELATIVE, -128 * MiB, "-128M"))
+    assert vm1.target is not None and vm2.target is not None
+    assert plan.targets == {"vm1": vm1.target - 128 * MiB, "vm2": vm2.target - 128 * MiB}
+    assert plan_text([vm1], "50%").targets == {"vm1": GiB}
+
+
+def test_memory_bar_is_exactly_its_width_and_proportional() -> None:
+    for state in sample_states(6):
+        assert len(memory_bar(state, 24)) == 24
+    vm1 = sample_states(1)[0]
+    parts = segments(vm1)
+    assert parts is not None and sum(parts.values()) == vm1.guest_ram
+    assert parts["ballooned"] == 256 * MiB
+
+
+def test_ring_keeps_the_newest_values_in_fixed_memory() -> None:
+    ring = Ring(3)
+    for v in range(5):
+        ring.append(float(v))
+    assert ring.values() == [2.0, 3.0, 4.0]
+    assert len(ring) == 3
+
+
+def test_meminfo_is_parsed_into_bytes() -> None:
+    host = parse_meminfo("MemTotal:  16384 kB\nMemFree:   1024 kB\nMemAvailable: 8192 kB\n"
+                         "HugePages_Total:       0\n")
+    assert (host.total, host.free, host.available) == (16 * MiB, MiB, 8 * MiB)
