@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from balloonctl.fake.service import Service
 from balloonctl.fake.ticker import Ticker
 from balloonctl.fake.vm import FakeVM
 
 __all__ = ["FakeFleet"]
 
 
-class FakeFleet:
+class FakeFleet(Service):
     """``n`` fake VMs named ``f"{prefix}{i}"`` (vm1..vmN) in ``directory``.
 
     ``vm_kwargs`` go to every ``FakeVM``; ``seed`` (default 0) becomes ``seed + i`` so the
@@ -45,20 +45,13 @@ class FakeFleet:
         """Start every VM. Raises: OSError: a socket cannot be created."""
         self.loop = asyncio.get_running_loop()
         self.directory.mkdir(parents=True, exist_ok=True)
-        await asyncio.gather(*(vm.start() for vm in self.vms))
+        try:
+            await asyncio.gather(*(vm.start() for vm in self.vms))
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         await asyncio.gather(*(vm.stop() for vm in self.vms))
         await self.ticker.stop()
 
-    async def __aenter__(self) -> FakeFleet:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from balloonctl.fake.agent_server import AgentServer
@@ -14,6 +13,7 @@ from balloonctl.fake.faults import Faults
 from balloonctl.fake.guest import WORKLOAD_QUANTUM, GuestSim
 from balloonctl.fake.machine import Machine
 from balloonctl.fake.qmp_server import QMPServer
+from balloonctl.fake.service import Service
 from balloonctl.fake.ticker import Ticker
 from balloonctl.fake.wire import event
 from balloonctl.units import GiB, MiB
@@ -24,7 +24,7 @@ __all__ = ["FakeVM"]
 _MAX_WORKLOAD_STEPS = 20
 
 
-class FakeVM:
+class FakeVM(Service):
     """A fake QEMU 7.2 with a virtio-balloon device, served on unix sockets.
 
     ``qmp_path`` is ``directory / f"{name}.qmp"``, ``qga_path`` ``directory / f"{name}.qga"``
@@ -116,9 +116,13 @@ class FakeVM:
         self._last_tick = now
         if self.device is not None:
             self.device.start(now)
-        await self.qmp.start()
-        if self.qga is not None:
-            await self.qga.start()
+        try:
+            await self.qmp.start()
+            if self.qga is not None:
+                await self.qga.start()
+        except BaseException:
+            await self.qmp.stop()
+            raise
         if self._ticker is None:
             self._ticker = Ticker(self.tick)
             self._own_ticker = True
@@ -142,18 +146,6 @@ class FakeVM:
         """The guest powers off like a QEMU exiting: the QMP client gets a SHUTDOWN event,
         the sockets close and their files go away (further connects fail)."""
         self.qmp.send_event(event("SHUTDOWN", {"guest": guest, "reason": reason}))
-        await self.stop()
-
-    async def __aenter__(self) -> FakeVM:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
         await self.stop()
 
     def _on_quit(self) -> None:
