@@ -52,9 +52,14 @@ def _check_prerequisites() -> None:
 
 
 @pytest.fixture(scope="session")
-def guest_image() -> GuestImage:
-    """The guest built by scripts/build-guest (once per session; fast when up to date)."""
+def qemu_installed() -> None:
+    """For tests that start their own QEMU: skip (or fail under CI) without it."""
     _check_prerequisites()
+
+
+@pytest.fixture(scope="session")
+def guest_image(qemu_installed: None) -> GuestImage:
+    """The guest built by scripts/build-guest (once per session; fast when up to date)."""
     out = Path(os.environ.get("BALLOONCTL_GUEST_DIR", REPO_ROOT / ".guest"))
     started = time.monotonic()
     result = subprocess.run(
@@ -127,9 +132,8 @@ def _restore_shared_vm(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def real_vm_no_balloon() -> Iterator[QemuVM]:
+def real_vm_no_balloon(qemu_installed: None) -> Iterator[QemuVM]:
     """QEMU without a balloon device, paused (-S) with no guest: QMP is all it offers."""
-    _check_prerequisites()
     vm = QemuVM(None, name="noballoon", balloon=False, paused=True, memory=256)
     try:
         vm.start()

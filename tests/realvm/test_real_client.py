@@ -224,6 +224,7 @@ async def test_features_of_the_stock_device(real_vm: QemuVM) -> None:
     assert features.free_page_hint is False
 
 
+@pytest.mark.usefixtures("qemu_installed")
 async def test_device_properties_given_on_the_command_line_are_reported() -> None:
     # No guest needed: the device's properties are readable while QEMU is paused (-S).
     vm = QemuVM(None, name="props", paused=True, memory=256,
@@ -236,6 +237,7 @@ async def test_device_properties_given_on_the_command_line_are_reported() -> Non
     assert features.free_page_hint is False
 
 
+@pytest.mark.usefixtures("qemu_installed")
 async def test_guest_without_a_balloon_driver_is_reported_as_such() -> None:
     # A paused VM never runs its guest, so the device is there but no driver ever loads.
     vm = QemuVM(None, name="nodriver", paused=True, memory=512)
