@@ -269,6 +269,8 @@ def busy_advice(ref: VmRef) -> str | None:
 
 
 def _name_for_path(path: str) -> str:
+    if "/" not in path and ":" in path:
+        return path  # host:port
     p = Path(path)
     parent = _LIBVIRT_DOMAIN_DIR.match(p.parent.name)
     if parent is not None and p.stem == "monitor":

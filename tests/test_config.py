@@ -1,0 +1,174 @@
+"""The VM inventory: every source, how they merge, selection by name and glob."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from balloonctl import config
+from balloonctl.config import Inventory, busy_advice, is_libvirt_socket, load_config, scan_dir
+from balloonctl.errors import UnknownVM, UsageError
+from balloonctl.model import VmRef
+from balloonctl.units import GiB, MiB
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"BALLOONCTL_CONFIG": str(tmp_path / "absent.toml"), "BALLOONCTL_WELLKNOWN": ""}
+
+
+def touch(d: Path, *names: str) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (d / n).touch()
+    return d
+
+
+def test_directory_of_sockets(tmp_path: Path) -> None:
+    d = touch(tmp_path / "run", "web-1.qmp", "web-1.qga", "web-2.sock", "db.qmp", "x.txt",
+              ".qmp")
+    refs = scan_dir(d)
+    assert [r.name for r in refs] == ["db", "web-1", "web-2"]
+    web1 = refs[1]
+    assert web1.qmp == str(d / "web-1.qmp") and web1.qga == str(d / "web-1.qga")
+    assert refs[0].qga is None and refs[0].source == "dir"
+    assert scan_dir(tmp_path / "missing") == []
+
+
+def test_dir_from_option_env_or_config(tmp_path: Path, env: dict[str, str]) -> None:
+    a = touch(tmp_path / "a", "one.qmp")
+    b = touch(tmp_path / "b", "two.qmp")
+    assert Inventory.load(directory=str(a), env=env).names == ["one"]
+    assert Inventory.load(env={**env, "BALLOONCTL_DIR": str(b)}).names == ["two"]
+    # the option beats the environment
+    assert Inventory.load(directory=str(a), env={**env, "BALLOONCTL_DIR": str(b)}).names == [
+        "one"]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[defaults]\ndir = "{b}"\n')
+    assert Inventory.load(config=cfg, env=env).names == ["two"]
+
+
+def test_qmp_options(tmp_path: Path, env: dict[str, str]) -> None:
+    inv = Inventory.load(qmp=["/run/a/web.qmp", "db=/run/b/monitor.sock", "10.0.0.5:4444"],
+                         env=env)
+    assert inv.names == ["web", "db", "10.0.0.5:4444"]
+    assert inv.get("db").qmp == "/run/b/monitor.sock" and inv.get("db").source == "cli"
+    one = Inventory.load(qmp=["/run/a/web.qmp"], qga="/run/a/web.agent", env=env)
+    assert one.get("web").qga == "/run/a/web.agent"
+    with pytest.raises(UsageError, match="--qga needs exactly one --qmp"):
+        Inventory.load(qmp=["/a.qmp", "/b.qmp"], qga="/a.qga", env=env)
+
+
+def test_libvirt_monitor_is_named_after_the_domain(env: dict[str, str]) -> None:
+    inv = Inventory.load(qmp=["/var/lib/libvirt/qemu/domain-3-web1/monitor.sock"], env=env)
+    assert inv.names == ["web1"]
+    ref = inv.get("web1")
+    assert is_libvirt_socket(ref.qmp)
+    advice = busy_advice(ref)
+    assert advice is not None and "virsh qemu-monitor-command web1" in advice
+    assert not is_libvirt_socket("/run/vms/web1.qmp")
+    assert not is_libvirt_socket("/run/libvirtish/x.qmp")
+    assert is_libvirt_socket("/run/libvirt/qemu/x.monitor")
+    assert busy_advice(VmRef("a", "/run/vms/a.qmp")) is None
+
+
+def test_proxmox_sockets(tmp_path: Path, env: dict[str, str]) -> None:
+    root = touch(tmp_path / "qemu-server", "101.qmp", "101.qga", "102.qmp", "101.pid",
+                 "102.vnc")
+    refs = config.scan_proxmox([root])
+    assert [(r.name, r.source) for r in refs] == [("101", "proxmox"), ("102", "proxmox")]
+    assert refs[0].qga == str(root / "101.qga")
+    inv = Inventory.load(env={**env, "BALLOONCTL_WELLKNOWN": str(root)})
+    assert inv.names == ["101", "102"]
+    assert config.wellknown_roots({}) == list(config.PROXMOX_ROOTS)
+    assert config.wellknown_roots({"BALLOONCTL_WELLKNOWN": ""}) == []
+
+
+def test_config_file(tmp_path: Path, env: dict[str, str]) -> None:
+    d = touch(tmp_path / "run", "web-1.qmp", "web-2.qmp")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[defaults]
+min = "512M"
+shares = 500
+timeout = "5s"
+
+[vm.db]
+qmp = "{tmp_path}/db.qmp"
+qga = "{tmp_path}/db.qga"
+min = "1G"
+max = 3221225472
+shares = 2000
+hint = true
+
+[vm.web-1]
+max = "1.5G"
+""")
+    inv = Inventory.load(directory=str(d), config=cfg, env=env)
+    assert inv.names == ["db", "web-1", "web-2"]
+    db = inv.get("db")
+    assert (db.minimum, db.maximum, db.shares, db.hint, db.source) == (
+        1 * GiB, 3 * GiB, 2000, True, "config")
+    assert db.qga == f"{tmp_path}/db.qga"
+    web1 = inv.get("web-1")  # found in the dir, limits from its table, defaults for the rest
+    assert (web1.minimum, web1.maximum, web1.shares, web1.source) == (
+        512 * MiB, 1536 * MiB, 500, "dir")
+    web2 = inv.get("web-2")
+    assert (web2.minimum, web2.maximum, web2.shares) == (512 * MiB, None, 500)
+    assert inv.config.defaults.timeout == 5.0
+
+
+def test_config_path_follows_xdg(tmp_path: Path) -> None:
+    assert config.config_path({"BALLOONCTL_CONFIG": "/etc/b.toml"}) == Path("/etc/b.toml")
+    assert config.config_path({"XDG_CONFIG_HOME": "/x"}) == Path(
+        "/x/balloonctl/config.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[vm.a\n", "config"),
+        ('[vm.a]\nmin = "lots"\n', "vm.a.min"),
+        ("[vm.a]\nmin = 0\n", "vm.a.min"),
+        ('[vm.a]\nmin = "2G"\nmax = "1G"\n', "min is above max"),
+        ("[vm.a]\nshares = -1\n", "vm.a.shares"),
+        ('[vm.a]\nhint = "yes"\n', "vm.a.hint"),
+        ("[vm.a]\ncolour = 1\n", "unknown setting"),
+        ('[defaults]\nqmp = "/x"\n', "defaults cannot set qmp"),
+        ("[vms.a]\n", "unknown table"),
+        ('[defaults]\ntimeout = "soon"\n', "defaults.timeout"),
+    ],
+)
+def test_bad_config_names_the_setting(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError, match=message):
+        load_config(cfg)
+
+
+def test_missing_config_is_empty(tmp_path: Path) -> None:
+    assert load_config(tmp_path / "nope.toml").vms == ()
+
+
+def test_select_by_name_glob_and_all() -> None:
+    inv = Inventory([VmRef(n, f"/run/{n}.qmp") for n in ("web-1", "web-2", "db-1", "db-2")])
+    assert [r.name for r in inv.select(["db-1", "web-*"])] == ["db-1", "web-1", "web-2"]
+    assert [r.name for r in inv.select(["web-*", "web-1"])] == ["web-1", "web-2"]
+    assert len(inv.select([])) == 4 and len(inv.select(["db-1"], all_vms=True)) == 4
+    assert [r.name for r in inv.select(["*-2"])] == ["web-2", "db-2"]
+
+
+def test_unknown_vm_suggests_close_matches() -> None:
+    inv = Inventory([VmRef(n, f"/run/{n}.qmp") for n in ("web-1", "web-2", "db-1")])
+    with pytest.raises(UnknownVM, match=r"unknown VM 'web3'; did you mean web-\d or web-\d\?"):
+        inv.select(["web3"])
+    with pytest.raises(UnknownVM, match="'mail-\\*'"):
+        inv.select(["mail-*"])
+    with pytest.raises(UnknownVM, match="known: web-1, web-2, db-1"):
+        inv.get("zzz")
+
+
+def test_empty_inventory_says_how_to_add_vms(tmp_path: Path) -> None:
+    with pytest.raises(UnknownVM, match="--qmp PATH or --dir DIR"):
+        Inventory().select([])
