@@ -1,0 +1,132 @@
+"""The CLI as a real process: signals, stderr as a pipe, the long-running commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from balloonctl.cli.exitcodes import ExitCode
+from balloonctl.fake import FakeVM, run_in_thread
+from balloonctl.units import GiB, MiB
+
+BALLOONCTL = str(Path(sys.executable).with_name("balloonctl"))
+
+
+@pytest.fixture
+def env(fake_dir: Path, tmp_path: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("_BALLOONCTL")}
+    e.update({"BALLOONCTL_DIR": str(fake_dir), "BALLOONCTL_STATE": str(tmp_path / "state"),
+              "BALLOONCTL_CONFIG": str(tmp_path / "absent.toml"), "BALLOONCTL_WELLKNOWN": ""})
+    return e
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BALLOONCTL, *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def read_lines(stream: IO[str], n: int, timeout: float = 20.0) -> list[str]:
+    """The next n lines of a child's output, failing after a deadline (not a sleep)."""
+    os.set_blocking(stream.fileno(), True)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(lines) < n:
+        assert time.monotonic() < deadline, f"only got {lines!r}"
+        line = stream.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+    return lines
+
+
+@pytest.fixture
+def vm1(fake_dir: Path) -> Iterator[FakeVM]:
+    with run_in_thread(FakeVM("vm1", fake_dir, tick=0.01, rate=4 * GiB)) as vm:
+        yield vm
+
+
+def test_errors_are_one_plain_line_on_a_pipe(env: dict[str, str], fake_dir: Path) -> None:
+    bad = run(env, "--qmp", str(fake_dir / "nope.qmp"), "status", "nope")
+    assert bad.returncode == ExitCode.UNREACHABLE
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("balloonctl: error: nope:")
+    assert "\x1b" not in bad.stderr and "Traceback" not in bad.stderr
+    size = run(env, "--qmp", str(fake_dir / "nope.qmp"), "set", "nope", "abc")
+    assert size.returncode == ExitCode.USAGE
+    assert size.stderr == (
+        "balloonctl: error: invalid size 'abc': expected a positive number with an optional "
+        "unit (e.g. 1073741824, 512M, 512MiB, 1.5G, 2GB)\n"
+    )
+    assert size.stdout == ""
+
+
+def test_busy_socket_in_a_real_process_is_one_line(
+    env: dict[str, str], vm1: FakeVM
+) -> None:
+    import socket
+
+    holder = socket.socket(socket.AF_UNIX)
+    holder.connect(str(vm1.qmp_path))
+    try:
+        holder.recv(4096)
+        r = run(env, "--timeout", "0.3", "set", "vm1", "1G")
+    finally:
+        holder.close()
+    assert r.returncode == ExitCode.UNREACHABLE
+    assert r.stderr.count("\n") == 1 and "another QMP client" in r.stderr
+
+
+def test_wave_ctrl_c_restores_the_original_target(env: dict[str, str], vm1: FakeVM) -> None:
+    assert run(env, "set", "vm1", "1800M").returncode == 0
+    child = subprocess.Popen(
+        [BALLOONCTL, "wave", "vm1", "--min", "600M", "--max", "1400M", "--period", "4s",
+         "--step", "0.2s", "-f", "ndjson"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout is not None
+        first = [json.loads(line) for line in read_lines(child.stdout, 3)]
+        assert [s["target"] for s in first][:2] == [1400 * MiB, 1320 * MiB]
+        child.send_signal(signal.SIGINT)
+        rest, err = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == ExitCode.INTERRUPTED, err
+    last = json.loads(rest.splitlines()[-1])
+    assert last["restore"] is True and last["target"] == 1800 * MiB
+    status = json.loads(run(env, "status", "vm1", "--json").stdout)[0]
+    assert status["target"] == 1800 * MiB
+
+
+def test_fake_serves_until_interrupted(env: dict[str, str], fake_dir: Path) -> None:
+    where = fake_dir / "fleet"  # created by the command
+    child = subprocess.Popen(
+        [BALLOONCTL, "fake", "--vms", "2", "--mem", "1G", "--dir", str(where)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout is not None
+        lines = read_lines(child.stdout, 2)
+        assert [line.split()[0] for line in lines] == ["vm1", "vm2"]
+        assert lines[0].split()[1] == f"qmp={where}/vm1.qmp"
+        r = run({**env, "BALLOONCTL_DIR": str(where)}, "status", "--json")
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert [s["name"] for s in got] == ["vm1", "vm2"]
+        assert all(s["guest_ram"] == GiB for s in got)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    assert "Traceback" not in err
