@@ -212,8 +212,11 @@ def _describe_cause(cause: BaseException | None) -> str:
     return text.splitlines()[0]
 
 
-def _translate(exc: Exception, where: _Failure) -> BalloonError:
-    """Turn a qemu.qmp / OS / asyncio failure into a BalloonError. The only such place."""
+def _translate(exc: Exception, where: _Failure) -> BalloonError | None:
+    """Turn a qemu.qmp / OS / asyncio failure into a BalloonError. The only such place.
+
+    Returns None for anything else (a bug in balloonctl, which must not be disguised).
+    """
     addr, vm = where.address, where.vm
     if where.op == "connect":
         if isinstance(exc, TimeoutError):
@@ -258,7 +261,21 @@ def _translate(exc: Exception, where: _Failure) -> BalloonError:
         return QMPCommandError(f"bad reply to {cmd} from {addr}: {_describe_cause(exc)}", vm=vm,
                                error_class=type(exc).__name__,
                                sent={"execute": cmd, "arguments": dict(where.args or {})})
-    return QMPCommandError(f"{cmd} failed: {exc!r}", vm=vm, error_class=type(exc).__name__)
+    return None
+
+
+def _idle(qmp: QMPClient) -> bool:
+    return qmp.runstate is Runstate.IDLE
+
+
+def _int_field(reply: Any, key: str, cmd: str, vm: str | None) -> int:
+    """``reply[key]`` as an int, or a QMPCommandError naming the malformed reply."""
+    value = reply.get(key) if isinstance(reply, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise QMPCommandError(f"unexpected reply to {cmd}: no integer {key!r} in {reply!r}",
+                              vm=vm, error_class="BadReply", sent={"execute": cmd},
+                              received={"return": reply})
+    return value
 
 
 def _parse_address(address: str) -> str | tuple[str, int]:
@@ -352,11 +369,15 @@ class BalloonClient:
                 where.accepted = True
                 await self._qmp.connect(sock)
         except Exception as exc:
-            if sock is not None and not self.connected:
-                sock.close()
             if self._qmp.runstate is not Runstate.IDLE:
+                # e.g. qemu.qmp's bare AssertionError after a peer that negotiated and left
+                await self._reap()
+            if not _idle(self._qmp):
                 self._qmp = _Transport(self.name, self.trace)
-            raise _translate(exc, where) from exc
+            if sock is not None:
+                sock.close()  # qemu.qmp closed its stream already; this is a no-op then
+            raise _translate(exc, where) or ConnectFailed(
+                f"cannot connect to QMP socket {self.address}: {exc!r}", vm=self._vm) from exc
         self._forget_device()
 
     async def _open_socket(self) -> socket.socket:
@@ -425,7 +446,10 @@ class BalloonClient:
                 async with self._lock:
                     if qmp is self._qmp and qmp.runstate is not Runstate.RUNNING:
                         where.cause = await self._reap()
-            raise _translate(exc, where) from exc
+            translated = _translate(exc, where)
+            if translated is None:
+                raise
+            raise translated from exc
 
     async def _qom_get(self, path: str, prop: str) -> Any:
         return await self.execute("qom-get", {"path": path, "property": prop})
@@ -466,8 +490,8 @@ class BalloonClient:
         Raises:
             NoBalloonDevice, and what ``execute`` raises.
         """
-        reply = await self.execute("query-balloon")
-        return int(reply["actual"])
+        return _int_field(await self.execute("query-balloon"), "actual", "query-balloon",
+                          self._vm)
 
     async def guest_ram(self) -> int:
         """The VM's RAM size (``query-memory-size-summary`` base-memory), in bytes.
@@ -477,7 +501,8 @@ class BalloonClient:
         """
         if self._guest_ram is None:
             reply = await self.execute("query-memory-size-summary")
-            self._guest_ram = int(reply["base-memory"])
+            self._guest_ram = _int_field(reply, "base-memory", "query-memory-size-summary",
+                                         self._vm)
         return self._guest_ram
 
     async def features(self) -> DeviceFeatures:

@@ -101,6 +101,40 @@ async def test_never_greeting_server_is_socket_busy_within_the_timeout(fake_vm: 
     await client.close()
 
 
+async def test_peer_leaving_during_negotiation_is_connect_failed(fake_vm: FakeVM) -> None:
+    fake_vm.faults.drop_on.add("qmp_capabilities")
+    client = client_for(fake_vm)
+    with pytest.raises(ConnectFailed, match="during the QMP handshake"):
+        await client.connect()
+    fake_vm.faults.drop_on.clear()
+    assert await client.query_actual() == 2 * GiB
+    await client.close()
+
+
+async def test_qemu_qmp_assertion_on_connect_is_connect_failed(
+    fake_vm: FakeVM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """qemu.qmp 0.0.6 can raise a bare AssertionError from connect() when the peer answers
+    the negotiation and closes at once; it is a connect failure like any other."""
+    from qemu.qmp import QMPClient
+
+    real_connect = QMPClient.connect
+
+    async def connect_then_assert(self: QMPClient, address: Any, ssl: Any = None) -> None:
+        await real_connect(self, address)
+        raise AssertionError
+
+    monkeypatch.setattr(QMPClient, "connect", connect_then_assert)
+    client = client_for(fake_vm)
+    with pytest.raises(ConnectFailed, match="during the QMP handshake"):
+        await client.connect()
+    assert not client.connected
+    monkeypatch.undo()
+    # The half-open session was torn down: the socket is free and the client reconnects.
+    assert await client.query_actual() == 2 * GiB
+    await client.close()
+
+
 async def test_second_client_is_busy_until_the_first_leaves(fake_vm: FakeVM) -> None:
     first = client_for(fake_vm)
     await first.connect()
