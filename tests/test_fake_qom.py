@@ -300,3 +300,17 @@ async def _inflate_and_sample(vm: FakeVM) -> None:
     async with await RawQMP.open(vm.qmp_path) as qmp:
         await qmp.execute("balloon", {"value": GiB})
         await poll_until(lambda: vm.guest.actual == GiB)
+
+
+async def test_guest_stats_are_read_only(fake_vm: FakeVM) -> None:
+    async with await RawQMP.open(fake_vm.qmp_path) as qmp:
+        with pytest.raises(RawQMPError) as err:
+            await qmp.execute("qom-set", {**STATS, "value": {}})
+    assert err.value.desc == "Insufficient permission to perform this operation"
+
+
+async def test_child_property_is_its_canonical_path(fake_vm: FakeVM) -> None:
+    async with await RawQMP.open(fake_vm.qmp_path) as qmp:
+        assert await qmp.execute(
+            "qom-get", {"path": "balloon0", "property": "virtio-backend"}
+        ) == f"{BALLOON}/virtio-backend"

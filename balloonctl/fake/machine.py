@@ -70,10 +70,11 @@ class _Prop:
 class _Node:
     """One QOM object: a type name, child objects and properties."""
 
-    __slots__ = ("children", "props", "typename")
+    __slots__ = ("children", "path", "props", "typename")
 
     def __init__(self, typename: str) -> None:
         self.typename = typename
+        self.path = ""  # canonical path, set when the tree is indexed
         self.children: dict[str, _Node] = {}
         self.props: dict[str, _Prop] = {"type": _Prop("string", lambda: typename)}
 
@@ -161,7 +162,8 @@ class Machine:
         self._index(root, "")
 
     def _index(self, node: _Node, path: str) -> None:
-        self._paths[path or "/"] = node
+        node.path = path or "/"
+        self._paths[node.path] = node
         for name, child in node.children.items():
             self._index(child, f"{path}/{name}")
 
@@ -287,12 +289,11 @@ class Machine:
 
     def _qom_get(self, args: dict[str, Any]) -> Any:
         _check_args(args, {"path": str, "property": str})
-        path: str = args["path"]
-        node = self._resolve(path)
+        node = self._resolve(args["path"])
         name: str = args["property"]
         child = node.children.get(name)
         if child is not None:
-            return f"{path.rstrip('/')}/{name}"
+            return child.path
         return self._prop(node, name).getter()
 
     def _qom_set(self, args: dict[str, Any]) -> dict[str, Any]:

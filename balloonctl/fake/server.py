@@ -58,6 +58,7 @@ class JSONServer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._stopping = False
+        self._lock = asyncio.Lock()  # a fresh one: start() may run on a new event loop
         self._server = await asyncio.start_unix_server(self._accept, path=str(self.path))
 
     async def stop(self) -> None:

@@ -79,10 +79,17 @@ class JSONStream:
         self._escape = False
 
     def feed(self, data: bytes) -> list[Any]:
-        out: list[Any] = []
-        if b"\xff" in data:
-            *_, data = data.split(b"\xff")
+        if b"\xff" not in data:
+            return self._feed(data)
+        first, *rest = data.split(b"\xff")
+        out = self._feed(first)
+        for part in rest:
             self.reset()
+            out += self._feed(part)
+        return out
+
+    def _feed(self, data: bytes) -> list[Any]:
+        out: list[Any] = []
         self._buf += self._utf8.decode(data)
         start = 0
         buf = self._buf
