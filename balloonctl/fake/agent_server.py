@@ -145,7 +145,8 @@ class AgentServer(JSONServer):
         if handler is None:
             raise QMPError(f"The command {name} has not been found", "CommandNotFound")
         if not self.exec_enabled and name in ("guest-exec", "guest-exec-status"):
-            raise _failed(f"The command {name} has been disabled for this instance")
+            # qemu-ga --block-rpcs: QEMU 7.2's qmp_dispatch refuses with CommandNotFound.
+            raise QMPError(f"Command {name} has been disabled", "CommandNotFound")
         return handler(args)
 
     def _sync(self, args: dict[str, Any]) -> Any:
@@ -205,7 +206,7 @@ class AgentServer(JSONServer):
             )
         proc = self._procs.get(pid)
         if proc is None:
-            raise _failed("Invalid parameter 'pid'")
+            raise QMPError("Invalid parameter 'pid'")
         if self.clock() < proc.done_at:
             return {"exited": False}
         del self._procs[pid]  # qemu-ga forgets a process once it reported its exit
