@@ -67,7 +67,7 @@ async def test_target_converges_and_guest_stats_follow(real_vm: QemuVM) -> None:
         seen: list[int] = []
         assert await client.set_target(TARGET) == TARGET
         actual = await client.wait_for_target(
-            TARGET, timeout=60, progress=lambda a, _t: seen.append(a)
+            TARGET, timeout=60, stall_timeout=15, progress=lambda a, _t: seen.append(a)
         )
         assert abs(actual - TARGET) <= 2 * MiB
         assert seen == sorted(seen, reverse=True), "actual moved up while inflating"
@@ -112,7 +112,7 @@ async def test_balloon_change_events_arrive_while_inflating(real_vm: QemuVM) -> 
         collector = asyncio.create_task(collect())
         try:
             await client.set_target(TARGET)
-            await client.wait_for_target(TARGET, timeout=60)
+            await client.wait_for_target(TARGET, timeout=60, stall_timeout=15)
             # QEMU sends at most one event per second, so the last one trails convergence.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(final.wait(), 5)
@@ -169,7 +169,7 @@ async def test_cache_first_hint_in_agent_mode_drops_page_cache_before_inflating(
         # Control: with the hint off, this inflation leaves the page cache where it was
         # (the guest has plenty of free memory to give instead).
         await client.set_target(TARGET)
-        await client.wait_for_target(TARGET, timeout=60)
+        await client.wait_for_target(TARGET, timeout=60, stall_timeout=15)
         unhinted = await fresh_stats(client, newer_than=full.last_update)
         assert (unhinted.disk_caches or 0) >= cached
         await client.set_target(ram)
@@ -178,7 +178,7 @@ async def test_cache_first_hint_in_agent_mode_drops_page_cache_before_inflating(
         on = await client.set_hint(True)
         assert (on.mode, on.enabled) == (HintMode.AGENT, True)
         await client.set_target(TARGET)
-        await client.wait_for_target(TARGET, timeout=60)
+        await client.wait_for_target(TARGET, timeout=60, stall_timeout=15)
         hinted = await client.hint_status()
         assert hinted.enabled is True
         assert hinted.released is not None and hinted.released > 100 * MiB, hinted
