@@ -259,3 +259,21 @@ async def test_second_client_waits_silently_until_the_first_leaves(fake_vm: Fake
     finally:
         await first.close()
         await second.close()
+
+
+async def test_exec_oob(fake_vm: FakeVM) -> None:
+    oob = {"exec-oob": "query-balloon", "id": "o"}
+    async with await RawQMP.open(fake_vm.qmp_path) as qmp:
+        qmp.send(oob)
+        assert (await qmp.recv())["error"]["desc"] == "QMP input member 'exec-oob' is unexpected"
+    async with await RawQMP.connect(fake_vm.qmp_path) as qmp:
+        await qmp.greeting()
+        await qmp.execute("qmp_capabilities", {"enable": ["oob"]})
+        qmp.send(oob)
+        assert (await qmp.recv())["error"]["desc"] == (
+            "The command query-balloon does not support OOB"
+        )
+        qmp.send({**oob, "execute": "query-balloon"})
+        assert (await qmp.recv())["error"]["desc"] == (
+            "QMP input member 'execute' clashes with 'exec-oob'"
+        )

@@ -68,6 +68,7 @@ class QMPServer(JSONServer):
         self.machine = machine
         self.on_quit = on_quit
         self.negotiated = False
+        self.oob = False
         self.balloon_change = EventThrottle("BALLOON_CHANGE", self.send_event)
 
     def send_event(self, msg: dict[str, Any]) -> None:
@@ -76,8 +77,13 @@ class QMPServer(JSONServer):
         if self.negotiated:
             self.send(msg)
 
+    @property
+    def allow_oob(self) -> bool:
+        return self.oob
+
     async def on_session_start(self, writer: asyncio.StreamWriter) -> bool:
         self.negotiated = False
+        self.oob = False
         if self.faults.never_greet:
             return False
         self.send(GREETING)
@@ -85,6 +91,7 @@ class QMPServer(JSONServer):
 
     def on_session_end(self) -> None:
         self.negotiated = False
+        self.oob = False
 
     def command(self, name: str, args: dict[str, Any]) -> Any:
         if name == "qmp_capabilities":
@@ -118,5 +125,6 @@ class QMPServer(JSONServer):
             for i, cap in enumerate(value):
                 if cap != "oob":
                     raise QMPError(f"Parameter 'enable[{i}]' does not accept value '{cap}'")
+            self.oob = bool(value)
         self.negotiated = True
         return {}

@@ -101,6 +101,11 @@ class JSONServer:
         """
         raise QMPError(f"The command {name} has not been found", "CommandNotFound")
 
+    @property
+    def allow_oob(self) -> bool:
+        """Whether ``exec-oob`` is accepted (QMP after negotiating the oob capability)."""
+        return False
+
     def close_after_reply(self, then: Callable[[], None] = lambda: None) -> None:
         """Ask the session to call ``then`` once the current reply is written, and close."""
         self._close_after_reply = then
@@ -206,10 +211,14 @@ class JSONServer:
         if not isinstance(msg, dict):
             raise QMPError("QMP input must be a JSON object")
         name: Any = None
+        exec_key = None
         for key, value in msg.items():
-            if key in ("execute", "exec-oob"):
+            if key == "execute" or (key == "exec-oob" and self.allow_oob):
                 if not isinstance(value, str):
                     raise QMPError(f"QMP input member '{key}' must be a string")
+                if exec_key is not None:
+                    raise QMPError(f"QMP input member '{key}' clashes with '{exec_key}'")
+                exec_key = key
                 name = value
             elif key == "arguments":
                 if not isinstance(value, dict):
@@ -218,7 +227,8 @@ class JSONServer:
                 raise QMPError(f"QMP input member '{key}' is unexpected")
         if name is None:
             raise QMPError("QMP input lacks member 'execute'")
-        if "exec-oob" in msg:
+        if exec_key == "exec-oob":
+            # None of the fake's commands is allow-oob.
             raise QMPError(f"The command {name} does not support OOB")
         args: dict[str, Any] = msg.get("arguments", {})
         return name, args
