@@ -71,6 +71,18 @@ def sample_states(n: int = 6, *, taken_at: float = FIXED_TIME) -> list[BalloonSt
                 error=f"{name}: cannot connect to {state.qmp}: connection refused",
                 error_kind="ConnectFailed", taken_at=taken_at,
             )
+        if i == 7:  # polling on, but the guest stopped reporting
+            state = state.with_changes(stats=GuestStats(
+                last_update=int(taken_at) - 40, free_memory=stats.free_memory,
+                disk_caches=stats.disk_caches, available_memory=stats.available_memory,
+            ))
+        elif i == 8:  # someone else holds the QMP socket
+            state = BalloonState(
+                name=name, qmp=state.qmp, reachable=False,
+                error=f"{name}: no greeting from {state.qmp} within 3s: "
+                "another QMP client holds the socket",
+                error_kind="SocketBusy", taken_at=taken_at,
+            )
         states.append(state)
     return states
 

@@ -34,23 +34,23 @@ def describe(state: BalloonState) -> Text:
     size = format_size
     text.append(
         f"actual {size(state.actual)}  RAM {size(state.guest_ram)}  "
-        f"target {size(state.target)}\n"
-        f"floor {size(floor_of(state))}  maximum {size(state.guest_ram)}\n"
+        f"target {size(state.target)}  floor {size(floor_of(state))}  "
+        f"max {size(state.guest_ram)}\n"
     )
     hint = state.hint
-    text.append(f"hint {hint.mode.value} {'on' if hint.enabled else 'off'}")
+    text.append(f"hint {hint.mode.value}")
+    if hint.mode.value in ("agent", "device"):
+        text.append(" on" if hint.enabled else " off")
     if hint.detail:
         text.append(f" ({hint.detail})", style="dim")
     polling = state.polling_interval
-    text.append(
-        f"\nstats every {polling}s, age {format_duration(state.stats_age)}"
-        if polling
-        else "\nstats polling off"
-    )
+    age = format_duration(state.stats_age)
+    text.append(f"  stats every {polling}s, age {age}" if polling else "  stats polling off")
     f = state.features
     text.append(
         f"\ndeflate-on-oom {_flag(f.deflate_on_oom)}  "
-        f"free-page-reporting {_flag(f.free_page_reporting)}"
+        f"free-page-reporting {_flag(f.free_page_reporting)}  "
+        f"free-page-hint {_flag(f.free_page_hint)}"
     )
     return text
 
