@@ -148,7 +148,8 @@ def test_fast_path_agrees_with_typer(
     assert slow.exit_code == 0, slow.output
     assert fastcomplete.complete(env) == 0
     fast = capsys.readouterr().out
-    assert fast.split() == slow.stdout.split()
+    # the same candidates; click orders the help option's two names at random (a set)
+    assert sorted(fast.split()) == sorted(slow.stdout.split())
 
 
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
@@ -158,12 +159,14 @@ def test_fast_path_agrees_with_typer_formats(
     from typer._completion_classes import completion_init
 
     completion_init()
-    for line in ("balloonctl st", "balloonctl status --f", "balloonctl status ", "balloonctl x"):
+    for line in ("balloonctl st", "balloonctl status --f", "balloonctl status ", "balloonctl x",
+                 "balloonctl watch --format "):
         env = {"_BALLOONCTL_COMPLETE": f"complete_{shell}", "_TYPER_COMPLETE_ARGS": line,
                "_TYPER_COMPLETE_FISH_ACTION": "get-args"}
         slow = CliRunner().invoke(app, [], prog_name="balloonctl", env=env)
         assert fastcomplete.complete(env) == 0
-        assert capsys.readouterr().out.strip() == slow.stdout.strip(), line
+        fast = capsys.readouterr().out
+        assert sorted(fast.strip().split("\n")) == sorted(slow.stdout.strip().split("\n")), line
 
 
 def test_source_requests_print_the_scripts(capsys: pytest.CaptureFixture[str]) -> None:

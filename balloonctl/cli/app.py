@@ -238,7 +238,7 @@ def main(
 # ---- shared option types and helpers ------------------------------------------------------
 
 VmsArg = Annotated[list[str] | None, typer.Argument(
-    metavar="[VM]...", help="VM names or globs (default: every VM).",
+    metavar="VM", help="VM names or globs (default: every VM).",
     autocompletion=completers.typer_callback("vms"), show_default=False,
 )]
 AllOpt = Annotated[bool, typer.Option("--all", "-a", help="Every VM in the inventory.")]
