@@ -73,6 +73,8 @@ class JSONServer:
             writer.close()
         me = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not me]
+        for task in tasks:
+            task.cancel()  # a session may be sleeping in an injected delay
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
         if server is not None:
