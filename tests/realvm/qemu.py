@@ -20,11 +20,11 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -121,80 +121,24 @@ class GuestImage:
 # --- raw QMP and QGA ----------------------------------------------------------------------
 
 
-class RawQMP:
-    """A minimal synchronous QMP client: greeting, capabilities, commands; events skipped.
+class _JsonLines:
+    """A unix-socket connection carrying one JSON message per line, both ways."""
 
-    QEMU serves one QMP client at a time, so hold it only briefly.
-    """
+    _peer = "socket"
 
-    def __init__(self, path: Path | str, *, timeout: float = 5.0) -> None:
+    def __init__(self, path: Path | str, *, timeout: float) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
             self._sock.connect(str(path))
             self._file = self._sock.makefile("rwb")
-            self.greeting = self._read()
-            if "QMP" not in self.greeting:
-                raise VMError(f"not a QMP greeting: {self.greeting}")
-            self.command("qmp_capabilities")
+            self._handshake()
         except BaseException:
             self._sock.close()
             raise
 
-    def _read(self) -> dict[str, Any]:
-        line = self._file.readline()
-        if not line:
-            raise EOFError("QMP socket closed")
-        message: dict[str, Any] = json.loads(line)
-        return message
-
-    def command(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        message: dict[str, Any] = {"execute": name}
-        if arguments:
-            message["arguments"] = dict(arguments)
-        self._file.write(json.dumps(message).encode() + b"\n")
-        self._file.flush()
-        while True:
-            reply = self._read()
-            if "return" in reply:
-                return reply["return"]
-            if "error" in reply:
-                error = reply["error"]
-                raise QMPReplyError(error.get("class", "?"), error.get("desc", ""))
-            # anything else is an event
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close()
-        self._sock.close()
-
-    def __enter__(self) -> RawQMP:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    exitcode: int | None
-    stdout: str
-    stderr: str
-
-
-class RawQGA:
-    """A minimal synchronous guest-agent client (line-delimited JSON, no greeting)."""
-
-    def __init__(self, path: Path | str, *, timeout: float = 5.0) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(str(path))
-            self._file = self._sock.makefile("rwb")
-            self._sync()
-        except BaseException:
-            self._sock.close()
-            raise
+    def _handshake(self) -> None:
+        pass
 
     def _send(self, name: str, arguments: Mapping[str, Any] | None = None) -> None:
         message: dict[str, Any] = {"execute": name}
@@ -206,24 +150,75 @@ class RawQGA:
     def _read(self) -> dict[str, Any]:
         line = self._file.readline()
         if not line:
-            raise EOFError("guest agent socket closed")
+            raise EOFError(f"{self._peer} closed the connection")
         message: dict[str, Any] = json.loads(line)
         return message
 
-    def _sync(self) -> None:
+    def command(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """Send a command and return its ``return`` value (events are skipped).
+
+        Raises QMPReplyError when the peer answers with an error."""
+        self._send(name, arguments)
+        while True:
+            reply = self._read()
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                error = reply["error"]
+                raise QMPReplyError(error.get("class", "?"), error.get("desc", ""))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RawQMP(_JsonLines):
+    """A minimal synchronous QMP client: greeting, capabilities, commands; events skipped.
+
+    QEMU serves one QMP client at a time, so hold it only briefly.
+    """
+
+    _peer = "QMP socket"
+    greeting: dict[str, Any]
+
+    def __init__(self, path: Path | str, *, timeout: float = 5.0) -> None:
+        super().__init__(path, timeout=timeout)
+
+    def _handshake(self) -> None:
+        self.greeting = self._read()
+        if "QMP" not in self.greeting:
+            raise VMError(f"not a QMP greeting: {self.greeting}")
+        self.command("qmp_capabilities")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exitcode: int | None
+    stdout: str
+    stderr: str
+
+
+class RawQGA(_JsonLines):
+    """A minimal synchronous guest-agent client (no greeting; guest-sync first)."""
+
+    _peer = "guest agent socket"
+
+    def __init__(self, path: Path | str, *, timeout: float = 5.0) -> None:
+        super().__init__(path, timeout=timeout)
+
+    def _handshake(self) -> None:
         # Replies meant for an earlier client may still be queued: skip to our sync id.
         token = random.randrange(1, 2**31)
         self._send("guest-sync", {"id": token})
         while self._read().get("return") != token:
             pass
-
-    def command(self, name: str, arguments: Mapping[str, Any] | None = None) -> Any:
-        self._send(name, arguments)
-        reply = self._read()
-        if "error" in reply:
-            error = reply["error"]
-            raise QMPReplyError(error.get("class", "?"), error.get("desc", ""))
-        return reply.get("return")
 
     def exec(self, argv: Sequence[str], *, timeout: float = 60.0) -> ExecResult:
         """Run a program in the guest (guest-exec) and wait for it to exit."""
@@ -241,17 +236,6 @@ class RawQGA:
             stdout=base64.b64decode(status.get("out-data", "")).decode(errors="replace"),
             stderr=base64.b64decode(status.get("err-data", "")).decode(errors="replace"),
         )
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close()
-        self._sock.close()
-
-    def __enter__(self) -> RawQGA:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --- the VM -------------------------------------------------------------------------------
@@ -405,12 +389,12 @@ class QemuVM:
         the guest agent answers. Returns the seconds since QEMU started."""
 
         def driver_reported() -> bool:
-            return self.guest_stats().get("last-update", 0) != 0
+            return bool(self.guest_stats().get("last-update", 0) != 0)
 
         def agent_answers() -> bool:
             try:
                 with self.qga(timeout=2.0) as qga:
-                    return qga.command("guest-ping") == {}
+                    return bool(qga.command("guest-ping") == {})
             except (OSError, EOFError):
                 return False
 
@@ -450,16 +434,3 @@ def _prop(value: str | bool | int) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
-
-
-@contextlib.contextmanager
-def running_vm(image: GuestImage | None, **kwargs: Any) -> Iterator[QemuVM]:
-    """Start a VM, wait for its guest when it has one, and always stop it."""
-    vm = QemuVM(image, **kwargs)
-    try:
-        vm.start()
-        if image is not None and not vm.paused:
-            vm.wait_ready()
-        yield vm
-    finally:
-        vm.stop()

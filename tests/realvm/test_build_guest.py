@@ -86,10 +86,11 @@ def test_init_loads_modules_in_dependency_order(guest_image: GuestImage) -> None
 
 def test_a_missing_tool_names_its_debian_package(
     build_guest: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    script = build_guest
-    script.QGA = tmp_path / "qemu-ga"  # as if qemu-guest-agent were not installed
-    assert script.main(["--out", str(tmp_path / "out")]) == 1
+    # As if qemu-guest-agent were not installed.
+    monkeypatch.setattr(build_guest, "QGA", tmp_path / "qemu-ga")
+    assert build_guest.main(["--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith("build-guest: error:")
@@ -98,13 +99,16 @@ def test_a_missing_tool_names_its_debian_package(
 
 def test_a_missing_kernel_names_its_debian_package(
     build_guest: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    build_guest.BOOT = tmp_path  # no vmlinuz-* here
+    monkeypatch.setattr(build_guest, "BOOT", tmp_path)  # no vmlinuz-* here
     assert build_guest.main(["--out", str(tmp_path / "out")]) == 1
     assert "apt-get install -y linux-image-cloud-amd64" in capsys.readouterr().err
 
 
-def test_newest_cloud_kernel_with_modules_wins(build_guest: ModuleType, tmp_path: Path) -> None:
+def test_newest_cloud_kernel_with_modules_wins(
+    build_guest: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     boot, modules = tmp_path / "boot", tmp_path / "modules"
     for version, has_modules in (("6.1.0-9-cloud-amd64", True), ("6.1.0-10-cloud-amd64", True),
                                  ("6.1.0-11-cloud-amd64", False), ("6.1.0-12-amd64", True)):
@@ -113,7 +117,8 @@ def test_newest_cloud_kernel_with_modules_wins(build_guest: ModuleType, tmp_path
         if has_modules:
             (modules / version).mkdir(parents=True)
             (modules / version / "modules.dep").write_text("")
-    build_guest.BOOT, build_guest.MODULES_ROOT = boot, modules
+    monkeypatch.setattr(build_guest, "BOOT", boot)
+    monkeypatch.setattr(build_guest, "MODULES_ROOT", modules)
     version, vmlinuz, moddir = build_guest.find_kernel()
     assert version == "6.1.0-10-cloud-amd64"  # 10 > 9 numerically; 11 has no modules
     assert vmlinuz == boot / "vmlinuz-6.1.0-10-cloud-amd64"
