@@ -46,7 +46,9 @@ class GuestSim:
     """
 
     __slots__ = (
+        "_build_left",
         "_jobs",
+        "_objects",
         "_rng",
         "_tree",
         "anon",
@@ -114,6 +116,8 @@ class GuestSim:
         # compile workload: (steps left, anon bytes) per running compiler job
         self._jobs: list[list[int]] = []
         self._tree = min(ram * 2 // 5, 1200 * MiB)
+        self._objects = 0  # page cache of the object files this build wrote
+        self._build_left = self._rng.randint(900, 1500)  # steps until 'make clean'
 
     # --- what the guest reports -------------------------------------------------------
 
@@ -329,15 +333,25 @@ class GuestSim:
 
     def _compile_step(self) -> None:
         """kernbench-like: parallel compiler jobs read sources (page cache grows toward the
-        tree size), each holds a burst of anonymous memory for a while; every so often a
-        link step holds a larger one."""
+        tree size) and write objects, each holds a burst of anonymous memory for a while;
+        every so often a link step holds a larger one; every 90-150 s a 'make clean'
+        frees the objects' page cache and the build starts over."""
         rng = self._rng
+        self._build_left -= 1
+        if self._build_left <= 0:
+            # 'make clean': deleting the objects frees their page cache; the loop restarts.
+            gone = min(self._objects, self.cache)
+            self.cache -= gone
+            self.free += gone
+            self._objects = 0
+            self._build_left = rng.randint(900, 1500)
         parallel = 4
         while len(self._jobs) < parallel:
             if self.cache < self._tree:
-                self.read_file(rng.randrange(1 * MiB, 6 * MiB, PAGE))
-            else:
-                self.read_file(rng.randrange(0, 1 * MiB, PAGE))
+                self.read_file(rng.randrange(1 * MiB, 6 * MiB, PAGE))  # sources, cold
+            before = self.cache
+            self.read_file(rng.randrange(0, 1 * MiB, PAGE))  # the object file written
+            self._objects += self.cache - before
             if rng.random() < 0.03:
                 size = rng.randrange(150 * MiB, 400 * MiB, PAGE)
                 steps = rng.randint(20, 60)
