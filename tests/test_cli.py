@@ -506,3 +506,33 @@ def test_config_file_vms_and_limits(start: Start, cli: Cli, tmp_path: Path,
     cfg.write_text("[vm.db\n")
     r = cli("--config", str(cfg), "status")
     assert r.exit_code == ExitCode.USAGE and str(cfg) in r.stderr
+
+
+def test_fake_workloads_are_the_fakes() -> None:
+    from balloonctl.cli.app import Workload
+    from balloonctl.fake import WORKLOADS
+
+    assert {w.fake_name() for w in Workload} == {None, *WORKLOADS}
+
+
+def test_wait_progress_bar_only_on_a_terminal() -> None:
+    from balloonctl.cli.app import _Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    bar = _Progress(["vm1", "vm2"], stream=tty)
+    bar.callback("vm1")(2 * GiB, 1 * GiB)
+    bar.callback("vm1")(1536 * MiB, 1 * GiB)
+    bar.callback("vm2")(1 * GiB, 1 * GiB)
+    bar.done()
+    last = tty.getvalue().split("\r")[-1]
+    assert "vm1 [##########          ] 1.5G->1G" in last
+    assert "vm2 [####################] 1G->1G" in last and last.endswith("\n")
+    pipe = io.StringIO()
+    quiet = _Progress(["vm1"], stream=pipe)
+    quiet.callback("vm1")(2 * GiB, 1 * GiB)
+    quiet.done()
+    assert pipe.getvalue() == ""

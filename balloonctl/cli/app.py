@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
 
 import typer
 from typer._click import exceptions as click_exceptions
@@ -266,17 +266,23 @@ def _exit(code: ExitCode) -> None:
         raise typer.Exit(int(code))
 
 
-def report_error(exc: BalloonError, ref: VmRef | None = None) -> None:
-    """One stderr line for an error; a busy socket owned by libvirt says so."""
-    message = str(exc)
-    if isinstance(exc, SocketBusy) or type(exc).__name__ == "SocketBusy":
-        if ref is None and exc.vm is not None:
+def _error_line(message: str, vm: str | None, kind: str, ref: VmRef | None = None) -> None:
+    """One stderr line for a VM's failure; a busy socket owned by libvirt says so."""
+    if vm is not None and not message.startswith(f"{vm}: "):
+        message = f"{vm}: {message}"
+    if kind == SocketBusy.__name__:
+        if ref is None and vm is not None:
             with contextlib.suppress(BalloonError):
-                ref = _STATE.inventory().get(exc.vm)
+                ref = _STATE.inventory().get(vm)
         advice = busy_advice(ref) if ref is not None else None
         if advice:
             message = f"{message}; {advice}"
     error(message)
+
+
+def report_error(exc: BalloonError, ref: VmRef | None = None) -> None:
+    kind = SocketBusy.__name__ if isinstance(exc, SocketBusy) else type(exc).__name__
+    _error_line(exc.message, exc.vm, kind, ref)
 
 
 def _report(results: Mapping[str, object], refs: Sequence[VmRef]) -> ExitCode:
@@ -301,12 +307,7 @@ def _report_states(states: Sequence[BalloonState], refs: Sequence[VmRef]) -> Exi
             codes.append(ExitCode.OK)
             continue
         kind = s.error_kind or "ConnectFailed"
-        message = s.error or "unreachable"
-        if not message.startswith(f"{s.name}: "):
-            message = f"{s.name}: {message}"
-        ref = by_name.get(s.name)
-        advice = busy_advice(ref) if kind == "SocketBusy" and ref is not None else None
-        error(f"{message}; {advice}" if advice else message)
+        _error_line(s.error or "unreachable", s.name, kind, by_name.get(s.name))
         codes.append(exit_code_for(kind))
     return combine(codes)
 
@@ -394,8 +395,9 @@ def status(
 class _Progress:
     """One progress line on stderr for every VM being waited for (terminals only)."""
 
-    def __init__(self, names: Sequence[str]) -> None:
-        self.enabled = sys.stderr.isatty()
+    def __init__(self, names: Sequence[str], stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
         self.state: dict[str, tuple[int, int, int]] = {}  # name -> (start, actual, target)
         self.names = list(names)
         self.drawn = False
@@ -420,14 +422,14 @@ class _Progress:
             done = 1.0 if span == 0 else min(1.0, abs(actual - start) / span)
             bar = "#" * int(done * 20)
             parts.append(f"{name} [{bar:<20}] {size(actual)}->{size(target)}")
-        sys.stderr.write("\r\x1b[K" + "  ".join(parts))
-        sys.stderr.flush()
+        self.stream.write("\r\x1b[K" + "  ".join(parts))
+        self.stream.flush()
         self.drawn = True
 
     def done(self) -> None:
         if self.drawn:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def _split_set_args(args: Sequence[str], all_vms: bool) -> tuple[list[str], str]:
@@ -857,28 +859,29 @@ class Workload(enum.StrEnum):
     IDLE = "idle"
     COMPILE = "compile"
 
+    def fake_name(self) -> str | None:
+        """The name ``balloonctl.fake`` knows it by."""
+        return None if self is Workload.NONE else self.value
 
-def _make_fake_fleet(n: int, directory: Path, mem: int, workload: Workload,
-                     prefix: str) -> Any:
-    from balloonctl.fake import FakeFleet
 
-    return FakeFleet(n, directory, prefix=prefix, ram=mem,
-                     workload=None if workload is Workload.NONE else workload.value)
+VmCountOpt = Annotated[int, typer.Option("--vms", min=1, max=256, help="How many VMs.")]
+MemOpt = Annotated[str, typer.Option(
+    "--mem", metavar="SIZE", help="Guest RAM of each VM.",
+    autocompletion=completers.typer_callback("mem"),
+)]
+WorkloadOpt = Annotated[Workload, typer.Option(
+    "--workload", case_sensitive=False, help="The simulated guest workload.",
+)]
 
 
 @app.command()
 def fake(
-    vms: Annotated[int, typer.Option("--vms", min=1, max=256, help="How many VMs.")] = 3,
-    mem: Annotated[str, typer.Option(
-        "--mem", metavar="SIZE", help="Guest RAM of each VM.",
-        autocompletion=completers.typer_callback("mem"),
-    )] = "2G",
+    vms: VmCountOpt = 3,
+    mem: MemOpt = "2G",
     directory: Annotated[Path | None, typer.Option(
         "--dir", metavar="DIR", help="Where to put the sockets (default: a new temp dir).",
     )] = None,
-    workload: Annotated[Workload, typer.Option(
-        "--workload", case_sensitive=False, help="The simulated guest workload.",
-    )] = Workload.NONE,
+    workload: WorkloadOpt = Workload.NONE,
     prefix: Annotated[str, typer.Option("--prefix", help="VM name prefix.")] = "vm",
 ) -> None:
     """Run a simulated fleet (fake QEMU + guest agent per VM) until interrupted.
@@ -895,10 +898,8 @@ def fake(
     note(f"serving {vms} fake VMs in {where} until Ctrl-C; "
          f"try: BALLOONCTL_DIR={where} balloonctl status")
     try:
-        _run(run_fleet_forever(
-            vms, ram, where, None if workload is Workload.NONE else workload.value,
-            out=sys.stdout, prefix=prefix,
-        ))
+        _run(run_fleet_forever(vms, ram, where, workload.fake_name(), out=sys.stdout,
+                               prefix=prefix))
     except OSError as exc:
         raise BalloonError(f"cannot serve fake VMs in {where}: {exc}") from None
     except KeyboardInterrupt:
@@ -943,14 +944,9 @@ app.command("top", help="Open the live dashboard on the selected VMs (alias of d
 
 @app.command()
 def demo(
-    vms: Annotated[int, typer.Option("--vms", min=1, max=64, help="How many VMs.")] = 6,
-    mem: Annotated[str, typer.Option(
-        "--mem", metavar="SIZE", help="Guest RAM of each VM.",
-        autocompletion=completers.typer_callback("mem"),
-    )] = "2G",
-    workload: Annotated[Workload, typer.Option(
-        "--workload", case_sensitive=False, help="The simulated guest workload.",
-    )] = Workload.COMPILE,
+    vms: VmCountOpt = 6,
+    mem: MemOpt = "2G",
+    workload: WorkloadOpt = Workload.COMPILE,
     once: Annotated[bool, typer.Option(
         "--once", "--no-tui",
         help="Print one status table of the simulated fleet and exit (no terminal needed).",
@@ -962,12 +958,12 @@ def demo(
     import tempfile
 
     from balloonctl.config import scan_dir
-    from balloonctl.fake import run_in_thread
+    from balloonctl.fake import FakeFleet, run_in_thread
 
     ram = parse_size(mem)
     fmt = _format(fmt, as_json)
     with tempfile.TemporaryDirectory(prefix="balloonctl-demo-") as tmp:
-        fleet = _make_fake_fleet(vms, Path(tmp), ram, workload, "vm")
+        fleet = FakeFleet(vms, Path(tmp), ram=ram, workload=workload.fake_name())
         with run_in_thread(fleet):
             refs = scan_dir(tmp)
 
