@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,20 @@ from balloonctl.fake.ticker import Ticker
 from balloonctl.fake.vm import FakeVM
 
 __all__ = ["FakeFleet"]
+
+# File descriptors one VM may need: two listening sockets, a served client on each, and
+# the client side when the caller talks to the fleet from the same process.
+_FDS_PER_VM = 6
+
+
+def _ensure_fd_limit(need: int) -> None:
+    """Raise the soft RLIMIT_NOFILE toward ``need`` (a 1024 default runs out near 170 VMs)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 class FakeFleet(Service):
@@ -45,6 +61,7 @@ class FakeFleet(Service):
         """Start every VM. Raises: OSError: a socket cannot be created."""
         self.loop = asyncio.get_running_loop()
         self.directory.mkdir(parents=True, exist_ok=True)
+        _ensure_fd_limit(len(self.vms) * _FDS_PER_VM + 256)
         try:
             await asyncio.gather(*(vm.start() for vm in self.vms))
         except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,12 @@ class FakeVM(Service):
             self.device.driver = True
             self.device.load_driver(self._now(), time.time())
 
-    def call_threadsafe(self, fn: Any, *args: Any) -> None:
-        """Run ``fn(*args)`` on the VM's loop (when it runs in another thread)."""
+    def call_threadsafe(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the VM's loop (when it runs in another thread).
+
+        Raises:
+            RuntimeError: the VM is not running.
+        """
         if self.loop is None:
             raise RuntimeError("the VM is not running")
         self.loop.call_soon_threadsafe(fn, *args)
