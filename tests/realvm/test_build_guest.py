@@ -39,6 +39,8 @@ def build_guest(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 def cpio(image: GuestImage, *args: str) -> str:
     # GNU cpio reads the archive our Python writer produced: a cross-check of the format.
+    if shutil.which("cpio") is None:
+        pytest.fail("cpio not installed: apt-get install -y cpio")
     return subprocess.run(
         ["cpio", "--quiet", *args], input=gzip.decompress(image.initrd.read_bytes()),
         capture_output=True, check=True,
