@@ -105,7 +105,8 @@ class Fleet(DataSource):
         self._clients: dict[str, BalloonClient] = {}  # hold mode only
         self._backoff: dict[str, Backoff] = {name: Backoff() for name in self.refs}
         self._last: dict[str, BalloonState] = {}
-        self._queue: asyncio.Queue[tuple[str, BalloonEvent]] = asyncio.Queue(EVENT_QUEUE)
+        # None marks the end (close()); it is put back for every other consumer.
+        self._queue: asyncio.Queue[tuple[str, BalloonEvent] | None] = asyncio.Queue(EVENT_QUEUE)
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self.events_dropped = 0
         self._closed = False
@@ -269,17 +270,24 @@ class Fleet(DataSource):
         for name in self.refs:
             self._ensure_pump(name)
         while not self._closed:
-            yield await self._queue.get()
+            item = await self._queue.get()
+            if item is None:
+                self._put(None)
+                return
+            yield item
 
     def _ensure_pump(self, name: str) -> None:
         if self.hold and not self._closed and name not in self._pumps:
             self._pumps[name] = asyncio.create_task(self._pump(name), name=f"events:{name}")
 
     def _emit(self, name: str, event: BalloonEvent) -> None:
+        self._put((name, event))
+
+    def _put(self, item: tuple[str, BalloonEvent] | None) -> None:
         while self._queue.full():
             self._queue.get_nowait()
             self.events_dropped += 1
-        self._queue.put_nowait((name, event))
+        self._queue.put_nowait(item)
 
     async def _pump(self, name: str) -> None:
         """Hold mode: keep one VM connected, forwarding its events; back off on failure."""
@@ -311,6 +319,7 @@ class Fleet(DataSource):
     async def close(self) -> None:
         """Stop the event listeners and close held connections (never raises)."""
         self._closed = True
+        self._put(None)  # wakes events() consumers
         pumps = list(self._pumps.values())
         self._pumps.clear()
         for task in pumps:
