@@ -158,3 +158,25 @@ async def test_python_m_balloonctl_fake_runs_until_signalled(
             proc.kill()
             await proc.wait()
     assert not (fake_dir / "vm1.qmp").exists()
+
+
+def test_the_fake_imports_no_ui_or_client_libraries() -> None:
+    code = (
+        "import sys, balloonctl.fake, balloonctl.fake.__main__\n"
+        "heavy = ('typer', 'textual', 'httpx', 'qemu', 'starlette')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+def test_python_m_refuses_a_bad_size() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "balloonctl.fake", "--mem", "lots"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "invalid size 'lots'" in result.stderr
