@@ -130,3 +130,20 @@ def test_fake_serves_until_interrupted(env: dict[str, str], fake_dir: Path) -> N
             child.kill()
     assert child.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_watch_quietly(env: dict[str, str], vm1: FakeVM) -> None:
+    child = subprocess.Popen(
+        [BALLOONCTL, "watch", "--no-events", "--interval", "0.05s"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stderr is not None
+        assert json.loads(read_lines(child.stdout, 1)[0])["name"] == "vm1"
+        child.stdout.close()  # as `| head -1` does
+        child.wait(timeout=20)
+        err = child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0 and err == ""

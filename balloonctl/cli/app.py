@@ -13,6 +13,7 @@ import contextlib
 import enum
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -257,8 +258,14 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _out(text: str) -> None:
-    if text:
+    if not text:
+        return
+    try:
         print(text, flush=True)
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, as a pipeline expects
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(int(ExitCode.OK)) from None
 
 
 def _exit(code: ExitCode) -> None:
