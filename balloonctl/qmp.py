@@ -316,6 +316,7 @@ class BalloonClient:
         self._device_props: dict[str, str] | None = None
         self._guest_ram: int | None = None
         self._features: DeviceFeatures | None = None
+        self._closes = 0  # close() calls so far: an event stream ended by close() is quiet
 
     @classmethod
     def from_ref(cls, ref: VmRef, **kw: Any) -> BalloonClient:
@@ -411,6 +412,7 @@ class BalloonClient:
 
     async def close(self) -> None:
         """Disconnect (never raises on a connection that already dropped)."""
+        self._closes += 1
         async with self._lock:
             if self._qmp.runstate is not Runstate.IDLE:
                 await self._reap()
@@ -583,7 +585,7 @@ class BalloonClient:
             target = spec
         else:
             current = self.last_target()
-            if current is None:
+            if current is None or current > ram:  # nothing remembered, or another VM's
                 current = await self.query_actual()
             target = spec.resolve(guest_ram=ram, current=current)
         return validate_target(target, guest_ram=ram, minimum=self.minimum,
@@ -830,12 +832,15 @@ class BalloonClient:
         Connects first. Up to ``EVENT_BUFFER`` unread events are kept (oldest dropped).
         Events that arrived before the connection dropped are delivered first.
 
+        The iterator ends quietly when the client is closed.
+
         Raises:
             Disconnected: the connection dropped (the next call on the client reconnects).
             ConnectFailed, SocketBusy: connecting failed.
         """
         await self.connect()
         qmp = self._qmp
+        closes = self._closes
         listener = BoundedEventListener()
         qmp.register_listener(listener)
         try:
@@ -857,6 +862,8 @@ class BalloonClient:
                     yield BalloonEvent.from_message(getter.result())
         finally:
             qmp.remove_listener(listener)
+        if self._closes != closes:
+            return  # close() ended it
         cause: BaseException | None = None
         async with self._lock:
             if qmp is self._qmp and qmp.runstate is Runstate.DISCONNECTING:

@@ -274,6 +274,20 @@ async def test_events_arrive_and_end_with_disconnected(fake_vm: FakeVM) -> None:
         assert got[-1].name == "SHUTDOWN"
 
 
+async def test_event_stream_ends_quietly_when_the_client_closes(fake_vm: FakeVM) -> None:
+    client = client_for(fake_vm)
+    stream = client.events()
+
+    async def first() -> BalloonEvent:
+        return await anext(stream)
+
+    waiting = asyncio.create_task(first())
+    await poll_until(lambda: len(client._qmp._listeners) >= 2, within=2, what="listener")
+    await client.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, 2)
+
+
 async def test_event_buffers_stay_bounded(fake_vm: FakeVM) -> None:
     """qemu.qmp keeps every event forever by default; ours keep a bounded number."""
     async with client_for(fake_vm) as client:

@@ -63,6 +63,13 @@ async def test_percent_and_relative_targets(fake_vm: FakeVM) -> None:
             await client.resolve_target(parse_target("-4G"))
 
 
+async def test_a_remembered_target_larger_than_the_vm_is_ignored(fake_vm: FakeVM) -> None:
+    store = MemoryStore()
+    store.update(str(fake_vm.qmp_path), target=8 * GiB)  # a bigger VM once had this socket
+    async with client_for(fake_vm, store=store) as client:
+        assert await client.resolve_target(parse_target("-512M")) == 1536 * MiB
+
+
 async def test_relative_target_without_history_counts_from_actual(fake_vm: FakeVM) -> None:
     async with client_for(fake_vm) as client:
         assert await client.resolve_target(parse_target("-512M")) == 1536 * MiB
