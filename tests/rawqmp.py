@@ -8,6 +8,7 @@ messages, send compact JSON without a trailing newline (like qemu.qmp), match re
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +37,8 @@ class RawQMP:
         self.reader = reader
         self.writer = writer
         self.timeout = timeout
-        self.events: list[dict[str, Any]] = []
+        # Events that arrived while waiting for replies (the newest 1000).
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self._next_id = 0
 
     @classmethod
@@ -134,9 +136,10 @@ class RawQMP:
 
         Raises: as ``recv``.
         """
-        for i, ev in enumerate(self.events):
+        for ev in self.events:
             if ev["event"] == name:
-                return self.events.pop(i)
+                self.events.remove(ev)
+                return ev
         while True:
             msg = await self.recv()
             if msg.get("event") == name:
