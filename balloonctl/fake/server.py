@@ -161,12 +161,10 @@ class JSONServer:
         if isinstance(msg, ParseError):
             self.send({"error": QMPError(f"JSON parse error, {msg.text}").to_wire()})
             return True
-        has_id = isinstance(msg, dict) and "id" in msg
-        msg_id = msg.get("id") if isinstance(msg, dict) else None
         try:
             name, args = self.check_message(msg)
         except QMPError as err:
-            self._reply_error(err, msg_id, has_id)
+            self._respond({"error": err.to_wire()}, msg)
             return True
         faults = self.faults
         if faults.delay:
@@ -185,12 +183,9 @@ class JSONServer:
                 raise QMPError(desc, cls)
             result = self.command(name, args)
         except QMPError as err:
-            self._reply_error(err, msg_id, has_id)
+            self._respond({"error": err.to_wire()}, msg)
             return True
-        reply: dict[str, Any] = {"return": result}
-        if has_id:
-            reply["id"] = msg_id
-        self.send(reply)
+        self._respond({"return": result}, msg)
         then = self._close_after_reply
         if then is not None:
             self._close_after_reply = None
@@ -198,10 +193,10 @@ class JSONServer:
             return False
         return True
 
-    def _reply_error(self, err: QMPError, msg_id: Any, has_id: bool) -> None:
-        reply: dict[str, Any] = {"error": err.to_wire()}
-        if has_id:
-            reply["id"] = msg_id
+    def _respond(self, reply: dict[str, Any], msg: Any) -> None:
+        """Send a reply, echoing the command's ``id`` (any JSON value) when it had one."""
+        if isinstance(msg, dict) and "id" in msg:
+            reply["id"] = msg["id"]
         self.send(reply)
 
     def check_message(self, msg: Any) -> tuple[str, dict[str, Any]]:

@@ -17,7 +17,6 @@ __all__ = [
     "ParseError",
     "QMPError",
     "encode",
-    "error_reply",
     "event",
     "timestamp",
 ]
@@ -154,13 +153,6 @@ class JSONStream:
 def encode(msg: Any, *, crlf: bool = True) -> bytes:
     """One server message: JSON with QEMU's ``", "``/``": "`` separators and a newline."""
     return (json.dumps(msg) + ("\r\n" if crlf else "\n")).encode()
-
-
-def error_reply(err: QMPError, msg_id: Any = None, *, has_id: bool = False) -> dict[str, Any]:
-    reply: dict[str, Any] = {"error": err.to_wire()}
-    if has_id:
-        reply["id"] = msg_id
-    return reply
 
 
 def timestamp(wall: float | None = None) -> dict[str, int]:
