@@ -31,9 +31,12 @@ async def _client(vm: FakeVM) -> AsyncIterator[QMPClient]:
 async def test_connect_negotiates_and_executes(fake_vm: FakeVM) -> None:
     async with _client(fake_vm) as qmp:
         assert qmp.greeting is not None
-        assert qmp.greeting.QMP.version["qemu"]["major"] == 7
+        version: Any = qmp.greeting.QMP.version
+        assert version["qemu"]["major"] == 7
         assert await qmp.execute("query-balloon") == {"actual": 2 * GiB}
-        stats = await qmp.execute("qom-get", {"path": BALLOON, "property": "guest-stats"})
+        stats: Any = await qmp.execute(
+            "qom-get", {"path": BALLOON, "property": "guest-stats"}
+        )
         assert stats["last-update"] > 0
 
 
@@ -81,7 +84,7 @@ async def test_balloon_change_events(fake_vm_factory: Any) -> None:
     async with _client(vm) as qmp:
         with qmp.listener() as listener:
             await qmp.execute("balloon", {"value": GiB + 512 * MiB})
-            event = await asyncio.wait_for(listener.get(), 3)
+            event: Any = await asyncio.wait_for(listener.get(), 3)
             assert event["event"] == "BALLOON_CHANGE"
             assert event["data"]["actual"] < 2 * GiB
             while event["data"]["actual"] != GiB + 512 * MiB:

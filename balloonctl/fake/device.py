@@ -98,7 +98,7 @@ class BalloonDevice:
 
     def guest_stats(self) -> dict[str, Any]:
         """``qom-get guest-stats``."""
-        return {"stats": self._stats, "last-update": self.last_update}
+        return {"last-update": self.last_update, "stats": self._stats}
 
     def set_target(self, value: int) -> None:
         """``balloon value`` (already checked positive): QEMU clamps it to guest RAM."""
