@@ -767,7 +767,9 @@ class BalloonClient:
     async def _drop_cache_before_inflating(self) -> None:
         """Agent-mode hint: have the guest drop clean page cache and measure what it freed.
 
-        The release is ``stat-disk-caches`` before minus after the drop. The guest pushes
+        The release is ``stat-disk-caches`` in the first sample the guest pushes after this
+        starts minus the first one after the drop (up to about two polling intervals of
+        extra latency per inflation while the hint is on). The guest pushes
         stats only on its polling interval, so for the measurement the interval is set to
         1 s when it is off (QEMU then asks for a sample at once) or longer than 2 s, and
         restored afterwards. Each sample is awaited at most ``STATS_REFRESH_WAIT`` seconds;
@@ -778,8 +780,8 @@ class BalloonClient:
         if interval == 0 or interval > 2:
             await self.enable_stats(1)
         try:
-            if interval == 0 or not before.reported:
-                before = await self._next_sample(before, STATS_REFRESH_WAIT) or before
+            # Even with polling on, the latest sample may predate what the guest did since.
+            before = await self._next_sample(before, STATS_REFRESH_WAIT) or before
             try:
                 async with self._agent() as agent:
                     await agent.drop_caches()

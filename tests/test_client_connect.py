@@ -309,3 +309,17 @@ async def test_raw_client_gets_in_after_close(fake_vm: FakeVM) -> None:
         await client.query_actual()
     async with await RawQMP.open(fake_vm.qmp_path, reply_timeout=1.0) as raw:
         assert (await raw.execute("query-balloon"))["actual"] == 2 * GiB
+
+
+@pytest.mark.parametrize(("address", "parsed"), [
+    ("/run/vm1.qmp", "/run/vm1.qmp"),
+    ("vm1.qmp", "vm1.qmp"),
+    ("localhost:4444", ("localhost", 4444)),
+    ("[::1]:4444", ("::1", 4444)),
+    ("/run/odd:name", "/run/odd:name"),
+    ("host:notaport", "host:notaport"),
+])
+def test_addresses_are_unix_paths_or_host_port(address: str, parsed: object) -> None:
+    from balloonctl.qmp import _parse_address
+
+    assert _parse_address(address) == parsed

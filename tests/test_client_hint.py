@@ -126,3 +126,30 @@ async def test_unreachable_agent_is_reported_not_raised(fake_vm: FakeVM,
         assert "unreachable" in state.hint.detail
         with pytest.raises(HintUnsupported, match="unreachable"):
             await client.set_hint(True)
+
+
+async def test_agent_mode_with_polling_already_on_keeps_the_interval(fake_vm: FakeVM) -> None:
+    async with client_for(fake_vm) as client:
+        await client.enable_stats(1)
+        await client.set_hint(True)
+        fake_vm.guest.read_file(200 * MiB)
+        cache = fake_vm.guest.cache
+        await client.set_target(GiB + 512 * MiB)
+        state = await client.hint_status()
+        assert await client.polling_interval() == 1
+    assert state.released is not None and state.released >= cache - 64 * MiB
+
+
+async def test_agent_mode_drop_failure_is_recorded_and_the_inflation_goes_on(
+    fake_vm: FakeVM,
+) -> None:
+    async with client_for(fake_vm) as client:
+        await client.set_hint(True)
+        fake_vm.faults.errors["guest-exec"] = (
+            "GenericError", "Guest agent command failed, error was 'Permission denied'")
+        assert await client.set_target(GiB + 512 * MiB) == GiB + 512 * MiB
+        assert fake_vm.guest.balloon_target == 512 * MiB
+        state = await client.hint_status()
+    assert state.mode is HintMode.AGENT and state.enabled
+    assert state.released is None
+    assert "last drop failed" in state.detail and "Permission denied" in state.detail
