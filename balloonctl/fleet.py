@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
-from balloonctl.errors import BalloonError, UnknownVM
+from balloonctl.errors import BalloonError, QMPTimeout, UnknownVM, UsageError
 from balloonctl.model import BalloonState, HintState, VmRef
 from balloonctl.qmp import BalloonClient, BalloonEvent, Trace
 from balloonctl.store import MemoryStore, Store
@@ -90,10 +90,11 @@ class Fleet(DataSource):
                  hold: bool = False, connect_timeout: float = 3.0,
                  command_timeout: float = 10.0, concurrency: int = 32,
                  trace: Trace | None = None) -> None:
+        """Raises: UsageError: two VMs share a name."""
         self.refs: dict[str, VmRef] = {}
         for ref in refs:
             if ref.name in self.refs:
-                raise UnknownVM(f"two VMs named {ref.name!r} in the inventory")
+                raise UsageError(f"two VMs named {ref.name!r} in the inventory")
             self.refs[ref.name] = ref
         self.store: Store = store if store is not None else MemoryStore()
         self.hold = hold
@@ -155,7 +156,7 @@ class Fleet(DataSource):
                 async with asyncio.timeout(limit):
                     return await fn(client)
             except TimeoutError:
-                raise BalloonError(f"gave up after {limit:g}s", vm=name) from None
+                raise QMPTimeout(f"gave up after {limit:g}s", vm=name) from None
 
     async def run_each(self, names: Iterable[str] | None,
                        fn: Callable[[BalloonClient], Awaitable[T]], *,

@@ -180,16 +180,24 @@ class _Transport(QMPClient):
         else:
             self.not_running.set()
 
+    # Not calling super() in these hooks: it pretty-prints every message even when debug
+    # logging is off, which costs more than the rest of a round trip.
     def _cb_outbound(self, msg: Message) -> Message:
-        # Not calling super(): it pretty-prints every message even when debug is off.
         if self._trace is not None:
-            self._trace(self._vm, "->", dict(msg))
+            self._call_trace("->", msg)
         return msg
 
     def _cb_inbound(self, msg: Message) -> Message:
         if self._trace is not None:
-            self._trace(self._vm, "<-", dict(msg))
+            self._call_trace("<-", msg)
         return msg
+
+    def _call_trace(self, direction: str, msg: Message) -> None:
+        assert self._trace is not None
+        try:
+            self._trace(self._vm, direction, dict(msg))
+        except Exception:  # a broken printer must not kill the connection's reader
+            log.exception("%s: trace callback failed", self._vm)
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from rawqmp import RawQMP, poll_until
 
-from balloonctl.errors import BalloonError, NoBalloonDevice, QMPTimeout, UnknownVM
+from balloonctl.errors import NoBalloonDevice, QMPTimeout, UnknownVM, UsageError
 from balloonctl.fake import FakeVM
 from balloonctl.fleet import CONNECTED, DISCONNECTED, Backoff, DataSource, Fleet
 from balloonctl.model import HintMode, VmRef, VmStatus
@@ -86,8 +86,14 @@ async def test_run_each_limit_bounds_a_whole_call(fake_vm: FakeVM) -> None:
 
     async with Fleet(refs(fake_vm)) as fleet:
         results = await fleet.run_each(None, slow, limit=0.2)
-    assert isinstance(results["vm1"], BalloonError) and "gave up after 0.2s" in str(
+    assert isinstance(results["vm1"], QMPTimeout) and "gave up after 0.2s" in str(
         results["vm1"])
+
+
+def test_duplicate_names_are_refused(fake_dir: Any) -> None:
+    ref = VmRef(name="vm1", qmp=str(fake_dir / "a.qmp"))
+    with pytest.raises(UsageError, match="two VMs named 'vm1'"):
+        Fleet([ref, ref])
 
 
 async def test_unknown_vm(fake_vm: FakeVM) -> None:
