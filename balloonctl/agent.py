@@ -163,6 +163,10 @@ class GuestAgent:
         token = random.randrange(1, 2**31)
         try:
             async with self._lock, asyncio.timeout(self.timeout):
+                # 0xFF resets qemu-ga's JSON parser in case an earlier client left half a
+                # command in it; whatever it answers to that is discarded below.
+                assert self._writer is not None
+                self._writer.write(b"\xff")
                 self._send({"execute": "guest-sync", "arguments": {"id": token}})
                 while True:
                     try:

@@ -201,3 +201,18 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert b.wait(101.0) == 3.0
     b.succeeded()
     assert b.wait(100.0) == 0.0 and b.delay == 0.0
+
+
+def test_the_library_layer_imports_no_cli_tui_or_http_packages() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, balloonctl.qmp, balloonctl.agent, balloonctl.fleet\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'typer', 'textual', 'httpx', 'starlette', 'uvicorn', 'rich'})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == ""
