@@ -109,6 +109,8 @@ def test_global_options_change_the_inventory(inventory: Path, tmp_path: Path) ->
     (other / "alpha.qmp").touch()
     assert values(["--dir", str(other), "status"], "") == ["alpha"]
     assert values([f"--dir={other}", "status"], "") == ["alpha"]
+    assert values(["--dir", "=", str(other), "status"], "") == ["alpha"]  # bash's split
+    assert values(["status", "--format", "="], "c") == ["csv"]
     assert values(["--qmp", "x=/nowhere.qmp", "status"], "x") == ["x"]
     assert values(["frobnicate"], "") == []
 

@@ -66,6 +66,8 @@ def _parse(spec: Mapping[str, Any], args: Sequence[str]) -> _Parsed | None:
     options: Sequence[Mapping[str, Any]] = spec["options"]
     for word in args:
         if p.pending is not None:
+            if word == "=":
+                continue  # bash splits --opt=value at the '=' (COMP_WORDBREAKS)
             if p.command is None:
                 p.globals.setdefault(p.pending["names"][-1], []).append(word)
             p.pending = None
