@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -24,7 +25,7 @@ from balloonctl.model import (
 )
 from balloonctl.units import GiB, MiB
 
-QOM_STATS = {
+QOM_STATS: dict[str, Any] = {
     "stats": {
         "stat-swap-in": 3, "stat-swap-out": 4, "stat-major-faults": 5,
         "stat-minor-faults": 6, "stat-free-memory": 700 * MiB, "stat-total-memory": 2 * GiB,

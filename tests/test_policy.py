@@ -14,7 +14,9 @@ LOW, HIGH = 500 * MiB, 1500 * MiB
 
 
 def test_triangle_wave_corners() -> None:
-    w = lambda t: triangle_wave(t, minimum=LOW, maximum=HIGH, period=60)  # noqa: E731
+    def w(t: float) -> int:
+        return triangle_wave(t, minimum=LOW, maximum=HIGH, period=60)
+
     assert w(0) == HIGH
     assert w(15) == 1000 * MiB
     assert w(30) == LOW
