@@ -52,3 +52,29 @@ async def fake_vm_factory(fake_dir: Path) -> AsyncIterator[Callable[..., Awaitab
 async def fake_vm(fake_vm_factory: Callable[..., Awaitable[Any]]) -> Any:
     """One started fake VM "vm1" with the fast test defaults."""
     return await fake_vm_factory()
+
+
+# --- BalloonClient against the fake (tests/test_client_*.py) ---------------------------
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[Callable[..., Any]]:
+    """``client_for(vm, agent=False, **BalloonClient kwargs)`` -> an unconnected
+    BalloonClient for a fake VM, named after it, with short test timeouts (connect 1 s,
+    command 2 s) and the VM's guest-agent socket when ``agent``; all closed at teardown."""
+    from balloonctl.qmp import BalloonClient
+
+    clients: list[BalloonClient] = []
+
+    def make(vm: Any, *, agent: bool = False, **kwargs: Any) -> BalloonClient:
+        kwargs.setdefault("connect_timeout", 1.0)
+        kwargs.setdefault("command_timeout", 2.0)
+        if agent:
+            kwargs.setdefault("qga", str(vm.qga_path))
+        client = BalloonClient(str(vm.qmp_path), name=vm.name, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,10 @@ from balloonctl.model import VmRef, VmStatus
 from balloonctl.qmp import BalloonClient, BalloonEvent
 from balloonctl.units import GiB, MiB
 
-
-def client_for(vm: FakeVM, **kw: Any) -> BalloonClient:
-    kw.setdefault("connect_timeout", 1.0)
-    kw.setdefault("command_timeout", 2.0)
-    return BalloonClient(str(vm.qmp_path), name=vm.name, **kw)
+ClientFactory = Callable[..., BalloonClient]
 
 
-async def test_connects_and_reads_the_balloon(fake_vm: FakeVM) -> None:
+async def test_connects_and_reads_the_balloon(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     async with client_for(fake_vm) as client:
         assert client.connected
         assert await client.device_path() == "/machine/peripheral/balloon0"
@@ -41,7 +38,7 @@ async def test_connects_and_reads_the_balloon(fake_vm: FakeVM) -> None:
     assert not client.connected
 
 
-async def test_connects_lazily_on_first_command(fake_vm: FakeVM) -> None:
+async def test_connects_lazily_on_first_command(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     client = client_for(fake_vm)
     assert not client.connected
     assert await client.query_actual() == 2 * GiB
@@ -61,7 +58,9 @@ async def test_from_ref_takes_name_sockets_and_limits(fake_vm: FakeVM) -> None:
     await client.close()
 
 
-async def test_finds_a_balloon_without_an_id(fake_vm_factory: Any) -> None:
+async def test_finds_a_balloon_without_an_id(
+    fake_vm_factory: Any, client_for: ClientFactory,
+) -> None:
     vm = await fake_vm_factory(device_id=None)
     async with client_for(vm) as client:
         path = await client.device_path()
@@ -85,7 +84,9 @@ async def test_refused_socket_is_connect_failed(fake_dir: Path) -> None:
             await BalloonClient(str(path), connect_timeout=1.0).connect()
 
 
-async def test_never_greeting_server_is_socket_busy_within_the_timeout(fake_vm: FakeVM) -> None:
+async def test_never_greeting_server_is_socket_busy_within_the_timeout(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     fake_vm.faults.never_greet = True
     client = client_for(fake_vm, connect_timeout=0.3)
     started = time.monotonic()
@@ -101,7 +102,9 @@ async def test_never_greeting_server_is_socket_busy_within_the_timeout(fake_vm: 
     await client.close()
 
 
-async def test_peer_leaving_during_negotiation_is_connect_failed(fake_vm: FakeVM) -> None:
+async def test_peer_leaving_during_negotiation_is_connect_failed(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     fake_vm.faults.drop_on.add("qmp_capabilities")
     client = client_for(fake_vm)
     with pytest.raises(ConnectFailed, match="during the QMP handshake"):
@@ -112,7 +115,7 @@ async def test_peer_leaving_during_negotiation_is_connect_failed(fake_vm: FakeVM
 
 
 async def test_qemu_qmp_assertion_on_connect_is_connect_failed(
-    fake_vm: FakeVM, monkeypatch: pytest.MonkeyPatch
+    fake_vm: FakeVM, monkeypatch: pytest.MonkeyPatch, client_for: ClientFactory,
 ) -> None:
     """qemu.qmp 0.0.6 can raise a bare AssertionError from connect() when the peer answers
     the negotiation and closes at once; it is a connect failure like any other."""
@@ -135,7 +138,9 @@ async def test_qemu_qmp_assertion_on_connect_is_connect_failed(
     await client.close()
 
 
-async def test_second_client_is_busy_until_the_first_leaves(fake_vm: FakeVM) -> None:
+async def test_second_client_is_busy_until_the_first_leaves(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     first = client_for(fake_vm)
     await first.connect()
     second = client_for(fake_vm, connect_timeout=0.3)
@@ -150,7 +155,7 @@ async def test_second_client_is_busy_until_the_first_leaves(fake_vm: FakeVM) -> 
 
 
 async def test_drop_mid_command_is_disconnected_then_the_next_call_reconnects(
-    fake_vm: FakeVM,
+    fake_vm: FakeVM, client_for: ClientFactory,
 ) -> None:
     async with client_for(fake_vm) as client:
         fake_vm.faults.drop_on.add("query-balloon")
@@ -163,7 +168,9 @@ async def test_drop_mid_command_is_disconnected_then_the_next_call_reconnects(
         assert client.connected
 
 
-async def test_vm_shutdown_is_disconnected_and_reconnect_fails_cleanly(fake_vm: FakeVM) -> None:
+async def test_vm_shutdown_is_disconnected_and_reconnect_fails_cleanly(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     async with client_for(fake_vm) as client:
         await fake_vm.shutdown()
         with pytest.raises((Disconnected, ConnectFailed)):
@@ -173,7 +180,9 @@ async def test_vm_shutdown_is_disconnected_and_reconnect_fails_cleanly(fake_vm: 
             await client.query_actual()
 
 
-async def test_garbage_reply_is_disconnected_then_recovers(fake_vm: FakeVM) -> None:
+async def test_garbage_reply_is_disconnected_then_recovers(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     async with client_for(fake_vm) as client:
         fake_vm.faults.garbage_on.add("query-balloon")
         with pytest.raises(Disconnected) as err:
@@ -183,7 +192,7 @@ async def test_garbage_reply_is_disconnected_then_recovers(fake_vm: FakeVM) -> N
         assert await client.query_actual() == 2 * GiB
 
 
-async def test_slow_reply_is_qmp_timeout(fake_vm: FakeVM) -> None:
+async def test_slow_reply_is_qmp_timeout(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     async with client_for(fake_vm, command_timeout=0.2) as client:
         await client.query_actual()
         fake_vm.faults.delay["query-balloon"] = 1.0
@@ -193,7 +202,9 @@ async def test_slow_reply_is_qmp_timeout(fake_vm: FakeVM) -> None:
         assert time.monotonic() - started < 0.9
 
 
-async def test_qmp_errors_keep_what_was_sent_and_received(fake_vm: FakeVM) -> None:
+async def test_qmp_errors_keep_what_was_sent_and_received(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     async with client_for(fake_vm) as client:
         with pytest.raises(QMPCommandError) as err:
             await client.execute("qom-get", {"path": "/machine/peripheral/nope",
@@ -214,14 +225,16 @@ async def test_qmp_errors_keep_what_was_sent_and_received(fake_vm: FakeVM) -> No
         assert await client.query_actual() == 2 * GiB
 
 
-async def test_unknown_command_is_command_not_found(fake_vm: FakeVM) -> None:
+async def test_unknown_command_is_command_not_found(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     async with client_for(fake_vm) as client:
         with pytest.raises(QMPCommandError) as err:
             await client.execute("no-such-command")
         assert err.value.error_class == "CommandNotFound"
 
 
-async def test_vm_without_balloon_device(fake_vm_factory: Any) -> None:
+async def test_vm_without_balloon_device(fake_vm_factory: Any, client_for: ClientFactory) -> None:
     vm = await fake_vm_factory(balloon=False)
     async with client_for(vm) as client:
         with pytest.raises(NoBalloonDevice) as err:
@@ -239,7 +252,7 @@ async def test_vm_without_balloon_device(fake_vm_factory: Any) -> None:
     assert state.error_kind == "NoBalloonDevice"
 
 
-async def test_trace_sees_every_message(fake_vm: FakeVM) -> None:
+async def test_trace_sees_every_message(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     seen: list[tuple[str, str, Any]] = []
     async with client_for(fake_vm, trace=lambda *m: seen.append(m)) as client:
         await client.query_actual()
@@ -252,7 +265,9 @@ async def test_trace_sees_every_message(fake_vm: FakeVM) -> None:
     assert received[-1]["return"] == {"actual": 2 * GiB}
 
 
-async def test_events_arrive_and_end_with_disconnected(fake_vm: FakeVM) -> None:
+async def test_events_arrive_and_end_with_disconnected(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     async with client_for(fake_vm) as client:
         got: list[BalloonEvent] = []
 
@@ -274,7 +289,9 @@ async def test_events_arrive_and_end_with_disconnected(fake_vm: FakeVM) -> None:
         assert got[-1].name == "SHUTDOWN"
 
 
-async def test_event_stream_ends_quietly_when_the_client_closes(fake_vm: FakeVM) -> None:
+async def test_event_stream_ends_quietly_when_the_client_closes(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     client = client_for(fake_vm)
     stream = client.events()
 
@@ -288,7 +305,7 @@ async def test_event_stream_ends_quietly_when_the_client_closes(fake_vm: FakeVM)
         await asyncio.wait_for(waiting, 2)
 
 
-async def test_event_buffers_stay_bounded(fake_vm: FakeVM) -> None:
+async def test_event_buffers_stay_bounded(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     """qemu.qmp keeps every event forever by default; ours keep a bounded number."""
     async with client_for(fake_vm) as client:
         qmp = client._qmp
@@ -304,7 +321,7 @@ async def test_event_buffers_stay_bounded(fake_vm: FakeVM) -> None:
         assert isinstance(last, dict) and last["actual"] == 1999
 
 
-async def test_raw_client_gets_in_after_close(fake_vm: FakeVM) -> None:
+async def test_raw_client_gets_in_after_close(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     async with client_for(fake_vm) as client:
         await client.query_actual()
     async with await RawQMP.open(fake_vm.qmp_path, reply_timeout=1.0) as raw:

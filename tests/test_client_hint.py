@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +15,14 @@ from balloonctl.qmp import BalloonClient
 from balloonctl.store import FileStore, MemoryStore
 from balloonctl.units import GiB, MiB
 
-
-def client_for(vm: FakeVM, *, agent: bool = True, **kw: Any) -> BalloonClient:
-    kw.setdefault("connect_timeout", 1.0)
-    kw.setdefault("command_timeout", 2.0)
-    qga = str(vm.qga_path) if agent else None
-    return BalloonClient(str(vm.qmp_path), name=vm.name, qga=qga, **kw)
+ClientFactory = Callable[..., BalloonClient]
 
 
-async def test_device_mode_toggles_the_qom_property(fake_vm_factory: Any) -> None:
+async def test_device_mode_toggles_the_qom_property(
+    fake_vm_factory: Any, client_for: ClientFactory,
+) -> None:
     vm = await fake_vm_factory(hint_device=True)
-    async with client_for(vm, agent=False) as client:
+    async with client_for(vm) as client:
         state = await client.hint_status()
         assert state.mode is HintMode.DEVICE and not state.enabled
         on = await client.set_hint(True)
@@ -35,14 +33,18 @@ async def test_device_mode_toggles_the_qom_property(fake_vm_factory: Any) -> Non
         assert (await client.snapshot()).hint.mode is HintMode.DEVICE
 
 
-async def test_device_mode_wins_over_the_agent(fake_vm_factory: Any) -> None:
+async def test_device_mode_wins_over_the_agent(
+    fake_vm_factory: Any, client_for: ClientFactory,
+) -> None:
     vm = await fake_vm_factory(hint_device=True)
-    async with client_for(vm) as client:
+    async with client_for(vm, agent=True) as client:
         assert (await client.set_hint(True)).mode is HintMode.DEVICE
 
 
-async def test_unsupported_without_device_property_or_agent(fake_vm: FakeVM) -> None:
-    async with client_for(fake_vm, agent=False) as client:
+async def test_unsupported_without_device_property_or_agent(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
+    async with client_for(fake_vm) as client:
         state = await client.hint_status()
         assert state.mode is HintMode.UNSUPPORTED and not state.enabled
         with pytest.raises(HintUnsupported) as err:
@@ -55,10 +57,10 @@ async def test_unsupported_without_device_property_or_agent(fake_vm: FakeVM) -> 
 
 
 async def test_agent_mode_drops_cache_before_inflating_and_persists(
-    fake_vm: FakeVM, tmp_path: Path
+    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
 ) -> None:
     state_file = tmp_path / "state.json"
-    async with client_for(fake_vm, store=FileStore(state_file)) as client:
+    async with client_for(fake_vm, agent=True, store=FileStore(state_file)) as client:
         status = await client.hint_status()
         assert status.mode is HintMode.AGENT and not status.enabled
         assert (await client.set_hint(True)).enabled
@@ -67,7 +69,7 @@ async def test_agent_mode_drops_cache_before_inflating_and_persists(
     fake_vm.guest.read_file(400 * MiB)
     cache_before = fake_vm.guest.cache
     assert cache_before >= 300 * MiB
-    async with client_for(fake_vm, store=FileStore(state_file)) as client:
+    async with client_for(fake_vm, agent=True, store=FileStore(state_file)) as client:
         status = await client.hint_status()
         assert status.mode is HintMode.AGENT and status.enabled
         await client.set_target(GiB + 512 * MiB)  # an inflation
@@ -79,14 +81,16 @@ async def test_agent_mode_drops_cache_before_inflating_and_persists(
     assert await client.polling_interval() == 0  # the temporary 1 s interval was undone
     await client.close()
 
-    async with client_for(fake_vm, store=FileStore(state_file)) as client:
+    async with client_for(fake_vm, agent=True, store=FileStore(state_file)) as client:
         state = await client.snapshot()
     assert state.hint.enabled and state.hint.released == after.released
     assert state.to_json()["hint_released"] == after.released
 
 
-async def test_agent_mode_leaves_deflation_alone(fake_vm: FakeVM) -> None:
-    async with client_for(fake_vm, store=MemoryStore()) as client:
+async def test_agent_mode_leaves_deflation_alone(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
+    async with client_for(fake_vm, agent=True, store=MemoryStore()) as client:
         await client.set_target(GiB)
         await client.wait_for_target(GiB, timeout=5)
         await client.set_hint(True)
@@ -97,17 +101,19 @@ async def test_agent_mode_leaves_deflation_alone(fake_vm: FakeVM) -> None:
         assert (await client.hint_status()).released is None
 
 
-async def test_agent_mode_with_hint_off_does_not_drop(fake_vm: FakeVM) -> None:
+async def test_agent_mode_with_hint_off_does_not_drop(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     fake_vm.guest.read_file(200 * MiB)
     cache = fake_vm.guest.cache
-    async with client_for(fake_vm) as client:
+    async with client_for(fake_vm, agent=True) as client:
         await client.set_target(GiB + 512 * MiB)
     assert fake_vm.guest.cache >= cache - 8 * MiB
 
 
-async def test_agent_with_exec_blocked(fake_vm_factory: Any) -> None:
+async def test_agent_with_exec_blocked(fake_vm_factory: Any, client_for: ClientFactory) -> None:
     vm = await fake_vm_factory(agent_exec=False)
-    async with client_for(vm) as client:
+    async with client_for(vm, agent=True) as client:
         state = await client.hint_status()
         assert state.mode is HintMode.UNSUPPORTED
         assert "guest-exec" in state.detail
@@ -128,8 +134,10 @@ async def test_unreachable_agent_is_reported_not_raised(fake_vm: FakeVM,
             await client.set_hint(True)
 
 
-async def test_agent_mode_with_polling_already_on_keeps_the_interval(fake_vm: FakeVM) -> None:
-    async with client_for(fake_vm) as client:
+async def test_agent_mode_with_polling_already_on_keeps_the_interval(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
+    async with client_for(fake_vm, agent=True) as client:
         await client.enable_stats(1)
         await client.set_hint(True)
         fake_vm.guest.read_file(200 * MiB)
@@ -141,9 +149,9 @@ async def test_agent_mode_with_polling_already_on_keeps_the_interval(fake_vm: Fa
 
 
 async def test_agent_mode_drop_failure_is_recorded_and_the_inflation_goes_on(
-    fake_vm: FakeVM,
+    fake_vm: FakeVM, client_for: ClientFactory,
 ) -> None:
-    async with client_for(fake_vm) as client:
+    async with client_for(fake_vm, agent=True) as client:
         await client.set_hint(True)
         fake_vm.faults.errors["guest-exec"] = (
             "GenericError", "Guest agent command failed, error was 'Permission denied'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,7 @@ from balloonctl.qmp import BalloonClient
 from balloonctl.store import FileStore, MemoryStore
 from balloonctl.units import GiB, MiB, parse_target
 
-
-def client_for(vm: FakeVM, **kw: Any) -> BalloonClient:
-    kw.setdefault("connect_timeout", 1.0)
-    kw.setdefault("command_timeout", 2.0)
-    return BalloonClient(str(vm.qmp_path), name=vm.name, **kw)
+ClientFactory = Callable[..., BalloonClient]
 
 
 def fake_target(vm: FakeVM) -> int:
@@ -34,7 +31,9 @@ def fake_target(vm: FakeVM) -> int:
     return vm.guest.ram - vm.guest.balloon_target
 
 
-async def test_absolute_target_is_sent_recorded_and_reached(fake_vm: FakeVM) -> None:
+async def test_absolute_target_is_sent_recorded_and_reached(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     store = MemoryStore()
     async with client_for(fake_vm, store=store) as client:
         before = time.time()
@@ -51,7 +50,7 @@ async def test_absolute_target_is_sent_recorded_and_reached(fake_vm: FakeVM) -> 
     assert [a for a, _ in seen] == sorted((a for a, _ in seen), reverse=True)
 
 
-async def test_percent_and_relative_targets(fake_vm: FakeVM) -> None:
+async def test_percent_and_relative_targets(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     async with client_for(fake_vm) as client:
         assert await client.set_target(parse_target("75%")) == 1536 * MiB
         # Relative targets count from the last target set, not from where actual is now.
@@ -63,19 +62,25 @@ async def test_percent_and_relative_targets(fake_vm: FakeVM) -> None:
             await client.resolve_target(parse_target("-4G"))
 
 
-async def test_a_remembered_target_larger_than_the_vm_is_ignored(fake_vm: FakeVM) -> None:
+async def test_a_remembered_target_larger_than_the_vm_is_ignored(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     store = MemoryStore()
     store.update(str(fake_vm.qmp_path), target=8 * GiB)  # a bigger VM once had this socket
     async with client_for(fake_vm, store=store) as client:
         assert await client.resolve_target(parse_target("-512M")) == 1536 * MiB
 
 
-async def test_relative_target_without_history_counts_from_actual(fake_vm: FakeVM) -> None:
+async def test_relative_target_without_history_counts_from_actual(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     async with client_for(fake_vm) as client:
         assert await client.resolve_target(parse_target("-512M")) == 1536 * MiB
 
 
-async def test_target_above_guest_ram_is_never_sent(fake_vm: FakeVM) -> None:
+async def test_target_above_guest_ram_is_never_sent(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     async with client_for(fake_vm) as client:
         with pytest.raises(UnsafeTarget, match="above guest RAM"):
             await client.set_target(parse_target("3G"))
@@ -84,14 +89,16 @@ async def test_target_above_guest_ram_is_never_sent(fake_vm: FakeVM) -> None:
     assert fake_vm.guest.balloon_target == 0
 
 
-async def test_target_above_maximum_is_never_sent(fake_vm: FakeVM) -> None:
+async def test_target_above_maximum_is_never_sent(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     async with client_for(fake_vm, maximum=GiB) as client:
         with pytest.raises(UnsafeTarget, match="maximum"):
             await client.set_target(parse_target("1.5G"))
     assert fake_vm.guest.balloon_target == 0
 
 
-async def test_target_below_floor_needs_force(fake_vm: FakeVM) -> None:
+async def test_target_below_floor_needs_force(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     async with client_for(fake_vm) as client:
         with pytest.raises(UnsafeTarget, match="safe floor 256 MiB") as err:
             await client.set_target(parse_target("200M"))
@@ -101,21 +108,25 @@ async def test_target_below_floor_needs_force(fake_vm: FakeVM) -> None:
         assert fake_target(fake_vm) == 200 * MiB
 
 
-async def test_forced_target_below_hard_minimum_is_never_sent(fake_vm: FakeVM) -> None:
+async def test_forced_target_below_hard_minimum_is_never_sent(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     async with client_for(fake_vm) as client:
         with pytest.raises(UnsafeTarget, match="hard minimum"):
             await client.set_target(HARD_MINIMUM - MiB, force=True)
     assert fake_vm.guest.balloon_target == 0
 
 
-async def test_configured_minimum_is_the_floor(fake_vm: FakeVM) -> None:
+async def test_configured_minimum_is_the_floor(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     async with client_for(fake_vm, minimum=GiB) as client:
         with pytest.raises(UnsafeTarget, match="safe floor 1 GiB"):
             await client.set_target(parse_target("900M"))
         assert (await client.snapshot()).floor == GiB
 
 
-async def test_dry_run_resolves_and_validates_but_sends_nothing(fake_vm: FakeVM) -> None:
+async def test_dry_run_resolves_and_validates_but_sends_nothing(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
     store = MemoryStore()
     async with client_for(fake_vm, store=store) as client:
         assert await client.set_target(parse_target("50%"), dry_run=True) == GiB
@@ -125,7 +136,9 @@ async def test_dry_run_resolves_and_validates_but_sends_nothing(fake_vm: FakeVM)
     assert store.get(str(fake_vm.qmp_path)) == {}
 
 
-async def test_target_persists_in_a_file_store(fake_vm: FakeVM, tmp_path: Path) -> None:
+async def test_target_persists_in_a_file_store(
+    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
+) -> None:
     async with client_for(fake_vm, store=FileStore(tmp_path / "state.json")) as client:
         await client.set_target(parse_target("1G"))
     async with client_for(fake_vm, store=FileStore(tmp_path / "state.json")) as again:
@@ -135,7 +148,7 @@ async def test_target_persists_in_a_file_store(fake_vm: FakeVM, tmp_path: Path) 
     assert state.target == 768 * MiB
 
 
-async def test_stuck_balloon(fake_vm: FakeVM) -> None:
+async def test_stuck_balloon(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     fake_vm.faults.stuck = True
     async with client_for(fake_vm) as client:
         await client.set_target(GiB)
@@ -147,7 +160,9 @@ async def test_stuck_balloon(fake_vm: FakeVM) -> None:
         assert "no movement for 0.3s" in str(err.value)
 
 
-async def test_wait_timeout_while_still_moving(fake_vm_factory: Any) -> None:
+async def test_wait_timeout_while_still_moving(
+    fake_vm_factory: Any, client_for: ClientFactory,
+) -> None:
     vm = await fake_vm_factory(rate=64 * MiB)
     async with client_for(vm) as client:
         await client.set_target(GiB)
@@ -157,7 +172,7 @@ async def test_wait_timeout_while_still_moving(fake_vm_factory: Any) -> None:
         assert err.value.actual is not None and GiB < err.value.actual < 2 * GiB
 
 
-async def test_no_driver(fake_vm_factory: Any) -> None:
+async def test_no_driver(fake_vm_factory: Any, client_for: ClientFactory) -> None:
     vm = await fake_vm_factory(driver=False)
     async with client_for(vm) as client:
         stats = await client.stats()
@@ -169,7 +184,9 @@ async def test_no_driver(fake_vm_factory: Any) -> None:
             await client.wait_for_target(GiB, timeout=5, stall_timeout=0.3)
 
 
-async def test_driver_that_loads_late_converges(fake_vm_factory: Any) -> None:
+async def test_driver_that_loads_late_converges(
+    fake_vm_factory: Any, client_for: ClientFactory,
+) -> None:
     vm = await fake_vm_factory(driver=False)
     async with client_for(vm) as client:
         await client.set_target(GiB)
@@ -177,7 +194,7 @@ async def test_driver_that_loads_late_converges(fake_vm_factory: Any) -> None:
         assert abs(await client.wait_for_target(GiB, timeout=5) - GiB) <= CONVERGED_TOLERANCE
 
 
-async def test_stats_and_polling_interval(fake_vm: FakeVM) -> None:
+async def test_stats_and_polling_interval(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     async with client_for(fake_vm) as client:
         stats = await client.stats()
         assert stats.reported
@@ -190,7 +207,7 @@ async def test_stats_and_polling_interval(fake_vm: FakeVM) -> None:
         assert state.polling_interval == 1 and state.status is VmStatus.OK
 
 
-async def test_stale_stats(fake_vm: FakeVM) -> None:
+async def test_stale_stats(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     async with client_for(fake_vm) as client:
         await client.enable_stats(1)
         fake_vm.faults.stale_stats = True
@@ -202,7 +219,7 @@ async def test_stale_stats(fake_vm: FakeVM) -> None:
     assert state.stats_age is not None and state.stats_age >= 59
 
 
-async def test_features(fake_vm_factory: Any) -> None:
+async def test_features(fake_vm_factory: Any, client_for: ClientFactory) -> None:
     vm = await fake_vm_factory(deflate_on_oom=True, free_page_reporting=True)
     async with client_for(vm) as client:
         features = await client.features()
@@ -211,7 +228,7 @@ async def test_features(fake_vm_factory: Any) -> None:
     assert features.free_page_hint is False
 
 
-async def test_snapshot_while_converging(fake_vm_factory: Any) -> None:
+async def test_snapshot_while_converging(fake_vm_factory: Any, client_for: ClientFactory) -> None:
     vm = await fake_vm_factory(rate=64 * MiB)
     async with client_for(vm) as client:
         await client.set_target(GiB)
