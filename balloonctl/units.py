@@ -2,8 +2,8 @@
 
 Everything else in balloonctl passes sizes around as ``int`` bytes.
 
-Suffixes follow QEMU and virsh: ``K``/``M``/``G``/``T`` and ``KiB``/``MiB``/``GiB``/``TiB``
-are powers of 1024, ``KB``/``MB``/``GB``/``TB`` are powers of 1000, ``B`` or no suffix means
+Suffixes follow QEMU and virsh: ``K``/``M``/``G``/``T``/``P`` and ``KiB``..``PiB``
+are powers of 1024, ``KB``..``PB`` are powers of 1000, ``B`` or no suffix means
 bytes. Case is ignored (``512m`` == ``512M``).
 """
 
@@ -20,6 +20,7 @@ __all__ = [
     "GiB",
     "KiB",
     "MiB",
+    "PiB",
     "SizeKind",
     "TargetSpec",
     "TiB",
@@ -34,6 +35,7 @@ KiB = 1024
 MiB = 1024**2
 GiB = 1024**3
 TiB = 1024**4
+PiB = 1024**5
 
 # Larger sizes than this cannot be a guest's memory and would overflow QEMU's int64 'value'.
 _MAX_BYTES = 2**63 - 1
@@ -45,14 +47,17 @@ _MULTIPLIERS: dict[str, int] = {
     "m": MiB,
     "g": GiB,
     "t": TiB,
+    "p": PiB,
     "kib": KiB,
     "mib": MiB,
     "gib": GiB,
     "tib": TiB,
+    "pib": PiB,
     "kb": 1000,
     "mb": 1000**2,
     "gb": 1000**3,
     "tb": 1000**4,
+    "pb": 1000**5,
 }
 
 _SIZE_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)$")
@@ -90,7 +95,7 @@ def parse_size(text: str) -> int:
     unit = m.group("unit").lower()
     if unit not in _MULTIPLIERS:
         raise SizeError(f"invalid size {raw!r}: unknown unit {m.group('unit')!r} "
-                        "(use B, K, M, G, T, KiB..TiB or KB..TB)")
+                        "(use B, K, M, G, T, P, KiB..PiB or KB..PB)")
     value = int(Fraction(m.group("num")) * _MULTIPLIERS[unit])
     if value <= 0:
         raise SizeError(f"invalid size {raw!r}: must be greater than zero")
