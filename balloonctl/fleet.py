@@ -218,7 +218,7 @@ class Fleet(DataSource):
         for name, result in results.items():
             if isinstance(result, BalloonError):  # only a run_each timeout gets here
                 ref = self.refs[name]
-                result = BalloonState(name=name, qmp=ref.qmp, error=str(result),
+                result = BalloonState(name=name, qmp=ref.qmp, error=result.message,
                                       error_kind=type(result).__name__)
             self._last[name] = result
             states.append(result)

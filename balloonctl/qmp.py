@@ -883,6 +883,6 @@ class BalloonClient:
 
 
 def _failed(state: BalloonState, exc: BalloonError, *, reachable: bool) -> BalloonState:
-    return state.with_changes(reachable=reachable, error=str(exc),
+    return state.with_changes(reachable=reachable, error=exc.message,
                               error_kind=type(exc).__name__, taken_at=time.time())
 

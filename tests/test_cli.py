@@ -150,6 +150,7 @@ def test_busy_socket_says_so_and_names_libvirt(
         r = cli("--timeout", "0.3s", "status", "vm1")
         assert r.exit_code == ExitCode.UNREACHABLE
         assert "another QMP client" in r.stderr
+        assert r.stderr.startswith("balloonctl: error: vm1: ") and "vm1: vm1:" not in r.stderr
         assert r.stdout.splitlines()[1].split()[1] == "busy"
         monkeypatch.setattr(config, "LIBVIRT_ROOTS", (str(fake_dir),))
         r = cli("--timeout", "0.3s", "set", "vm1", "1G")
