@@ -87,6 +87,8 @@ class DashboardApp(App[None]):
         self.view = FleetView(source.names, history=history)
         self.polls = 0  # snapshots applied so far (tests wait on this)
         self._wake = asyncio.Event()
+        self._redraw_pending = False
+        self.redraw_delay = 0.25
         self.main = MainScreen(
             self.view, step=step, stats_interval=stats_interval, clock=clock,
             refresh_now=self._wake.set,
@@ -179,6 +181,16 @@ class DashboardApp(App[None]):
         self.main.show_source_error(None)
         self.main.show_fleet()
 
+    def _redraw_soon(self) -> None:
+        """Events come in bursts (a whole fleet reconnecting): redraw once per burst."""
+        if not self._redraw_pending:
+            self._redraw_pending = True
+            self.set_timer(self.redraw_delay, self._redraw)
+
+    def _redraw(self) -> None:
+        self._redraw_pending = False
+        self.main.show_fleet()
+
     @on(SourceFailed)
     def _source_failed(self, message: SourceFailed) -> None:
         self.main.show_source_error(f"{message.error} (retry in {message.retry_in:g}s)")
@@ -193,13 +205,13 @@ class DashboardApp(App[None]):
         state = event.data.get("state")
         if isinstance(state, BalloonState):  # the source re-read the VM after connecting
             self.view.apply([state])
-            self.main.show_fleet()
+            self._redraw_soon()
         text = event.name
         actual = event.data.get("actual")
         if isinstance(actual, int):
             text += f" actual {format_size(actual)}"
             self.view.patch(name, actual=actual)
-            self.main.show_fleet()
+            self._redraw_soon()
         error = event.data.get("error")
         if isinstance(error, str):
             text += f": {error}"

@@ -86,7 +86,7 @@ class MainScreen(Screen[None]):
         if view.selected:
             status += f"  selected {len(view.selected)}"
         status += f"  step {format_size(self.step)}"
-        self._status.update(status)
+        self._status.update(status, layout=False)
         self.show_detail()
 
     def show_detail(self) -> None:

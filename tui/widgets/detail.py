@@ -85,10 +85,10 @@ class DetailPane(VerticalScroll):
             self._pending = (state, history)
             return
         if state is None:
-            self._facts.update("no VM selected")
+            self._facts.update("no VM selected", layout=False)
             self._bar.show(None)
             return
-        self._facts.update(describe(state))
+        self._facts.update(describe(state), layout=False)
         self._bar.show(state)
         if history is None:
             return
@@ -96,9 +96,9 @@ class DetailPane(VerticalScroll):
             ring: Ring = getattr(history, series)
             values = ring.values()
             latest = format_size(int(values[-1]), compact=True) if values else "-"
-            self._labels[series].update(f"{series} {latest}")
+            self._labels[series].update(f"{series} {latest}", layout=False)
             self._sparks[series].data = values
         events = Text("recent\n", style="bold")
-        for line in reversed(history.events):
+        for line in list(reversed(history.events))[:3]:
             events.append(f"{line}\n")
-        self._events.update(events)
+        self._events.update(events, layout=False)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
+from textual.cache import LRUCache
 from textual.widgets import DataTable
 
 from balloonctl.model import VmStatus
@@ -99,6 +102,11 @@ class FleetTable(DataTable[Cell]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
         self._cells: dict[str, tuple[Cell, ...]] = {}
         self._labels: dict[str, str] = {}
+        self._sorted_by: tuple[str, bool] | None = None
+        # Cell renders keyed on each cell's own version (see _render_cell).
+        self._versions: dict[tuple[str, str], int] = {}
+        self._cell_lines: LRUCache[tuple[object, ...], list[list[Segment]]] = LRUCache(4096)
+        self._cell_render_cache = LRUCache(1024)  # DataTable's own; ours serves most hits
         self.fixed_columns = 2
         self.add_column(" ", key="sel", width=1)
         for column in COLUMNS:
@@ -121,6 +129,8 @@ class FleetTable(DataTable[Cell]):
         for name in [n for n in self._cells if n not in wanted_set]:
             self.remove_row(name)
             del self._cells[name]
+            for cell_id in [c for c in self._versions if c[0] == name]:
+                del self._versions[cell_id]
         column_keys = ("sel", *(column.key for column in COLUMNS))
         for row in rows:
             cells = row_cells(row, row.name in selected)
@@ -128,9 +138,11 @@ class FleetTable(DataTable[Cell]):
             if old is None:
                 self.add_row(*cells, key=row.name)
             else:
-                for key, new, prev in zip(column_keys, cells, old, strict=True):
+                for column, new, prev in zip(column_keys, cells, old, strict=True):
                     if new != prev:
-                        self.update_cell(row.name, key, new, update_width=False)
+                        cell_id = (row.name, column)
+                        self._versions[cell_id] = self._versions.get(cell_id, 0) + 1
+                        self.update_cell(row.name, column, new, update_width=False)
             self._cells[row.name] = cells
         if [r.key.value for r in self.ordered_rows] != wanted:
             position = {name: i for i, name in enumerate(wanted)}
@@ -138,8 +150,44 @@ class FleetTable(DataTable[Cell]):
             if cursor_vm in position:
                 self.move_cursor(row=position[cursor_vm], scroll=False)
 
+    def _render_cell(
+        self,
+        row_index: int,
+        column_index: int,
+        base_style: Style,
+        width: int,
+        cursor: bool = False,
+        hover: bool = False,
+    ) -> list[list[Segment]]:
+        # DataTable keys its cell cache on one table-wide update counter, so a single
+        # changed cell makes it re-render every visible cell (most of the dashboard's CPU
+        # with hundreds of VMs). Key on the cell's own version instead.
+        if row_index < 0 or column_index < 0:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor,
+                                        hover)
+        row_key = self._row_locations.get_key(row_index)
+        column_key = self._column_locations.get_key(column_index)
+        if row_key is None or column_key is None:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor,
+                                        hover)
+        key = (
+            row_key, column_key, row_index,
+            self._versions.get((str(row_key.value), str(column_key.value)), 0),
+            base_style, width, cursor, hover, self._show_hover_cursor,
+            self._pseudo_class_state,
+        )
+        lines = self._cell_lines.get(key)
+        if lines is None:
+            lines = super()._render_cell(row_index, column_index, base_style, width, cursor,
+                                         hover)
+            self._cell_lines[key] = lines
+        return lines
+
     def mark_sort(self, key: str, reverse: bool) -> None:
         """Show the sort column and direction in the column labels."""
+        if self._sorted_by == (key, reverse):
+            return
+        self._sorted_by = (key, reverse)
         for column_key, label in self._labels.items():
             text = Text(label)
             if column_key == key:

@@ -33,11 +33,11 @@ class FleetHeader(Static):
             self._totals = totals
         if host is not None or host_error is not None:
             self._host, self._host_error = host, host_error
-        self.update(self._render_text())
+        self.update(self._render_text(), layout=False)
 
     def source_error(self, error: str | None) -> None:
         self._source_error = error
-        self.update(self._render_text())
+        self.update(self._render_text(), layout=False)
 
     def _render_text(self) -> Text:
         size = format_size

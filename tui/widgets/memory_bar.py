@@ -81,7 +81,7 @@ class MemoryBar(Static):
 
     def show(self, state: BalloonState | None) -> None:
         if state is None:
-            self.update("")
+            self.update("", layout=False)
             return
         width = max(8, min(64, (self.content_size.width or 42) - 2))
-        self.update(Text.assemble(memory_bar(state, width), "\n", legend(state)))
+        self.update(Text.assemble(memory_bar(state, width), "\n", legend(state)), layout=False)
