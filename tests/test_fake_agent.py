@@ -190,3 +190,24 @@ async def test_agent_serves_one_client_at_a_time(fake_vm: FakeVM) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args", "desc"),
+    [
+        ("guest-sync", {}, "Parameter 'id' is missing"),
+        ("guest-sync", {"id": "x"}, "Invalid parameter type for 'id', expected: integer"),
+        ("guest-exec", {}, "Parameter 'path' is missing"),
+        ("guest-exec", {"path": "/bin/true", "arg": ["ok", 5]},
+         "Invalid parameter type for 'arg[1]', expected: string"),
+        ("guest-exec", {"path": "/bin/true", "bogus": 1}, "Parameter 'bogus' is unexpected"),
+        ("guest-exec-status", {"pid": True}, "Invalid parameter type for 'pid', expected: integer"),
+    ],
+)
+async def test_agent_argument_errors(
+    fake_vm: FakeVM, cmd: str, args: dict[str, Any], desc: str
+) -> None:
+    async with await RawQMP.connect(fake_vm.qga_path) as ga:
+        with pytest.raises(RawQMPError) as err:
+            await ga.execute(cmd, args)
+    assert (err.value.error_class, err.value.desc) == ("GenericError", desc)

@@ -18,7 +18,7 @@ from typing import Any
 from balloonctl.fake.faults import Faults
 from balloonctl.fake.guest import GuestSim
 from balloonctl.fake.server import JSONServer
-from balloonctl.fake.wire import QMPError
+from balloonctl.fake.wire import QMPError, check_args
 
 __all__ = ["QGA_VERSION", "AgentServer", "run_command"]
 
@@ -150,10 +150,7 @@ class AgentServer(JSONServer):
         return handler(args)
 
     def _sync(self, args: dict[str, Any]) -> Any:
-        if "id" not in args:
-            raise QMPError("Parameter 'id' is missing")
-        if not isinstance(args["id"], int) or isinstance(args["id"], bool):
-            raise QMPError("Invalid parameter type for 'id', expected: integer")
+        check_args(args, {"id": int})
         return args["id"]
 
     def _sync_delimited(self, args: dict[str, Any]) -> Any:
@@ -164,9 +161,11 @@ class AgentServer(JSONServer):
         return value
 
     def _ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_args(args, {})
         return {}
 
     def _info(self, args: dict[str, Any]) -> dict[str, Any]:
+        check_args(args, {})
         commands = []
         for name in sorted(self._handlers):
             enabled = self.exec_enabled or name not in ("guest-exec", "guest-exec-status")
@@ -174,15 +173,16 @@ class AgentServer(JSONServer):
         return {"version": QGA_VERSION, "supported_commands": commands}
 
     def _exec(self, args: dict[str, Any]) -> dict[str, Any]:
-        path = args.get("path")
-        if not isinstance(path, str):
-            raise QMPError(
-                "Parameter 'path' is missing" if path is None
-                else "Invalid parameter type for 'path', expected: string"
-            )
-        argv = args.get("arg", [])
-        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-            raise QMPError("Invalid parameter type for 'arg', expected: array")
+        check_args(
+            args,
+            {"path": str},
+            {"arg": list, "env": list, "input-data": str, "capture-output": bool},
+        )
+        path: str = args["path"]
+        argv: list[Any] = args.get("arg", [])
+        for i, arg in enumerate(argv):
+            if not isinstance(arg, str):
+                raise QMPError(f"Invalid parameter type for 'arg[{i}]', expected: string")
         raw_input = args.get("input-data")
         input_data = b""
         if isinstance(raw_input, str):
@@ -190,7 +190,7 @@ class AgentServer(JSONServer):
                 input_data = base64.b64decode(raw_input, validate=True)
             except ValueError:
                 raise _failed("Invalid base64 in input-data") from None
-        capture = bool(args.get("capture-output", False))
+        capture: bool = args.get("capture-output", False)
         code, out, err = run_command(path, argv, self.guest, input_data)
         pid = self._next_pid
         self._next_pid += 1
@@ -198,12 +198,8 @@ class AgentServer(JSONServer):
         return {"pid": pid}
 
     def _exec_status(self, args: dict[str, Any]) -> dict[str, Any]:
-        pid = args.get("pid")
-        if not isinstance(pid, int) or isinstance(pid, bool):
-            raise QMPError(
-                "Parameter 'pid' is missing" if pid is None
-                else "Invalid parameter type for 'pid', expected: integer"
-            )
+        check_args(args, {"pid": int})
+        pid: int = args["pid"]
         proc = self._procs.get(pid)
         if proc is None:
             raise QMPError("Invalid parameter 'pid'")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from balloonctl.fake.device import BalloonDevice
-from balloonctl.fake.wire import QMPError
+from balloonctl.fake.wire import QMPError, check_args
 
 __all__ = ["QEMU_VERSION", "Machine"]
 
@@ -22,36 +22,6 @@ QEMU_VERSION: dict[str, Any] = {
 PCI_TYPE = "virtio-balloon-pci"
 BACKEND_TYPE = "virtio-balloon-device"
 PERMISSION_DENIED = "Insufficient permission to perform this operation"
-
-_TYPE_NAMES = {int: "integer", str: "string", bool: "boolean", dict: "object"}
-
-
-def _check_args(
-    args: dict[str, Any], required: dict[str, type], optional: dict[str, type] | None = None
-) -> None:
-    """Validate arguments like QEMU's QAPI input visitor.
-
-    Raises:
-        QMPError: missing, unexpected or mistyped argument.
-    """
-    optional = optional or {}
-    for name, kind in (*required.items(), *optional.items()):
-        if name not in args:
-            if name in required:
-                raise QMPError(f"Parameter '{name}' is missing")
-            continue
-        value = args[name]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is object:
-            ok = True
-        if not ok:
-            raise QMPError(
-                f"Invalid parameter type for '{name}', expected: {_TYPE_NAMES.get(kind, 'any')}"
-            )
-    for name in args:
-        if name not in required and name not in optional:
-            raise QMPError(f"Parameter '{name}' is unexpected")
-
 
 class _Prop:
     __slots__ = ("getter", "kind", "setter")
@@ -251,7 +221,7 @@ class Machine:
         return self.device
 
     def _balloon(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, {"value": int})
+        check_args(args, {"value": int})
         dev = self._need_balloon()
         value: int = args["value"]
         if value <= 0:
@@ -260,35 +230,35 @@ class Machine:
         return {}
 
     def _query_balloon(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, {})
+        check_args(args, {})
         return {"actual": self._need_balloon().guest.actual}
 
     def _query_memory_size_summary(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, {})
+        check_args(args, {})
         return {"base-memory": self.ram, "plugged-memory": 0}
 
     def _query_status(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, {})
+        check_args(args, {})
         return {"status": "running", "singlestep": False, "running": True}
 
     def _query_version(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, {})
+        check_args(args, {})
         return QEMU_VERSION
 
     def _query_name(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, {})
+        check_args(args, {})
         return {"name": self.name}
 
     def _query_commands(self, args: dict[str, Any]) -> list[dict[str, str]]:
-        _check_args(args, {})
+        check_args(args, {})
         return [{"name": n} for n in self.command_names]
 
     def _qom_list(self, args: dict[str, Any]) -> list[dict[str, str]]:
-        _check_args(args, {"path": str})
+        check_args(args, {"path": str})
         return self._resolve(args["path"]).listing()
 
     def _qom_get(self, args: dict[str, Any]) -> Any:
-        _check_args(args, {"path": str, "property": str})
+        check_args(args, {"path": str, "property": str})
         node = self._resolve(args["path"])
         name: str = args["property"]
         child = node.children.get(name)
@@ -297,7 +267,7 @@ class Machine:
         return self._prop(node, name).getter()
 
     def _qom_set(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, {"path": str, "property": str, "value": object})
+        check_args(args, {"path": str, "property": str, "value": object})
         node = self._resolve(args["path"])
         name: str = args["property"]
         if name in node.children:

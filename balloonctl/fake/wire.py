@@ -16,6 +16,7 @@ __all__ = [
     "JSONStream",
     "ParseError",
     "QMPError",
+    "check_args",
     "encode",
     "event",
     "timestamp",
@@ -148,6 +149,38 @@ class JSONStream:
         except json.JSONDecodeError as exc:
             return ParseError(f"{exc.msg} at {exc.pos}")
         return value
+
+
+_TYPE_NAMES = {
+    int: "integer", str: "string", bool: "boolean", dict: "object", list: "array",
+}
+
+
+def check_args(
+    args: dict[str, Any], required: dict[str, type], optional: dict[str, type] | None = None
+) -> None:
+    """Validate command arguments like QEMU's QAPI input visitor (``object`` means any).
+
+    Raises:
+        QMPError: a missing, unexpected or mistyped argument, with QEMU's message.
+    """
+    optional = optional or {}
+    for name, kind in (*required.items(), *optional.items()):
+        if name not in args:
+            if name in required:
+                raise QMPError(f"Parameter '{name}' is missing")
+            continue
+        value = args[name]
+        if kind is object:
+            continue
+        # JSON true/false are not integers to QAPI, although bool is an int in Python.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise QMPError(
+                f"Invalid parameter type for '{name}', expected: {_TYPE_NAMES.get(kind, 'any')}"
+            )
+    for name in args:
+        if name not in required and name not in optional:
+            raise QMPError(f"Parameter '{name}' is unexpected")
 
 
 def encode(msg: Any, *, crlf: bool = True) -> bytes:
