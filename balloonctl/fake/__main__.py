@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--vms must be at least 1")
     directory = args.dir or Path(tempfile.mkdtemp(prefix="balloonctl-fake-"))
     workload = None if args.workload == "none" else args.workload
+    print(f"balloonctl fake: serving {args.vms} VMs in {directory} until Ctrl-C",
+          file=sys.stderr, flush=True)
     try:
         serve(args.vms, ram, directory, workload, seed=args.seed)
     except OSError as exc:
