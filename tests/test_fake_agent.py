@@ -134,9 +134,7 @@ async def test_running_process_reports_not_exited(fake_vm: FakeVM) -> None:
     async with await RawQMP.connect(fake_vm.qga_path) as ga:
         pid = (await ga.execute("guest-exec", {"path": "/bin/true"}))["pid"]
         assert await ga.execute("guest-exec-status", {"pid": pid}) == {"exited": False}
-        status = await poll_until(
-            lambda: _exited(ga, pid), what="the process to finish"
-        )
+        status = await poll_until(lambda: _exited(ga, pid), what="the process to finish")
     assert status["exitcode"] == 0
 
 
@@ -149,15 +147,14 @@ async def test_exec_blocked(fake_vm_factory: Any) -> None:
     vm = await fake_vm_factory(agent_exec=False)
     async with await RawQMP.connect(vm.qga_path) as ga:
         info = await ga.execute("guest-info")
-        assert {c["name"]: c["enabled"] for c in info["supported_commands"]}[
-            "guest-exec"
-        ] is False
+        assert {c["name"]: c["enabled"] for c in info["supported_commands"]}["guest-exec"] is False
         with pytest.raises(RawQMPError) as err:
             await ga.execute("guest-exec", {"path": "/bin/true"})
         assert await ga.execute("guest-ping") == {}
     # What qemu-ga 7.2 answers for a command blocked with --block-rpcs.
     assert (err.value.error_class, err.value.desc) == (
-        "CommandNotFound", "Command guest-exec has been disabled"
+        "CommandNotFound",
+        "Command guest-exec has been disabled",
     )
 
 
@@ -166,7 +163,8 @@ async def test_unknown_agent_command(fake_vm: FakeVM) -> None:
         with pytest.raises(RawQMPError) as err:
             await ga.execute("guest-fly")
     assert (err.value.error_class, err.value.desc) == (
-        "CommandNotFound", "The command guest-fly has not been found"
+        "CommandNotFound",
+        "The command guest-fly has not been found",
     )
 
 
@@ -198,8 +196,11 @@ async def test_agent_serves_one_client_at_a_time(fake_vm: FakeVM) -> None:
         ("guest-sync", {}, "Parameter 'id' is missing"),
         ("guest-sync", {"id": "x"}, "Invalid parameter type for 'id', expected: integer"),
         ("guest-exec", {}, "Parameter 'path' is missing"),
-        ("guest-exec", {"path": "/bin/true", "arg": ["ok", 5]},
-         "Invalid parameter type for 'arg[1]', expected: string"),
+        (
+            "guest-exec",
+            {"path": "/bin/true", "arg": ["ok", 5]},
+            "Invalid parameter type for 'arg[1]', expected: string",
+        ),
         ("guest-exec", {"path": "/bin/true", "bogus": 1}, "Parameter 'bogus' is unexpected"),
         ("guest-exec-status", {"pid": True}, "Invalid parameter type for 'pid', expected: integer"),
     ],

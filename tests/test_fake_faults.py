@@ -31,7 +31,9 @@ async def test_drop_on_command(fake_vm: FakeVM) -> None:
     fake_vm.faults.drop_on.add("query-balloon")
     async with await RawQMP.open(fake_vm.qmp_path) as qmp:
         assert await qmp.execute("query-status") == {
-            "status": "running", "singlestep": False, "running": True
+            "status": "running",
+            "singlestep": False,
+            "running": True,
         }
         with pytest.raises(EOFError):
             await qmp.execute("query-balloon")
@@ -99,8 +101,10 @@ async def test_stale_stats(fake_vm: FakeVM) -> None:
 
         async def fresh() -> bool:
             now = await qmp.execute("qom-get", stats)
-            return bool(now["stats"]["stat-disk-caches"] == fake_vm.guest.cache
-                        and now["last-update"] > frozen["last-update"])
+            return bool(
+                now["stats"]["stat-disk-caches"] == fake_vm.guest.cache
+                and now["last-update"] > frozen["last-update"]
+            )
 
         await poll_until(fresh, within=3, what="stats to flow again")
 

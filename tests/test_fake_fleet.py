@@ -28,7 +28,12 @@ async def test_fleet_names_sockets_and_seeds(fake_dir: Path) -> None:
         assert [vm.name for vm in fleet.vms] == ["vm1", "vm2", "vm3"]
         assert fleet["vm2"].qmp_path == fake_dir / "vm2.qmp"
         assert _listing(fake_dir) == [
-            "vm1.qga", "vm1.qmp", "vm2.qga", "vm2.qmp", "vm3.qga", "vm3.qmp",
+            "vm1.qga",
+            "vm1.qmp",
+            "vm2.qga",
+            "vm2.qmp",
+            "vm3.qga",
+            "vm3.qmp",
         ]
         for vm in fleet.vms:
             async with await RawQMP.open(vm.qmp_path) as qmp:
@@ -127,7 +132,8 @@ async def test_run_fleet_forever_prints_one_line_per_vm(fake_dir: Path) -> None:
     ]
     async with await RawQMP.open(fake_dir / "vm2.qmp") as qmp:
         assert await qmp.execute("query-memory-size-summary") == {
-            "base-memory": GiB, "plugged-memory": 0,
+            "base-memory": GiB,
+            "plugged-memory": 0,
         }
     stop.set()
     await asyncio.wait_for(task, 5)
@@ -140,15 +146,25 @@ async def test_python_m_balloonctl_fake_runs_until_signalled(
 ) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "balloonctl.fake", "--vms", "2", "--mem", "1G",
-        "--dir", str(fake_dir), "--workload", "idle",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        sys.executable,
+        "-m",
+        "balloonctl.fake",
+        "--vms",
+        "2",
+        "--mem",
+        "1G",
+        "--dir",
+        str(fake_dir),
+        "--workload",
+        "idle",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     try:
         assert proc.stdout is not None
         lines = [
-            (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
-            for _ in range(2)
+            (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip() for _ in range(2)
         ]
         assert lines[0].startswith(f"vm1 qmp={fake_dir / 'vm1.qmp'}")
         async with await RawQMP.open(fake_dir / "vm1.qmp") as qmp:
@@ -178,7 +194,9 @@ def test_the_fake_imports_no_ui_or_client_libraries() -> None:
 def test_python_m_refuses_a_bad_size() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "balloonctl.fake", "--mem", "lots"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "invalid size 'lots'" in result.stderr

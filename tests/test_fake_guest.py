@@ -258,17 +258,18 @@ def test_reclaim_order_holds_for_any_inflation(hint: bool, cache: int, size: int
 
 
 @pytest.mark.parametrize("hint", [False, True])
-async def test_inflating_a_running_vm_follows_the_hint(
-    fake_vm_factory: Any, hint: bool
-) -> None:
+async def test_inflating_a_running_vm_follows_the_hint(fake_vm_factory: Any, hint: bool) -> None:
     vm: FakeVM = await fake_vm_factory(hint_device=True)
     vm.guest.read_file(600 * MiB)
     free, cache = vm.guest.free, vm.guest.cache
     async with await RawQMP.open(vm.qmp_path) as qmp:
         await qmp.execute(
             "qom-set",
-            {"path": "/machine/peripheral/balloon0", "property": "reclaim-cache-first",
-             "value": hint},
+            {
+                "path": "/machine/peripheral/balloon0",
+                "property": "reclaim-cache-first",
+                "value": hint,
+            },
         )
         await qmp.execute("balloon", {"value": 2 * GiB - 400 * MiB})
         await poll_until(lambda: vm.guest.actual == 2 * GiB - 400 * MiB)

@@ -34,9 +34,7 @@ async def test_connect_negotiates_and_executes(fake_vm: FakeVM) -> None:
         version: Any = qmp.greeting.QMP.version
         assert version["qemu"]["major"] == 7
         assert await qmp.execute("query-balloon") == {"actual": 2 * GiB}
-        stats: Any = await qmp.execute(
-            "qom-get", {"path": BALLOON, "property": "guest-stats"}
-        )
+        stats: Any = await qmp.execute("qom-get", {"path": BALLOON, "property": "guest-stats"})
         assert stats["last-update"] > 0
 
 
@@ -55,8 +53,12 @@ async def test_concurrent_executes(fake_vm: FakeVM) -> None:
     [
         ("no-such", None, "CommandNotFound", "The command no-such has not been found"),
         ("balloon", {"value": 0}, "GenericError", "Parameter 'target' expects a size"),
-        ("qom-get", {"path": "/machine/peripheral/nope", "property": "guest-stats"},
-         "DeviceNotFound", "Device '/machine/peripheral/nope' not found"),
+        (
+            "qom-get",
+            {"path": "/machine/peripheral/nope", "property": "guest-stats"},
+            "DeviceNotFound",
+            "Device '/machine/peripheral/nope' not found",
+        ),
     ],
 )
 async def test_errors_arrive_as_execute_errors(

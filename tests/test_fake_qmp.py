@@ -116,8 +116,10 @@ async def test_garbage_input_gets_a_parse_error(fake_vm: FakeVM) -> None:
         ([1, 2], "QMP input must be a JSON object"),
         ({"id": "x"}, "QMP input lacks member 'execute'"),
         ({"execute": 5}, "QMP input member 'execute' must be a string"),
-        ({"execute": "query-balloon", "arguments": []},
-         "QMP input member 'arguments' must be an object"),
+        (
+            {"execute": "query-balloon", "arguments": []},
+            "QMP input member 'arguments' must be an object",
+        ),
         ({"execute": "query-balloon", "bogus": 1}, "QMP input member 'bogus' is unexpected"),
     ],
 )

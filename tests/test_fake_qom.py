@@ -17,9 +17,7 @@ STATS = {"path": BALLOON, "property": "guest-stats"}
 
 
 async def _stats(qmp: RawQMP, path: str = BALLOON) -> dict[str, Any]:
-    result: dict[str, Any] = await qmp.execute(
-        "qom-get", {"path": path, "property": "guest-stats"}
-    )
+    result: dict[str, Any] = await qmp.execute("qom-get", {"path": path, "property": "guest-stats"})
     return result
 
 
@@ -47,10 +45,7 @@ async def test_device_without_id_is_an_anonymous_device(fake_vm_factory: Any) ->
 
 async def test_device_property_listing(fake_vm: FakeVM) -> None:
     async with await RawQMP.open(fake_vm.qmp_path) as qmp:
-        props = {
-            p["name"]: p["type"]
-            for p in await qmp.execute("qom-list", {"path": BALLOON})
-        }
+        props = {p["name"]: p["type"] for p in await qmp.execute("qom-list", {"path": BALLOON})}
     assert props["guest-stats"] == "guest-statistics"
     assert props["guest-stats-polling-interval"] == "int"
     for name in ("deflate-on-oom", "free-page-hint", "free-page-reporting", "page-poison"):
@@ -167,9 +162,16 @@ async def test_stats_once_driver_loaded_are_real_values(fake_vm: FakeVM) -> None
         value = await _stats(qmp)
     stats = GuestStats.from_qom(value)
     assert set(value["stats"]) >= {
-        "stat-swap-in", "stat-swap-out", "stat-major-faults", "stat-minor-faults",
-        "stat-free-memory", "stat-total-memory", "stat-available-memory",
-        "stat-disk-caches", "stat-htlb-pgalloc", "stat-htlb-pgfail",
+        "stat-swap-in",
+        "stat-swap-out",
+        "stat-major-faults",
+        "stat-minor-faults",
+        "stat-free-memory",
+        "stat-total-memory",
+        "stat-available-memory",
+        "stat-disk-caches",
+        "stat-htlb-pgalloc",
+        "stat-htlb-pgfail",
     }
     assert stats.reported
     # Host wall-clock whole seconds.
@@ -190,9 +192,12 @@ async def test_stats_unreported_until_driver_loads(fake_vm_factory: Any) -> None
         await qmp.execute("balloon", {"value": GiB})
         assert await qmp.execute("query-balloon") == {"actual": 2 * GiB}
         # Polling stays off: the driver still pushes one sample when it loads.
-        assert await qmp.execute(
-            "qom-get", {"path": BALLOON, "property": "guest-stats-polling-interval"}
-        ) == 0
+        assert (
+            await qmp.execute(
+                "qom-get", {"path": BALLOON, "property": "guest-stats-polling-interval"}
+            )
+            == 0
+        )
         loaded = await poll_until(
             lambda: _reported(qmp), within=5, what="the driver's first sample"
         )
@@ -241,7 +246,8 @@ async def test_polling_interval_refreshes_stats(fake_vm: FakeVM) -> None:
         # Enabling polls at once: the new cache size shows up without waiting a period.
         await poll_until(
             lambda: _cache_is(qmp, first["stats"]["stat-disk-caches"] + 100 * MiB),
-            within=2, what="a refreshed sample",
+            within=2,
+            what="a refreshed sample",
         )
         start = (await _stats(qmp))["last-update"]
         await poll_until(
@@ -277,9 +283,10 @@ async def test_polling_interval_errors(fake_vm: FakeVM, value: Any, desc: str) -
 
 async def test_stats_on_the_virtio_backend_too(fake_vm: FakeVM) -> None:
     async with await RawQMP.open(fake_vm.qmp_path) as qmp:
-        assert await qmp.execute(
-            "qom-get", {"path": BALLOON, "property": "virtio-backend"}
-        ) == f"{BALLOON}/virtio-backend"
+        assert (
+            await qmp.execute("qom-get", {"path": BALLOON, "property": "virtio-backend"})
+            == f"{BALLOON}/virtio-backend"
+        )
         backend = await _stats(qmp, f"{BALLOON}/virtio-backend")
         assert backend == await _stats(qmp)
 
@@ -311,6 +318,7 @@ async def test_guest_stats_are_read_only(fake_vm: FakeVM) -> None:
 
 async def test_child_property_is_its_canonical_path(fake_vm: FakeVM) -> None:
     async with await RawQMP.open(fake_vm.qmp_path) as qmp:
-        assert await qmp.execute(
-            "qom-get", {"path": "balloon0", "property": "virtio-backend"}
-        ) == f"{BALLOON}/virtio-backend"
+        assert (
+            await qmp.execute("qom-get", {"path": "balloon0", "property": "virtio-backend"})
+            == f"{BALLOON}/virtio-backend"
+        )

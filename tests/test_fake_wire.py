@@ -19,8 +19,9 @@ _messages = st.lists(st.dictionaries(st.text(max_size=8), _json, max_size=4), ma
 
 
 @settings(max_examples=200, deadline=None)
-@given(messages=_messages, cuts=st.lists(st.integers(0, 10_000), max_size=12),
-       compact=st.booleans())
+@given(
+    messages=_messages, cuts=st.lists(st.integers(0, 10_000), max_size=12), compact=st.booleans()
+)
 def test_any_chunking_yields_the_same_messages(
     messages: list[dict[str, Any]], cuts: list[int], compact: bool
 ) -> None:

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mem", default="2G", help="guest RAM per VM (default 2G)")
     parser.add_argument("--dir", type=Path, default=None, help="socket directory")
     parser.add_argument(
-        "--workload", default="compile", choices=[*WORKLOADS, "none"],
+        "--workload",
+        default="compile",
+        choices=[*WORKLOADS, "none"],
         help="guest workload (default compile)",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -35,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--vms must be at least 1")
     directory = args.dir or Path(tempfile.mkdtemp(prefix="balloonctl-fake-"))
     workload = None if args.workload == "none" else args.workload
-    print(f"balloonctl fake: serving {args.vms} VMs in {directory} until Ctrl-C",
-          file=sys.stderr, flush=True)
+    print(
+        f"balloonctl fake: serving {args.vms} VMs in {directory} until Ctrl-C",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         serve(args.vms, ram, directory, workload, seed=args.seed)
     except OSError as exc:

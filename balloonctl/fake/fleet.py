@@ -71,4 +71,3 @@ class FakeFleet(Service):
     async def stop(self) -> None:
         await asyncio.gather(*(vm.stop() for vm in self.vms))
         await self.ticker.stop()
-

@@ -23,7 +23,10 @@ PCI_TYPE = "virtio-balloon-pci"
 BACKEND_TYPE = "virtio-balloon-device"
 PERMISSION_DENIED = "Insufficient permission to perform this operation"
 
+
 class _Prop:
+    """One QOM property: its QOM type name, a getter and (if writable) a setter."""
+
     __slots__ = ("getter", "kind", "setter")
 
     def __init__(
@@ -162,18 +165,14 @@ class Machine:
         )
         props["deflate-on-oom"] = fixed("deflate-on-oom", lambda: dev.deflate_on_oom)
         props["free-page-hint"] = fixed("free-page-hint", lambda: dev.free_page_hint)
-        props["free-page-reporting"] = fixed(
-            "free-page-reporting", lambda: dev.free_page_reporting
-        )
+        props["free-page-reporting"] = fixed("free-page-reporting", lambda: dev.free_page_reporting)
         props["page-poison"] = fixed("page-poison", lambda: dev.page_poison)
         props["qemu-4-0-config-size"] = fixed("qemu-4-0-config-size", lambda: False)
         props["iothread"] = _Prop("link<iothread>", lambda: "", read_only)
         props["indirect_desc"] = fixed("indirect_desc", lambda: True)
         props["event_idx"] = fixed("event_idx", lambda: True)
         if dev.hint_device:
-            props["reclaim-cache-first"] = _Prop(
-                "bool", lambda: dev.guest.hint, self._set_hint
-            )
+            props["reclaim-cache-first"] = _Prop("bool", lambda: dev.guest.hint, self._set_hint)
 
     def _set_polling_interval(self, value: Any) -> None:
         assert self.device is not None

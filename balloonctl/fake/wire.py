@@ -152,7 +152,11 @@ class JSONStream:
 
 
 _TYPE_NAMES = {
-    int: "integer", str: "string", bool: "boolean", dict: "object", list: "array",
+    int: "integer",
+    str: "string",
+    bool: "boolean",
+    dict: "object",
+    list: "array",
 }
 
 
@@ -195,8 +199,9 @@ def timestamp(wall: float | None = None) -> dict[str, int]:
     return {"seconds": seconds, "microseconds": int((now - seconds) * 1_000_000)}
 
 
-def event(name: str, data: dict[str, Any] | None = None, *, wall: float | None = None
-          ) -> dict[str, Any]:
+def event(
+    name: str, data: dict[str, Any] | None = None, *, wall: float | None = None
+) -> dict[str, Any]:
     msg: dict[str, Any] = {"event": name}
     if data is not None:
         msg["data"] = data
