@@ -7,7 +7,9 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rawqmp import RawQMP
 
+from balloonctl.fake import FakeVM
 from balloonctl.fake.wire import JSONStream, ParseError, encode, event, timestamp
 
 _json = st.recursive(
@@ -72,3 +74,25 @@ def test_event_timestamp() -> None:
         "data": {"guest": True},
         "timestamp": {"seconds": 5, "microseconds": 500000},
     }
+
+
+def test_top_level_scalars_are_values_and_tokens_may_be_split() -> None:
+    stream = JSONStream()
+    assert stream.feed(b"12") == []  # the number may go on
+    assert stream.feed(b'3 "s" tr') == [123, "s"]
+    assert stream.feed(b"ue ") == [True]
+    out = stream.feed(b"garbage\n")
+    assert len(out) == 1 and isinstance(out[0], ParseError)
+    assert out[0].text == "invalid keyword 'garbage'"
+
+
+async def test_bare_values_are_not_commands(fake_vm: FakeVM) -> None:
+    async with await RawQMP.open(fake_vm.qmp_path) as qmp:
+        qmp.send(b'5 "x" ')
+        for _ in range(2):
+            assert (await qmp.recv())["error"] == {
+                "class": "GenericError",
+                "desc": "QMP input must be a JSON object",
+            }
+        qmp.send(b"bogus ")
+        assert (await qmp.recv())["error"]["desc"] == "JSON parse error, invalid keyword 'bogus'"

@@ -104,20 +104,20 @@ class JSONStream:
                     self._escape = True
                 elif ch == '"':
                     self._in_string = False
+                    if self._depth == 0:  # a bare string: JSON, but not a command
+                        out.append(self._decode(buf[start : i + 1]))
+                        start = i + 1
             elif ch == '"':
                 if self._depth == 0:
-                    start, i = self._junk(buf, start, i, out)
-                    continue
+                    start = i
                 self._in_string = True
             elif ch in "{[":
                 if self._depth == 0:
-                    if buf[start:i].strip(_WHITESPACE):
-                        out.append(ParseError(buf[start:i].strip(_WHITESPACE)))
                     start = i
                 self._depth += 1
             elif ch in "}]":
                 if self._depth == 0:
-                    out.append(ParseError(ch))
+                    out.append(ParseError(f"stray '{ch}'"))
                     start = i + 1
                 else:
                     self._depth -= 1
@@ -125,29 +125,42 @@ class JSONStream:
                         out.append(self._decode(buf[start : i + 1]))
                         start = i + 1
             elif self._depth == 0 and ch not in _WHITESPACE:
-                start, i = self._junk(buf, start, i, out)
+                end = self._token_end(buf, i)
+                if end == n:  # the token may go on in the next read, as QEMU's lexer waits
+                    start = i
+                    break
+                out.append(self._scalar(buf[i:end]))
+                start = i = end
                 continue
             i += 1
         self._buf = buf[start:]
-        self._scan = n - start
+        self._scan = i - start
         if len(self._buf) > _MAX_MESSAGE:
-            out.append(ParseError(self._buf[:40]))
+            out.append(ParseError("message too long"))
             self.reset()
         return out
 
-    def _junk(self, buf: str, start: int, i: int, out: list[Any]) -> tuple[int, int]:
-        """Top-level text that cannot start a JSON object: report it up to the next space."""
-        j = i
-        while j < len(buf) and buf[j] not in _WHITESPACE and buf[j] not in "{[":
-            j += 1
-        out.append(ParseError(buf[i:j]))
-        return j, j
+    @staticmethod
+    def _token_end(buf: str, i: int) -> int:
+        while i < len(buf) and buf[i] not in _WHITESPACE and buf[i] not in '{["':
+            i += 1
+        return i
+
+    @staticmethod
+    def _scalar(token: str) -> Any:
+        """A top-level token outside braces: a number or keyword (valid JSON, though no
+        command) or junk."""
+        try:
+            return json.loads(token)
+        except ValueError:
+            what = "invalid keyword" if token.isalpha() else "stray"
+            return ParseError(f"{what} '{token}'")
 
     def _decode(self, text: str) -> Any:
         try:
             value, _ = self._decoder.raw_decode(text)
         except json.JSONDecodeError as exc:
-            return ParseError(f"{exc.msg} at {exc.pos}")
+            return ParseError(f"{exc.msg[0].lower()}{exc.msg[1:]} at offset {exc.pos}")
         return value
 
 
