@@ -78,3 +78,25 @@ async def client_for() -> AsyncIterator[Callable[..., Any]]:
     yield make
     for client in clients:
         await client.close()
+
+
+# --- more of the fake QEMU ------------------------------------------------------------
+
+
+@pytest.fixture
+async def fake_fleet_factory(fake_dir: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await fake_fleet_factory(n, **FakeVM kwargs)`` -> a started FakeFleet of vm1..vmN
+    in ``fake_dir`` with the fast test defaults; stopped at teardown."""
+    from balloonctl.fake import FakeFleet
+
+    fleets: list[FakeFleet] = []
+
+    async def make(n: int = 3, **kwargs: Any) -> FakeFleet:
+        fleet = FakeFleet(n, fake_dir, **{**FAKE_FAST, **kwargs})
+        await fleet.start()
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        await fleet.stop()

@@ -200,3 +200,9 @@ def test_python_m_refuses_a_bad_size() -> None:
     )
     assert result.returncode == 2
     assert "invalid size 'lots'" in result.stderr
+
+
+async def test_fleet_fixture(fake_fleet_factory: Any) -> None:
+    fleet: FakeFleet = await fake_fleet_factory(2, ram=GiB)
+    async with await RawQMP.open(fleet["vm2"].qmp_path) as qmp:
+        assert await qmp.execute("query-balloon") == {"actual": GiB}
