@@ -148,7 +148,8 @@ def _stat(value: Any) -> int | None:
 class GuestStats:
     """The balloon device's ``guest-stats`` QOM property. ``None`` means not reported.
 
-    Memory values are bytes, faults and swap are counts (pages). ``last_update`` is host
+    Memory values and swap in/out are bytes (the Linux driver reports swap as
+    ``pages_to_bytes(PSWPIN/PSWPOUT)``); faults are counts. ``last_update`` is host
     wall-clock whole seconds; 0 means the guest driver never reported.
     """
 
