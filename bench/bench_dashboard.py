@@ -96,7 +96,7 @@ def slope_mib_per_min(points: list[tuple[float, int]]) -> float:
 def summarise(sampler: Sampler, polls: int, warmup: float) -> dict[str, Any]:
     s = sampler.samples
     t_end, cpu_end, rss_end = s[-1]
-    # CPU and slope after warm-up (imports, first connects, filling the history rings).
+    # CPU and slope after warm-up (imports, first connects, caches filling).
     steady = [x for x in s if x[0] >= warmup] or s
     t0, cpu0, rss0 = steady[0]
     return {
@@ -110,6 +110,11 @@ def summarise(sampler: Sampler, polls: int, warmup: float) -> dict[str, Any]:
         "slope": slope_mib_per_min([(t, r) for t, _, r in steady]),
         "samples": [(round(t, 1), round(100 * c / max(t, 1e-9), 1), r) for t, c, r in s],
     }
+
+
+def warmup_of(duration: float) -> float:
+    """Seconds excluded from the steady-state figures: a third of the run, at most 60 s."""
+    return min(60.0, duration / 3)
 
 
 def refs_from(lines: list[str]) -> list[Any]:
@@ -165,7 +170,7 @@ def run_phase(name: str, args: argparse.Namespace) -> None:
     }
     polls = asyncio.run(phases[name](refs, args, sampler))
     sampler.stop()
-    print(json.dumps(summarise(sampler, polls, warmup=min(20.0, args.duration / 4))))
+    print(json.dumps(summarise(sampler, polls, warmup=warmup_of(args.duration))))
 
 
 # -- orchestration (the parent process) -------------------------------------------------------
@@ -176,7 +181,9 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
 
-def start_fleet(args: argparse.Namespace, directory: Path) -> tuple[subprocess.Popen[str], list[str]]:
+def start_fleet(
+    args: argparse.Namespace, directory: Path
+) -> tuple[subprocess.Popen[str], list[str]]:
     fleet = subprocess.Popen(
         [sys.executable, "-m", "balloonctl.fake", "--vms", str(args.vms), "--dir",
          str(directory), "--workload", "compile"],
@@ -244,6 +251,8 @@ def main() -> int:
     header = (f"{'phase':<10} {'polls':>6} {'CPU% 1 core':>12} {'(incl. start)':>14} "
               f"{'RSS start':>11} {'RSS warm':>11} {'RSS end':>11} {'slope MiB/min':>14}")
     print(header)
+    print(f"(CPU% and slope after a {warmup_of(args.duration):g} s warm-up; "
+          "'incl. start' counts from the first frame)")
     for name, r in results.items():
         print(f"{name:<10} {r['polls']:>6} {r['cpu_pct']:>11.1f}% {r['cpu_pct_all']:>13.1f}% "
               f"{mib(r['rss_start']):>11} {mib(r['rss_warm']):>11} {mib(r['rss_end']):>11} "

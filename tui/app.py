@@ -110,8 +110,10 @@ class DashboardApp(App[None]):
     @work(exclusive=True, group="poll", exit_on_error=False)
     async def _poll(self) -> None:
         failures = 0
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
+            started = loop.time()
             try:
                 states = await asyncio.wait_for(self.source.snapshot(), self.snapshot_timeout)
             except TimeoutError:
@@ -125,7 +127,9 @@ class DashboardApp(App[None]):
             else:
                 failures = 0
                 self.post_message(SnapshotReady(states))
+            # A poll every interval, start to start; a slow poll is followed at once.
             delay = backoff(failures, self.interval) if failures else self.interval
+            delay = max(0.0, delay - (loop.time() - started))
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:

@@ -105,8 +105,14 @@ class FleetTable(DataTable[Cell]):
         self._sorted_by: tuple[str, bool] | None = None
         # Cell renders keyed on each cell's own version (see _render_cell).
         self._versions: dict[tuple[str, str], int] = {}
-        self._cell_lines: LRUCache[tuple[object, ...], list[list[Segment]]] = LRUCache(4096)
-        self._cell_render_cache = LRUCache(1024)  # DataTable's own; ours serves most hits
+        self._cell_lines: LRUCache[tuple[object, ...], list[list[Segment]]] = LRUCache(2048)
+        # DataTable's own caches are keyed on its table-wide update counter, so after a
+        # poll their old entries are dead weight: keep them to about a screenful, so memory
+        # levels off after a few polls instead of after a thousand cached lines.
+        self._cell_render_cache = LRUCache(256)
+        self._row_render_cache = LRUCache(256)
+        self._row_renderable_cache = LRUCache(256)
+        self._line_cache = LRUCache(256)
         self.fixed_columns = 2
         self.add_column(" ", key="sel", width=1)
         for column in COLUMNS:
