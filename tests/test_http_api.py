@@ -7,6 +7,8 @@ lives in test_tui_fake.py.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from balloonctl.errors import (
     UsageError,
 )
 from balloonctl.http import HttpSource, create_app
+from balloonctl.model import BalloonState
+from balloonctl.qmp import BalloonEvent
 from balloonctl.units import GiB, MiB, SizeKind, TargetSpec, parse_target
 from tui.targets import absolute
 from tui.testing import StaticSource, sample_states
@@ -162,3 +166,41 @@ async def test_served_over_a_unix_socket(tmp_path: Path, source: StaticSource) -
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+def _roots_after(program: str) -> set[str]:
+    code = program + "\nimport sys\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return set(out.split())
+
+
+def test_layering_each_side_imports_only_its_framework() -> None:
+    client = _roots_after("from balloonctl.http import HttpSource")
+    assert "httpx" in client and not client & {"starlette", "uvicorn", "textual"}
+    server = _roots_after("from balloonctl.http import create_app")
+    assert "starlette" in server and not server & {"textual", "uvicorn"}
+    dashboard = _roots_after("import tui.app")
+    assert "textual" in dashboard and not dashboard & {"starlette", "httpx", "uvicorn"}
+
+
+class EventfulSource(StaticSource):
+    """Emits a reconnect (carrying the re-read state) and a BALLOON_CHANGE, then ends."""
+
+    async def events(self) -> AsyncIterator[tuple[str, BalloonEvent]]:
+        yield "vm1", BalloonEvent("BALLOONCTL_CONNECTED", {"state": self.states["vm1"]}, 1.0)
+        yield "vm1", BalloonEvent("BALLOON_CHANGE", {"actual": GiB}, 2.5)
+
+
+async def test_events_stream_through_http_with_states_rebuilt() -> None:
+    source = EventfulSource(sample_states(2))
+    transport = httpx.ASGITransport(app=create_app(source))
+    async with HttpSource("http://test", transport=transport) as s:
+        got = [pair async for pair in s.events()]
+    assert [(name, e.name) for name, e in got] == [
+        ("vm1", "BALLOONCTL_CONNECTED"), ("vm1", "BALLOON_CHANGE"),
+    ]
+    state = got[0][1].data["state"]
+    assert isinstance(state, BalloonState)
+    assert state.to_json() == source.states["vm1"].to_json()
+    assert got[1][1].data == {"actual": GiB} and got[1][1].timestamp == 2.5
