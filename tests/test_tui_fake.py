@@ -180,3 +180,20 @@ async def test_dashboard_over_http_over_qmp(fake_vm_factory: Factory) -> None:
                              what="hint over HTTP")
     finally:
         await fleet.close()
+
+
+async def test_a_busy_vm_shows_busy_and_the_rest_keep_updating(
+    fake_vm_factory: Factory,
+) -> None:
+    vm1, vm2 = await fake_vm_factory("vm1"), await fake_vm_factory("vm2")
+    vm2.faults.never_greet = True  # as if another QMP client held vm2's socket
+    app = dashboard(fleet_of(vm1, vm2))
+    async with app.run_test(size=SIZE) as pilot:
+        table = await first_poll(pilot, app)
+        assert cell(table, "vm2", "state").startswith("busy:")
+        await pilot.press("minus")  # vm1 keeps answering while vm2 times out every poll
+        await wait_until(pilot, lambda: cell(table, "vm1", "actual") == "1.9G", what="vm1")
+        await pilot.press("down")
+        assert table.cursor_vm == "vm2"
+        vm2.faults.never_greet = False
+        await wait_until(pilot, lambda: cell(table, "vm2", "state") == "ok", what="vm2 free")
