@@ -7,6 +7,7 @@ behaviour (dialog, selection, sort, filter, palette, failures) quickly.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 from pathlib import Path
 
@@ -294,3 +295,25 @@ async def test_run_dashboard_closes_its_source() -> None:
     assert source.closed
 
 
+
+
+async def test_a_row_shown_again_after_a_filter_shows_its_new_numbers() -> None:
+    source = StaticSource(sample_states(3))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        assert "274M" in app.export_screenshot()  # vm2's free memory
+        await pilot.press("slash", *"vm1", "enter")
+        await wait_until(pilot, lambda: app.main.table.row_count == 1, what="the filter")
+        vm2 = source.states["vm2"]
+        assert vm2.stats is not None
+        source.states["vm2"] = vm2.with_changes(
+            stats=dataclasses.replace(vm2.stats, free_memory=999 * MiB)
+        )
+        polls = app.polls
+        await wait_until(pilot, lambda: app.polls >= polls + 2, what="polls")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.main.table.row_count == 3, what="all rows")
+        await pilot.pause()
+        shot = app.export_screenshot()
+        assert "999M" in shot and "274M" not in shot

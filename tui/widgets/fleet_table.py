@@ -135,19 +135,19 @@ class FleetTable(DataTable[Cell]):
         for name in [n for n in self._cells if n not in wanted_set]:
             self.remove_row(name)
             del self._cells[name]
-            for cell_id in [c for c in self._versions if c[0] == name]:
-                del self._versions[cell_id]
         column_keys = ("sel", *(column.key for column in COLUMNS))
         for row in rows:
             cells = row_cells(row, row.name in selected)
             old = self._cells.get(row.name)
             if old is None:
+                # A row shown again (after a filter) must not hit renders of its old values.
+                for column in column_keys:
+                    self._bump(row.name, column)
                 self.add_row(*cells, key=row.name)
             else:
                 for column, new, prev in zip(column_keys, cells, old, strict=True):
                     if new != prev:
-                        cell_id = (row.name, column)
-                        self._versions[cell_id] = self._versions.get(cell_id, 0) + 1
+                        self._bump(row.name, column)
                         self.update_cell(row.name, column, new, update_width=False)
             self._cells[row.name] = cells
         if [r.key.value for r in self.ordered_rows] != wanted:
@@ -155,6 +155,10 @@ class FleetTable(DataTable[Cell]):
             self.sort("name", key=lambda name: position[str(name)])
             if cursor_vm in position:
                 self.move_cursor(row=position[cursor_vm], scroll=False)
+
+    def _bump(self, name: str, column: str) -> None:
+        cell_id = (name, column)
+        self._versions[cell_id] = self._versions.get(cell_id, 0) + 1
 
     def _render_cell(
         self,
