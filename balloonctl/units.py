@@ -82,25 +82,33 @@ def _explain(text: str) -> str:
 def parse_size(text: str) -> int:
     """Parse an absolute, positive size such as ``512M``, ``1.5G`` or ``2GB`` into bytes.
 
-    Fractions of a byte are rounded down.
+    Fractions of a byte from a unit are rounded down (``0.3K`` is 307 bytes); a fraction
+    without a unit (``1.5``, ``1.5B``) is refused.
 
     Raises:
-        SizeError: the text is not a size, is zero, is negative or is absurdly large.
+        SizeError: the text is not a size, is zero, is negative, is a fraction of a byte
+            or is absurdly large.
     """
-    raw = text
-    text = text.strip()
-    m = _SIZE_RE.match(text)
+    return _size_bytes(text, text)
+
+
+def _size_bytes(text: str, shown: str) -> int:
+    """``parse_size`` of ``text``; errors quote ``shown``, what the user typed."""
+    m = _SIZE_RE.match(text.strip())
     if m is None:
-        raise SizeError(_explain(raw))
+        raise SizeError(_explain(shown))
     unit = m.group("unit").lower()
     if unit not in _MULTIPLIERS:
-        raise SizeError(f"invalid size {raw!r}: unknown unit {m.group('unit')!r} "
+        raise SizeError(f"invalid size {shown!r}: unknown unit {m.group('unit')!r} "
                         "(use B, K, M, G, T, P, KiB..PiB or KB..PB)")
-    value = int(Fraction(m.group("num")) * _MULTIPLIERS[unit])
+    number = Fraction(m.group("num"))
+    if _MULTIPLIERS[unit] == 1 and number.denominator != 1:
+        raise SizeError(f"invalid size {shown!r}: fractional bytes need a unit (e.g. 1.5G)")
+    value = int(number * _MULTIPLIERS[unit])
     if value <= 0:
-        raise SizeError(f"invalid size {raw!r}: must be greater than zero")
+        raise SizeError(f"invalid size {shown!r}: must be greater than zero")
     if value > _MAX_BYTES:
-        raise SizeError(f"invalid size {raw!r}: too large")
+        raise SizeError(f"invalid size {shown!r}: too large")
     return value
 
 
@@ -153,7 +161,7 @@ def parse_target(text: str) -> TargetSpec:
     stripped = text.strip()
     if stripped.startswith(("+", "-")):
         sign = -1 if stripped[0] == "-" else 1
-        delta = parse_size(stripped[1:])
+        delta = _size_bytes(stripped[1:], text)
         return TargetSpec(SizeKind.RELATIVE, sign * delta, stripped)
     m = _PERCENT_RE.match(stripped)
     if m is not None:

@@ -158,3 +158,20 @@ def test_format_duration_parses_back_when_short(s: int) -> None:
         assert parse_duration(text) == s
     assert text[0].isdigit()
     assert format_duration(None) == "-"
+
+
+@pytest.mark.parametrize("text", ["1.5", "1.5B", "0.5", " 2.25 b"])
+def test_fractional_bytes_need_a_unit(text: str) -> None:
+    with pytest.raises(SizeError, match="fractional bytes need a unit") as info:
+        parse_size(text)
+    assert repr(text) in str(info.value)
+    with pytest.raises(SizeError, match="fractional bytes need a unit"):
+        parse_target(text)
+    assert parse_size("1.0") == 1 and parse_size("0.5K") == 512
+
+
+@pytest.mark.parametrize("text", ["+-1G", "-0", "+0M", "--1G", "-", "+1.5", "-abc"])
+def test_relative_target_errors_quote_what_was_typed(text: str) -> None:
+    with pytest.raises(SizeError) as info:
+        parse_target(text)
+    assert f"invalid size {text!r}" in str(info.value)
