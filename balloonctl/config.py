@@ -43,6 +43,7 @@ __all__ = [
     "Defaults",
     "Inventory",
     "busy_advice",
+    "check_dir",
     "config_path",
     "is_libvirt_socket",
     "load_config",
@@ -149,34 +150,47 @@ def _limits(table: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
-    """Read the TOML config; a missing file is an empty config.
+    """Read the TOML config: ``path`` (given by the user: it must exist), else the default
+    (``config_path``), where a missing file is an empty config.
 
     Raises:
-        UsageError: the file is not valid TOML or has a bad setting (the message names it).
+        UsageError: ``path`` is missing or not a file, or the file is not valid TOML or has
+            a bad setting (the message names the file and the setting).
     """
+    explicit = path is not None
     path = config_path(env) if path is None else path
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        if explicit:
+            raise UsageError(f"config {path}: no such file") from None
         return Config(path=None)
+    except IsADirectoryError:
+        raise UsageError(f"config {path}: is a directory, not a file") from None
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
     import tomllib  # only when there is a config: completion stays cheap without one
 
     try:
         doc = tomllib.loads(data.decode("utf-8", errors="replace"))
+        return _parse_config(doc, path)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config {path}: {exc}") from None
+    except UsageError as exc:  # the one place a config error gets the file's name
+        raise UsageError(f"config {path}: {exc.message}") from None
 
+
+def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
+    """Raises: UsageError: a bad setting (named, without the file)."""
     unknown = set(doc) - {"defaults", "vm"}
     if unknown:
-        raise UsageError(f"config {path}: unknown table(s) {', '.join(sorted(unknown))}")
+        raise UsageError(f"unknown table(s) {', '.join(sorted(unknown))}")
     raw_defaults = doc.get("defaults", {})
     if not isinstance(raw_defaults, dict):
-        raise UsageError(f"config {path}: [defaults] must be a table")
+        raise UsageError("[defaults] must be a table")
     d = _limits(raw_defaults, "defaults")
     if "qmp" in d or "qga" in d:
-        raise UsageError(f"config {path}: defaults cannot set qmp or qga")
+        raise UsageError("defaults cannot set qmp or qga")
     defaults = Defaults(
         directory=d.get("dir"),
         timeout=d.get("timeout"),
@@ -189,13 +203,13 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
     overlays: dict[str, dict[str, Any]] = {}
     raw_vms = doc.get("vm", {})
     if not isinstance(raw_vms, dict):
-        raise UsageError(f"config {path}: [vm.NAME] entries must be tables")
+        raise UsageError("[vm.NAME] entries must be tables")
     for name, table in raw_vms.items():
         if not isinstance(table, dict):
-            raise UsageError(f"config {path}: vm.{name} must be a table")
+            raise UsageError(f"vm.{name} must be a table")
         settings = _limits(table, f"vm.{name}")
         if "dir" in settings or "timeout" in settings:
-            raise UsageError(f"config {path}: vm.{name} cannot set dir or timeout")
+            raise UsageError(f"vm.{name} cannot set dir or timeout")
         qmp = settings.pop("qmp", None)
         qga = settings.pop("qga", None)
         overlays[name] = settings
@@ -204,6 +218,23 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
         elif qga is not None:
             overlays[name]["qga"] = qga
     return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays)
+
+
+def check_dir(directory: str, given_as: str) -> str:
+    """``directory`` (``~`` expanded) when it is a readable directory.
+
+    Raises:
+        UsageError: it is missing, not a directory or unreadable; ``given_as`` says where
+            the user gave it (``--dir``, ``BALLOONCTL_DIR``).
+    """
+    path = os.path.expanduser(directory)
+    if not os.path.exists(path):
+        raise UsageError(f"{given_as} {directory}: no such directory")
+    if not os.path.isdir(path):
+        raise UsageError(f"{given_as} {directory}: not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise UsageError(f"{given_as} {directory}: permission denied")
+    return path
 
 
 def scan_dir(directory: str | Path, *, source: str = "dir") -> list[VmRef]:
@@ -253,8 +284,10 @@ def scan_proxmox(roots: Iterable[Path]) -> list[VmRef]:
 
 def is_libvirt_socket(path: str) -> bool:
     """True when the socket lives where libvirt keeps the monitors of its domains."""
-    real = os.path.abspath(path)
-    return any(real == root or real.startswith(root + os.sep) for root in LIBVIRT_ROOTS)
+    # a symlink (or /var/run -> /run) to libvirt's socket is still libvirt's
+    real = os.path.realpath(path)
+    roots = {r for root in LIBVIRT_ROOTS for r in (root, os.path.realpath(root))}
+    return any(real == root or real.startswith(root + os.sep) for root in roots)
 
 
 def busy_advice(ref: VmRef) -> str | None:
@@ -308,7 +341,9 @@ class Inventory:
         """Merge every source (see the module docstring); never connects to a socket.
 
         Raises:
-            UsageError: a bad config, or ``qga`` given without exactly one ``qmp``.
+            UsageError: a bad config, a missing ``--config`` file, a ``directory`` (or
+                ``$BALLOONCTL_DIR``) that is not a directory, or ``qga`` given without
+                exactly one ``qmp``.
         """
         env = os.environ if env is None else env
         if qga is not None and len(qmp) != 1:
@@ -325,9 +360,13 @@ class Inventory:
 
         add(scan_proxmox(wellknown_roots(env) if roots is None else roots))
         add(cfg.vms)
-        dir_ = directory or env.get(ENV_DIR) or cfg.defaults.directory
-        if dir_:
-            add(scan_dir(os.path.expanduser(dir_)))
+        # a directory the user named must exist; the config's standing default may not yet
+        if directory:
+            add(scan_dir(check_dir(directory, "--dir")))
+        elif env.get(ENV_DIR):
+            add(scan_dir(check_dir(env[ENV_DIR], ENV_DIR)))
+        elif cfg.defaults.directory:
+            add(scan_dir(os.path.expanduser(cfg.defaults.directory)))
         explicit = [_parse_qmp_arg(a) for a in qmp]
         add(
             VmRef(name=name, qmp=path, qga=os.path.expanduser(qga) if qga else None)

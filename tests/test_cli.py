@@ -258,9 +258,22 @@ def test_unknown_vm_suggests_close_names(start: Start, cli: Cli) -> None:
 
 
 def test_no_inventory_says_where_vms_come_from(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
     r = cli("status", extra_env={"BALLOONCTL_DIR": str(tmp_path / "empty")})
     assert r.exit_code == ExitCode.USAGE
     assert "--qmp" in r.stderr and "BALLOONCTL_DIR" in r.stderr
+
+
+def test_a_dir_or_config_given_explicitly_must_exist(start: Start, cli: Cli,
+                                                     tmp_path: Path) -> None:
+    start("vm1")
+    r = cli("--dir", str(tmp_path / "nope"), "status")
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr == f"balloonctl: error: --dir {tmp_path / 'nope'}: no such directory\n"
+    r = cli("status", extra_env={"BALLOONCTL_DIR": str(tmp_path / "nope")})
+    assert r.exit_code == ExitCode.USAGE and "BALLOONCTL_DIR" in r.stderr
+    r = cli("--config", str(tmp_path / "nope.toml"), "status")
+    assert r.exit_code == ExitCode.USAGE and "nope.toml: no such file" in r.stderr
 
 
 def test_qmp_error_is_reported(start: Start, cli: Cli) -> None:
@@ -498,6 +511,7 @@ def test_config_file_vms_and_limits(start: Start, cli: Cli, tmp_path: Path,
     cfg.write_text(
         f'[defaults]\nmin = "1G"\n\n[vm.db]\nqmp = "{fake_dir}/vm1.qmp"\nmax = "1.5G"\n'
     )
+    (tmp_path / "none").mkdir()
     r = cli("--config", str(cfg), "set", "db", "1.8G",
             extra_env={"BALLOONCTL_DIR": str(tmp_path / "none")})
     assert r.exit_code == ExitCode.UNSAFE_TARGET and "maximum" in r.stderr

@@ -147,8 +147,44 @@ def test_bad_config_names_the_setting(tmp_path: Path, text: str, message: str) -
         load_config(cfg)
 
 
-def test_missing_config_is_empty(tmp_path: Path) -> None:
-    assert load_config(tmp_path / "nope.toml").vms == ()
+def test_missing_default_config_is_empty(tmp_path: Path) -> None:
+    assert load_config(env={"XDG_CONFIG_HOME": str(tmp_path)}).vms == ()
+    assert load_config(env={"BALLOONCTL_CONFIG": str(tmp_path / "nope.toml")}).path is None
+
+
+def test_a_config_the_user_named_must_exist(tmp_path: Path, env: dict[str, str]) -> None:
+    with pytest.raises(UsageError, match=r"config .*nope\.toml: no such file"):
+        Inventory.load(config=tmp_path / "nope.toml", env=env)
+    with pytest.raises(UsageError, match="is a directory"):
+        Inventory.load(config=tmp_path, env=env)
+
+
+def test_a_dir_the_user_named_must_exist(tmp_path: Path, env: dict[str, str]) -> None:
+    file = tmp_path / "f.qmp"
+    file.touch()
+    with pytest.raises(UsageError, match=r"--dir .*missing: no such directory"):
+        Inventory.load(directory=str(tmp_path / "missing"), env=env)
+    with pytest.raises(UsageError, match=r"--dir .*f\.qmp: not a directory"):
+        Inventory.load(directory=str(file), env=env)
+    with pytest.raises(UsageError, match="BALLOONCTL_DIR .*missing: no such directory"):
+        Inventory.load(env={**env, "BALLOONCTL_DIR": str(tmp_path / "missing")})
+    # an unset BALLOONCTL_DIR and absent Proxmox roots stay silent
+    assert Inventory.load(env=env, roots=[tmp_path / "no-proxmox"]).names == []
+
+
+def test_config_value_errors_name_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[vm.vm1]\nmax = "lots"\n')
+    with pytest.raises(UsageError) as info:
+        load_config(cfg)
+    assert str(info.value).startswith(f"config {cfg}: vm.vm1.max: invalid size 'lots'")
+
+
+def test_a_symlink_to_a_libvirt_monitor_is_libvirt(tmp_path: Path) -> None:
+    link = tmp_path / "web1.sock"
+    link.symlink_to("/var/lib/libvirt/qemu/domain-3-web1/monitor.sock")
+    assert is_libvirt_socket(str(link))
+    assert not is_libvirt_socket(str(tmp_path / "plain.sock"))
 
 
 def test_select_by_name_glob_and_all() -> None:
