@@ -98,6 +98,17 @@ def test_status_table_lists_every_vm(start: Start, cli: Cli) -> None:
     assert lines[2].split()[1:4] == ["ok", "1G", "1G"]
 
 
+def test_status_table_shows_swap_in_and_out_as_sizes(start: Start, cli: Cli) -> None:
+    vm = start("vm1")
+    vm.call_threadsafe(setattr, vm.guest, "swap_in", 3 * MiB)
+    vm.call_threadsafe(setattr, vm.guest, "swap_out", 5 * GiB)
+    assert cli("stats", "vm1", "--interval", "1").exit_code == ExitCode.OK
+    wait_until(lambda: "3M" in cli("status").stdout)
+    header, row = cli("status").stdout.splitlines()
+    cells = dict(zip(header.split(), row.split(), strict=True))
+    assert (cells["SWAPIN"], cells["SWAPOUT"]) == ("3M", "5G")
+
+
 def test_status_json_is_exactly_the_snapshot(start: Start, cli: Cli) -> None:
     start("vm1")
     r = cli("status", "--json")

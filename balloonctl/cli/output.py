@@ -86,10 +86,6 @@ def size(n: int | None) -> str:
     return format_size(n, compact=True)
 
 
-def count(n: int | None) -> str:
-    return "-" if n is None else str(n)
-
-
 def state_row(s: BalloonState) -> list[str]:
     st = s.stats
     return [
@@ -101,8 +97,8 @@ def state_row(s: BalloonState) -> list[str]:
         size(st.free_memory if st else None),
         size(st.disk_caches if st else None),
         size(st.available_memory if st else None),
-        count(st.swap_in if st else None),
-        count(st.swap_out if st else None),
+        size(st.swap_in if st else None),  # bytes, as the driver reports them
+        size(st.swap_out if st else None),
         _hint(s),
         format_duration(s.stats_age),
     ]
