@@ -434,6 +434,26 @@ class Inventory:
             raise self._unknown(pattern)
         return list(chosen.values())
 
+    def select_one(self, pattern: str, *, command: str) -> VmRef:
+        """The one VM ``pattern`` names, for a ``command`` that works on a single VM.
+
+        Raises:
+            UnknownVM: it matches nothing.
+            UsageError: it is a glob matching several VMs.
+        """
+        refs = self.select([pattern])
+        if len(refs) > 1:
+            names = ", ".join(r.name for r in refs)
+            raise UsageError(f"{command} takes one VM; {pattern!r} matches {names}")
+        return refs[0]
+
+    def matches(self, pattern: str) -> bool:
+        """True when ``pattern`` names a known VM, exactly or as a glob."""
+        if pattern in self._refs:
+            return True
+        return bool(_GLOB_CHARS.search(pattern)) and any(
+            fnmatch.fnmatchcase(n, pattern) for n in self._refs)
+
     def suggestions(self, name: str) -> list[str]:
         return difflib.get_close_matches(name, self._refs, n=3, cutoff=0.5)
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from balloonctl.errors import UsageError
 from balloonctl.model import BalloonState, VmRef, default_floor
 from balloonctl.units import MiB, format_size
 
 __all__ = [
     "Decision",
+    "check_wave",
     "clamp_step",
     "share_targets",
     "triangle_wave",
@@ -45,6 +47,22 @@ def triangle_wave(t: float, *, minimum: int, maximum: int, period: float) -> int
     depth = 1.0 - abs(2.0 * phase - 1.0)  # 0 at the ends, 1 in the middle
     value = maximum - round((maximum - minimum) * depth)
     return max(minimum, min(maximum, _align(value) if value != maximum else value))
+
+
+def check_wave(*, minimum: int, maximum: int, period: float, step: float) -> None:
+    """Refuse a wave that cannot be drawn: bounds out of order, or a step so long that the
+    wave would never reach its bottom (at least two steps per period are needed).
+
+    Raises:
+        UsageError: naming the options (``--min``, ``--max``, ``--step``, ``--period``).
+    """
+    if minimum >= maximum:
+        raise UsageError(
+            f"--min ({format_size(minimum)}) must be below --max ({format_size(maximum)})")
+    if step > period / 2:
+        raise UsageError(
+            f"--step ({step:g}s) must be at most half of --period ({period:g}s), "
+            "or the wave never reaches --min")
 
 
 def wave_schedule(

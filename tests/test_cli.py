@@ -358,6 +358,18 @@ def test_hint_device_mode(start: Start, cli: Cli) -> None:
     assert states(cli("status", "--json"))["vm1"]["hint_mode"] == "device"
 
 
+def test_hint_with_a_misspelt_action_says_what_it_expected(start: Start, cli: Cli) -> None:
+    start("vm1")
+    start("vm2")
+    for args in (["vm1", "maybe"], ["--all", "maybe"]):
+        r = cli("hint", *args)
+        assert r.exit_code == ExitCode.USAGE
+        assert r.stderr == ("balloonctl: error: expected on, off or status as the last word, "
+                            "got 'maybe'\n")
+    assert cli("hint", "vm1", "vm2").exit_code == ExitCode.OK  # two VMs, status
+    assert "unknown VM 'maybe'" in cli("hint", "maybe").stderr  # one word is a VM
+
+
 def test_hint_unsupported_without_agent(start: Start, cli: Cli) -> None:
     start("vm1", agent=False)
     assert "unsupported" in cli("hint", "vm1").stdout
@@ -464,6 +476,28 @@ def test_wave_table_and_bad_bounds(start: Start, cli: Cli) -> None:
         ExitCode.UNSAFE_TARGET)
 
 
+def test_wave_takes_exactly_one_vm(start: Start, cli: Cli) -> None:
+    for name in ("vm1", "vm2", "vm3"):
+        start(name)
+    r = cli("wave", "vm*", "--period", "1s", "--cycles", "1", "--speed", "50")
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr == "balloonctl: error: wave takes one VM; 'vm*' matches vm1, vm2, vm3\n"
+    assert r.stdout == ""
+    r = cli("wave", "vm[2]", "--min", "1G", "--max", "1.5G", "--period", "1s", "--cycles", "1",
+            "--speed", "50", "-f", "ndjson")
+    assert r.exit_code == ExitCode.OK and '"name":"vm2"' in r.stdout
+
+
+def test_wave_step_must_be_at_most_half_the_period(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("wave", "vm1", "--step", "5s", "--period", "2s")
+    assert r.exit_code == ExitCode.USAGE
+    assert "--step (5s) must be at most half of --period (2s)" in r.stderr
+    r = cli("wave", "vm1", "--min", "1G", "--max", "1.5G", "--step", "1s", "--period", "2s",
+            "--cycles", "1", "--speed", "50", "-f", "ndjson")
+    assert r.exit_code == ExitCode.OK, r.stderr
+
+
 # ---- demo, dashboard, completion, misc ----------------------------------------------------
 
 
@@ -509,6 +543,18 @@ def test_no_arguments_and_version(cli: Cli) -> None:
     assert v.exit_code == 0 and v.stdout.startswith("balloonctl ")
 
 
+def test_format_and_json_must_agree(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("status", "-f", "table", "--json")
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr == "balloonctl: error: --json and --format table conflict\n"
+    assert cli("status", "--format", "json", "--json").exit_code == ExitCode.OK
+    r = cli("status", "--format", "yaml")
+    assert r.exit_code == ExitCode.USAGE
+    assert "Value error" not in r.stderr
+    assert "Invalid value for '--format' / '-f': 'yaml' is not one of" in r.stderr
+
+
 def test_bad_global_option_values(cli: Cli) -> None:
     assert cli("--timeout", "soon", "status").exit_code == ExitCode.USAGE
     assert cli("--qga", "/x.qga", "status").exit_code == ExitCode.USAGE
@@ -532,6 +578,27 @@ def test_config_file_vms_and_limits(start: Start, cli: Cli, tmp_path: Path,
     cfg.write_text("[vm.db\n")
     r = cli("--config", str(cfg), "status")
     assert r.exit_code == ExitCode.USAGE and str(cfg) in r.stderr
+
+
+def test_fake_refuses_what_it_cannot_serve(start: Start, cli: Cli, fake_dir: Path) -> None:
+    r = cli("fake", "--mem", "1", "--dir", str(fake_dir / "x"))
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr.splitlines()[-1].endswith("guest RAM must be at least 64 MiB")
+    r = cli("fake", "--dir", "/proc/nope")
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr == "balloonctl: error: --dir /proc/nope: cannot use it: " \
+                       "No such file or directory\n"
+    r = cli("fake", "--no-driver", "vm9", "--dir", str(fake_dir / "x"))
+    assert r.exit_code == ExitCode.USAGE and "no VM named vm9" in r.stderr
+
+
+def test_fake_never_takes_over_a_running_fleet(start: Start, cli: Cli, fake_dir: Path) -> None:
+    start("vm1")
+    r = cli("fake", "--vms", "1", "--dir", str(fake_dir))
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr == (f"balloonctl: error: cannot serve fake VMs in {fake_dir}: "
+                        f"{fake_dir}/vm1.qmp is in use (another fake or QEMU is serving it)\n")
+    assert cli("status", "vm1").exit_code == ExitCode.OK  # still the first fake's
 
 
 def test_fake_workloads_are_the_fakes() -> None:

@@ -84,7 +84,11 @@ def test_busy_socket_in_a_real_process_is_one_line(
     assert r.stderr.count("\n") == 1 and "another QMP client" in r.stderr
 
 
-def test_wave_ctrl_c_restores_the_original_target(env: dict[str, str], vm1: FakeVM) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, ExitCode.INTERRUPTED),
+                                         (signal.SIGTERM, ExitCode.TERMINATED)])
+def test_wave_ctrl_c_or_sigterm_restores_the_original_target(
+    env: dict[str, str], vm1: FakeVM, sig: signal.Signals, code: ExitCode,
+) -> None:
     assert run(env, "set", "vm1", "1800M").returncode == 0
     child = subprocess.Popen(
         [BALLOONCTL, "wave", "vm1", "--min", "600M", "--max", "1400M", "--period", "4s",
@@ -95,12 +99,12 @@ def test_wave_ctrl_c_restores_the_original_target(env: dict[str, str], vm1: Fake
         assert child.stdout is not None
         first = [json.loads(line) for line in read_lines(child.stdout, 3)]
         assert [s["target"] for s in first][:2] == [1400 * MiB, 1320 * MiB]
-        child.send_signal(signal.SIGINT)
+        child.send_signal(sig)
         rest, err = child.communicate(timeout=20)
     finally:
         if child.poll() is None:
             child.kill()
-    assert child.returncode == ExitCode.INTERRUPTED, err
+    assert child.returncode == code, err
     last = json.loads(rest.splitlines()[-1])
     assert last["restore"] is True and last["target"] == 1800 * MiB
     status = json.loads(run(env, "status", "vm1", "--json").stdout)[0]
@@ -130,6 +134,30 @@ def test_fake_serves_until_interrupted(env: dict[str, str], fake_dir: Path) -> N
             child.kill()
     assert child.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_fake_sets_up_the_fault_scenarios(env: dict[str, str], fake_dir: Path) -> None:
+    where = fake_dir / "faulty"
+    child = subprocess.Popen(
+        [BALLOONCTL, "fake", "--vms", "3", "--mem", "1G", "--dir", str(where), "--hint-device",
+         "--no-driver", "vm2", "--no-balloon", "vm3", "--no-agent"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout is not None
+        lines = read_lines(child.stdout, 3)
+        assert lines[0] == f"vm1 qmp={where}/vm1.qmp"  # --no-agent: no qga=
+        e = {**env, "BALLOONCTL_DIR": str(where)}
+        got = {s["name"]: s for s in json.loads(run(e, "status", "--json").stdout)}
+        assert got["vm1"]["hint_mode"] == "device" and got["vm1"]["status"] == "ok"
+        assert got["vm2"]["status"] == "no-driver"
+        assert got["vm3"]["status"] == "no-device"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
 
 
 def test_a_closed_pipe_ends_watch_quietly(env: dict[str, str], vm1: FakeVM) -> None:

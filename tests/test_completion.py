@@ -87,8 +87,17 @@ def test_vm_names_and_sizes(inventory: Path) -> None:
     assert after_vm[:2] == ["db", "web-2"] and "1G" in after_vm and "75%" in after_vm
     assert values(["set", "web-1"], "+") == ["+256M"]
     assert values(["set", "web-1"], "-2") == ["-256M"]  # a negative size, not an option
-    assert values(["wave", "web-1", "--min"], "5") == ["512M", "50%"]
+    assert values(["wave", "web-1", "--min"], "5") == ["512M"]
     assert values(["hint", "db"], "o") == ["on", "off"]
+
+
+@pytest.mark.parametrize("args", [["wave", "web-1", "--min"], ["wave", "web-1", "--max"],
+                                  ["fake", "--mem"], ["demo", "--mem"], ["dashboard", "--step"]])
+def test_absolute_size_options_suggest_absolute_sizes_only(inventory: Path,
+                                                            args: list[str]) -> None:
+    got = values(args, "")
+    assert got == ["512M", "1G", "1.5G", "2G", "4G"]
+    assert values(args, "+") == values(args, "-") == values(args, "7") == []
 
 
 def test_options_and_choices(inventory: Path) -> None:

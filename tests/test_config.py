@@ -166,7 +166,7 @@ def test_a_dir_the_user_named_must_exist(tmp_path: Path, env: dict[str, str]) ->
         Inventory.load(directory=str(tmp_path / "missing"), env=env)
     with pytest.raises(UsageError, match=r"--dir .*f\.qmp: not a directory"):
         Inventory.load(directory=str(file), env=env)
-    with pytest.raises(UsageError, match="BALLOONCTL_DIR .*missing: no such directory"):
+    with pytest.raises(UsageError, match=r"BALLOONCTL_DIR .*missing: no such directory"):
         Inventory.load(env={**env, "BALLOONCTL_DIR": str(tmp_path / "missing")})
     # an unset BALLOONCTL_DIR and absent Proxmox roots stay silent
     assert Inventory.load(env=env, roots=[tmp_path / "no-proxmox"]).names == []

@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from rawqmp import RawQMP, poll_until
 
-from balloonctl.fake import FakeFleet, FakeVM, run_fleet_forever, run_in_thread
+from balloonctl.fake import FakeFleet, FakeVM, SocketInUse, run_fleet_forever, run_in_thread
 from balloonctl.units import GiB, MiB
 
 
@@ -48,6 +49,38 @@ async def test_fleet_prefix(fake_dir: Path) -> None:
     async with FakeFleet(2, fake_dir, prefix="web", tick=0.01) as fleet:
         assert [vm.name for vm in fleet.vms] == ["web1", "web2"]
         assert (fake_dir / "web2.qmp").exists()
+
+
+async def test_a_second_fleet_never_takes_over_a_running_ones_sockets(fake_dir: Path) -> None:
+    async with FakeFleet(2, fake_dir, ram=GiB, tick=0.01):
+        with pytest.raises(SocketInUse, match=r"vm\d\.qmp is in use \(another fake or QEMU"):
+            await FakeFleet(2, fake_dir, ram=GiB, tick=0.01).start()
+        # the first fleet still serves on its own sockets
+        async with await RawQMP.open(fake_dir / "vm1.qmp") as qmp:
+            assert await qmp.execute("query-balloon") == {"actual": GiB}
+
+
+async def test_a_stale_socket_file_is_replaced_and_other_files_are_kept(fake_dir: Path) -> None:
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(fake_dir / "vm1.qmp"))  # bound, never listening: a dead QEMU's leftover
+    stale.close()
+    (fake_dir / "vm2.qmp").write_text("not a socket")
+    with pytest.raises(OSError, match=r"vm2\.qmp exists and is not a socket"):
+        await FakeFleet(2, fake_dir, ram=GiB, tick=0.01).start()
+    (fake_dir / "vm2.qmp").unlink()
+    async with FakeFleet(2, fake_dir, ram=GiB, tick=0.01):
+        async with await RawQMP.open(fake_dir / "vm1.qmp") as qmp:
+            assert await qmp.execute("query-balloon") == {"actual": GiB}
+
+
+async def test_fleet_overrides_set_up_faulty_vms(fake_dir: Path) -> None:
+    overrides = {"vm2": {"driver": False}, "vm3": {"balloon": False, "agent": False}}
+    async with FakeFleet(3, fake_dir, ram=GiB, tick=0.01, overrides=overrides) as fleet:
+        assert fleet["vm1"].device is not None and fleet["vm1"].agent
+        assert fleet["vm3"].device is None and not fleet["vm3"].agent
+        assert not (fake_dir / "vm3.qga").exists()
+    with pytest.raises(ValueError, match=r"no VM named vm9 in the fleet \(vm1\.\.vm3\)"):
+        FakeFleet(3, fake_dir, overrides={"vm9": {"driver": False}})
 
 
 async def test_two_hundred_vms_are_cheap(fake_dir: Path) -> None:

@@ -79,7 +79,8 @@ class BalloonGroup(TyperGroup):
             print(exc.format_message())
             code = ExitCode.USAGE
         except click_exceptions.ClickException as exc:
-            message = exc.format_message()
+            # typer validates choices with pydantic, whose messages start "Value error, "
+            message = exc.format_message().replace("Value error, ", "", 1)
             ctx = getattr(exc, "ctx", None)
             if isinstance(exc, click_exceptions.UsageError) and ctx is not None:
                 message += f" (see '{ctx.command_path} --help')"
@@ -243,14 +244,22 @@ VmsArg = Annotated[list[str] | None, typer.Argument(
     autocompletion=completers.typer_callback("vms"), show_default=False,
 )]
 AllOpt = Annotated[bool, typer.Option("--all", "-a", help="Every VM in the inventory.")]
-FormatOpt = Annotated[Format, typer.Option(
-    "--format", "-f", case_sensitive=False, help="Output format.",
+FormatOpt = Annotated[Format | None, typer.Option(
+    "--format", "-f", case_sensitive=False, help="Output format (default: table).",
+    show_default=False,
 )]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Shorthand for --format json.")]
 
 
-def _format(fmt: Format, as_json: bool) -> Format:
-    return Format.JSON if as_json else fmt
+def _format(fmt: Format | None, as_json: bool) -> Format:
+    """The output format of --format and its --json shorthand.
+
+    Raises:
+        UsageError: both were given, and they disagree.
+    """
+    if as_json and fmt not in (None, Format.JSON):
+        raise UsageError(f"--json and --format {fmt.value} conflict")
+    return Format.JSON if as_json else fmt or Format.TABLE
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -351,7 +360,7 @@ def _is_tty() -> bool:
 def status(
     vms: VmsArg = None,
     all_vms: AllOpt = False,
-    fmt: FormatOpt = Format.TABLE,
+    fmt: FormatOpt = None,
     as_json: JsonOpt = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh in place.")] = False,
     interval: Annotated[str, typer.Option(
@@ -535,7 +544,7 @@ def hint(
         autocompletion=completers.typer_callback("hint_args"), show_default=False,
     )],
     all_vms: AllOpt = False,
-    fmt: FormatOpt = Format.TABLE,
+    fmt: FormatOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Turn the cache-first hint on or off, or show it (device, agent or unsupported mode)."""
@@ -544,6 +553,9 @@ def hint(
     action = "status"
     if args and args[-1] in _HINT_ACTIONS:
         action = args.pop()
+    elif (len(args) > 1 or all_vms) and not _STATE.inventory().matches(args[-1]):
+        # `hint vm1 maybe`: a misspelt action, not a VM called 'maybe'
+        raise UsageError(f"expected on, off or status as the last word, got {args[-1]!r}")
     if not args and not all_vms:
         raise UsageError("expected VM... [on|off|status]")
     refs = _STATE.select(args, all_vms=all_vms)
@@ -672,7 +684,7 @@ def _preflight_checks(s: BalloonState, agent: list[Check]) -> tuple[list[Check],
 def preflight(
     vms: VmsArg = None,
     all_vms: AllOpt = False,
-    fmt: FormatOpt = Format.TABLE,
+    fmt: FormatOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check that ballooning will work: driver, stats, device features, guest agent, hint."""
@@ -809,21 +821,21 @@ def wave(
     force: Annotated[bool, typer.Option(
         "--force", help="Allow --min below the VM's safe floor.",
     )] = False,
-    fmt: FormatOpt = Format.TABLE,
+    fmt: FormatOpt = None,
     as_json: JsonOpt = False,
     speed: Annotated[float, typer.Option("--speed", hidden=True, min=0.001)] = 1.0,
 ) -> None:
     """Balloon a VM up and down along a triangular wave (the RFC's first experiment),
     printing each step. Ctrl-C restores the original target."""
-    from balloonctl.cli.wave import ScaledClock, WaveStep, run_wave
+    from balloonctl.cli.wave import ScaledClock, Terminated, WaveStep, cancel_on_sigterm, run_wave
+    from balloonctl.policy import check_wave
 
     fmt = _format(fmt, as_json)
     low, high = parse_size(minimum), parse_size(maximum)
-    if low >= high:
-        raise UsageError(f"--min ({format_size(low)}) must be below --max ({format_size(high)})")
     cycle = _duration(period, "--period") or 60.0
     every = _duration(step, "--step") or cycle / 20
-    ref = _STATE.select([vm])[0]
+    check_wave(minimum=low, maximum=high, period=cycle, step=every)
+    ref = _STATE.inventory().select_one(vm, command="wave")
     steps: list[dict[str, Any]] = []
 
     def emit(s: WaveStep) -> None:
@@ -850,7 +862,10 @@ def wave(
                            force=force)
 
     try:
-        _run(go())
+        # SIGTERM ends the wave as Ctrl-C does: the original target is set again first
+        _run(cancel_on_sigterm(go()))
+    except Terminated:
+        raise typer.Exit(int(ExitCode.TERMINATED)) from None
     finally:
         if fmt is Format.JSON:
             _out(render_records(steps, fmt))
@@ -890,6 +905,21 @@ def fake(
     )] = None,
     workload: WorkloadOpt = Workload.NONE,
     prefix: Annotated[str, typer.Option("--prefix", help="VM name prefix.")] = "vm",
+    hint_device: Annotated[bool, typer.Option(
+        "--hint-device",
+        help="Give every balloon device the reclaim-cache-first property (hint device mode).",
+    )] = False,
+    no_agent: Annotated[bool, typer.Option(
+        "--no-agent", help="Serve no guest agent (hint unsupported unless --hint-device).",
+    )] = False,
+    no_driver: Annotated[list[str] | None, typer.Option(
+        "--no-driver", metavar="NAME", show_default=False,
+        help="This VM's guest has no balloon driver loaded (repeatable).",
+    )] = None,
+    no_balloon: Annotated[list[str] | None, typer.Option(
+        "--no-balloon", metavar="NAME", show_default=False,
+        help="This VM has no virtio-balloon device (repeatable).",
+    )] = None,
 ) -> None:
     """Run a simulated fleet (fake QEMU + guest agent per VM) until interrupted.
 
@@ -900,15 +930,29 @@ def fake(
     from balloonctl.fake import run_fleet_forever
 
     ram = parse_size(mem)
+    overrides: dict[str, dict[str, Any]] = {}
+    for name in no_driver or []:
+        overrides.setdefault(name, {})["driver"] = False
+    for name in no_balloon or []:
+        overrides.setdefault(name, {})["balloon"] = False
     where = directory or Path(tempfile.mkdtemp(prefix="balloonctl-fake-"))
-    where.mkdir(parents=True, exist_ok=True)
-    note(f"serving {vms} fake VMs in {where} until Ctrl-C; "
-         f"try: BALLOONCTL_DIR={where} balloonctl status")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--dir {where}: cannot use it: {exc.strerror or exc}") from None
+
+    def ready(_: object) -> None:
+        note(f"serving {vms} fake VMs in {where} until Ctrl-C; "
+             f"try: BALLOONCTL_DIR={where} balloonctl status")
+
     try:
         _run(run_fleet_forever(vms, ram, where, workload.fake_name(), out=sys.stdout,
-                               prefix=prefix))
-    except OSError as exc:
-        raise BalloonError(f"cannot serve fake VMs in {where}: {exc}") from None
+                               ready=ready, prefix=prefix, overrides=overrides,
+                               hint_device=hint_device, agent=not no_agent))
+    except ValueError as exc:  # the fake refuses what it cannot simulate (--mem 1)
+        raise UsageError(f"cannot simulate that fleet: {exc}") from None
+    except OSError as exc:  # includes a socket another fake or QEMU serves
+        raise UsageError(f"cannot serve fake VMs in {where}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         pass
     note("fake fleet stopped")
@@ -958,7 +1002,7 @@ def demo(
         "--once", "--no-tui",
         help="Print one status table of the simulated fleet and exit (no terminal needed).",
     )] = False,
-    fmt: FormatOpt = Format.TABLE,
+    fmt: FormatOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start six simulated 2 GiB VMs running a compile workload and open the dashboard."""

@@ -14,13 +14,15 @@ __all__ = [
     "HINT_ACTIONS",
     "KIND_BY_PARAM",
     "SIZE_SUGGESTIONS",
+    "TARGET_SUGGESTIONS",
     "complete_kind",
     "typer_callback",
     "vm_names",
 ]
 
 # Which completer serves a parameter, by the parameter's name in the typer app. The
-# generated spec records the kind, so both completion paths agree.
+# generated spec records the kind, so both completion paths agree. "size" is an absolute
+# size (``units.parse_size``); only set's target also takes 75% and +256M (``parse_target``).
 KIND_BY_PARAM: dict[str, str] = {
     "vms": "vm",
     "vm": "vm",
@@ -38,6 +40,10 @@ SIZE_SUGGESTIONS: tuple[tuple[str, str], ...] = (
     ("1.5G", "1.5 GiB"),
     ("2G", "2 GiB"),
     ("4G", "4 GiB"),
+)
+
+TARGET_SUGGESTIONS: tuple[tuple[str, str], ...] = (
+    *SIZE_SUGGESTIONS,
     ("50%", "half of guest RAM"),
     ("75%", "three quarters of guest RAM"),
     ("100%", "all of guest RAM (deflate)"),
@@ -65,8 +71,10 @@ def vm_names(env: dict[str, str] | None = None) -> list[str]:
         return []
 
 
-def _sizes(incomplete: str) -> list[tuple[str, str]]:
-    return [(v, h) for v, h in SIZE_SUGGESTIONS if v.startswith(incomplete)]
+def _sizes(incomplete: str, *, target: bool = False) -> list[tuple[str, str]]:
+    """Size suggestions; ``target`` adds the percent and relative forms only set takes."""
+    choices = TARGET_SUGGESTIONS if target else SIZE_SUGGESTIONS
+    return [(v, h) for v, h in choices if v.startswith(incomplete)]
 
 
 def complete_kind(
@@ -89,7 +97,7 @@ def complete_kind(
         return []
     out = [(n, "VM") for n in names() if n.startswith(incomplete) and n not in positionals]
     if kind == "vm_then_size" and (positionals or incomplete[:1] in tuple("0123456789+-.")):
-        out += _sizes(incomplete)
+        out += _sizes(incomplete, target=True)
     if kind == "vm_then_hint" and positionals:
         out += [(v, h) for v, h in HINT_ACTIONS if v.startswith(incomplete)]
     return out

@@ -14,6 +14,7 @@ code  name             meaning
                        the guest has no balloon driver loaded (so it never moves)
 7     PARTIAL          several VMs were asked and some, not all, failed
 130   INTERRUPTED      stopped by Ctrl-C (SIGINT)
+143   TERMINATED       stopped by SIGTERM (``wave``, after setting the original target again)
 ====  ===============  ======================================================================
 
 When every one of several VMs fails, the code is the worst of their codes (highest).
@@ -52,6 +53,7 @@ class ExitCode(enum.IntEnum):
     TIMEOUT = 6
     PARTIAL = 7
     INTERRUPTED = 130
+    TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
 
 
 # Order matters: the first class an error is an instance of decides.

@@ -6,14 +6,61 @@ The clock is injected so tests can run a 60 s period in a fraction of a second.
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from balloonctl.policy import wave_schedule
 
-__all__ = ["Clock", "ScaledClock", "WaveStep", "WaveTarget", "run_wave"]
+__all__ = [
+    "Clock",
+    "ScaledClock",
+    "Terminated",
+    "WaveStep",
+    "WaveTarget",
+    "cancel_on_sigterm",
+    "run_wave",
+]
+
+T = TypeVar("T")
+
+
+class Terminated(Exception):
+    """SIGTERM arrived while ``cancel_on_sigterm`` ran; the work was cancelled cleanly."""
+
+
+async def cancel_on_sigterm(work: Awaitable[T]) -> T:
+    """Await ``work``; on SIGTERM cancel it, as ``asyncio.run`` does on SIGINT, so its
+    ``finally`` blocks run (the wave restores the original target), then raise
+    ``Terminated``. Outside the main thread no handler can be installed: plain await.
+
+    Raises:
+        Terminated: SIGTERM arrived.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return await work
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    got: list[bool] = []
+
+    def on_sigterm() -> None:
+        got.append(True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not got:
+            raise
+        task.uncancel()
+        raise Terminated("terminated by SIGTERM") from None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 class Clock(Protocol):

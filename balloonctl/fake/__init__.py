@@ -6,6 +6,7 @@
     Faults          fault injection switches, settable while the VM runs
     run_in_thread   run a VM or fleet on its own loop in a thread (for CLI tests)
     serve           run a fleet until SIGINT/SIGTERM (``python -m balloonctl.fake``)
+    SocketInUse     (an OSError) another fake or QEMU already serves a socket path
 
 The fake depends only on ``balloonctl.units`` and the wire format.
 """
@@ -14,6 +15,7 @@ from balloonctl.fake.faults import Faults
 from balloonctl.fake.fleet import FakeFleet
 from balloonctl.fake.guest import WORKLOADS, GuestSim
 from balloonctl.fake.runner import run_fleet_forever, run_in_thread, serve
+from balloonctl.fake.server import SocketInUse
 from balloonctl.fake.vm import FakeVM
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "FakeVM",
     "Faults",
     "GuestSim",
+    "SocketInUse",
     "run_fleet_forever",
     "run_in_thread",
     "serve",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +34,32 @@ class FakeFleet(Service):
     """``n`` fake VMs named ``f"{prefix}{i}"`` (vm1..vmN) in ``directory``.
 
     ``vm_kwargs`` go to every ``FakeVM``; ``seed`` (default 0) becomes ``seed + i`` so the
-    VMs' workloads differ but stay reproducible.
+    VMs' workloads differ but stay reproducible. ``overrides`` maps a VM's name to
+    ``FakeVM`` keyword arguments for that VM alone (``{"vm2": {"driver": False}}``).
     """
 
-    def __init__(self, n: int, directory: Path, *, prefix: str = "vm", **vm_kwargs: Any) -> None:
-        """Raises: ValueError: as FakeVM."""
+    def __init__(
+        self,
+        n: int,
+        directory: Path,
+        *,
+        prefix: str = "vm",
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        **vm_kwargs: Any,
+    ) -> None:
+        """Raises: ValueError: as FakeVM, or ``overrides`` names a VM not in the fleet."""
         self.directory = Path(directory)
         seed = int(vm_kwargs.pop("seed", 0))
+        names = [f"{prefix}{i}" for i in range(1, n + 1)]
+        overrides = overrides or {}
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise ValueError(f"no VM named {', '.join(unknown)} in the fleet "
+                             f"({names[0]}..{names[-1]})")
         self.vms: list[FakeVM] = [
-            FakeVM(f"{prefix}{i}", self.directory, seed=seed + i, **vm_kwargs)
-            for i in range(1, n + 1)
+            FakeVM(name, self.directory,
+                   **{"seed": seed + i, **vm_kwargs, **overrides.get(name, {})})
+            for i, name in enumerate(names, start=1)
         ]
         tick = min((vm.tick for vm in self.vms), default=0.05)
         self.ticker = Ticker(tick)
@@ -63,10 +80,17 @@ class FakeFleet(Service):
         self.directory.mkdir(parents=True, exist_ok=True)
         _ensure_fd_limit(len(self.vms) * _FDS_PER_VM + 256)
         try:
-            await asyncio.gather(*(vm.start() for vm in self.vms))
+            # every start runs to its end before a failure stops them all (a plain gather
+            # would leave the others starting, and serving, after stop())
+            results = await asyncio.gather(*(vm.start() for vm in self.vms),
+                                           return_exceptions=True)
         except BaseException:
             await self.stop()
             raise
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.stop()
+            raise failed[0]
 
     async def stop(self) -> None:
         await asyncio.gather(*(vm.stop() for vm in self.vms))

@@ -7,7 +7,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -78,15 +78,17 @@ async def run_fleet_forever(
     *,
     out: TextIO | None = None,
     stop: asyncio.Event | None = None,
+    ready: Callable[[FakeFleet], None] | None = None,
     **vm_kwargs: Any,
 ) -> None:
     """Serve ``n`` fake VMs in ``directory`` until SIGINT/SIGTERM (or ``stop`` is set).
 
-    Prints one line per VM when ready: ``NAME qmp=PATH qga=PATH``.
+    Prints one line per VM when ready: ``NAME qmp=PATH qga=PATH``, then calls ``ready``.
+    ``vm_kwargs`` go to ``FakeFleet`` (``overrides`` too).
 
     Raises:
         OSError: a socket could not be created.
-        ValueError: an unknown workload.
+        ValueError: an unknown workload, or a bad ``FakeFleet`` argument.
     """
     out = sys.stdout if out is None else out
     stop = asyncio.Event() if stop is None else stop
@@ -101,6 +103,8 @@ async def run_fleet_forever(
             for vm in fleet.vms:
                 qga = f" qga={vm.qga_path}" if vm.agent else ""
                 print(f"{vm.name} qmp={vm.qmp_path}{qga}", file=out, flush=True)
+            if ready is not None:
+                ready(fleet)
             await stop.wait()
     finally:
         for sig in installed:

@@ -17,11 +17,59 @@ from typing import Any
 from balloonctl.fake.faults import GARBAGE, FaultAction, Faults
 from balloonctl.fake.wire import JSONStream, ParseError, QMPError, encode
 
-__all__ = ["JSONServer"]
+__all__ = ["JSONServer", "SocketInUse"]
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 65536
+# How long a live server gets to accept the probe connection before its socket counts as stale.
+_PROBE_TIMEOUT = 1.0
+
+
+class SocketInUse(OSError):
+    """Another process (a fake or QEMU) is serving the socket we were asked to listen on."""
+
+
+def _socket_file(path: Path) -> bool:
+    """True when ``path`` is a socket file, False when there is nothing there.
+
+    Raises:
+        OSError: it is some other kind of file (never replaced).
+    """
+    if not path.exists() and not path.is_symlink():
+        return False
+    if not path.is_socket():
+        raise OSError(f"{path} exists and is not a socket; not replacing it")
+    return True
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+async def _take_over(path: Path) -> None:
+    """Remove ``path`` when it is a socket nobody listens on (left by a process that died).
+
+    Raises:
+        SocketInUse: a connection to it succeeds: someone is serving it.
+        OSError: it exists and is not a socket.
+    """
+    if not _socket_file(path):
+        return
+    in_use = SocketInUse(f"{path} is in use (another fake or QEMU is serving it)")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(path)), _PROBE_TIMEOUT)
+    except (ConnectionRefusedError, FileNotFoundError):
+        _remove(path)
+        return
+    except TimeoutError:  # listening, but too busy to accept: still someone's
+        raise in_use from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    raise in_use
 
 
 class JSONServer:
@@ -50,13 +98,14 @@ class JSONServer:
         return self._current is not None
 
     async def start(self) -> None:
-        """Listen on ``path`` (a stale socket file is replaced).
+        """Listen on ``path``. A stale socket file (nobody listening) is replaced; a live one
+        or any other kind of file is left alone.
 
         Raises:
-            OSError: the socket cannot be created.
+            SocketInUse: something already serves ``path``.
+            OSError: ``path`` is not a socket, or the socket cannot be created.
         """
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        await _take_over(self.path)
         self._stopping = False
         self._lock = asyncio.Lock()  # a fresh one: start() may run on a new event loop
         self._server = await asyncio.start_unix_server(self._accept, path=str(self.path))
