@@ -199,10 +199,24 @@ def shell_env(inventory: Path) -> dict[str, str]:
 
 
 def need(shell: str) -> str:
+    """The shell's path; a missing shell skips, or fails where it must be there (./dev test
+    and CI set BALLOONCTL_REQUIRE_REALVM=1 and install zsh and fish)."""
     path = shutil.which(shell)
     if path is None:
-        pytest.skip(f"{shell} is not installed (apt-get install {shell})")
+        reason = f"{shell} is not installed (apt-get install {shell})"
+        if os.environ.get("BALLOONCTL_REQUIRE_REALVM", "").strip() not in ("", "0"):
+            pytest.fail(f"{reason} and BALLOONCTL_REQUIRE_REALVM is set")
+        pytest.skip(reason)
     return path
+
+
+def test_a_missing_shell_fails_where_shells_are_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BALLOONCTL_REQUIRE_REALVM", "1")
+    with pytest.raises(pytest.fail.Exception, match="no-such-shell is not installed"):
+        need("no-such-shell")
+    monkeypatch.setenv("BALLOONCTL_REQUIRE_REALVM", "0")
+    with pytest.raises(pytest.skip.Exception):
+        need("no-such-shell")
 
 
 def test_bash_end_to_end(inventory: Path) -> None:
