@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import socket
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -240,7 +242,7 @@ def _translate(exc: Exception, where: _Failure) -> BalloonError | None:
         if isinstance(root, FileNotFoundError):
             why = "no such socket (is the VM running with -qmp unix:PATH,server=on,wait=off?)"
         elif isinstance(root, ConnectionRefusedError):
-            why = "connection refused (nothing is listening: the VM has probably exited)"
+            why = _refused_why(addr)
         elif isinstance(root, PermissionError):
             why = "permission denied"
         elif isinstance(root, EOFError | AssertionError | ConnectionResetError):
@@ -284,6 +286,18 @@ def _int_field(reply: Any, key: str, cmd: str, vm: str | None) -> int:
                               vm=vm, error_class="BadReply", sent={"execute": cmd},
                               received={"return": reply})
     return value
+
+
+def _refused_why(address: str) -> str:
+    """Why a connect was refused: nothing listens, or the path is no socket at all (unix
+    connect() gives ECONNREFUSED for a regular file too: a mistyped --qmp)."""
+    try:
+        mode: int | None = os.stat(address).st_mode
+    except OSError:  # host:port, or the socket vanished meanwhile
+        mode = None
+    if mode is not None and not stat.S_ISSOCK(mode):
+        return "not a socket (give the VM's QMP socket, e.g. from -qmp unix:PATH,server=on)"
+    return "connection refused (nothing is listening: the VM has probably exited)"
 
 
 def _parse_address(address: str) -> str | tuple[str, int]:

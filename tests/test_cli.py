@@ -140,6 +140,15 @@ def test_status_of_a_missing_socket_is_unreachable(cli: Cli, fake_dir: Path) -> 
     assert "unreachable" in r.stdout
 
 
+def test_a_qmp_path_that_is_no_socket_says_so(cli: Cli, tmp_path: Path) -> None:
+    plain = tmp_path / "passwd"
+    plain.write_text("root:x:0:0\n")
+    r = cli("--qmp", str(plain), "status")
+    assert r.exit_code == ExitCode.UNREACHABLE
+    assert f"cannot connect to QMP socket {plain}: not a socket" in r.stderr
+    assert "probably exited" not in r.stderr
+
+
 def test_one_unreachable_vm_is_a_partial_failure(start: Start, cli: Cli, fake_dir: Path) -> None:
     start("vm1")
     r = cli("--qmp", f"ghost={fake_dir / 'ghost.sock'}", "status", "--json")
