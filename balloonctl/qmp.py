@@ -107,8 +107,16 @@ HINT_UNSUPPORTED_MESSAGE: Final = (
 
 # How often wait_for_target polls query-balloon.
 POLL_INTERVAL: Final = 0.05
-# How long the agent-mode hint waits for the guest to push a fresh stats sample.
+# How long the agent-mode hint waits for the guest to push a fresh stats sample, and how
+# often it looks (qom-get guest-stats) meanwhile: last-update has whole-second resolution,
+# so polling faster than a few times a second only costs round trips.
 STATS_REFRESH_WAIT: Final = 3.0
+STATS_POLL_INTERVAL: Final = 0.3
+# A stored target that the VM has not reached this long after balloonctl set it is taken
+# as unknown: something else (virsh, qmp-shell, another tool) has probably changed it.
+TARGET_STALE_AFTER: Final = 120.0
+# Store keys that describe the last target; forgotten together when it goes stale.
+_TARGET_KEYS: Final = ("target", "target_at", "target_reached")
 # Events kept per listener (queue) and in its history; older ones are dropped.
 EVENT_BUFFER: Final = 256
 
@@ -309,19 +317,38 @@ def _parse_address(address: str) -> str | tuple[str, int]:
     return address
 
 
+def _socket_identity(path: str) -> str | None:
+    """The unix socket file's identity; QEMU (and the fake) create the file anew at every
+    start, so it names one run of the VM. None when the file is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"unix:{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}"
+
+
 class BalloonClient:
     """One VM's balloon over QMP. Connects lazily; reconnects on the call after a drop.
 
     ``address`` is a unix socket path or ``host:port``; ``qga`` the guest-agent socket (used
-    by the cache-first hint). ``store`` remembers the last target and the agent-mode hint,
-    keyed by ``address``. ``minimum``/``maximum`` bound targets (``default_floor`` when
+    by the cache-first hint). ``minimum``/``maximum`` bound targets (``default_floor`` when
     ``minimum`` is None). ``trace`` sees every QMP message sent and received.
+
+    ``store`` remembers the last target and the agent-mode hint, keyed by ``address`` and
+    tied to one run of the VM (``instance_id``): an entry written for another run, or
+    without an instance (older balloonctl), is ignored and replaced by the next write, so a
+    restarted VM starts with no target and the hint at ``hint`` (the inventory's
+    preference; off when None). A remembered target also stops counting (``current_target``)
+    once the VM shows it was changed behind balloonctl's back: ``actual`` left the target
+    after reaching it, or has not reached it ``target_stale_after`` seconds after it was set.
     """
 
     def __init__(self, address: str, *, name: str | None = None, qga: str | None = None,
                  connect_timeout: float = 3.0, command_timeout: float = 10.0,
                  store: Store | None = None, minimum: int | None = None,
-                 maximum: int | None = None, trace: Trace | None = None) -> None:
+                 maximum: int | None = None, trace: Trace | None = None,
+                 hint: bool | None = None,
+                 target_stale_after: float = TARGET_STALE_AFTER) -> None:
         self.address = address
         self.name = name or address
         self._vm = name  # errors name the VM only when it has a name of its own
@@ -332,12 +359,15 @@ class BalloonClient:
         self.minimum = minimum
         self.maximum = maximum
         self.trace = trace
+        self.hint_preference = hint
+        self.target_stale_after = target_stale_after
         self._qmp = _Transport(self.name, trace)
         self._lock = asyncio.Lock()
         self._device: str | None = None
         self._device_props: dict[str, str] | None = None
         self._guest_ram: int | None = None
         self._features: DeviceFeatures | None = None
+        self._run_id: str | None = None  # TCP: this connection's instance_id
         self._closes = 0  # close() calls so far: an event stream ended by close() is quiet
 
     @classmethod
@@ -347,6 +377,7 @@ class BalloonClient:
         kw.setdefault("qga", ref.qga)
         kw.setdefault("minimum", ref.minimum)
         kw.setdefault("maximum", ref.maximum)
+        kw.setdefault("hint", ref.hint)
         return cls(ref.qmp, **kw)
 
     def __repr__(self) -> str:
@@ -445,6 +476,7 @@ class BalloonClient:
         self._device_props = None
         self._guest_ram = None
         self._features = None
+        self._run_id = None
 
     # ---- commands ---------------------------------------------------------------------
 
@@ -579,13 +611,134 @@ class BalloonClient:
 
     # ---- targets ----------------------------------------------------------------------
 
-    def _remembered(self) -> dict[str, Any]:
-        return self.store.get(self.address)
+    # ---- what the store remembers about this VM instance -------------------------------
+
+    async def instance_id(self) -> str | None:
+        """An identity of the VM instance (one run of QEMU) behind ``address``.
+
+        Made of the host thread id of vCPU 0 (``query-cpus-fast``; a new QEMU process has
+        new threads), read once per connection, and for a unix socket the socket file's
+        device, inode and ctime (QEMU re-creates the file at every start; the thread id
+        covers a file system that reuses the inode within its timestamp granularity). A
+        QEMU that reports no thread id over TCP leaves nothing to tell runs apart: then
+        only the staleness rule of ``current_target`` guards the target. None when the
+        unix socket is gone.
+
+        Raises:
+            what ``execute`` raises (it connects when needed).
+        """
+        if self._run_id is None or not self.connected:
+            await self.connect()
+            self._run_id = await self._vcpu_thread_identity()
+        return self._known_instance()
+
+    async def _vcpu_thread_identity(self) -> str:
+        try:
+            cpus = await self.execute("query-cpus-fast")
+        except QMPCommandError:
+            return "vcpu0-thread:unknown"
+        for cpu in cpus if isinstance(cpus, list) else []:
+            if isinstance(cpu, dict) and cpu.get("cpu-index") == 0 and "thread-id" in cpu:
+                return f"vcpu0-thread:{cpu['thread-id']}"
+        return "vcpu0-thread:unknown"
+
+    def _known_instance(self) -> str | None:
+        """``instance_id`` without I/O: None when not connected (or the socket is gone)."""
+        if self._run_id is None or not self.connected:
+            return None
+        addr = _parse_address(self.address)
+        if isinstance(addr, str):
+            socket_id = _socket_identity(addr)
+            return None if socket_id is None else f"{socket_id} {self._run_id}"
+        return f"tcp {self._run_id}"
+
+    def _entry(self, instance: str | None) -> dict[str, Any]:
+        """The store entry of this VM instance; {} if the entry belongs to another run."""
+        if instance is None:
+            return {}
+        entry = self.store.get(self.address)
+        return entry if entry.get("instance") == instance else {}
+
+    async def _remembered(self) -> dict[str, Any]:
+        return self._entry(await self.instance_id())
+
+    async def _remember(self, **values: Any) -> None:
+        """Record ``values`` for this VM instance, dropping what another run left."""
+        instance = await self.instance_id()
+
+        def change(entry: dict[str, Any]) -> dict[str, Any]:
+            if instance is None or entry.get("instance") != instance:
+                entry = {"instance": instance}
+            return {**entry, **values}
+
+        self.store.edit(self.address, change)
+
+    def _hint_on(self, entry: dict[str, Any]) -> bool:
+        """The agent-mode hint: as set on this instance, else the inventory's preference."""
+        return bool(entry.get("hint", self.hint_preference is True))
 
     def last_target(self) -> int | None:
-        """The last target balloonctl set on this VM (from the store), if any."""
-        value = self._remembered().get("target")
+        """The last target balloonctl set on this VM instance (from the store), if any.
+
+        Does no I/O, so it knows the instance only after a call on this connection has
+        read it (``resolve_target``, ``set_target``, ``current_target``, ``snapshot``, the
+        hint calls), and returns None before. It does not apply the staleness rule;
+        ``current_target`` does (and forgets a stale target; this returns None after).
+        """
+        value = self._entry(self._known_instance()).get("target")
         return value if isinstance(value, int) else None
+
+    async def current_target(self, *, actual: int | None = None,
+                             guest_ram: int | None = None) -> int | None:
+        """The target balloonctl set on this VM instance, if it still stands; else None.
+
+        A remembered target stops standing when it is above guest RAM (another VM once had
+        this address), when ``actual`` reached it once and has left it since (QEMU never
+        moves off a reached target by itself: another QMP client changed it), or when
+        ``actual`` has not reached it ``target_stale_after`` seconds after it was set. A
+        stale target is forgotten. ``actual``/``guest_ram`` are queried when not given.
+
+        Raises:
+            NoBalloonDevice, and what ``execute`` raises.
+        """
+        instance = await self.instance_id()
+        entry = self._entry(instance)
+        target = entry.get("target")
+        if not isinstance(target, int):
+            return None
+        ram = guest_ram if guest_ram is not None else await self.guest_ram()
+        if actual is None:
+            actual = await self.query_actual()
+        if target > ram:
+            return None
+        set_at = entry.get("target_at")
+
+        def same_target(e: dict[str, Any]) -> bool:
+            return (e.get("instance") == instance and e.get("target") == target
+                    and e.get("target_at") == set_at)
+
+        if abs(actual - target) <= CONVERGED_TOLERANCE:
+            if not entry.get("target_reached"):
+                self._edit_quietly(lambda e: {**e, "target_reached": True}
+                                   if same_target(e) else e)
+            return target
+        too_old = (not isinstance(set_at, int | float)
+                   or time.time() - set_at > self.target_stale_after)
+        if entry.get("target_reached") or too_old:
+            log.info("%s: forgetting stale target %s (actual %s)", self.name,
+                     format_size(target), format_size(actual))
+            self._edit_quietly(lambda e: {k: v for k, v in e.items() if k not in _TARGET_KEYS}
+                               if same_target(e) else e)
+            return None
+        return target
+
+    def _edit_quietly(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        # Bookkeeping done while reading: a store that cannot be written (read-only state
+        # directory) must not fail a snapshot; the same conclusion is drawn next time.
+        try:
+            self.store.edit(self.address, change)
+        except OSError as exc:
+            log.warning("%s: cannot update balloonctl's state: %s", self.name, exc)
 
     def floor(self, guest_ram: int) -> int:
         """The safe floor for this VM: ``minimum`` or ``default_floor(guest_ram)``."""
@@ -594,7 +747,8 @@ class BalloonClient:
     async def resolve_target(self, spec: TargetSpec | int, *, force: bool = False) -> int:
         """Resolve ``spec`` against guest RAM and the current target, and validate it.
 
-        Relative targets count from the last target balloonctl set (else ``actual``).
+        Relative targets count from the last target balloonctl set on this VM instance
+        while it stands (``current_target``), else from ``actual``.
         ``force`` allows going below the floor, never below ``HARD_MINIMUM``.
 
         Raises:
@@ -603,12 +757,14 @@ class BalloonClient:
             NoBalloonDevice, and what ``execute`` raises.
         """
         ram = await self.guest_ram()
+        await self.instance_id()  # once per connection; last_target() knows the run after
         if isinstance(spec, int):
             target = spec
         else:
-            current = self.last_target()
-            if current is None or current > ram:  # nothing remembered, or another VM's
-                current = await self.query_actual()
+            actual = await self.query_actual()
+            current = await self.current_target(actual=actual, guest_ram=ram)
+            if current is None:
+                current = actual
             target = spec.resolve(guest_ram=ram, current=current)
         return validate_target(target, guest_ram=ram, minimum=self.minimum,
                                maximum=self.maximum, force=force, vm=self._vm)
@@ -631,11 +787,12 @@ class BalloonClient:
         # QEMU answers DeviceNotActive here when there is no balloon; query first so a VM
         # without one fails before the agent does any work.
         actual = await self.query_actual()
-        if target < actual and self.qga is not None and self._remembered().get("hint"):
+        if (target < actual and self.qga is not None
+                and self._hint_on(await self._remembered())):
             if (await self.hint_status()).mode is HintMode.AGENT:
                 await self._drop_cache_before_inflating()
         await self.execute("balloon", {"value": target})
-        self.store.update(self.address, target=target, target_at=time.time())
+        await self._remember(target=target, target_at=time.time(), target_reached=False)
         return target
 
     async def wait_for_target(self, target: int, *,
@@ -664,6 +821,7 @@ class BalloonClient:
             if progress is not None:
                 progress(actual, target)
             if abs(actual - target) <= CONVERGED_TOLERANCE:
+                await self.current_target(actual=actual)  # notes a remembered target reached
                 return actual
             if first_actual is None:
                 first_actual = actual
@@ -712,7 +870,7 @@ class BalloonClient:
                              f"balloon device property {HINT_PROPERTY}"), None
         if self.qga is None:
             return HintState(HintMode.UNSUPPORTED, False, HINT_UNSUPPORTED_MESSAGE), None
-        remembered = self._remembered()
+        remembered = await self._remembered()
         try:
             async with self._agent(probe=True) as agent:
                 await agent.require_exec()
@@ -720,10 +878,10 @@ class BalloonClient:
             why = "guest-exec is blocked" if isinstance(exc, AgentExecBlocked) else (
                 "the guest agent is unreachable")
             detail = f"{why} ({exc}); {HINT_UNSUPPORTED_MESSAGE}"
-            if remembered.get("hint"):
+            if self._hint_on(remembered):
                 detail = f"the hint is on in balloonctl's state but not honoured: {detail}"
             return HintState(HintMode.UNSUPPORTED, False, detail), exc
-        enabled = bool(remembered.get("hint"))
+        enabled = self._hint_on(remembered)
         released = remembered.get("hint_released")
         detail = "guest agent drops clean page cache before each inflation"
         if remembered.get("hint_error"):
@@ -746,7 +904,8 @@ class BalloonClient:
         """Turn the cache-first hint on or off and return the resulting state.
 
         Device mode sets the device's ``reclaim-cache-first`` property; agent mode records
-        the choice in the store (it applies to later inflations, from any balloonctl run).
+        the choice in the store (it applies to later inflations, from any balloonctl run,
+        until the VM restarts).
 
         Raises:
             HintUnsupported: ``on`` and no way to honour it (the message says what would).
@@ -765,9 +924,9 @@ class BalloonClient:
                     raise agent_error
                 raise HintUnsupported(f"cannot honour the cache-first hint: {state.detail}",
                                       vm=self._vm)
-            self.store.update(self.address, hint=False)
+            await self._remember(hint=False)
             return state
-        self.store.update(self.address, hint=bool(on))
+        await self._remember(hint=bool(on))
         return await self.hint_status()
 
     async def _next_sample(self, previous: GuestStats, wait: float) -> GuestStats | None:
@@ -775,12 +934,14 @@ class BalloonClient:
 
         ``last-update`` is whole seconds and the guest pushes at most once per polling
         interval (1 s here), so a changed ``last-update`` is a sample received after
-        ``previous`` was read.
+        ``previous`` was read. Looks every ``STATS_POLL_INTERVAL`` seconds (at most
+        ``wait / STATS_POLL_INTERVAL`` + 1 ``qom-get`` calls); the last look is at the
+        deadline, so this returns within about ``wait`` plus one round trip.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while loop.time() < deadline:
-            await asyncio.sleep(POLL_INTERVAL)
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(STATS_POLL_INTERVAL, left))
             stats = await self.stats()
             if stats.last_update != previous.last_update:
                 return stats
@@ -790,12 +951,15 @@ class BalloonClient:
         """Agent-mode hint: have the guest drop clean page cache and measure what it freed.
 
         The release is ``stat-disk-caches`` in the first sample the guest pushes after this
-        starts minus the first one after the drop (up to about two polling intervals of
-        extra latency per inflation while the hint is on). The guest pushes
-        stats only on its polling interval, so for the measurement the interval is set to
-        1 s when it is off (QEMU then asks for a sample at once) or longer than 2 s, and
-        restored afterwards. Each sample is awaited at most ``STATS_REFRESH_WAIT`` seconds;
-        a release that could not be measured is recorded as unknown (None).
+        starts minus the first one after the drop. The guest pushes stats only on its
+        polling interval, so for the measurement the interval is set to 1 s when it is off
+        (QEMU then asks for a sample at once) or longer than 2 s, and restored afterwards.
+
+        Added latency per inflation while the hint is on: the two samples, each awaited at
+        most ``STATS_REFRESH_WAIT`` (3 s) and looked for every ``STATS_POLL_INTERVAL``
+        (0.3 s), plus the guest-exec of the drop (bounded by the agent's timeout, at most
+        5 s): typically one to two polling intervals (1-2.5 s), never more than about 6 s
+        plus the drop. A release that could not be measured is recorded as unknown (None).
         """
         interval = await self.polling_interval()
         before = await self.stats()
@@ -809,8 +973,8 @@ class BalloonClient:
                     await agent.drop_caches()
             except AgentError as exc:
                 log.warning("%s: cache-first drop failed: %s", self.name, exc)
-                self.store.update(self.address, hint_error=str(exc), hint_released=None,
-                                  hint_at=time.time())
+                await self._remember(hint_error=str(exc), hint_released=None,
+                                     hint_at=time.time())
                 return
             after = await self._next_sample(await self.stats(), STATS_REFRESH_WAIT)
         finally:
@@ -819,8 +983,7 @@ class BalloonClient:
         released: int | None = None
         if after is not None and before.disk_caches is not None and after.disk_caches is not None:
             released = max(0, before.disk_caches - after.disk_caches)
-        self.store.update(self.address, hint_released=released, hint_error=None,
-                          hint_at=time.time())
+        await self._remember(hint_released=released, hint_error=None, hint_at=time.time())
 
     # ---- snapshot and events ----------------------------------------------------------
 
@@ -837,7 +1000,8 @@ class BalloonClient:
             ram = await self.guest_ram()
             state = state.with_changes(reachable=True, guest_ram=ram, floor=self.floor(ram))
             actual = await self.query_actual()
-            state = state.with_changes(actual=actual)
+            target = await self.current_target(actual=actual, guest_ram=ram)
+            state = state.with_changes(actual=actual, target=target)
             stats, interval = await asyncio.gather(self.stats(), self.polling_interval())
             state = state.with_changes(stats=stats, polling_interval=interval,
                                        features=await self.features())

@@ -4,6 +4,10 @@ cache-first hint state (QEMU keeps neither for stock devices).
 A small JSON file at ``$BALLOONCTL_STATE`` or ``$XDG_STATE_HOME/balloonctl/state.json``,
 keyed by the VM's QMP address, updated under an exclusive ``flock`` so concurrent CLI
 invocations do not lose each other's writes. ``MemoryStore`` keeps the same in memory.
+
+The store itself is a dumb key -> dict map. ``BalloonClient`` records with each entry the
+identity of the VM *instance* (one run of QEMU) it belongs to and ignores entries of any
+other instance; see ``BalloonClient`` for the rule.
 """
 
 from __future__ import annotations
@@ -12,17 +16,26 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["FileStore", "MemoryStore", "Store", "default_state_path"]
+__all__ = ["Change", "FileStore", "MemoryStore", "Store", "default_state_path"]
+
+
+Change = Callable[[dict[str, Any]], dict[str, Any]]
+"""``change(entry) -> new entry``: gets a copy of the entry ({} when none) and returns what to
+store in its place; it runs under the store's lock (a read-modify-write no one interleaves)."""
 
 
 class Store(Protocol):
     def get(self, key: str) -> dict[str, Any]: ...
 
     def update(self, key: str, **values: Any) -> None: ...
+
+    def edit(self, key: str, change: Change) -> dict[str, Any]:
+        """Replace the entry with ``change(entry)`` atomically; return the new entry."""
+        ...
 
 
 class MemoryStore:
@@ -36,6 +49,11 @@ class MemoryStore:
 
     def update(self, key: str, **values: Any) -> None:
         self._data.setdefault(key, {}).update(values)
+
+    def edit(self, key: str, change: Change) -> dict[str, Any]:
+        new = dict(change(self.get(key)))
+        self._data[key] = new
+        return dict(new)
 
 
 def default_state_path() -> Path:
@@ -87,3 +105,10 @@ class FileStore:
             if not isinstance(entry, dict):
                 entry = data[key] = {}
             entry.update(values)
+
+    def edit(self, key: str, change: Change) -> dict[str, Any]:
+        with self._locked() as data:
+            entry = data.get(key, {})
+            new = dict(change(dict(entry) if isinstance(entry, dict) else {}))
+            data[key] = new
+            return dict(new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,8 @@ import pytest
 
 from balloonctl.errors import AgentExecBlocked, HintUnsupported
 from balloonctl.fake import FakeVM
-from balloonctl.model import HintMode
-from balloonctl.qmp import BalloonClient
+from balloonctl.model import HintMode, VmRef
+from balloonctl.qmp import STATS_POLL_INTERVAL, STATS_REFRESH_WAIT, BalloonClient
 from balloonctl.store import FileStore, MemoryStore
 from balloonctl.units import GiB, MiB
 
@@ -161,3 +162,68 @@ async def test_agent_mode_drop_failure_is_recorded_and_the_inflation_goes_on(
     assert state.mode is HintMode.AGENT and state.enabled
     assert state.released is None
     assert "last drop failed" in state.detail and "Permission denied" in state.detail
+
+
+async def test_agent_mode_hint_belongs_to_one_run_of_the_vm(
+    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
+) -> None:
+    state_file = tmp_path / "state.json"
+    async with client_for(fake_vm, agent=True, store=FileStore(state_file)) as client:
+        await client.set_hint(True)
+        fake_vm.guest.read_file(200 * MiB)
+        await client.set_target(GiB + 512 * MiB)  # an inflation: the cache is dropped
+        assert (await client.hint_status()).released is not None
+    await fake_vm.stop()  # the VM restarts on the same sockets
+    await fake_vm.start()
+    fake_vm.guest.read_file(200 * MiB)
+    cache = fake_vm.guest.cache
+    async with client_for(fake_vm, agent=True, store=FileStore(state_file)) as client:
+        status = await client.hint_status()
+        assert status.mode is HintMode.AGENT and not status.enabled
+        assert status.released is None and "released" not in status.detail
+        await client.set_target(GiB + 512 * MiB)  # no drop on the new run
+        assert fake_vm.guest.cache >= cache - 8 * MiB
+        assert not (await client.snapshot()).hint.enabled
+
+
+async def test_a_new_run_starts_with_the_inventorys_hint_preference(
+    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
+) -> None:
+    store = FileStore(tmp_path / "state.json")
+    ref = VmRef(fake_vm.name, str(fake_vm.qmp_path), qga=str(fake_vm.qga_path), hint=True)
+    async with BalloonClient.from_ref(ref, store=store, connect_timeout=1.0) as client:
+        assert (await client.hint_status()).enabled
+        assert not (await client.set_hint(False)).enabled  # this run: off, as asked
+    async with BalloonClient.from_ref(ref, store=store, connect_timeout=1.0) as client:
+        assert not (await client.hint_status()).enabled
+    await fake_vm.stop()
+    await fake_vm.start()
+    async with BalloonClient.from_ref(ref, store=store, connect_timeout=1.0) as client:
+        assert (await client.hint_status()).enabled
+
+
+async def test_agent_mode_inflation_polls_stats_sparingly(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def trace(_vm: str, direction: str, msg: Any) -> None:
+        if direction == "->":
+            sent.append(msg)
+
+    async with client_for(fake_vm, agent=True, trace=trace) as client:
+        await client.set_hint(True)
+        fake_vm.guest.read_file(200 * MiB)
+        sent.clear()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await client.set_target(GiB + 512 * MiB)
+        elapsed = loop.time() - started
+        assert (await client.hint_status()).released is not None
+    stats_reads = [m for m in sent if m.get("execute") == "qom-get"
+                   and m.get("arguments", {}).get("property") == "guest-stats"]
+    # Two samples a polling interval (1 s) apart, looked for every STATS_POLL_INTERVAL:
+    # about ten reads, where polling every 50 ms took some forty.
+    per_wait = STATS_REFRESH_WAIT / STATS_POLL_INTERVAL + 1
+    assert len(stats_reads) <= min(20, 2 * per_wait + 2)
+    assert elapsed < 2 * STATS_REFRESH_WAIT + 2

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rawqmp import poll_until
+from rawqmp import RawQMP, poll_until
 
 from balloonctl.errors import (
     DriverNotReady,
@@ -66,8 +66,10 @@ async def test_a_remembered_target_larger_than_the_vm_is_ignored(
     fake_vm: FakeVM, client_for: ClientFactory,
 ) -> None:
     store = MemoryStore()
-    store.update(str(fake_vm.qmp_path), target=8 * GiB)  # a bigger VM once had this socket
     async with client_for(fake_vm, store=store) as client:
+        # A bigger VM once had this socket (and, improbably, the same instance identity).
+        store.update(str(fake_vm.qmp_path), instance=await client.instance_id(),
+                     target=8 * GiB, target_at=time.time())
         assert await client.resolve_target(parse_target("-512M")) == 1536 * MiB
 
 
@@ -142,6 +144,7 @@ async def test_target_persists_in_a_file_store(
     async with client_for(fake_vm, store=FileStore(tmp_path / "state.json")) as client:
         await client.set_target(parse_target("1G"))
     async with client_for(fake_vm, store=FileStore(tmp_path / "state.json")) as again:
+        assert await again.current_target() == GiB
         assert again.last_target() == GiB
         assert await again.set_target(parse_target("-256M")) == 768 * MiB
         state = await again.snapshot()
@@ -235,3 +238,94 @@ async def test_snapshot_while_converging(fake_vm_factory: Any, client_for: Clien
         state = await poll_until(client.snapshot, within=2)
         assert state.target == GiB and state.status is VmStatus.CONVERGING
         assert state.to_json()["target"] == GiB
+
+
+# --- the remembered target belongs to one run of the VM --------------------------------
+
+
+async def test_a_restarted_vm_has_no_remembered_target(
+    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
+) -> None:
+    state_file = tmp_path / "state.json"
+    async with client_for(fake_vm, store=FileStore(state_file)) as client:
+        await client.set_target(parse_target("1.5G"))
+    await fake_vm.stop()  # QEMU exits; a new QEMU starts on the same socket path
+    await fake_vm.start()
+    async with client_for(fake_vm, store=FileStore(state_file)) as client:
+        state = await client.snapshot()
+        assert state.actual == 2 * GiB and state.target is None
+        assert state.status is VmStatus.OK and state.to_json()["target"] is None
+        assert await client.current_target() is None
+        # Relative targets count from actual (2G), not from the old run's 1.5G.
+        assert await client.set_target(parse_target("-256M"), dry_run=True) == 1792 * MiB
+
+
+async def test_an_entry_without_an_instance_is_ignored(
+    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
+) -> None:
+    store = FileStore(tmp_path / "state.json")
+    # What balloonctl wrote before entries carried the VM instance.
+    store.update(str(fake_vm.qmp_path), target=GiB, target_at=time.time(), hint=True)
+    async with client_for(fake_vm, store=store) as client:
+        assert (await client.snapshot()).target is None
+        assert await client.resolve_target(parse_target("-256M")) == 1792 * MiB
+        assert await client.set_target(parse_target("1G")) == GiB
+    entry = store.get(str(fake_vm.qmp_path))
+    assert entry["target"] == GiB and "hint" not in entry  # the old entry was replaced
+
+
+async def test_a_reached_target_changed_by_another_client_is_forgotten(
+    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
+) -> None:
+    store = FileStore(tmp_path / "state.json")
+    async with client_for(fake_vm, store=store) as client:
+        await client.set_target(parse_target("1.5G"))
+        await client.wait_for_target(1536 * MiB, timeout=5)
+    # virsh / qmp-shell moves the balloon while balloonctl is not looking.
+    async with await RawQMP.open(fake_vm.qmp_path) as qmp:
+        await qmp.execute("balloon", {"value": GiB})
+    await poll_until(lambda: fake_vm.guest.actual == GiB, what="the balloon to reach 1G")
+    async with client_for(fake_vm, store=store) as client:
+        state = await client.snapshot()
+        assert state.target is None and state.status is VmStatus.OK
+        assert await client.resolve_target(parse_target("-256M")) == 768 * MiB
+    assert "target" not in store.get(str(fake_vm.qmp_path))
+
+
+async def test_a_target_never_reached_goes_stale_after_the_threshold(
+    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
+) -> None:
+    store = FileStore(tmp_path / "state.json")
+    async with client_for(fake_vm, store=store) as client:
+        await client.set_target(parse_target("1.5G"))
+    # Another client changes the target before balloonctl saw its own one reached.
+    async with await RawQMP.open(fake_vm.qmp_path) as qmp:
+        await qmp.execute("balloon", {"value": GiB})
+    await poll_until(lambda: fake_vm.guest.actual == GiB, what="the balloon to reach 1G")
+    # Within the threshold the remembered target still stands (it may be converging).
+    async with client_for(fake_vm, store=store, target_stale_after=120) as client:
+        state = await client.snapshot()
+        assert state.target == 1536 * MiB and state.status is VmStatus.CONVERGING
+    # Past it (here: a threshold of zero), it is unknown and relative sizes count from
+    # actual.
+    async with client_for(fake_vm, store=store, target_stale_after=0) as client:
+        state = await client.snapshot()
+        assert state.target is None and state.status is VmStatus.OK
+        assert await client.resolve_target(parse_target("-256M")) == 768 * MiB
+
+
+async def test_the_instance_identity_changes_with_every_run(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
+    client = client_for(fake_vm)
+    first = await client.instance_id()
+    assert first is not None and await client.instance_id() == first
+    await client.close()
+    assert await client.instance_id() == first  # a new connection to the same run
+    await client.close()
+    await fake_vm.stop()
+    await fake_vm.start()
+    again = await client.instance_id()
+    assert again is not None and again != first
+    # The thread-id part alone (all a TCP address has) tells the runs apart too.
+    assert first.rsplit(" ", 1)[1] != again.rsplit(" ", 1)[1]

@@ -85,16 +85,20 @@ async def test_faults_apply_to_the_agent(fake_vm: FakeVM) -> None:
 
 
 async def test_stale_stats(fake_vm: FakeVM) -> None:
+    device = fake_vm.device
+    assert device is not None
     stats = {"path": BALLOON, "property": "guest-stats"}
     interval = {"path": BALLOON, "property": "guest-stats-polling-interval"}
     async with await RawQMP.open(fake_vm.qmp_path) as qmp:
         fake_vm.faults.stale_stats = True
         frozen = await qmp.execute("qom-get", stats)
         fake_vm.guest.read_file(64 * MiB)
+        polls = device.stats_polls
         await qmp.execute("qom-set", {**interval, "value": 1})
         assert await qmp.execute("qom-get", interval) == 1
-        # Longer than a polling period: a healthy guest would have reported twice by now.
-        await asyncio.sleep(1.2)
+        # The polling timer fires twice: a healthy guest would have reported twice.
+        await poll_until(lambda: device.stats_polls >= polls + 2, within=5,
+                         what="two stats polling periods")
         assert await qmp.execute("qom-get", stats) == frozen
         # The guest recovers: samples flow again.
         fake_vm.faults.stale_stats = False
@@ -115,8 +119,12 @@ async def test_stuck_balloon(fake_vm: FakeVM) -> None:
         await poll_until(lambda: fake_vm.guest.actual < 2 * GiB, what="the balloon to start")
         fake_vm.faults.stuck = True
         stuck_at = (await qmp.execute("query-balloon"))["actual"]
+        device = fake_vm.device
+        assert device is not None
         for _ in range(5):
-            await asyncio.sleep(0.02)  # several ticks pass; actual must not change
+            # A few timer ticks pass (each would move the balloon 40 MiB); actual must not.
+            await poll_until(lambda after=device.ticks + 3: device.ticks >= after,
+                             what="three timer ticks")
             assert (await qmp.execute("query-balloon"))["actual"] == stuck_at
         fake_vm.faults.stuck = False
         await poll_until(lambda: fake_vm.guest.actual == GiB + GiB // 2)

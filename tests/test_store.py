@@ -47,6 +47,20 @@ def test_concurrent_writers_do_not_lose_each_others_keys(tmp_path: Path) -> None
     assert [store.get(f"vm{i}").get("count") for i in range(3)] == [30, 30, 30]
 
 
+@pytest.mark.parametrize("kind", ["file", "memory"])
+def test_edit_replaces_the_entry_with_what_the_change_returns(tmp_path: Path, kind: str) -> None:
+    store = FileStore(tmp_path / "state.json") if kind == "file" else MemoryStore()
+    store.update("vm", instance="run-1", target=5, hint=True)
+
+    def new_run(entry: dict[str, object]) -> dict[str, object]:
+        assert entry == {"instance": "run-1", "target": 5, "hint": True}
+        return {"instance": "run-2", "target": 7}
+
+    assert store.edit("vm", new_run) == {"instance": "run-2", "target": 7}
+    assert store.get("vm") == {"instance": "run-2", "target": 7}
+    assert store.edit("other", lambda e: {**e, "n": 1}) == {"n": 1}
+
+
 def test_memory_store_returns_copies() -> None:
     store = MemoryStore()
     store.update("a", target=1)

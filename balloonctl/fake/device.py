@@ -70,6 +70,11 @@ class BalloonDevice:
         self.driver_loaded = False
         self.polling_interval = 0
         self.last_update = 0
+        # For tests that must see time pass in the guest, not just on the clock: timer
+        # ticks so far, and expirations of the stats polling timer (counted even when the
+        # guest does not answer, with the stale_stats fault).
+        self.ticks = 0
+        self.stats_polls = 0
         self._stats: dict[str, int] = NOT_REPORTED_STATS
         self._driver_at = float("inf")
         self._next_poll = float("inf")
@@ -129,6 +134,7 @@ class BalloonDevice:
     # --- the timer ---------------------------------------------------------------------
 
     def tick(self, now: float, wall: float) -> None:
+        self.ticks += 1
         last = self._last_tick
         self._last_tick = now
         if last is None:
@@ -151,6 +157,7 @@ class BalloonDevice:
             self._credit = 0.0
         if now >= self._next_poll:
             self._next_poll = now + self.polling_interval
+            self.stats_polls += 1
             if not self.faults.stale_stats:
                 self._refresh_stats(wall)
 

@@ -6,6 +6,7 @@ Capabilities negotiation, ``quit`` and fault injection belong to the server, not
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,9 @@ QEMU_VERSION: dict[str, Any] = {
     "qemu": {"micro": 22, "minor": 2, "major": 7},
     "package": "Debian 1:7.2+dfsg-7+deb12u7",
 }
+
+# Host thread ids for the vCPU of each boot: like a new QEMU process's, never the same twice.
+_THREAD_IDS = itertools.count(40000)
 
 PCI_TYPE = "virtio-balloon-pci"
 BACKEND_TYPE = "virtio-balloon-device"
@@ -78,6 +82,7 @@ class Machine:
         self.ram = ram
         self.device = device
         self.clock = clock
+        self.vcpu_thread_id = next(_THREAD_IDS)
         self._paths: dict[str, _Node] = {}
         self._build_tree(agent)
         self._commands: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -87,6 +92,7 @@ class Machine:
             "query-status": self._query_status,
             "query-version": self._query_version,
             "query-name": self._query_name,
+            "query-cpus-fast": self._query_cpus_fast,
             "query-commands": self._query_commands,
             "qom-list": self._qom_list,
             "qom-get": self._qom_get,
@@ -243,6 +249,16 @@ class Machine:
     def _query_version(self, args: dict[str, Any]) -> dict[str, Any]:
         check_args(args, {})
         return QEMU_VERSION
+
+    def boot(self) -> None:
+        """A new QEMU process: the vCPU runs in a new host thread."""
+        self.vcpu_thread_id = next(_THREAD_IDS)
+
+    def _query_cpus_fast(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        check_args(args, {})
+        return [{"cpu-index": 0, "thread-id": self.vcpu_thread_id, "target": "x86_64",
+                 "qom-path": "/machine/unattached/device[0]",
+                 "props": {"core-id": 0, "thread-id": 0, "node-id": 0, "socket-id": 0}}]
 
     def _query_name(self, args: dict[str, Any]) -> dict[str, Any]:
         check_args(args, {})

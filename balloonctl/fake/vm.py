@@ -115,6 +115,7 @@ class FakeVM(Service):
         self.directory.mkdir(parents=True, exist_ok=True)
         now = self._now()
         self._last_tick = now
+        self.machine.boot()
         if self.device is not None:
             self.device.start(now)
         try:
