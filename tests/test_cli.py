@@ -564,6 +564,26 @@ def test_format_and_json_must_agree(start: Start, cli: Cli) -> None:
     assert "Invalid value for '--format' / '-f': 'yaml' is not one of" in r.stderr
 
 
+def test_global_options_also_work_after_the_command(start: Start, cli: Cli, fake_dir: Path,
+                                                    tmp_path: Path) -> None:
+    start("vm1")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("status", "--dir", str(empty))
+    assert r.exit_code == ExitCode.USAGE and "no VMs known" in r.stderr
+    r = cli("status", "vm1", "--json", f"--qmp=other={fake_dir}/vm1.qmp", "-v",
+            "--timeout", "2s", "--config", str(tmp_path / "nope.toml"))
+    assert r.exit_code == ExitCode.USAGE and "nope.toml: no such file" in r.stderr
+    r = cli("status", "other", "--json", f"--qmp=other={fake_dir}/vm1.qmp", "-v",
+            "--timeout", "2s")
+    assert r.exit_code == ExitCode.OK, r.stderr
+    assert states(r)["other"]["actual"] == 2 * GiB and "other -> " in r.stderr
+    # a command's own option of the same name stays the command's: set --timeout, fake --dir
+    r = cli("set", "vm1", "1G", "--wait", "--timeout", "30s")
+    assert r.exit_code == ExitCode.OK, r.stderr
+    assert cli("status", "--timeout", "soon").exit_code == ExitCode.USAGE
+
+
 def test_bad_global_option_values(cli: Cli) -> None:
     assert cli("--timeout", "soon", "status").exit_code == ExitCode.USAGE
     assert cli("--qga", "/x.qga", "status").exit_code == ExitCode.USAGE

@@ -103,6 +103,58 @@ class BalloonGroup(TyperGroup):
         return code
 
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _hoist_global_options(self, args))
+
+
+def _options(params: Sequence[Any]) -> dict[str, Any]:
+    """A command's options by every name they answer to (``--dir``, ``-v``)."""
+    return {name: p for p in params if getattr(p, "param_type_name", None) == "option"
+            for name in (*p.opts, *p.secondary_opts)}
+
+
+def _words(option: Any, word: str) -> int:
+    """How many words an option occupies: 1 for a flag or ``--opt=value``, else 2."""
+    if "=" in word or getattr(option, "is_flag", False) or getattr(option, "count", False):
+        return 1
+    return 2
+
+
+def _hoist_global_options(group: TyperGroup, args: Sequence[str]) -> list[str]:
+    """``balloonctl status --dir X`` as ``balloonctl --dir X status``: a global option given
+    after the command moves before it, unless the command has an option of that name itself
+    (``set --timeout``, ``fake --dir``). ``--`` ends the search."""
+    args = list(args)
+    globals_ = {n: p for n, p in _options(group.params).items() if p.name != "version"}
+    i = 0
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":
+        found = globals_.get(args[i].split("=", 1)[0])
+        i += 1 if found is None else _words(found, args[i])
+    command = group.commands.get(args[i]) if i < len(args) else None
+    if command is None:
+        return args
+    own = _options(command.params)
+    head, tail = args[:i], [args[i]]
+    j = i + 1
+    while j < len(args):
+        word = args[j]
+        if word == "--":
+            tail += args[j:]
+            break
+        name = word.split("=", 1)[0]
+        if name in own:
+            n = _words(own[name], word)
+            tail += args[j:j + n]
+        elif name in globals_ and word.startswith("-"):
+            n = _words(globals_[name], word)
+            head += args[j:j + n]
+        else:
+            n = 1
+            tail.append(word)
+        j += n
+    return head + tail
+
+
 _QUIET = logging.NullHandler()
 
 app = typer.Typer(
