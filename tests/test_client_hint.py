@@ -165,24 +165,25 @@ async def test_agent_mode_drop_failure_is_recorded_and_the_inflation_goes_on(
 
 
 async def test_agent_mode_hint_belongs_to_one_run_of_the_vm(
-    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
+    fake_vm_factory: Any, tmp_path: Path, client_for: ClientFactory,
 ) -> None:
     state_file = tmp_path / "state.json"
-    async with client_for(fake_vm, agent=True, store=FileStore(state_file)) as client:
+    first: FakeVM = await fake_vm_factory()
+    async with client_for(first, agent=True, store=FileStore(state_file)) as client:
         await client.set_hint(True)
-        fake_vm.guest.read_file(200 * MiB)
+        first.guest.read_file(200 * MiB)
         await client.set_target(GiB + 512 * MiB)  # an inflation: the cache is dropped
         assert (await client.hint_status()).released is not None
-    await fake_vm.stop()  # the VM restarts on the same sockets
-    await fake_vm.start()
-    fake_vm.guest.read_file(200 * MiB)
-    cache = fake_vm.guest.cache
-    async with client_for(fake_vm, agent=True, store=FileStore(state_file)) as client:
+    await first.stop()  # the VM restarts (a fresh guest) on the same sockets
+    vm: FakeVM = await fake_vm_factory()
+    vm.guest.read_file(200 * MiB)
+    cache = vm.guest.cache
+    async with client_for(vm, agent=True, store=FileStore(state_file)) as client:
         status = await client.hint_status()
         assert status.mode is HintMode.AGENT and not status.enabled
         assert status.released is None and "released" not in status.detail
-        await client.set_target(GiB + 512 * MiB)  # no drop on the new run
-        assert fake_vm.guest.cache >= cache - 8 * MiB
+        await client.set_target(GiB + 512 * MiB)  # an inflation, but no drop on this run
+        assert vm.guest.cache >= cache - 8 * MiB
         assert not (await client.snapshot()).hint.enabled
 
 

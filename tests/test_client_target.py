@@ -244,13 +244,15 @@ async def test_snapshot_while_converging(fake_vm_factory: Any, client_for: Clien
 
 
 async def test_a_restarted_vm_has_no_remembered_target(
-    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
+    fake_vm_factory: Any, tmp_path: Path, client_for: ClientFactory,
 ) -> None:
     state_file = tmp_path / "state.json"
-    async with client_for(fake_vm, store=FileStore(state_file)) as client:
+    first: FakeVM = await fake_vm_factory()
+    async with client_for(first, store=FileStore(state_file)) as client:
         await client.set_target(parse_target("1.5G"))
-    await fake_vm.stop()  # QEMU exits; a new QEMU starts on the same socket path
-    await fake_vm.start()
+    await first.stop()  # QEMU exits; a new QEMU (a fresh guest) starts on the same path
+    fake_vm: FakeVM = await fake_vm_factory()
+    assert fake_vm.qmp_path == first.qmp_path
     async with client_for(fake_vm, store=FileStore(state_file)) as client:
         state = await client.snapshot()
         assert state.actual == 2 * GiB and state.target is None
