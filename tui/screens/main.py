@@ -81,7 +81,7 @@ class MainScreen(Screen[None]):
         view = self.view
         self.table.show(view.visible(), view.selected)
         self.table.mark_sort(view.sort_key, view.reverse)
-        self._header.show(view.totals())
+        self._header.show(view.totals() if view.rows else None)
         status = f"sort {view.sort_key} {'▼' if view.reverse else '▲'}"
         if view.selected:
             status += f"  selected {len(view.selected)}"

@@ -54,6 +54,8 @@ class FleetHeader(Static):
             ):
                 text.append(f"  {label} ", style="dim")
                 text.append(size(value))
+        else:
+            text.append("waiting for the first snapshot…", style="dim")
         host = self._host
         text.append("  │  host ", style="dim")
         if host is not None:
