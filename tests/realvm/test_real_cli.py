@@ -143,3 +143,23 @@ def test_cli_reports_a_busy_socket(real_vm: QemuVM, tmp_path: Path) -> None:
     row = json.loads(result.stdout)[0]
     assert (row["status"], row["error_kind"]) == ("busy", "SocketBusy")
     assert "another QMP client" in result.stderr
+
+
+def test_cli_wave_moves_the_real_balloon_and_restores(real_vm: QemuVM, tmp_path: Path) -> None:
+    cli = Cli(real_vm, tmp_path)
+    result = cli.ok("wave", VM, "--min", "640M", "--max", "1G", "--period", "3s",
+                    "--step", "0.5s", "--cycles", "1", "-f", "ndjson")
+    steps = [json.loads(line) for line in result.stdout.splitlines()]
+    targets = [s["target"] for s in steps if not s["restore"]]
+    # A triangle: down from the top to --min, then back up to the top.
+    low = targets.index(min(targets))
+    assert targets[0] == targets[-1] == real_vm.ram
+    assert min(targets) == 640 * MiB
+    assert targets[: low + 1] == sorted(targets[: low + 1], reverse=True)
+    assert targets[low:] == sorted(targets[low:])
+    # The real guest followed: actual went well below RAM while the wave ran.
+    assert min(s["actual"] for s in steps) < real_vm.ram - 128 * MiB
+    # The last line restores the original target, and QEMU gets back there.
+    assert steps[-1]["restore"] is True and steps[-1]["target"] == real_vm.ram
+    cli.ok("set", VM, "100%", "--wait")
+    assert actual(real_vm) == real_vm.ram
