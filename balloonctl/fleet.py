@@ -10,6 +10,11 @@ other tools (virsh, libvirt, scripts, another balloonctl) get their turn between
 ``hold=True`` keeps one connection per VM (reconnecting with capped exponential backoff,
 re-reading the full state after each reconnect) and receives QMP events; use it only when
 balloonctl is meant to own the VMs' QMP sockets.
+
+What stays fixed while a VM runs (the balloon device's path and properties, guest RAM, the
+device features, whether the guest agent allows guest-exec) is learned once per run of the
+VM and kept across polite connections (``RunFacts``), so a polite poll costs the
+connection, ``query-balloon`` and two ``qom-get``: see ``BalloonClient.run_facts``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Final, Protocol, TypeVar
 
 from balloonctl.errors import BalloonError, QMPTimeout, UnknownVM, UsageError
 from balloonctl.model import BalloonState, HintState, VmRef
-from balloonctl.qmp import BalloonClient, BalloonEvent, Trace
+from balloonctl.qmp import BalloonClient, BalloonEvent, RunFacts, Trace
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec
 
@@ -104,6 +109,9 @@ class Fleet(DataSource):
         self.trace = trace
         self._sem = asyncio.Semaphore(concurrency)
         self._clients: dict[str, BalloonClient] = {}  # hold mode only
+        # Polite mode: what each VM's last connection learned about its current run; a
+        # client uses it only after checking it reaches the same run (BalloonClient).
+        self._facts: dict[str, RunFacts] = {}
         self._backoff: dict[str, Backoff] = {name: Backoff() for name in self.refs}
         self._last: dict[str, BalloonState] = {}
         # None marks the end (close()); it is put back for every other consumer.
@@ -117,14 +125,16 @@ class Fleet(DataSource):
         return list(self.refs)
 
     def client(self, name: str) -> BalloonClient:
-        """A new (unconnected) client for one VM, sharing the fleet's store and settings.
+        """A new (unconnected) client for one VM, sharing the fleet's store and settings
+        and what earlier connections learned about the VM's current run.
 
         Raises:
             UnknownVM: no VM by that name.
         """
         return BalloonClient.from_ref(self._ref(name), store=self.store,
                                       connect_timeout=self.connect_timeout,
-                                      command_timeout=self.command_timeout, trace=self.trace)
+                                      command_timeout=self.command_timeout, trace=self.trace,
+                                      facts=self._facts.get(name))
 
     def _ref(self, name: str) -> VmRef:
         try:
@@ -140,6 +150,9 @@ class Fleet(DataSource):
             try:
                 yield client
             finally:
+                facts = client.run_facts()
+                if facts is not None:
+                    self._facts[name] = facts
                 await client.close()
             return
         held = self._clients.get(name)

@@ -78,6 +78,7 @@ __all__ = [
     "BalloonClient",
     "BalloonEvent",
     "BoundedEventListener",
+    "RunFacts",
     "Trace",
 ]
 
@@ -119,6 +120,15 @@ TARGET_STALE_AFTER: Final = 120.0
 _TARGET_KEYS: Final = ("target", "target_at", "target_reached")
 # Events kept per listener (queue) and in its history; older ones are dropped.
 EVENT_BUFFER: Final = 256
+# How long a run's vCPU thread id, once read over QMP, is trusted on later connections that
+# find the same socket file (RunFacts): the file alone already names the run; re-reading
+# the thread id now and then covers a file system that reuses an inode within its
+# timestamp granularity.
+RUN_RECHECK: Final = 60.0
+# How long a guest-agent probe's answer (guest-exec allowed, or refused) is trusted; an
+# unreachable agent is asked again at the next probe.
+AGENT_RECHECK: Final = 30.0
+_UNKNOWN_THREAD: Final = "vcpu0-thread:unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +148,31 @@ class BalloonEvent:
         stamp = float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
         data = msg.get("data") or {}
         return cls(str(msg.get("event", "")), dict(data), stamp)
+
+
+@dataclass(frozen=True, slots=True)
+class RunFacts:
+    """What a client learned about one run of a VM that stays fixed while it runs, so that
+    a later connection to the same run can skip asking (``BalloonClient(facts=...)``,
+    ``BalloonClient.run_facts()``; ``Fleet``'s polite mode hands them from one connection
+    to the next).
+
+    ``socket`` and ``run`` name the run as ``instance_id`` does: the unix socket file's
+    identity (None over TCP) and vCPU 0's host thread; ``run_checked`` is the
+    ``time.monotonic()`` at which ``run`` was last read over QMP. ``None`` fields were not
+    learned. ``agent_checked`` is when the guest agent was last probed for guest-exec (the
+    cache-first hint) and ``agent_error`` its refusal (None: guest-exec allowed).
+    """
+
+    socket: str | None
+    run: str
+    run_checked: float
+    device: str | None = None
+    properties: Mapping[str, str] | None = None
+    guest_ram: int | None = None
+    features: DeviceFeatures | None = None
+    agent_checked: float | None = None
+    agent_error: AgentExecBlocked | None = None
 
 
 class BoundedEventListener(EventListener):
@@ -348,7 +383,8 @@ class BalloonClient:
                  store: Store | None = None, minimum: int | None = None,
                  maximum: int | None = None, trace: Trace | None = None,
                  hint: bool | None = None,
-                 target_stale_after: float = TARGET_STALE_AFTER) -> None:
+                 target_stale_after: float = TARGET_STALE_AFTER,
+                 facts: RunFacts | None = None) -> None:
         self.address = address
         self.name = name or address
         self._vm = name  # errors name the VM only when it has a name of its own
@@ -367,7 +403,14 @@ class BalloonClient:
         self._device_props: dict[str, str] | None = None
         self._guest_ram: int | None = None
         self._features: DeviceFeatures | None = None
-        self._run_id: str | None = None  # TCP: this connection's instance_id
+        self._run_id: str | None = None  # vCPU 0's thread: the run behind this connection
+        self._socket_id: str | None = None  # the socket file when _run_id was learned
+        self._run_checked = 0.0  # time.monotonic() when _run_id was read over QMP
+        self._agent_checked: float | None = None  # see RunFacts
+        self._agent_error: AgentExecBlocked | None = None
+        # Facts of an earlier connection, used once this one shows it reaches the same run.
+        self._earlier: RunFacts | None = facts
+        self._addr = _parse_address(address)
         self._closes = 0  # close() calls so far: an event stream ended by close() is quiet
 
     @classmethod
@@ -432,13 +475,17 @@ class BalloonClient:
                 sock.close()  # qemu.qmp closed its stream already; this is a no-op then
             raise _translate(exc, where) or ConnectFailed(
                 f"cannot connect to QMP socket {self.address}: {exc!r}", vm=self._vm) from exc
+        # A reconnect may reach a different QEMU process behind the same socket path: what
+        # the last connection learned is used again only once this one shows the same run.
+        self._earlier = self.run_facts() or self._earlier
         self._forget_device()
+        self._recall(checked=False)
 
     async def _open_socket(self) -> socket.socket:
         # The socket is opened here rather than by qemu.qmp so that a timeout can tell
         # "not accepting" from "accepted but silent" (the busy case).
         loop = asyncio.get_running_loop()
-        addr = _parse_address(self.address)
+        addr = self._addr
         if isinstance(addr, tuple):
             infos = await loop.getaddrinfo(addr[0], addr[1], type=socket.SOCK_STREAM)
             family, kind, proto, _, sockaddr = infos[0]
@@ -471,12 +518,71 @@ class BalloonClient:
                 await self._reap()
 
     def _forget_device(self) -> None:
-        # A reconnect may reach a different QEMU process behind the same socket path.
+        self._forget_device_facts()
+        self._guest_ram = None
+        self._run_id = None
+        self._socket_id = None
+        self._agent_checked = None
+        self._agent_error = None
+
+    def _forget_device_facts(self) -> None:
+        # The balloon device may have been unplugged (and another one plugged) at runtime.
         self._device = None
         self._device_props = None
-        self._guest_ram = None
         self._features = None
-        self._run_id = None
+
+    # ---- facts of one run, kept across connections ---------------------------------------
+
+    def run_facts(self) -> RunFacts | None:
+        """What this client learned about the VM's current run that stays fixed while it
+        runs (no I/O); None before it has read the run's identity (``instance_id``).
+        Give it to a later client as ``facts=`` to spare it the queries.
+        """
+        if self._run_id is None:
+            return None
+        return RunFacts(
+            socket=self._socket_id, run=self._run_id, run_checked=self._run_checked,
+            device=self._device,
+            properties=None if self._device_props is None else dict(self._device_props),
+            guest_ram=self._guest_ram, features=self._features,
+            agent_checked=self._agent_checked, agent_error=self._agent_error)
+
+    def _recall(self, *, checked: bool, run: str | None = None) -> None:
+        """Take over the earlier connection's facts if they are of the run this one reaches.
+
+        ``checked=False`` (just connected, no I/O): a unix socket file that is still the one
+        the facts were learned on names the same run, while the facts' thread id is younger
+        than ``RUN_RECHECK``; otherwise the facts wait for ``instance_id`` to read the
+        thread id, which calls this with ``checked=True`` and that ``run``.
+        """
+        earlier = self._earlier
+        if earlier is None:
+            return
+        socket_id = None if isinstance(self._addr, tuple) else _socket_identity(self._addr)
+        if socket_id != earlier.socket:
+            self._earlier = None  # the socket file was re-created: QEMU restarted
+            return
+        if checked:
+            self._earlier = None
+            if run != earlier.run or (socket_id is None and run == _UNKNOWN_THREAD):
+                return  # another run (over TCP an unknown thread tells nothing)
+            run_checked = time.monotonic()
+        else:
+            if socket_id is None or time.monotonic() - earlier.run_checked >= RUN_RECHECK:
+                return
+            self._earlier = None
+            run_checked = earlier.run_checked
+        self._run_id, self._socket_id, self._run_checked = earlier.run, socket_id, run_checked
+        if self._device is None:
+            self._device = earlier.device
+        if self._device_props is None and earlier.properties is not None:
+            self._device_props = dict(earlier.properties)
+        if self._guest_ram is None:
+            self._guest_ram = earlier.guest_ram
+        if self._features is None:
+            self._features = earlier.features
+        if self._agent_checked is None:
+            self._agent_checked, self._agent_error = earlier.agent_checked, earlier.agent_error
 
     # ---- commands ---------------------------------------------------------------------
 
@@ -505,6 +611,9 @@ class BalloonClient:
             translated = _translate(exc, where)
             if translated is None:
                 raise
+            if isinstance(translated, QMPCommandError) and translated.error_class in (
+                    "DeviceNotFound", "DeviceNotActive"):
+                self._forget_device_facts()
             raise translated from exc
 
     async def _qom_get(self, path: str, prop: str) -> Any:
@@ -573,9 +682,9 @@ class BalloonClient:
             for prop in ("deflate-on-oom", "free-page-reporting", "free-page-hint"):
                 try:
                     values.append(bool(await self._qom_get(path, prop)))
-                except NoBalloonDevice:
-                    raise
-                except QMPCommandError:
+                except QMPCommandError as exc:
+                    if exc.error_class in ("DeviceNotFound", "DeviceNotActive"):
+                        raise
                     values.append(None)  # older QEMU: no such property
             self._features = DeviceFeatures(*values)
         return self._features
@@ -627,28 +736,34 @@ class BalloonClient:
         Raises:
             what ``execute`` raises (it connects when needed).
         """
-        if self._run_id is None or not self.connected:
-            await self.connect()
-            self._run_id = await self._vcpu_thread_identity()
+        if not self.connected:
+            await self.connect()  # recalls the run when the socket file is the one seen
+        if self._run_id is None:
+            run = await self._vcpu_thread_identity()
+            self._recall(checked=True, run=run)
+            if self._run_id is None:
+                self._run_id = run
+                self._socket_id = (None if isinstance(self._addr, tuple)
+                                   else _socket_identity(self._addr))
+                self._run_checked = time.monotonic()
         return self._known_instance()
 
     async def _vcpu_thread_identity(self) -> str:
         try:
             cpus = await self.execute("query-cpus-fast")
         except QMPCommandError:
-            return "vcpu0-thread:unknown"
+            return _UNKNOWN_THREAD
         for cpu in cpus if isinstance(cpus, list) else []:
             if isinstance(cpu, dict) and cpu.get("cpu-index") == 0 and "thread-id" in cpu:
                 return f"vcpu0-thread:{cpu['thread-id']}"
-        return "vcpu0-thread:unknown"
+        return _UNKNOWN_THREAD
 
     def _known_instance(self) -> str | None:
         """``instance_id`` without I/O: None when not connected (or the socket is gone)."""
         if self._run_id is None or not self.connected:
             return None
-        addr = _parse_address(self.address)
-        if isinstance(addr, str):
-            socket_id = _socket_identity(addr)
+        if isinstance(self._addr, str):
+            socket_id = _socket_identity(self._addr)
             return None if socket_id is None else f"{socket_id} {self._run_id}"
         return f"tcp {self._run_id}"
 
@@ -756,8 +871,8 @@ class BalloonClient:
             UnsafeTarget: above guest RAM or the maximum, below the floor (or hard minimum).
             NoBalloonDevice, and what ``execute`` raises.
         """
-        ram = await self.guest_ram()
         await self.instance_id()  # once per connection; last_target() knows the run after
+        ram = await self.guest_ram()
         if isinstance(spec, int):
             target = spec
         else:
@@ -859,9 +974,33 @@ class BalloonClient:
         return GuestAgent(self.qga, timeout=timeout, trace=self.trace,
                           name=f"{self.name}/qga", vm=self._vm)
 
-    async def _probe_hint(self) -> tuple[HintState, AgentError | None]:
+    async def _agent_refusal(self, *, fresh: bool) -> AgentError | None:
+        """Why the guest agent cannot run the cache-first drop (None: it can).
+
+        An answer (guest-exec allowed or refused) is reused for ``AGENT_RECHECK`` seconds
+        unless ``fresh``; an unreachable agent is asked again next time.
+        """
+        now = time.monotonic()
+        if (not fresh and self._agent_checked is not None
+                and now - self._agent_checked < AGENT_RECHECK):
+            return self._agent_error
+        self._agent_checked = None
+        try:
+            async with self._agent(probe=True) as agent:
+                await agent.require_exec()
+        except AgentExecBlocked as exc:
+            self._agent_checked, self._agent_error = now, exc
+            return exc
+        except AgentError as exc:
+            return exc
+        self._agent_checked, self._agent_error = now, None
+        return None
+
+    async def _probe_hint(self, *, fresh: bool = False) -> tuple[HintState, AgentError | None]:
         """Find how the hint can be honoured here, without changing anything; also return
-        the agent failure that makes it unsupported, if that is the reason."""
+        the agent failure that makes it unsupported, if that is the reason. The agent's
+        answer may be up to ``AGENT_RECHECK`` seconds old unless ``fresh``; whether the hint
+        is on always comes from the device or the store."""
         props = await self._properties()
         if HINT_PROPERTY in props:  # a patched device; its QOM type is "bool"
             path = await self.device_path()
@@ -871,16 +1010,14 @@ class BalloonClient:
         if self.qga is None:
             return HintState(HintMode.UNSUPPORTED, False, HINT_UNSUPPORTED_MESSAGE), None
         remembered = await self._remembered()
-        try:
-            async with self._agent(probe=True) as agent:
-                await agent.require_exec()
-        except AgentError as exc:
-            why = "guest-exec is blocked" if isinstance(exc, AgentExecBlocked) else (
+        refusal = await self._agent_refusal(fresh=fresh)
+        if refusal is not None:
+            why = "guest-exec is blocked" if isinstance(refusal, AgentExecBlocked) else (
                 "the guest agent is unreachable")
-            detail = f"{why} ({exc}); {HINT_UNSUPPORTED_MESSAGE}"
+            detail = f"{why} ({refusal}); {HINT_UNSUPPORTED_MESSAGE}"
             if self._hint_on(remembered):
                 detail = f"the hint is on in balloonctl's state but not honoured: {detail}"
-            return HintState(HintMode.UNSUPPORTED, False, detail), exc
+            return HintState(HintMode.UNSUPPORTED, False, detail), refusal
         enabled = self._hint_on(remembered)
         released = remembered.get("hint_released")
         detail = "guest agent drops clean page cache before each inflation"
@@ -893,6 +1030,9 @@ class BalloonClient:
 
     async def hint_status(self) -> HintState:
         """How the cache-first hint is honoured on this VM (device, agent or unsupported).
+
+        Whether the guest agent allows guest-exec is probed at most every ``AGENT_RECHECK``
+        seconds for this run of the VM (every time while the agent is unreachable).
 
         Raises:
             NoBalloonDevice, and what ``execute`` raises.
@@ -912,7 +1052,7 @@ class BalloonClient:
             AgentExecBlocked: the guest agent refuses guest-exec.
             NoBalloonDevice, and what ``execute`` raises.
         """
-        state, agent_error = await self._probe_hint()
+        state, agent_error = await self._probe_hint(fresh=True)
         if state.mode is HintMode.DEVICE:
             path = await self.device_path()
             await self.execute("qom-set", {"path": path, "property": HINT_PROPERTY,
@@ -973,6 +1113,7 @@ class BalloonClient:
                     await agent.drop_caches()
             except AgentError as exc:
                 log.warning("%s: cache-first drop failed: %s", self.name, exc)
+                self._agent_checked = None  # probe the agent afresh next time
                 await self._remember(hint_error=str(exc), hint_released=None,
                                      hint_at=time.time())
                 return
@@ -997,11 +1138,14 @@ class BalloonClient:
         except BalloonError as exc:
             return _failed(state, exc, reachable=False)
         try:
+            # First, so that what an earlier connection to this run learned is used.
+            await self.instance_id()
             ram = await self.guest_ram()
             state = state.with_changes(reachable=True, guest_ram=ram, floor=self.floor(ram))
             actual = await self.query_actual()
             target = await self.current_target(actual=actual, guest_ram=ram)
             state = state.with_changes(actual=actual, target=target)
+            await self.device_path()  # once, not by both reads below
             stats, interval = await asyncio.gather(self.stats(), self.polling_interval())
             state = state.with_changes(stats=stats, polling_interval=interval,
                                        features=await self.features())

@@ -124,6 +124,57 @@ async def test_polite_mode_leaves_the_socket_free(fake_vm_factory: Any) -> None:
     assert events == []  # the polite mode holds no connection, so it hears no events
 
 
+def _sent_by(log: list[tuple[str, str]], vm: str) -> list[str]:
+    return sorted(cmd for name, cmd in log if name == vm)
+
+
+async def test_a_polite_poll_asks_only_for_what_changes(fake_vm_factory: Any) -> None:
+    vm1, vm2 = await fake_vm_factory("vm1"), await fake_vm_factory("vm2")
+    sent: list[tuple[str, str]] = []  # (vm or vm/qga, command) for everything sent
+
+    def trace(name: str, direction: str, msg: Any) -> None:
+        if direction == "->":
+            sent.append((name, str(msg.get("execute"))))
+
+    async with Fleet(refs(vm1, vm2), trace=trace) as fleet:
+        first = await fleet.snapshot()
+        assert "query-memory-size-summary" in _sent_by(sent, "vm1")
+        assert "guest-info" in _sent_by(sent, "vm1/qga")
+        sent.clear()
+        second = await fleet.snapshot()
+        # The device, guest RAM, features and the agent's answer are this run's: kept.
+        assert _sent_by(sent, "vm1") == ["qmp_capabilities", "qom-get", "qom-get",
+                                         "query-balloon"]
+        assert _sent_by(sent, "vm1/qga") == []
+        assert second[0].guest_ram == first[0].guest_ram == 2 * GiB
+        assert second[0].features == first[0].features
+        assert second[0].hint == first[0].hint and second[0].hint.mode is HintMode.AGENT
+        assert second[0].status is VmStatus.OK
+
+        # vm1 restarts: a fresh QEMU (here with more RAM) behind the same socket path.
+        await vm1.stop()
+        vm1 = await fake_vm_factory("vm1", ram=3 * GiB)
+        sent.clear()
+        third = await fleet.snapshot()
+        assert third[0].guest_ram == 3 * GiB and third[0].actual == 3 * GiB
+        assert {"query-cpus-fast", "query-memory-size-summary", "qom-list"} <= set(
+            _sent_by(sent, "vm1"))
+        assert "guest-info" in _sent_by(sent, "vm1/qga")
+        assert _sent_by(sent, "vm2") == ["qmp_capabilities", "qom-get", "qom-get",
+                                         "query-balloon"]
+
+        # The device went away under a cached path: the next poll looks for it again.
+        vm2.faults.errors["qom-get"] = ("DeviceNotFound",
+                                        "Device '/machine/peripheral/balloon0' not found")
+        failed = (await fleet.snapshot())[1]
+        assert failed.error_kind == "QMPCommandError" and "not found" in (failed.error or "")
+        vm2.faults.errors.clear()
+        sent.clear()
+        fourth = await fleet.snapshot()
+        assert "qom-list" in _sent_by(sent, "vm2") and fourth[1].status is VmStatus.OK
+        assert "query-memory-size-summary" not in _sent_by(sent, "vm2")
+
+
 async def test_concurrency_of_one_still_visits_everyone(fake_vm_factory: Any) -> None:
     vms = await three(fake_vm_factory)
     async with Fleet(refs(*vms), concurrency=1) as fleet:
