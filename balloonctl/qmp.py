@@ -405,6 +405,7 @@ class BalloonClient:
         self._features: DeviceFeatures | None = None
         self._run_id: str | None = None  # vCPU 0's thread: the run behind this connection
         self._socket_id: str | None = None  # the socket file when _run_id was learned
+        self._conn_socket: str | None = None  # the socket file at this connection's start
         self._run_checked = 0.0  # time.monotonic() when _run_id was read over QMP
         self._agent_checked: float | None = None  # see RunFacts
         self._agent_error: AgentExecBlocked | None = None
@@ -479,6 +480,9 @@ class BalloonClient:
         # the last connection learned is used again only once this one shows the same run.
         self._earlier = self.run_facts() or self._earlier
         self._forget_device()
+        # The socket file this connection reached (QEMU re-creates it at every start).
+        self._conn_socket = None if isinstance(self._addr, tuple) else _socket_identity(
+            self._addr)
         self._recall(checked=False)
 
     async def _open_socket(self) -> socket.socket:
@@ -558,7 +562,7 @@ class BalloonClient:
         earlier = self._earlier
         if earlier is None:
             return
-        socket_id = None if isinstance(self._addr, tuple) else _socket_identity(self._addr)
+        socket_id = self._conn_socket
         if socket_id != earlier.socket:
             self._earlier = None  # the socket file was re-created: QEMU restarted
             return
@@ -726,12 +730,14 @@ class BalloonClient:
         """An identity of the VM instance (one run of QEMU) behind ``address``.
 
         Made of the host thread id of vCPU 0 (``query-cpus-fast``; a new QEMU process has
-        new threads), read once per connection, and for a unix socket the socket file's
-        device, inode and ctime (QEMU re-creates the file at every start; the thread id
-        covers a file system that reuses the inode within its timestamp granularity). A
-        QEMU that reports no thread id over TCP leaves nothing to tell runs apart: then
-        only the staleness rule of ``current_target`` guards the target. None when the
-        unix socket is gone.
+        new threads), and for a unix socket the socket file's device, inode and ctime as
+        the connection found them (QEMU re-creates the file at every start; the thread id
+        covers a file system that reuses the inode within its timestamp granularity). The
+        thread id is read once per connection, or taken from ``facts`` of an earlier
+        connection that found the same socket file less than ``RUN_RECHECK`` seconds after
+        it was read (``run_facts``). A QEMU that reports no thread id over TCP leaves
+        nothing to tell runs apart: then only the staleness rule of ``current_target``
+        guards the target. None when the unix socket was gone.
 
         Raises:
             what ``execute`` raises (it connects when needed).
@@ -742,9 +748,7 @@ class BalloonClient:
             run = await self._vcpu_thread_identity()
             self._recall(checked=True, run=run)
             if self._run_id is None:
-                self._run_id = run
-                self._socket_id = (None if isinstance(self._addr, tuple)
-                                   else _socket_identity(self._addr))
+                self._run_id, self._socket_id = run, self._conn_socket
                 self._run_checked = time.monotonic()
         return self._known_instance()
 
@@ -759,11 +763,13 @@ class BalloonClient:
         return _UNKNOWN_THREAD
 
     def _known_instance(self) -> str | None:
-        """``instance_id`` without I/O: None when not connected (or the socket is gone)."""
+        """``instance_id`` without I/O: None when not connected (or the socket was gone)."""
         if self._run_id is None or not self.connected:
             return None
         if isinstance(self._addr, str):
-            socket_id = _socket_identity(self._addr)
+            # The file as this connection found it: QEMU cannot have restarted behind a
+            # connection that is still up.
+            socket_id = self._conn_socket
             return None if socket_id is None else f"{socket_id} {self._run_id}"
         return f"tcp {self._run_id}"
 
@@ -1132,31 +1138,32 @@ class BalloonClient:
         """Everything about this VM's balloon in one ``BalloonState``. Never raises
         ``BalloonError``: failures become fields (``reachable``, ``error``, ``has_device``).
         """
-        state = BalloonState(name=self.name, qmp=self.address, target=self.last_target())
+        # The fields found so far: a failure part-way keeps them.
+        found: dict[str, Any] = {"name": self.name, "qmp": self.address,
+                                 "target": self.last_target()}
         try:
             await self.connect()
         except BalloonError as exc:
-            return _failed(state, exc, reachable=False)
+            return _failed(found, exc, reachable=False)
         try:
             # First, so that what an earlier connection to this run learned is used.
             await self.instance_id()
             ram = await self.guest_ram()
-            state = state.with_changes(reachable=True, guest_ram=ram, floor=self.floor(ram))
-            actual = await self.query_actual()
-            target = await self.current_target(actual=actual, guest_ram=ram)
-            state = state.with_changes(actual=actual, target=target)
+            found.update(reachable=True, guest_ram=ram, floor=self.floor(ram))
+            actual = found["actual"] = await self.query_actual()
+            found["target"] = await self.current_target(actual=actual, guest_ram=ram)
             await self.device_path()  # once, not by both reads below
-            stats, interval = await asyncio.gather(self.stats(), self.polling_interval())
-            state = state.with_changes(stats=stats, polling_interval=interval,
-                                       features=await self.features())
-            state = state.with_changes(hint=await self.hint_status())
+            found["stats"], found["polling_interval"] = await asyncio.gather(
+                self.stats(), self.polling_interval())
+            found["features"] = await self.features()
+            found["hint"] = await self.hint_status()
         except NoBalloonDevice as exc:
-            return _failed(state, exc, reachable=True).with_changes(has_device=False)
+            return _failed(found, exc, reachable=True, has_device=False)
         except (ConnectFailed, Disconnected, QMPTimeout) as exc:
-            return _failed(state, exc, reachable=False)
+            return _failed(found, exc, reachable=False)
         except BalloonError as exc:
-            return _failed(state, exc, reachable=True)
-        return state.with_changes(taken_at=time.time())
+            return _failed(found, exc, reachable=True)
+        return BalloonState(**found, taken_at=time.time())
 
     async def events(self) -> AsyncIterator[BalloonEvent]:
         """QMP events (BALLOON_CHANGE, SHUTDOWN, ...) as they arrive; notifications only.
@@ -1204,7 +1211,8 @@ class BalloonClient:
                            f"{_describe_cause(cause)}", vm=self._vm)
 
 
-def _failed(state: BalloonState, exc: BalloonError, *, reachable: bool) -> BalloonState:
-    return state.with_changes(reachable=reachable, error=exc.message,
-                              error_kind=type(exc).__name__, taken_at=time.time())
+def _failed(found: dict[str, Any], exc: BalloonError, *, reachable: bool,
+            **more: Any) -> BalloonState:
+    return BalloonState(**{**found, **more, "reachable": reachable, "error": exc.message,
+                           "error_kind": type(exc).__name__, "taken_at": time.time()})
 
