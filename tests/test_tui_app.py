@@ -201,9 +201,33 @@ async def test_sort_and_filter_keep_the_cursor_on_its_vm() -> None:
         await pilot.press("slash", *"vm5", "enter")
         await pilot.pause()
         assert table.row_count == 1
+        assert table.cursor_vm == "vm5"  # vm3 is filtered out: the cursor is on what is left
         await pilot.press("escape")  # clears the filter (nothing selected)
         await pilot.pause()
         assert table.row_count == 6
+        assert table.cursor_vm == "vm5"  # rows coming back do not move it off its VM
+
+
+async def test_a_filter_keeps_the_cursor_on_its_vm_and_actions_act_on_it() -> None:
+    source = StaticSource(sample_states(6))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await started(pilot, app)
+        await pilot.press("down", "down", "down")
+        assert table.cursor_vm == "vm4"
+        await pilot.press("slash", *"ok", "enter")  # rows above vm4 (vm2, vm3) disappear
+        await wait_until(pilot, lambda: table.row_count == 3, what="the filter")
+        assert [r.key.value for r in table.ordered_rows] == ["vm1", "vm4", "vm6"]
+        assert table.cursor_vm == "vm4"
+        await pilot.press("h")
+        await wait_until(pilot, lambda: bool(source.calls), what="the hint toggle")
+        assert source.calls == [("set_hint", "vm4", False)]
+        await pilot.press("escape")  # clears the filter: the rows above come back
+        await wait_until(pilot, lambda: table.row_count == 6, what="all rows")
+        assert table.cursor_vm == "vm4"
+        await pilot.press("slash", *"vm5", "enter")  # the cursor's VM is filtered out
+        await wait_until(pilot, lambda: table.row_count == 1, what="vm5 only")
+        assert table.cursor_vm == "vm5"
 
 
 async def test_help_lists_the_keys() -> None:
@@ -317,3 +341,28 @@ async def test_a_row_shown_again_after_a_filter_shows_its_new_numbers() -> None:
         await pilot.pause()
         shot = app.export_screenshot()
         assert "999M" in shot and "274M" not in shot
+
+
+async def test_quick_steps_each_step_from_the_last_one() -> None:
+    source = SlowSource(sample_states(1))  # vm1's target: 1.75G
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await started(pilot, app)
+        start = app.view.state("vm1").target  # type: ignore[union-attr]
+        assert start == 7 * GiB // 4
+        # Three presses in one go: none of their messages is handled in between.
+        for _ in range(3):
+            app.main.action_step(-1)
+        await pilot.press("minus")  # and a fourth after a poll that still says 1.75G
+        polls = app.polls
+        await wait_until(pilot, lambda: app.polls >= polls + 2, what="polls with old targets")
+        assert cell(table, "vm1", "target") == format_size(start - 4 * 128 * MiB, compact=True)
+        await pilot.press("minus")
+        source.release.set()
+        await wait_until(pilot, lambda: len(source.calls) == 5, what="five targets sent")
+        want = [start - k * 128 * MiB for k in range(1, 6)]
+        assert source.calls == [("set_target", "vm1", t) for t in want]
+        polls = app.polls
+        await wait_until(pilot, lambda: app.polls >= polls + 2, what="polls after the results")
+        assert app.view.state("vm1").target == want[-1]  # type: ignore[union-attr]
+        assert cell(table, "vm1", "target") == format_size(want[-1], compact=True)

@@ -86,6 +86,8 @@ class DashboardApp(App[None]):
         self.close_source = close_source
         self.view = FleetView(source.names, history=history)
         self.polls = 0  # snapshots applied so far (tests wait on this)
+        self._poll_round = 0  # polls started so far
+        self._target_locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         self._redraw_pending = False
         self.redraw_delay = 0.25
@@ -114,6 +116,8 @@ class DashboardApp(App[None]):
         while True:
             self._wake.clear()
             started = loop.time()
+            self._poll_round += 1
+            poll_round = self._poll_round
             try:
                 states = await asyncio.wait_for(self.source.snapshot(), self.snapshot_timeout)
             except TimeoutError:
@@ -126,7 +130,7 @@ class DashboardApp(App[None]):
                 self.post_message(SourceFailed(str(exc), kind, backoff(failures, self.interval)))
             else:
                 failures = 0
-                self.post_message(SnapshotReady(states))
+                self.post_message(SnapshotReady(states, poll_round))
             # A poll every interval, start to start; a slow poll is followed at once.
             delay = backoff(failures, self.interval) if failures else self.interval
             delay = max(0.0, delay - (loop.time() - started))
@@ -180,7 +184,7 @@ class DashboardApp(App[None]):
     # -- results ----------------------------------------------------------------------------
     @on(SnapshotReady)
     def _snapshot(self, message: SnapshotReady) -> None:
-        self.view.apply(message.states)
+        self.view.apply(message.states, poll_round=message.poll_round)
         self.polls += 1
         self.main.show_source_error(None)
         self.main.show_fleet()
@@ -222,8 +226,16 @@ class DashboardApp(App[None]):
         self.view.note(name, text)
         self.main.log_line(f"{name}: {text}", style="dim")
 
+    def _target_lock(self, name: str) -> asyncio.Lock:
+        lock = self._target_locks.get(name)
+        if lock is None:
+            lock = self._target_locks[name] = asyncio.Lock()
+        return lock
+
     @on(ActionDone)
     def _action_done(self, message: ActionDone) -> None:
+        if message.action == "target":
+            self.view.target_done(message.name, self._poll_round)
         result = message.detail if message.ok else f"failed: {message.detail}"
         self.view.note(message.name, f"{message.action}: {result}")
         self.main.log_line(
@@ -233,14 +245,14 @@ class DashboardApp(App[None]):
     # -- requests from the screens ----------------------------------------------------------
     @on(SetTargets)
     def _set_targets(self, message: SetTargets) -> None:
+        # The screen already shows these targets (FleetView.target_sent) until the results
+        # are in. Targets of one VM go out in the order they were asked for.
         source, force = self.source, message.force
-        for name, target in message.targets.items():
-            # Optimistic, so a quick second step starts from here; the next poll corrects it.
-            self.view.patch(name, target=target)
 
         def call(name: str, target: int) -> Callable[[], Awaitable[str]]:
             async def run() -> str:
-                sent = await source.set_target(name, absolute(target), force=force)
+                async with self._target_lock(name):
+                    sent = await source.set_target(name, absolute(target), force=force)
                 return f"target {format_size(sent)}"
 
             return run

@@ -74,6 +74,15 @@ SORT_KEYS: dict[str, Callable[[VmRow], Any]] = {
 }
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A target sent (or about to be) whose result has not been seen in a snapshot yet."""
+
+    target: int
+    outstanding: int = 0  # actions sent for the VM whose result has not arrived
+    settled_round: int = 0  # the last poll round started before the last result arrived
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     """Fleet totals for the header; sums over the VMs that reported the value."""
@@ -98,6 +107,7 @@ class FleetView:
         self.reverse = False
         self.filter_text = ""
         self._order: dict[str, int] = {}
+        self._pending: dict[str, _Pending] = {}
         for name in names:
             self._known(name)
 
@@ -109,9 +119,15 @@ class FleetView:
         return hist
 
     # -- data -------------------------------------------------------------------------------
-    def apply(self, states: Iterable[BalloonState]) -> None:
-        """Fold one snapshot of (some or all) VMs into the rows."""
+    def apply(self, states: Iterable[BalloonState], *, poll_round: int | None = None) -> None:
+        """Fold one snapshot of (some or all) VMs into the rows.
+
+        ``poll_round`` numbers the poll that produced it; a poll that started before a
+        target's result arrived may carry the old target, so the pending one is kept until
+        a later round (None: keep it while its action is out).
+        """
         for state in states:
+            state = self._with_pending(state, poll_round)
             old = self.rows.get(state.name)
             in_rate = out_rate = None
             if old is not None and state.stats is not None and old.state.stats is not None:
@@ -120,6 +136,31 @@ class FleetView:
                 out_rate = _rate(state.stats.swap_out, old.state.stats.swap_out, seconds)
             self.rows[state.name] = VmRow(state, in_rate, out_rate)
             self._known(state.name).record(state)
+
+    def _with_pending(self, state: BalloonState, poll_round: int | None) -> BalloonState:
+        pending = self._pending.get(state.name)
+        if pending is None:
+            return state
+        if pending.outstanding or poll_round is None or poll_round <= pending.settled_round:
+            return state.with_changes(target=pending.target)
+        del self._pending[state.name]  # this poll started after the result: trust it
+        return state
+
+    def target_sent(self, name: str, target: int) -> None:
+        """A target is being sent: show it now, so a quick next step starts from it, and
+        keep it over polls until the action's result is in."""
+        pending = self._pending.setdefault(name, _Pending(target))
+        pending.target = target
+        pending.outstanding += 1
+        self.patch(name, target=target)
+
+    def target_done(self, name: str, poll_round: int) -> None:
+        """One target action on ``name`` finished; ``poll_round`` is the newest poll round
+        started so far (its snapshot may predate the result)."""
+        pending = self._pending.get(name)
+        if pending is not None:
+            pending.outstanding = max(0, pending.outstanding - 1)
+            pending.settled_round = poll_round
 
     def patch(self, name: str, **changes: Any) -> None:
         """Change fields of a VM's latest state (e.g. ``actual`` from BALLOON_CHANGE) without

@@ -29,9 +29,10 @@ __all__ = [
 class SnapshotReady(Message):
     """A fresh snapshot of the fleet. A newer one replaces an unprocessed older one."""
 
-    def __init__(self, states: Sequence[BalloonState]) -> None:
+    def __init__(self, states: Sequence[BalloonState], poll_round: int | None = None) -> None:
         super().__init__()
         self.states = list(states)
+        self.poll_round = poll_round  # which poll (numbered from 1 as they start)
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, SnapshotReady)

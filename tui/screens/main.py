@@ -195,7 +195,12 @@ class MainScreen(Screen[None]):
             self.log_line(f"{name}: target refused: {why}", style="red")
             self.view.note(name, f"refused: {why}")
         if plan.targets:
+            # Shown at once (not when the App gets the message), so a key pressed again
+            # before the message is handled steps from the new target.
+            for name, target in plan.targets.items():
+                self.view.target_sent(name, target)
             self.post_message(SetTargets(plan.targets, force=plan.force))
+            self.show_fleet()
 
     def action_toggle_hint(self) -> None:
         states = self.view.states_of(self._targets())

@@ -131,7 +131,7 @@ class FleetTable(DataTable[Cell]):
         """Make the table show ``rows`` in this order, keeping the cursor on its VM."""
         wanted = [row.name for row in rows]
         wanted_set = set(wanted)
-        cursor_vm = self.cursor_vm
+        cursor_vm, cursor_row = self.cursor_vm, self.cursor_row
         for name in [n for n in self._cells if n not in wanted_set]:
             self.remove_row(name)
             del self._cells[name]
@@ -150,11 +150,17 @@ class FleetTable(DataTable[Cell]):
                         self._bump(row.name, column)
                         self.update_cell(row.name, column, new, update_width=False)
             self._cells[row.name] = cells
+        position = {name: i for i, name in enumerate(wanted)}
         if [r.key.value for r in self.ordered_rows] != wanted:
-            position = {name: i for i, name in enumerate(wanted)}
             self.sort("name", key=lambda name: position[str(name)])
-            if cursor_vm in position:
-                self.move_cursor(row=position[cursor_vm], scroll=False)
+        # Removing or adding rows keeps the cursor's row index, not its VM: put it back on
+        # its VM when that is still shown, else near where it was.
+        if cursor_vm is not None and cursor_vm in position:
+            new_row = position[cursor_vm]
+        else:
+            new_row = min(cursor_row, max(0, len(wanted) - 1))
+        if new_row != self.cursor_row:
+            self.move_cursor(row=new_row, scroll=False)
 
     def _bump(self, name: str, column: str) -> None:
         cell_id = (name, column)
