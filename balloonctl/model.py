@@ -230,6 +230,7 @@ class BalloonState:
     guest_ram: int | None = None
     target: int | None = None  # last target balloonctl set, if known
     floor: int | None = None  # the safe floor that applies to this VM
+    maximum: int | None = None  # the VM's configured maximum target (guest RAM when None)
     stats: GuestStats | None = None
     polling_interval: int | None = None
     has_device: bool = True
@@ -299,6 +300,7 @@ class BalloonState:
             "ballooned": self.ballooned,
             "target": self.target,
             "floor": self.floor,
+            "maximum": self.maximum,
             "free_memory": s.free_memory,
             "disk_caches": s.disk_caches,
             "available_memory": s.available_memory,
@@ -347,6 +349,7 @@ class BalloonState:
             guest_ram=data.get("guest_ram"),
             target=data.get("target"),
             floor=data.get("floor"),
+            maximum=data.get("maximum"),
             stats=stats,
             polling_interval=data.get("polling_interval"),
             has_device=data.get("status") != VmStatus.NO_DEVICE.value,

@@ -1149,7 +1149,7 @@ class BalloonClient:
             # First, so that what an earlier connection to this run learned is used.
             await self.instance_id()
             ram = await self.guest_ram()
-            found.update(reachable=True, guest_ram=ram, floor=self.floor(ram))
+            found.update(reachable=True, guest_ram=ram, floor=self.floor(ram), maximum=self.maximum)
             actual = found["actual"] = await self.query_actual()
             found["target"] = await self.current_target(actual=actual, guest_ram=ram)
             await self.device_path()  # once, not by both reads below

@@ -55,6 +55,7 @@ async def test_from_ref_takes_name_sockets_and_limits(fake_vm: FakeVM) -> None:
         "web", str(fake_vm.qga_path), 512 * MiB, GiB)
     state = await client.snapshot()
     assert state.name == "web" and state.reachable and state.floor == 512 * MiB
+    assert state.maximum == GiB
     await client.close()
 
 

@@ -52,7 +52,7 @@ def test_unreported_stats_are_none() -> None:
 def full_state() -> BalloonState:
     return BalloonState(
         name="vm1", qmp="/run/vm1.qmp", reachable=True, actual=1 * GiB, guest_ram=2 * GiB,
-        target=1 * GiB, floor=256 * MiB, stats=GuestStats.from_qom(QOM_STATS),
+        target=1 * GiB, floor=256 * MiB, maximum=3 * GiB // 2, stats=GuestStats.from_qom(QOM_STATS),
         polling_interval=2, features=DeviceFeatures(True, False, None),
         hint=HintState(HintMode.AGENT, True, "drops cache", 200 * MiB),
         taken_at=1700000001.0,

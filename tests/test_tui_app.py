@@ -366,3 +366,23 @@ async def test_quick_steps_each_step_from_the_last_one() -> None:
         await wait_until(pilot, lambda: app.polls >= polls + 2, what="polls after the results")
         assert app.view.state("vm1").target == want[-1]  # type: ignore[union-attr]
         assert cell(table, "vm1", "target") == format_size(want[-1], compact=True)
+
+
+async def test_dialog_and_detail_respect_the_vms_configured_maximum() -> None:
+    vm1 = sample_states(1)[0].with_changes(maximum=3 * GiB // 2, target=GiB, actual=GiB)
+    source = StaticSource([vm1])
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        assert "max 1.5 GiB" in str(app.main.query_one("#detail-facts", Static).render())
+        dialog = await open_dialog(pilot, app)
+        limits = str(dialog.query_one("#target-limits", Static).render())
+        assert "maximum 1.5 GiB" in limits
+        await pilot.press(*"1.75G", "enter")
+        await pilot.pause()
+        assert "above the VM's maximum (1.5 GiB)" in verdict(dialog)
+        assert app.screen is dialog and source.calls == []
+        dialog.query_one("#target-input", Input).value = "1.5G"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: bool(source.calls), what="the target to be sent")
+        assert source.calls == [("set_target", "vm1", 3 * GiB // 2)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from rich.text import Text
 
 from balloonctl.errors import SizeError
 from balloonctl.model import GuestStats
@@ -12,21 +13,32 @@ from tui.history import Ring
 from tui.hostmem import parse_meminfo
 from tui.targets import plan_targets, plan_text
 from tui.testing import FIXED_TIME, sample_states
+from tui.widgets.fleet_table import COLUMNS, row_cells
 from tui.widgets.memory_bar import memory_bar, segments
 
 
-def test_swap_rates_come_from_successive_snapshots() -> None:
+def test_swap_rates_are_bytes_per_second_between_the_guests_reports() -> None:
     view = FleetView(["vm1"])
     first = sample_states(1)[0]
     assert first.stats is not None
+    reported = first.stats.last_update
     view.apply([first])
+    # Polled every second, but the guest reports every 3 s: the rate is over its reports.
     later = first.with_changes(
-        taken_at=FIXED_TIME + 2,
-        stats=GuestStats(last_update=int(FIXED_TIME) + 1, swap_in=10, swap_out=30),
+        taken_at=FIXED_TIME + 1,
+        stats=GuestStats(last_update=reported + 3, swap_in=12 * MiB, swap_out=36 * MiB),
     )
     view.apply([later])
     row = view.rows["vm1"]
-    assert (row.swap_in_rate, row.swap_out_rate) == (5.0, 15.0)
+    assert (row.swap_in_rate, row.swap_out_rate) == (4 * MiB, 12 * MiB)
+    # The next poll sees the same report: the rate stays, it does not drop to 0.
+    view.apply([later.with_changes(taken_at=FIXED_TIME + 2)])
+    row = view.rows["vm1"]
+    assert (row.swap_in_rate, row.swap_out_rate) == (4 * MiB, 12 * MiB)
+    cells = dict(zip(["sel", *(c.key for c in COLUMNS)], row_cells(row, False), strict=True))
+    swap = cells["swap"]
+    assert isinstance(swap, Text) and swap.plain == "4M/12M"
+    assert len(swap.plain) <= next(c.width for c in COLUMNS if c.key == "swap")
 
 
 def test_sort_cycles_and_puts_unknown_values_last() -> None:

@@ -22,7 +22,9 @@ class VmRow:
     """One VM as a dashboard row: its latest state and rates derived from the one before."""
 
     state: BalloonState
-    swap_in_rate: float | None = None  # pages per second since the previous snapshot
+    # Bytes per second between the guest's last two stats reports (not between polls:
+    # the guest reports every polling interval, whatever the poll rate).
+    swap_in_rate: float | None = None
     swap_out_rate: float | None = None
 
     @property
@@ -130,10 +132,16 @@ class FleetView:
             state = self._with_pending(state, poll_round)
             old = self.rows.get(state.name)
             in_rate = out_rate = None
-            if old is not None and state.stats is not None and old.state.stats is not None:
-                seconds = state.taken_at - old.state.taken_at
-                in_rate = _rate(state.stats.swap_in, old.state.stats.swap_in, seconds)
-                out_rate = _rate(state.stats.swap_out, old.state.stats.swap_out, seconds)
+            new_stats = state.stats
+            old_stats = None if old is None else old.state.stats
+            if old is not None and new_stats is not None and old_stats is not None:
+                if new_stats.last_update == old_stats.last_update:
+                    # No new report since the last poll: the rate has not changed either.
+                    in_rate, out_rate = old.swap_in_rate, old.swap_out_rate
+                elif new_stats.reported and old_stats.reported:
+                    seconds = new_stats.last_update - old_stats.last_update
+                    in_rate = _rate(new_stats.swap_in, old_stats.swap_in, seconds)
+                    out_rate = _rate(new_stats.swap_out, old_stats.swap_out, seconds)
             self.rows[state.name] = VmRow(state, in_rate, out_rate)
             self._known(state.name).record(state)
 

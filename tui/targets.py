@@ -13,7 +13,7 @@ from balloonctl.errors import BalloonError
 from balloonctl.model import BalloonState, default_floor, validate_target
 from balloonctl.units import SizeKind, TargetSpec, format_size, parse_target
 
-__all__ = ["TargetPlan", "absolute", "floor_of", "plan_targets", "plan_text"]
+__all__ = ["TargetPlan", "absolute", "floor_of", "maximum_of", "plan_targets", "plan_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,13 @@ def floor_of(state: BalloonState) -> int | None:
     return None if state.guest_ram is None else default_floor(state.guest_ram)
 
 
+def maximum_of(state: BalloonState) -> int | None:
+    """The highest target allowed: the VM's configured maximum, never above guest RAM."""
+    if state.maximum is None or state.guest_ram is None:
+        return state.guest_ram if state.maximum is None else state.maximum
+    return min(state.maximum, state.guest_ram)
+
+
 def plan_targets(
     states: Sequence[BalloonState], spec: TargetSpec, *, force: bool = False
 ) -> TargetPlan:
@@ -53,7 +60,8 @@ def plan_targets(
         current = state.target if state.target is not None else state.actual
         try:
             target = spec.resolve(guest_ram=state.guest_ram, current=current)
-            validate_target(target, guest_ram=state.guest_ram, minimum=state.floor, force=force)
+            validate_target(target, guest_ram=state.guest_ram, minimum=state.floor,
+                            maximum=state.maximum, force=force)
         except BalloonError as exc:
             refused[state.name] = exc.message
         else:

@@ -112,7 +112,7 @@ class StaticSource:
         current = state.target or state.actual or 0
         target = validate_target(
             spec.resolve(guest_ram=ram, current=current), guest_ram=ram,
-            minimum=state.floor, force=force, vm=name,
+            minimum=state.floor, maximum=state.maximum, force=force, vm=name,
         )
         self.calls.append(("set_target", name, target))
         self.states[name] = state.with_changes(target=target, actual=target)

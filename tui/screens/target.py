@@ -17,7 +17,7 @@ from textual.widgets import Button, Checkbox, Input, Static
 from balloonctl.errors import SizeError
 from balloonctl.model import HARD_MINIMUM, BalloonState
 from balloonctl.units import format_size
-from tui.targets import TargetPlan, floor_of, plan_text
+from tui.targets import TargetPlan, floor_of, maximum_of, plan_text
 
 __all__ = ["SetTargetDialog", "limits_text"]
 
@@ -30,7 +30,7 @@ def limits_text(states: Sequence[BalloonState]) -> Text:
         text.append(f"{state.name:<12}", style="bold")
         text.append(
             f" actual {format_size(state.actual)}  floor {format_size(floor_of(state))}"
-            f"  maximum {format_size(state.guest_ram)}\n"
+            f"  maximum {format_size(maximum_of(state))}\n"
         )
     if len(states) > _SHOWN:
         text.append(f"… and {len(states) - _SHOWN} more\n", style="dim")

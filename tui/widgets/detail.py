@@ -11,7 +11,7 @@ from balloonctl.model import BalloonState
 from balloonctl.units import format_duration, format_size
 from tui.fleetview import reason
 from tui.history import Ring, VmHistory
-from tui.targets import floor_of
+from tui.targets import floor_of, maximum_of
 from tui.widgets.memory_bar import MemoryBar
 
 __all__ = ["DetailPane", "describe"]
@@ -35,7 +35,7 @@ def describe(state: BalloonState) -> Text:
     text.append(
         f"actual {size(state.actual)}  RAM {size(state.guest_ram)}  "
         f"target {size(state.target)}  floor {size(floor_of(state))}  "
-        f"max {size(state.guest_ram)}\n"
+        f"max {size(maximum_of(state))}\n"
     )
     hint = state.hint
     text.append(f"hint {hint.mode.value}")

@@ -54,9 +54,9 @@ def _stat_size(field: str) -> Callable[[VmRow], Cell]:
 def _swap(row: VmRow) -> Cell:
     if row.swap_in_rate is None and row.swap_out_rate is None:
         return "-"
-    rate_in, rate_out = row.swap_in_rate or 0.0, row.swap_out_rate or 0.0
-    text = f"{rate_in:.0f}/{rate_out:.0f}"
-    return Text(text, style="bold yellow") if rate_in + rate_out >= 1 else text
+    rate_in, rate_out = round(row.swap_in_rate or 0.0), round(row.swap_out_rate or 0.0)
+    text = f"{_size(rate_in)}/{_size(rate_out)}"  # bytes per second
+    return Text(text, style="bold yellow") if rate_in + rate_out > 0 else text
 
 
 def _hint(row: VmRow) -> Cell:
@@ -83,7 +83,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("free", "free", 6, _stat_size("free_memory")),
     Column("cached", "cached", 6, _stat_size("disk_caches")),
     Column("avail", "avail", 6, _stat_size("available_memory")),
-    Column("swap", "swap/s", 7, _swap),
+    Column("swap", "swap/s", 11, _swap),  # "1023K/1023K"
     Column("hint", "hint", 10, _hint),
     Column("age", "age", 5, lambda row: format_duration(row.state.stats_age)),
     Column("bar", "free/cached/used/balloon", 24, lambda row: memory_bar(row.state, 24)),
