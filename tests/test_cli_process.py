@@ -160,6 +160,17 @@ def test_fake_sets_up_the_fault_scenarios(env: dict[str, str], fake_dir: Path) -
     assert child.returncode == 0, err
 
 
+def test_fake_never_takes_over_a_running_fleet(env: dict[str, str], vm1: FakeVM,
+                                              fake_dir: Path) -> None:
+    # a separate process with a deadline: before the fix it took the sockets and served on
+    r = subprocess.run([BALLOONCTL, "fake", "--vms", "1", "--dir", str(fake_dir)], env=env,
+                       capture_output=True, text=True, timeout=20, check=False)
+    assert r.returncode == ExitCode.USAGE
+    assert r.stderr == (f"balloonctl: error: cannot serve fake VMs in {fake_dir}: "
+                        f"{fake_dir}/vm1.qmp is in use (another fake or QEMU is serving it)\n")
+    assert run(env, "status", "vm1").returncode == ExitCode.OK  # still the first fake's
+
+
 def test_a_closed_pipe_ends_watch_quietly(env: dict[str, str], vm1: FakeVM) -> None:
     child = subprocess.Popen(
         [BALLOONCTL, "watch", "--no-events", "--interval", "0.05s"],
