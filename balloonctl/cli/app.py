@@ -908,7 +908,7 @@ def wave(
         async with _STATE.client(ref) as c:
             await c.resolve_target(low, force=force)
             await c.resolve_target(high, force=force)
-            original = c.last_target() or await c.query_actual()
+            original = await c.current_target() or await c.query_actual()
             await run_wave(c, original=original, minimum=low, maximum=high, period=cycle,
                            step=every, cycles=cycles, clock=ScaledClock(speed), emit=emit,
                            force=force)
