@@ -17,7 +17,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
 from balloonctl.errors import ConnectFailed
-from balloonctl.model import BalloonState
+from balloonctl.model import BalloonState, HintMode, HintState
 from balloonctl.units import GiB, MiB, TargetSpec, format_size
 from tui.app import DashboardApp
 from tui.messages import ActionDone, SnapshotReady, SourceFailed
@@ -386,3 +386,16 @@ async def test_dialog_and_detail_respect_the_vms_configured_maximum() -> None:
         await pilot.press("enter")
         await wait_until(pilot, lambda: bool(source.calls), what="the target to be sent")
         assert source.calls == [("set_target", "vm1", 3 * GiB // 2)]
+
+
+async def test_detail_pane_shows_the_device_features_even_when_lines_wrap() -> None:
+    vm1 = sample_states(1)[0]
+    hint = HintState(HintMode.AGENT, enabled=True,
+                     detail="drops the page cache through guest-exec before each inflation")
+    app = make_app(StaticSource([vm1.with_changes(hint=hint)]))
+    async with app.run_test(size=(110, 40)) as pilot:
+        await started(pilot, app)
+        await pilot.pause()
+        shot = app.export_screenshot().replace("&#160;", " ")
+        assert "before each inflation" in shot
+        assert "free-page-reporting on" in shot

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from rich.text import Text
 
@@ -127,3 +129,39 @@ def test_meminfo_is_parsed_into_bytes() -> None:
     host = parse_meminfo("MemTotal:  16384 kB\nMemFree:   1024 kB\nMemAvailable: 8192 kB\n"
                          "HugePages_Total:       0\n")
     assert (host.total, host.free, host.available) == (16 * MiB, MiB, 8 * MiB)
+
+
+def test_stats_older_than_the_balloons_size_are_marked_and_not_counted_beyond_it() -> None:
+    vm1 = sample_states(1)[0]  # actual 1.75G; polling off, the guest reported once
+    stats = GuestStats(last_update=int(FIXED_TIME) - 5, free_memory=1600 * MiB,
+                       disk_caches=100 * MiB, available_memory=1700 * MiB)
+    first = vm1.with_changes(stats=stats, polling_interval=0)
+    view = FleetView(["vm1"])
+    view.apply([first])
+    assert not view.rows["vm1"].stats_outdated
+    # A target of 1G landed; the guest has not reported since.
+    later = first.with_changes(actual=GiB, target=GiB, taken_at=FIXED_TIME + 3)
+    view.apply([later])
+    row = view.rows["vm1"]
+    assert row.stats_outdated
+    totals = view.totals()
+    assert (totals.free, totals.cached) == (GiB, 0)
+    parts = segments(row.state)
+    assert parts is not None and parts["free"] == GiB and parts["used"] == 0
+    cells = dict(zip(["sel", *(c.key for c in COLUMNS)], row_cells(row, False), strict=True))
+    free = cells["free"]
+    assert isinstance(free, Text) and free.plain == "1.6G" and "dim" in str(free.style)
+    state = cells["state"]
+    assert isinstance(state, Text) and state.plain == "ok, stats outdated"
+    # The guest reports again: current numbers, no mark.
+    fresh = dataclasses.replace(stats, last_update=int(FIXED_TIME) + 4, free_memory=300 * MiB)
+    view.apply([later.with_changes(stats=fresh, taken_at=FIXED_TIME + 5)])
+    assert not view.rows["vm1"].stats_outdated
+
+
+def test_stats_claiming_more_than_actual_are_outdated_from_the_first_snapshot() -> None:
+    vm1 = sample_states(1)[0].with_changes(actual=GiB)
+    assert vm1.stats is not None
+    view = FleetView(["vm1"])
+    view.apply([vm1.with_changes(stats=dataclasses.replace(vm1.stats, free_memory=GiB))])
+    assert view.rows["vm1"].stats_outdated

@@ -7,6 +7,7 @@ rules are tested without running an app.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from balloonctl.model import BalloonState, VmStatus
 from tui.history import VmHistory
 
-__all__ = ["SORT_KEYS", "FleetView", "Totals", "VmRow", "reason"]
+__all__ = ["SORT_KEYS", "FleetView", "Totals", "VmRow", "guest_free_cached", "reason"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +27,34 @@ class VmRow:
     # the guest reports every polling interval, whatever the poll rate).
     swap_in_rate: float | None = None
     swap_out_rate: float | None = None
+    # The guest's last stats report predates the last change of ``actual`` (or claims more
+    # free and cached memory than the guest now has): its numbers are not current.
+    stats_outdated: bool = False
 
     @property
     def name(self) -> str:
         return self.state.name
+
+
+def guest_free_cached(state: BalloonState) -> tuple[int, int]:
+    """The guest's free memory and page cache, never more than it has (``actual``): a
+    report older than the last inflation can claim more. (0, 0) without a report."""
+    stats, actual = state.stats, state.actual
+    if stats is None or not stats.reported or actual is None:
+        return 0, 0
+    if state.guest_ram is not None:
+        actual = min(actual, state.guest_ram)
+    free = min(stats.free_memory or 0, actual)
+    return free, min(stats.disk_caches or 0, actual - free)
+
+
+def _outdated(state: BalloonState, actual_changed_at: float | None) -> bool:
+    stats, actual = state.stats, state.actual
+    if stats is None or not stats.reported or actual is None:
+        return False
+    if actual_changed_at is not None and stats.last_update < int(actual_changed_at):
+        return True
+    return (stats.free_memory or 0) + (stats.disk_caches or 0) > actual
 
 
 def reason(state: BalloonState) -> str:
@@ -110,6 +135,9 @@ class FleetView:
         self.filter_text = ""
         self._order: dict[str, int] = {}
         self._pending: dict[str, _Pending] = {}
+        # When each VM's ``actual`` was last seen to change (at the latest: between the two
+        # snapshots' ``taken_at``; the earlier one is kept, the guest's clock is in seconds).
+        self._actual_changed_at: dict[str, float] = {}
         for name in names:
             self._known(name)
 
@@ -142,7 +170,15 @@ class FleetView:
                     seconds = new_stats.last_update - old_stats.last_update
                     in_rate = _rate(new_stats.swap_in, old_stats.swap_in, seconds)
                     out_rate = _rate(new_stats.swap_out, old_stats.swap_out, seconds)
-            self.rows[state.name] = VmRow(state, in_rate, out_rate)
+            if (
+                old is not None and None not in (old.state.actual, state.actual)
+                and old.state.actual != state.actual
+            ):
+                self._actual_changed_at[state.name] = old.state.taken_at
+            changed_at = self._actual_changed_at.get(state.name)
+            self.rows[state.name] = VmRow(
+                state, in_rate, out_rate, _outdated(state, changed_at)
+            )
             self._known(state.name).record(state)
 
     def _with_pending(self, state: BalloonState, poll_round: int | None) -> BalloonState:
@@ -175,9 +211,7 @@ class FleetView:
         adding a history sample."""
         row = self.rows.get(name)
         if row is not None:
-            self.rows[name] = VmRow(
-                row.state.with_changes(**changes), row.swap_in_rate, row.swap_out_rate
-            )
+            self.rows[name] = dataclasses.replace(row, state=row.state.with_changes(**changes))
 
     def note(self, name: str, text: str) -> None:
         """Remember an event or an action result for the VM's detail pane."""
@@ -224,12 +258,12 @@ class FleetView:
 
     def totals(self) -> Totals:
         states = [row.state for row in self.rows.values()]
-        stats = [s.stats for s in states if s.reachable and s.stats is not None]
+        guest = [guest_free_cached(s) for s in states if s.reachable]
         return Totals(
             vms=len(self._order),
             reachable=sum(1 for s in states if s.reachable),
             guest_ram=sum(s.guest_ram or 0 for s in states if s.reachable),
             ballooned=sum(s.ballooned or 0 for s in states if s.reachable),
-            free=sum(st.free_memory or 0 for st in stats),
-            cached=sum(st.disk_caches or 0 for st in stats),
+            free=sum(free for free, _ in guest),
+            cached=sum(cached for _, cached in guest),
         )

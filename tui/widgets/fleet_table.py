@@ -36,6 +36,8 @@ def _state(row: VmRow) -> Text:
     text = Text(status.value, style=_STATUS_STYLE[status])
     if status in (VmStatus.UNREACHABLE, VmStatus.BUSY) and row.state.error:
         text.append(f": {reason(row.state)}", style="red")
+    elif row.stats_outdated:
+        text.append(", stats outdated", style="dim")
     return text
 
 
@@ -43,7 +45,20 @@ def _size(value: int | None) -> str:
     return format_size(value, compact=True)
 
 
+def _outdated(cell: Callable[[VmRow], Cell]) -> Callable[[VmRow], Cell]:
+    """Dim the guest's numbers when its last report predates the balloon's size."""
+
+    def dimmed(row: VmRow) -> Cell:
+        value = cell(row)
+        if row.stats_outdated and isinstance(value, str):
+            return Text(value, style="dim")
+        return value
+
+    return dimmed
+
+
 def _stat_size(field: str) -> Callable[[VmRow], Cell]:
+    @_outdated
     def cell(row: VmRow) -> Cell:
         stats = row.state.stats
         return _size(None if stats is None else getattr(stats, field))
@@ -85,7 +100,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("avail", "avail", 6, _stat_size("available_memory")),
     Column("swap", "swap/s", 11, _swap),  # "1023K/1023K"
     Column("hint", "hint", 10, _hint),
-    Column("age", "age", 5, lambda row: format_duration(row.state.stats_age)),
+    Column("age", "age", 5, _outdated(lambda row: format_duration(row.state.stats_age))),
     Column("bar", "free/cached/used/balloon", 24, lambda row: memory_bar(row.state, 24)),
 )
 

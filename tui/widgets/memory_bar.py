@@ -7,6 +7,7 @@ from textual.widgets import Static
 
 from balloonctl.model import BalloonState
 from balloonctl.units import format_size
+from tui.fleetview import guest_free_cached
 
 __all__ = ["SEGMENTS", "MemoryBar", "memory_bar", "segments"]
 
@@ -26,11 +27,7 @@ def segments(state: BalloonState) -> dict[str, int] | None:
     if ram is None or actual is None or ram <= 0:
         return None
     actual = min(actual, ram)
-    stats = state.stats
-    free = cached = 0
-    if stats is not None and stats.reported:
-        free = min(stats.free_memory or 0, actual)
-        cached = min(stats.disk_caches or 0, actual - free)
+    free, cached = guest_free_cached(state)
     return {
         "free": free,
         "cached": cached,
