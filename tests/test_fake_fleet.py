@@ -239,3 +239,29 @@ async def test_fleet_fixture(fake_fleet_factory: Any) -> None:
     fleet: FakeFleet = await fake_fleet_factory(2, ram=GiB)
     async with await RawQMP.open(fleet["vm2"].qmp_path) as qmp:
         assert await qmp.execute("query-balloon") == {"actual": GiB}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_run_in_thread_cleans_up_when_the_terminal_closes(sig: signal.Signals) -> None:
+    # Like `balloonctl demo`: a fleet in a temporary directory, then the terminal goes away.
+    code = (
+        "import signal, tempfile\n"
+        "from pathlib import Path\n"
+        "from balloonctl.fake import FakeFleet, run_in_thread\n"
+        "with tempfile.TemporaryDirectory(prefix='balloonctl-demo-') as tmp:\n"
+        "    with run_in_thread(FakeFleet(2, Path(tmp), workload=None)):\n"
+        "        print(tmp, flush=True)\n"
+        "        signal.pause()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        tmp = Path(proc.stdout.readline().strip())
+        assert (tmp / "vm1.qmp").exists()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 128 + sig
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+    assert not tmp.exists()

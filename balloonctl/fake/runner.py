@@ -27,10 +27,49 @@ def run_in_thread(target: F, *, timeout: float = 10.0) -> Iterator[F]:
     its sockets listen; stops it and joins the thread on exit. Change ``target.guest`` or
     ``target.faults`` from the test through ``vm.call_threadsafe`` when it matters.
 
+    Called from the main thread, SIGHUP and SIGTERM (a closed terminal, ``kill``) that
+    would otherwise end the process on the spot raise ``SystemExit`` instead while the fake
+    runs, so it stops and the caller's ``finally`` blocks (a temporary directory) run; the
+    previous handlers come back on exit. Handlers someone else installed are left alone.
+
     Raises:
         TimeoutError: the fake did not start (or stop) within ``timeout``.
         OSError: a socket could not be created.
     """
+    with _exit_on_hangup():
+        with _running(target, timeout=timeout) as running:
+            yield running
+
+
+_EXIT_SIGNALS = tuple(
+    s for s in (getattr(signal, "SIGHUP", None), signal.SIGTERM) if s is not None
+)
+
+
+@contextlib.contextmanager
+def _exit_on_hangup() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in _EXIT_SIGNALS}
+
+    def leave(signum: int, frame: object) -> None:
+        for sig in previous:  # one clean-up: a second signal must not interrupt it
+            signal.signal(sig, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    mine = [sig for sig, handler in previous.items() if handler is signal.SIG_DFL]
+    for sig in mine:
+        signal.signal(sig, leave)
+    try:
+        yield
+    finally:
+        for sig in mine:
+            signal.signal(sig, previous[sig])
+
+
+@contextlib.contextmanager
+def _running(target: F, *, timeout: float) -> Iterator[F]:
     started = threading.Event()
     errors: list[BaseException] = []
     loop_box: list[asyncio.AbstractEventLoop] = []
