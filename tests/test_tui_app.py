@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import time
 from pathlib import Path
 
+import pytest
 from rich.console import Console
+from textual.command import CommandList, CommandPalette
 from textual.message import Message
 from textual.pilot import Pilot
-from textual.widgets import Input, Static
+from textual.widgets import Input, Sparkline, Static
 
 from balloonctl.errors import ConnectFailed
 from balloonctl.model import BalloonState, HintMode, HintState
@@ -23,8 +26,8 @@ from tui.app import DashboardApp
 from tui.messages import ActionDone, SnapshotReady, SourceFailed
 from tui.screens import HelpScreen, SetTargetDialog
 from tui.screens.help import keys_table
-from tui.testing import StaticSource, sample_states, wait_until
-from tui.widgets import FleetHeader, FleetTable
+from tui.testing import FIXED_TIME, StaticSource, sample_states, wait_until
+from tui.widgets import EventLog, FleetHeader, FleetTable
 
 SIZE = (160, 40)
 
@@ -82,7 +85,7 @@ async def test_dialog_refuses_unsafe_sizes_with_the_reason_and_sends_nothing() -
         for text, reason in [
             ("lots", "invalid size"),
             ("3G", "above guest RAM"),
-            ("200M", "below the safe floor"),
+            ("200M", "below the safe floor 256 MiB (tick force to go lower)"),
             ("100M", "below the hard minimum"),
             ("0%", "percentage"),
         ]:
@@ -91,6 +94,7 @@ async def test_dialog_refuses_unsafe_sizes_with_the_reason_and_sends_nothing() -
             await pilot.press(*text, "enter")
             await pilot.pause()
             assert reason in verdict(dialog), text
+            assert "--force" not in verdict(dialog)  # the CLI's wording; here it is a box
             assert app.screen is dialog  # still open
         assert source.calls == []
         await pilot.press("escape")
@@ -177,8 +181,15 @@ async def test_command_palette_offers_the_actions() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
         await pilot.press("ctrl+p")
+        await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette), what="palette")
         await pilot.press(*"toggle hint")
-        await pilot.pause(0.3)  # the palette searches in the background
+        hits = app.screen.query_one(CommandList)
+
+        def offered() -> bool:  # the palette searches in the background
+            return any("Toggle hint" in str(hits.get_option_at_index(i).prompt)
+                       for i in range(hits.option_count))
+
+        await wait_until(pilot, offered, what="the palette to offer the action")
         await pilot.press("enter")
         await wait_until(pilot, lambda: source.calls == [("set_hint", "vm1", True)],
                          what="the palette's action")
@@ -240,6 +251,7 @@ async def test_help_lists_the_keys() -> None:
         console.print(keys_table())
         text = console.export_text()
         assert "Set the balloon target" in text and "cache-first hint" in text
+        assert "+ / =" in text  # every key of a binding, not just the footer's
         await pilot.press("escape")
         await wait_until(pilot, lambda: app.screen is app.main, what="help to close")
 
@@ -399,3 +411,39 @@ async def test_detail_pane_shows_the_device_features_even_when_lines_wrap() -> N
         shot = app.export_screenshot().replace("&#160;", " ")
         assert "before each inflation" in shot
         assert "free-page-reporting on" in shot
+
+
+async def test_detail_pane_keeps_nothing_of_the_last_vm_when_no_vm_is_shown() -> None:
+    source = StaticSource(sample_states(3))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await pilot.press("h")
+        await wait_until(pilot, lambda: bool(app.view.history["vm1"].events), what="an event")
+        polls = app.polls
+        await wait_until(pilot, lambda: app.polls >= polls + 1, what="a sample")
+        detail = app.main.query_one("#detail")
+        sparks = list(detail.query(Sparkline))
+        assert all(spark.data for spark in sparks)
+        await pilot.press("slash", *"nothing-matches", "enter")
+        await wait_until(pilot, lambda: app.main.table.row_count == 0, what="no rows")
+        assert "no VM selected" in str(detail.query_one("#detail-facts", Static).render())
+        assert all(not spark.data for spark in sparks)
+        assert str(detail.query_one("#detail-events", Static).render()) == ""
+
+
+async def test_event_log_stamps_lines_in_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+5:30: differs from UTC in hours and minutes
+    time.tzset()
+    try:
+        app = DashboardApp(StaticSource(sample_states(1)), interval=0.1, meminfo=None,
+                           clock=lambda: FIXED_TIME)
+        async with app.run_test(size=SIZE) as pilot:
+            await started(pilot, app)
+            await pilot.press("h")
+            log = app.main.query_one(EventLog)
+            await wait_until(pilot, lambda: len(log.lines) >= 2, what="log lines")
+            assert log.lines[0].text.startswith("19:43:20 ")  # 14:13:20 UTC
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -4,7 +4,8 @@ and review the SVGs in the diff."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,18 @@ SnapCompare = Callable[..., bool]
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> DashboardApp:
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DashboardApp]:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 33554432 kB\nMemFree: 4194304 kB\nMemAvailable: 20971520 kB\n")
+    monkeypatch.setenv("TZ", "UTC")  # the event log shows local time
+    time.tzset()
     # One poll only (an hour between polls): later polls would add swap rates.
-    return DashboardApp(
+    yield DashboardApp(
         StaticSource(sample_states(8)), interval=3600, meminfo=meminfo,
         clock=lambda: FIXED_TIME,
     )
+    monkeypatch.undo()
+    time.tzset()
 
 
 def settled(*keys: str, polls: int = 1) -> Callable[[Pilot[Any]], Any]:

@@ -91,7 +91,9 @@ def test_plan_refuses_unsafe_targets_with_reasons() -> None:
     assert plan.targets == {} and not plan.ok
     assert "above guest RAM" in plan.refused["vm1"]
     plan = plan_text(states[:1], "200M")
-    assert "below the safe floor" in plan.refused["vm1"]
+    assert plan.refused["vm1"].endswith("below the safe floor 256 MiB (tick force to go lower)")
+    step = plan_targets(states[:1], TargetSpec(SizeKind.RELATIVE, -1600 * MiB, "-1600M"))
+    assert "(set it with t and tick force to go lower)" in step.refused["vm1"]
     plan = plan_text(states[:1], "200M", force=True)
     assert plan.ok and plan.targets == {"vm1": 200 * MiB}
     plan = plan_text([states[4]], "1G")  # vm5: unreachable

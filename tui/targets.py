@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from balloonctl.errors import BalloonError
+from balloonctl.errors import BalloonError, UnsafeTarget
 from balloonctl.model import BalloonState, default_floor, validate_target
 from balloonctl.units import SizeKind, TargetSpec, format_size, parse_target
 
@@ -47,10 +47,25 @@ def maximum_of(state: BalloonState) -> int | None:
     return min(state.maximum, state.guest_ram)
 
 
+# validate_target speaks to the CLI (--force); on the screen, force is a checkbox.
+DIALOG_WORDING = {"use --force to go lower": "tick force to go lower",
+                  "even with --force": "even with force"}
+STEP_WORDING = {"use --force to go lower": "set it with t and tick force to go lower",
+                "even with --force": "even with force"}
+
+
+def _reworded(message: str, wording: dict[str, str]) -> str:
+    for cli, tui in wording.items():
+        message = message.replace(cli, tui)
+    return message
+
+
 def plan_targets(
-    states: Sequence[BalloonState], spec: TargetSpec, *, force: bool = False
+    states: Sequence[BalloonState], spec: TargetSpec, *, force: bool = False,
+    wording: dict[str, str] = STEP_WORDING,
 ) -> TargetPlan:
-    """Resolve ``spec`` for each VM and check it with ``validate_target``."""
+    """Resolve ``spec`` for each VM and check it with ``validate_target``; refusals are
+    worded for the screen with ``wording`` (the step keys' by default)."""
     targets: dict[str, int] = {}
     refused: dict[str, str] = {}
     for state in states:
@@ -62,6 +77,8 @@ def plan_targets(
             target = spec.resolve(guest_ram=state.guest_ram, current=current)
             validate_target(target, guest_ram=state.guest_ram, minimum=state.floor,
                             maximum=state.maximum, force=force)
+        except UnsafeTarget as exc:
+            refused[state.name] = _reworded(exc.message, wording)
         except BalloonError as exc:
             refused[state.name] = exc.message
         else:
@@ -75,4 +92,4 @@ def plan_text(states: Sequence[BalloonState], text: str, *, force: bool = False)
     Raises:
         SizeError: the text is not a size the CLI accepts.
     """
-    return plan_targets(states, parse_target(text), force=force)
+    return plan_targets(states, parse_target(text), force=force, wording=DIALOG_WORDING)

@@ -16,12 +16,21 @@ from tui.commands import ACTIONS
 __all__ = ["HelpScreen", "keys_table"]
 
 
+_KEY_NAMES = {"plus": "+", "equals": "=", "minus": "-", "slash": "/", "question_mark": "?",
+              "escape": "esc", "ctrl+r": "^r"}
+
+
+def keys_text(keys: str) -> str:
+    """Every key of a binding (``plus,equals`` -> ``+ / =``), as the user types them."""
+    return " / ".join(_KEY_NAMES.get(key, key) for key in keys.split(","))
+
+
 def keys_table() -> Table:
     table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
     for a in ACTIONS:
-        table.add_row(a.key_display, a.help)
+        table.add_row(keys_text(a.keys), a.help)
     table.add_row("ctrl+p", "Command palette (every action above by name)")
     table.add_row("q", "Quit")
     return table

@@ -87,10 +87,14 @@ class DetailPane(VerticalScroll):
         if state is None:
             self._facts.update("no VM selected", layout=False)
             self._bar.show(None)
-            return
-        self._facts.update(describe(state), layout=False)
-        self._bar.show(state)
-        if history is None:
+        else:
+            self._facts.update(describe(state), layout=False)
+            self._bar.show(state)
+        if state is None or history is None:  # nothing of another VM may stay on show
+            for series in _SERIES:
+                self._labels[series].update(series, layout=False)
+                self._sparks[series].data = []
+            self._events.update("", layout=False)
             return
         for series in _SERIES:
             ring: Ring = getattr(history, series)

@@ -25,5 +25,5 @@ class EventLog(RichLog):
         self._clock = clock
 
     def add(self, text: str, *, style: str = "") -> None:
-        stamp = time.strftime("%H:%M:%S", time.gmtime(self._clock()))
+        stamp = time.strftime("%H:%M:%S", time.localtime(self._clock()))
         self.write(Text.assemble((stamp + " ", "dim"), (text, style)))
