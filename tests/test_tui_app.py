@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import io
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -447,3 +448,35 @@ async def test_event_log_stamps_lines_in_local_time(monkeypatch: pytest.MonkeyPa
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+class StreamingSource(StaticSource):
+    """Reports each VM as it is read (``snapshot_each``); vm2 hangs until ``vm2_answers``."""
+
+    def __init__(self, states: list[BalloonState]) -> None:
+        super().__init__(states)
+        self.vm2_answers = asyncio.Event()
+
+    async def snapshot(self) -> list[BalloonState]:
+        raise AssertionError("snapshot() must not be used when snapshot_each() exists")
+
+    async def snapshot_each(self) -> AsyncIterator[BalloonState]:
+        for name, state in list(self.states.items()):
+            if name == "vm2":
+                await self.vm2_answers.wait()
+            yield state
+
+
+async def test_rows_appear_as_each_vm_answers_when_the_source_reports_each() -> None:
+    source = StreamingSource(sample_states(3))
+    app = make_app(source)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.main.table
+        await wait_until(pilot, lambda: table.row_count == 1, what="vm1's row")
+        assert cell(table, "vm1", "state") == "ok" and app.polls == 0  # vm2 still hangs
+        await pilot.press("minus")  # the screen works on what has arrived
+        await wait_until(pilot, lambda: bool(source.calls), what="vm1's step")
+        source.vm2_answers.set()
+        await wait_until(pilot, lambda: app.polls >= 1 and table.row_count == 3,
+                         what="the whole round")
+        assert [r.key.value for r in table.ordered_rows] == ["vm1", "vm2", "vm3"]

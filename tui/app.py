@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -33,6 +33,7 @@ from tui.messages import (
     SnapshotReady,
     SourceEvent,
     SourceFailed,
+    StateReady,
     ToggleHint,
 )
 from tui.screens.main import MainScreen
@@ -119,7 +120,8 @@ class DashboardApp(App[None]):
             self._poll_round += 1
             poll_round = self._poll_round
             try:
-                states = await asyncio.wait_for(self.source.snapshot(), self.snapshot_timeout)
+                async with asyncio.timeout(self.snapshot_timeout):
+                    states = await self._snapshot_round(poll_round)
             except TimeoutError:
                 failures += 1
                 error = f"no snapshot within {self.snapshot_timeout:g}s"
@@ -138,6 +140,20 @@ class DashboardApp(App[None]):
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
                 pass
+
+    async def _snapshot_round(self, poll_round: int) -> list[BalloonState]:
+        """One poll of the fleet. A source with ``snapshot_each()`` (an async iterator of
+        each VM's state as soon as it is read) shows every VM when it is ready, so one slow
+        or dead VM does not hold back the other rows; the round's ``SnapshotReady`` then
+        carries nothing new. Other sources: ``snapshot()``, all VMs at once."""
+        each: Callable[[], AsyncIterator[BalloonState]] | None = getattr(
+            self.source, "snapshot_each", None
+        )
+        if each is None:
+            return await self.source.snapshot()
+        async for state in each():
+            self.post_message(StateReady(state, poll_round))
+        return []
 
     @work(exclusive=True, group="events", exit_on_error=False)
     async def _events(self) -> None:
@@ -188,6 +204,11 @@ class DashboardApp(App[None]):
         self.polls += 1
         self.main.show_source_error(None)
         self.main.show_fleet()
+
+    @on(StateReady)
+    def _state(self, message: StateReady) -> None:
+        self.view.apply([message.state], poll_round=message.poll_round)
+        self._redraw_soon()
 
     def _redraw_soon(self) -> None:
         """Events come in bursts (a whole fleet reconnecting): redraw once per burst."""

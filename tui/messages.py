@@ -21,6 +21,7 @@ __all__ = [
     "SnapshotReady",
     "SourceEvent",
     "SourceFailed",
+    "StateReady",
     "ToggleHint",
 ]
 
@@ -36,6 +37,16 @@ class SnapshotReady(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, SnapshotReady)
+
+
+class StateReady(Message):
+    """One VM's state from a source that reports each VM as it is read (``snapshot_each``).
+    Never replaced: every VM's state counts. ``SnapshotReady`` ends the round."""
+
+    def __init__(self, state: BalloonState, poll_round: int) -> None:
+        super().__init__()
+        self.state = state
+        self.poll_round = poll_round
 
 
 class SourceFailed(Message):
