@@ -162,6 +162,10 @@ class RunFacts:
     ``time.monotonic()`` at which ``run`` was last read over QMP. ``None`` fields were not
     learned. ``agent_checked`` is when the guest agent was last probed for guest-exec (the
     cache-first hint) and ``agent_error`` its refusal (None: guest-exec allowed).
+
+    A command failing with DeviceNotFound or DeviceNotActive forgets the device's facts. A
+    balloon device unplugged and plugged again under the same id between two connections
+    goes unnoticed: its features are the first device's until the VM restarts.
     """
 
     socket: str | None
@@ -376,6 +380,11 @@ class BalloonClient:
     preference; off when None). A remembered target also stops counting (``current_target``)
     once the VM shows it was changed behind balloonctl's back: ``actual`` left the target
     after reaching it, or has not reached it ``target_stale_after`` seconds after it was set.
+
+    What stays fixed while the VM runs (device path and properties, guest RAM, features, the
+    guest agent's answer) is read once per run and kept across reconnects; ``facts`` (from
+    another client's ``run_facts()``) seeds it, and is used only once this client's
+    connection shows the same run (see ``RunFacts`` and ``instance_id``).
     """
 
     def __init__(self, address: str, *, name: str | None = None, qga: str | None = None,

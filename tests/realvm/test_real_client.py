@@ -225,6 +225,29 @@ async def test_features_of_the_stock_device(real_vm: QemuVM) -> None:
     assert features.free_page_hint is False
 
 
+async def test_a_polite_fleet_reads_the_fixed_facts_once_per_run(real_vm: QemuVM) -> None:
+    from balloonctl.fleet import Fleet
+    from balloonctl.model import VmRef
+
+    sent: list[str] = []
+
+    def trace(name: str, direction: str, msg: object) -> None:
+        if direction == "->" and isinstance(msg, dict):
+            sent.append(f"{'qga ' if name.endswith('/qga') else ''}{msg.get('execute')}")
+
+    ref = VmRef(name=real_vm.name, qmp=str(real_vm.qmp_path), qga=str(real_vm.qga_path))
+    async with Fleet([ref], trace=trace) as fleet:
+        (first,) = await fleet.snapshot()
+        assert "query-memory-size-summary" in sent and "qga guest-info" in sent
+        sent.clear()
+        (second,) = await fleet.snapshot()
+    # QEMU's socket file is the same across connections: the run is recognised.
+    assert sorted(sent) == ["qmp_capabilities", "qom-get", "qom-get", "query-balloon"]
+    assert first.status is VmStatus.OK and second.status is VmStatus.OK
+    assert second.guest_ram == first.guest_ram and second.features == first.features
+    assert second.hint == first.hint and second.hint.mode is HintMode.AGENT
+
+
 @pytest.mark.usefixtures("qemu_installed")
 async def test_device_properties_given_on_the_command_line_are_reported() -> None:
     # No guest needed: the device's properties are readable while QEMU is paused (-S).
