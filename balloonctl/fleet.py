@@ -114,6 +114,7 @@ class Fleet(DataSource):
         self._facts: dict[str, RunFacts] = {}
         self._backoff: dict[str, Backoff] = {name: Backoff() for name in self.refs}
         self._last: dict[str, BalloonState] = {}
+        self._reading: dict[str, asyncio.Task[BalloonState]] = {}  # reads under way
         # None marks the end (close()); it is put back for every other consumer.
         self._queue: asyncio.Queue[tuple[str, BalloonEvent] | None] = asyncio.Queue(EVENT_QUEUE)
         self._pumps: dict[str, asyncio.Task[None]] = {}
@@ -205,37 +206,93 @@ class Fleet(DataSource):
 
     # ---- DataSource -------------------------------------------------------------------
 
+    def _resting(self, name: str, now: float) -> BalloonState | None:
+        """The VM's last state when it must not be read now: a read of it is still under
+        way (its socket serves one client: never pile a second connection on it), or it
+        failed lately and is in backoff. None when it should be read."""
+        last = self._last.get(name)
+        if last is None:
+            return None
+        task = self._reading.get(name)
+        if task is not None and not task.done():
+            return last
+        if self._backoff[name].wait(now) > 0:
+            return last
+        return None
+
+    async def _read(self, name: str) -> BalloonState:
+        """Read one VM's state (never raises ``BalloonError``), keeping its last state and
+        its backoff: an unreachable VM is retried after a delay that doubles up to a cap,
+        in both modes, so a dead VM costs one connect timeout per backoff period."""
+        loop = asyncio.get_running_loop()
+        backoff = self._backoff[name]
+        try:
+            state = await self._run_one(name, BalloonClient.snapshot, None)
+        except BalloonError as exc:  # only a session failure gets here
+            ref = self.refs[name]
+            state = BalloonState(name=name, qmp=ref.qmp, error=exc.message,
+                                 error_kind=type(exc).__name__)
+        if state.reachable:
+            backoff.succeeded()
+        else:
+            backoff.failed(loop.time())
+        self._last[name] = state
+        return state
+
+    def _start_read(self, name: str) -> asyncio.Task[BalloonState]:
+        task = self._reading.get(name)
+        if task is None or task.done():
+            task = self._reading[name] = asyncio.create_task(self._read(name))
+        return task
+
     async def snapshot(self) -> list[BalloonState]:
         """One ``BalloonState`` per VM, in inventory order. Never raises ``BalloonError``.
 
-        In hold mode a VM in reconnect backoff is not retried; its last state is returned
-        with the error that caused the backoff.
+        A VM in backoff after a failure (or still being read by an earlier call) is not
+        read again; its last state is returned, with the error that caused the backoff.
+        """
+        now = asyncio.get_running_loop().time()
+        pending: dict[str, asyncio.Task[BalloonState]] = {}
+        for name in self.refs:
+            if self._resting(name, now) is None:
+                pending[name] = self._start_read(name)
+        if pending:
+            await asyncio.wait(pending.values())
+        return [pending[name].result() if name in pending else self._last[name]
+                for name in self.refs]
+
+    async def snapshot_each(self, patience: float = 1.0) -> AsyncIterator[BalloonState]:
+        """Each VM's state as soon as it is read, so one slow or dead VM never holds back
+        the others. Never raises ``BalloonError``.
+
+        VMs in backoff, or still being read by an earlier round, yield their last state at
+        once. A VM that takes longer than ``patience`` seconds (and has a last state)
+        yields that last state; its read goes on in the background and is seen by the
+        next round. Reads stay bounded by the connect and command timeouts.
         """
         loop = asyncio.get_running_loop()
-
-        async def one(client: BalloonClient) -> BalloonState:
-            backoff = self._backoff[client.name]
-            wait = backoff.wait(loop.time()) if self.hold else 0.0
-            if wait > 0 and client.name in self._last:
-                return self._last[client.name].with_changes(taken_at=time.time())
-            state = await client.snapshot()
-            if self.hold:
-                if state.reachable:
-                    backoff.succeeded()
-                else:
-                    backoff.failed(loop.time())
-            return state
-
-        results = await self.run_each(None, one)
-        states: list[BalloonState] = []
-        for name, result in results.items():
-            if isinstance(result, BalloonError):  # only a run_each timeout gets here
-                ref = self.refs[name]
-                result = BalloonState(name=name, qmp=ref.qmp, error=result.message,
-                                      error_kind=type(result).__name__)
-            self._last[name] = result
-            states.append(result)
-        return states
+        now = loop.time()
+        pending: dict[asyncio.Task[BalloonState], str] = {}
+        for name in self.refs:
+            resting = self._resting(name, now)
+            if resting is not None:
+                yield resting
+            else:
+                pending[self._start_read(name)] = name
+        deadline = now + patience
+        while pending:
+            # Wait past the deadline only for VMs that have no last state to show.
+            patient = all(n in self._last for n in pending.values())
+            timeout = max(0.0, deadline - loop.time()) if patient else None
+            done, _ = await asyncio.wait(pending, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                for name in pending.values():
+                    yield self._last[name]
+                return
+            for task in done:
+                pending.pop(task)
+                yield task.result()
 
     async def stream(self, interval: float) -> AsyncIterator[list[BalloonState]]:
         """Snapshots of every VM, one list every ``interval`` seconds (never raises
@@ -341,6 +398,13 @@ class Fleet(DataSource):
         for task in pumps:
             with contextlib.suppress(asyncio.CancelledError, BalloonError):
                 await task
+        reads = [t for t in self._reading.values() if not t.done()]
+        self._reading.clear()
+        for read in reads:
+            read.cancel()
+        for read in reads:
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
         clients = list(self._clients.values())
         self._clients.clear()
         for client in clients:

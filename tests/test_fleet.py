@@ -45,6 +45,51 @@ async def test_snapshot_with_a_busy_vm(fake_vm_factory: Any) -> None:
     assert states[0].actual == 2 * GiB and states[0].hint.mode is HintMode.AGENT
 
 
+async def test_snapshot_each_never_waits_for_a_busy_vm(fake_vm_factory: Any) -> None:
+    vms = await three(fake_vm_factory)
+    async with Fleet(refs(*vms), connect_timeout=5.0) as fleet:
+        first = await fleet.snapshot()
+        assert all(s.reachable for s in first)
+        vms[1].faults.never_greet = True  # vm2's socket now stays silent, like a busy one
+        for _ in range(2):  # the second round finds vm2's read still under way
+            started = time.monotonic()
+            got = {s.name: s async for s in fleet.snapshot_each(patience=0.3)}
+            # well under the 5 s connect timeout the busy VM would have cost
+            assert time.monotonic() - started < 2.5
+            assert sorted(got) == ["vm1", "vm2", "vm3"]
+            assert got["vm1"].taken_at > first[0].taken_at
+            assert got["vm3"].taken_at > first[2].taken_at
+            assert got["vm2"] is first[1]  # its last state, not a second connection
+        vms[1].faults.never_greet = False
+
+
+async def test_an_unreachable_vm_is_retried_only_after_its_backoff(
+    fake_vm_factory: Any,
+) -> None:
+    vms = await three(fake_vm_factory)
+    async with Fleet(refs(*vms)) as fleet:
+        await vms[1].stop()
+        failed = await fleet.snapshot()
+        assert failed[1].status is VmStatus.UNREACHABLE
+        again = await fleet.snapshot()  # at once: vm2 is in backoff, the others are read
+        assert again[1] is failed[1]
+        assert again[0].taken_at > failed[0].taken_at
+        await vms[1].start()
+        back = await poll_until_state(fleet, "vm2", VmStatus.OK)
+        assert back.reachable
+
+
+async def poll_until_state(fleet: Fleet, name: str, status: VmStatus,
+                           within: float = 10.0) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        state = {s.name: s for s in await fleet.snapshot()}[name]
+        if state.status is status:
+            return state
+        assert time.monotonic() < deadline, f"{name} still {state.status}: {state.error}"
+        await asyncio.sleep(0.05)
+
+
 async def test_run_each_partial_failure(fake_vm_factory: Any) -> None:
     vms = await three(fake_vm_factory, balloon=False)
     async with Fleet(refs(*vms)) as fleet:
