@@ -257,11 +257,10 @@ class DashboardApp(App[None]):
     def _action_done(self, message: ActionDone) -> None:
         if message.action == "target":
             self.view.target_done(message.name, self._poll_round)
-        result = message.detail if message.ok else f"failed: {message.detail}"
-        self.view.note(message.name, f"{message.action}: {result}")
-        self.main.log_line(
-            f"{message.name}: {message.action}: {result}", style="" if message.ok else "red"
-        )
+        # A success's detail says what was done ("target 1.9 GiB", "polling every 2s").
+        result = message.detail if message.ok else f"{message.action} failed: {message.detail}"
+        self.view.note(message.name, result)
+        self.main.log_line(f"{message.name}: {result}", style="" if message.ok else "red")
 
     # -- requests from the screens ----------------------------------------------------------
     @on(SetTargets)
@@ -274,7 +273,7 @@ class DashboardApp(App[None]):
             async def run() -> str:
                 async with self._target_lock(name):
                     sent = await source.set_target(name, absolute(target), force=force)
-                return f"target {format_size(sent)}"
+                return f"target set to {format_size(sent)}"
 
             return run
 
@@ -288,7 +287,8 @@ class DashboardApp(App[None]):
             async def run() -> str:
                 hint = await source.set_hint(name, enabled)
                 state = "on" if hint.enabled else "off"
-                return f"{hint.mode.value} {state}" + (f" ({hint.detail})" if hint.detail else "")
+                done = f"hint {state} ({hint.mode.value} mode)"
+                return f"{done}: {hint.detail}" if hint.detail else done
 
             return run
 
@@ -301,7 +301,7 @@ class DashboardApp(App[None]):
         def call(name: str) -> Callable[[], Awaitable[str]]:
             async def run() -> str:
                 await source.enable_stats(name, interval)
-                return f"polling every {interval}s"
+                return f"stats polling every {interval}s"
 
             return run
 
@@ -309,7 +309,7 @@ class DashboardApp(App[None]):
 
     def _start(self, action: str, calls: Mapping[str, Callable[[], Awaitable[str]]]) -> None:
         for name in calls:
-            self.main.log_line(f"{name}: {action}: sending")
+            self.main.log_line(f"{name}: {action} requested", style="dim")
         self._act(action, calls)
 
 
