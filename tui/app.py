@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.timer import Timer
 
 from balloonctl.errors import BalloonError
 from balloonctl.model import BalloonState
@@ -90,8 +91,10 @@ class DashboardApp(App[None]):
         self._poll_round = 0  # polls started so far
         self._target_locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
-        self._redraw_pending = False
+        self._redraw_timer: Timer | None = None
         self.redraw_delay = 0.25
+        # States read by ``snapshot_each`` go to the screen in batches at most this often.
+        self.batch_delay = 0.25
         self.main = MainScreen(
             self.view, step=step, stats_interval=stats_interval, clock=clock,
             refresh_now=self._wake.set,
@@ -143,17 +146,39 @@ class DashboardApp(App[None]):
 
     async def _snapshot_round(self, poll_round: int) -> list[BalloonState]:
         """One poll of the fleet. A source with ``snapshot_each()`` (an async iterator of
-        each VM's state as soon as it is read) shows every VM when it is ready, so one slow
-        or dead VM does not hold back the other rows; the round's ``SnapshotReady`` then
-        carries nothing new. Other sources: ``snapshot()``, all VMs at once."""
+        each VM's state as soon as it is read) shows what has arrived without waiting for
+        the whole round, so one slow or dead VM does not hold back the other rows: states
+        go out in ``StateReady`` batches at most every ``batch_delay`` (not one message per
+        VM), and the round's ``SnapshotReady`` carries the rest. Other sources:
+        ``snapshot()``, all VMs at once."""
         each: Callable[[], AsyncIterator[BalloonState]] | None = getattr(
             self.source, "snapshot_each", None
         )
         if each is None:
             return await self.source.snapshot()
-        async for state in each():
-            self.post_message(StateReady(state, poll_round))
-        return []
+        loop = asyncio.get_running_loop()
+        batch: list[BalloonState] = []
+        handle: asyncio.TimerHandle | None = None
+
+        def flush() -> None:
+            nonlocal handle, batch
+            handle = None
+            if batch:
+                self.post_message(StateReady(batch, poll_round))
+                batch = []
+
+        try:
+            async for state in each():
+                batch.append(state)
+                if handle is None:
+                    handle = loop.call_later(self.batch_delay, flush)
+        except BaseException:
+            flush()  # what did arrive still counts
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        return batch
 
     @work(exclusive=True, group="events", exit_on_error=False)
     async def _events(self) -> None:
@@ -203,21 +228,25 @@ class DashboardApp(App[None]):
         self.view.apply(message.states, poll_round=message.poll_round)
         self.polls += 1
         self.main.show_source_error(None)
-        self.main.show_fleet()
+        self._redraw()  # once per round, whatever arrived before it
 
     @on(StateReady)
     def _state(self, message: StateReady) -> None:
-        self.view.apply([message.state], poll_round=message.poll_round)
-        self._redraw_soon()
+        # Shown with the round's end (one redraw per round); only a round still going
+        # after an interval (a slow or dead VM) shows what has arrived before it ends.
+        self.view.apply(message.states, poll_round=message.poll_round)
+        self._redraw_soon(max(self.redraw_delay, self.interval))
 
-    def _redraw_soon(self) -> None:
+    def _redraw_soon(self, delay: float | None = None) -> None:
         """Events come in bursts (a whole fleet reconnecting): redraw once per burst."""
-        if not self._redraw_pending:
-            self._redraw_pending = True
-            self.set_timer(self.redraw_delay, self._redraw)
+        if self._redraw_timer is None:
+            delay = self.redraw_delay if delay is None else delay
+            self._redraw_timer = self.set_timer(delay, self._redraw)
 
     def _redraw(self) -> None:
-        self._redraw_pending = False
+        if self._redraw_timer is not None:
+            self._redraw_timer.stop()
+            self._redraw_timer = None
         self.main.show_fleet()
 
     @on(SourceFailed)

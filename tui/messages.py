@@ -40,12 +40,13 @@ class SnapshotReady(Message):
 
 
 class StateReady(Message):
-    """One VM's state from a source that reports each VM as it is read (``snapshot_each``).
-    Never replaced: every VM's state counts. ``SnapshotReady`` ends the round."""
+    """Some VMs' states from a source that reports each VM as it is read (``snapshot_each``),
+    batched as they arrive. Never replaced: every VM's state counts. ``SnapshotReady`` (with
+    the round's last states) ends the round."""
 
-    def __init__(self, state: BalloonState, poll_round: int) -> None:
+    def __init__(self, states: Sequence[BalloonState], poll_round: int) -> None:
         super().__init__()
-        self.state = state
+        self.states = list(states)
         self.poll_round = poll_round
 
 

@@ -116,6 +116,9 @@ class FleetTable(DataTable[Cell]):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
         self._cells: dict[str, tuple[Cell, ...]] = {}
+        # The row and selection each VM's cells were made from: an unchanged row (the same
+        # frozen VmRow) is not rendered into cells again.
+        self._shown: dict[str, tuple[VmRow, bool]] = {}
         self._labels: dict[str, str] = {}
         self._sorted_by: tuple[str, bool] | None = None
         # Cell renders keyed on each cell's own version (see _render_cell).
@@ -150,9 +153,15 @@ class FleetTable(DataTable[Cell]):
         for name in [n for n in self._cells if n not in wanted_set]:
             self.remove_row(name)
             del self._cells[name]
+            self._shown.pop(name, None)
         column_keys = ("sel", *(column.key for column in COLUMNS))
         for row in rows:
-            cells = row_cells(row, row.name in selected)
+            source = (row, row.name in selected)
+            shown = self._shown.get(row.name)
+            if shown is not None and shown[0] is row and shown[1] == source[1]:
+                continue
+            self._shown[row.name] = source
+            cells = row_cells(row, source[1])
             old = self._cells.get(row.name)
             if old is None:
                 # A row shown again (after a filter) must not hit renders of its old values.

@@ -21,6 +21,7 @@ class FleetHeader(Static):
         self._host: HostMemory | None = None
         self._host_error: str | None = None
         self._source_error: str | None = None
+        self._shown: Text | None = None
 
     def show(
         self,
@@ -33,11 +34,18 @@ class FleetHeader(Static):
             self._totals = totals
         if host is not None or host_error is not None:
             self._host, self._host_error = host, host_error
-        self.update(self._render_text(), layout=False)
+        self._update()
 
     def source_error(self, error: str | None) -> None:
         self._source_error = error
-        self.update(self._render_text(), layout=False)
+        self._update()
+
+    def _update(self) -> None:
+        """Repaint only when the line changed (host memory and errors come every poll)."""
+        text = self._render_text()
+        if self._shown is None or text != self._shown:
+            self._shown = text
+            self.update(text, layout=False)
 
     def _render_text(self) -> Text:
         size = format_size
