@@ -480,3 +480,25 @@ async def test_rows_appear_as_each_vm_answers_when_the_source_reports_each() -> 
         await wait_until(pilot, lambda: app.polls >= 1 and table.row_count == 3,
                          what="the whole round")
         assert [r.key.value for r in table.ordered_rows] == ["vm1", "vm2", "vm3"]
+
+
+async def test_a_round_reported_vm_by_vm_is_shown_in_one_redraw() -> None:
+    source = StreamingSource(sample_states(3))
+    source.vm2_answers.set()  # every VM answers at once
+    app = make_app(source)
+    app.interval = 5.0  # rounds end long before the fallback redraw would fire
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        shown: list[int] = []
+        show_fleet = app.main.show_fleet
+
+        def counted() -> None:
+            shown.append(app.polls)
+            show_fleet()
+
+        app.main.show_fleet = counted  # type: ignore[method-assign]
+        app._wake.set()  # the next round now
+        await wait_until(pilot, lambda: app.polls >= 2, what="the second round")
+        await pilot.pause(0.3)
+        assert shown == [2]  # once, at the round's end: not once per VM or per batch
+        assert app.main.table.row_count == 3
