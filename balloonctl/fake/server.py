@@ -89,14 +89,6 @@ class JSONServer:
         self._stopping = False
         self._close_after_reply: Callable[[], None] | None = None
 
-    @property
-    def serving(self) -> bool:
-        return self._server is not None
-
-    @property
-    def client_connected(self) -> bool:
-        return self._current is not None
-
     async def start(self) -> None:
         """Listen on ``path``. A stale socket file (nobody listening) is replaced; a live one
         or any other kind of file is left alone.
