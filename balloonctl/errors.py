@@ -19,8 +19,10 @@ the guest agent). ``asyncio.CancelledError`` is never wrapped.
     ├── WaitTimeout                   the balloon did not reach its target in time
     │   └── StuckBalloon              ``actual`` stopped moving short of the target
     ├── HintUnsupported               no way to honour the cache-first hint on this VM
-    └── AgentError                    the guest agent failed or is unreachable
-        └── AgentExecBlocked          the guest agent refuses guest-exec
+    ├── AgentError                    the guest agent failed or is unreachable
+    │   └── AgentExecBlocked          the guest agent refuses guest-exec
+    └── JournalError                  the journal cannot be written or read (names the file),
+                                      or one of its lines has the wrong shape
 
 Every error's ``str()`` is one line meant for an operator; ``vm`` names the VM when known.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "Disconnected",
     "DriverNotReady",
     "HintUnsupported",
+    "JournalError",
     "NoBalloonDevice",
     "QMPCommandError",
     "QMPTimeout",
@@ -164,3 +167,21 @@ class AgentError(BalloonError):
 
 class AgentExecBlocked(AgentError):
     """The guest agent refuses guest-exec (blocked by its configuration)."""
+
+
+class JournalError(BalloonError):
+    """The journal cannot be written or read, or one of its lines has the wrong shape.
+
+    ``path`` is the journal file when known; ``str()`` names it. ``auto`` stops on this rather
+    than run unrecorded.
+    """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, vm: str | None = None
+    ) -> None:
+        super().__init__(message, vm=vm)
+        self.path = path
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"journal {self.path}: {text}" if self.path else text
