@@ -100,3 +100,16 @@ async def fake_fleet_factory(fake_dir: Path) -> AsyncIterator[Callable[..., Awai
     yield make
     for fleet in fleets:
         await fleet.stop()
+
+
+# --- the journal: no test (nor a balloonctl it starts) writes the user's real one ----------
+
+
+@pytest.fixture(autouse=True)
+def _journal_in_tmp(monkeypatch: pytest.MonkeyPatch,
+                    tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test, and every process it starts, journals to its own temp file
+    (``$BALLOONCTL_JOURNAL`` wins over config and the default path)."""
+    path = tmp_path_factory.mktemp("journal") / "journal.jsonl"
+    monkeypatch.setenv("BALLOONCTL_JOURNAL", str(path))
+    return path
