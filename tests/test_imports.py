@@ -78,3 +78,16 @@ def test_core_modules_import_no_framework() -> None:
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                          check=True, timeout=60).stdout.split()
     assert not set(out) & {*HEAVY, *TYPER}
+
+
+def test_journal_and_history_import_only_the_core() -> None:
+    # the CLI, the dashboard and serve all read the journal: it must stay below them
+    program = (
+        "import sys, balloonctl.journal, balloonctl.history\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('balloonctl') "
+        "or m.split('.')[0] in {'qemu', 'typer', 'textual', 'httpx', 'starlette'})))"
+    )
+    out = set(subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.split())
+    assert out <= {"balloonctl", "balloonctl.errors", "balloonctl.store", "balloonctl.units",
+                   "balloonctl.text", "balloonctl.journal", "balloonctl.history"}, sorted(out)
