@@ -409,7 +409,7 @@ class Journal:
         try:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
-                raise JournalError("not a regular file", path=str(self.path))
+                raise JournalError("cannot write: not a regular file", path=str(self.path))
             if created:
                 os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
             yield fd, created

@@ -280,7 +280,7 @@ def test_a_file_where_the_directory_belongs(tmp_path: Path) -> None:
 
 def test_a_fifo_is_not_a_journal(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "j.jsonl")
-    with pytest.raises(JournalError, match="not a regular file"):
+    with pytest.raises(JournalError, match="cannot write: not a regular file"):
         Journal(tmp_path / "j.jsonl").append(change(GiB))
 
 
