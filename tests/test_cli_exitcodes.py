@@ -28,6 +28,7 @@ from balloonctl.cli.exitcodes import ExitCode, combine, exit_code_for
         (errors.HintUnsupported("x"), ExitCode.QMP_ERROR),
         (errors.AgentError("x"), ExitCode.QMP_ERROR),
         (errors.AgentExecBlocked("x"), ExitCode.QMP_ERROR),
+        (errors.JournalError("x", path="/j"), ExitCode.JOURNAL),
         (errors.BalloonError("x"), ExitCode.FAILURE),
         (RuntimeError("bug"), ExitCode.FAILURE),
         (KeyboardInterrupt(), ExitCode.INTERRUPTED),

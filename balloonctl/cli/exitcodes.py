@@ -13,6 +13,7 @@ code  name             meaning
 6     TIMEOUT          a reply or the balloon did not arrive in time, the balloon is stuck, or
                        the guest has no balloon driver loaded (so it never moves)
 7     PARTIAL          several VMs were asked and some, not all, failed
+8     JOURNAL          the journal cannot be written or read (a change made may be unrecorded)
 130   INTERRUPTED      stopped by Ctrl-C (SIGINT)
 143   TERMINATED       stopped by SIGTERM (``wave``, after setting the original target again)
 ====  ===============  ======================================================================
@@ -33,6 +34,7 @@ from balloonctl.errors import (
     Disconnected,
     DriverNotReady,
     HintUnsupported,
+    JournalError,
     QMPCommandError,
     QMPTimeout,
     UnsafeTarget,
@@ -52,6 +54,7 @@ class ExitCode(enum.IntEnum):
     UNSAFE_TARGET = 5
     TIMEOUT = 6
     PARTIAL = 7
+    JOURNAL = 8
     INTERRUPTED = 130
     TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
 
@@ -68,6 +71,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (QMPCommandError, ExitCode.QMP_ERROR),
     (HintUnsupported, ExitCode.QMP_ERROR),
     (AgentError, ExitCode.QMP_ERROR),
+    (JournalError, ExitCode.JOURNAL),
     (KeyboardInterrupt, ExitCode.INTERRUPTED),
 )
 
