@@ -42,7 +42,6 @@ from qemu.qmp import (
     StateError,
 )
 
-from balloonctl.agent import GuestAgent
 from balloonctl.errors import (
     AgentError,
     AgentExecBlocked,
@@ -69,6 +68,7 @@ from balloonctl.model import (
     default_floor,
     validate_target,
 )
+from balloonctl.qga import QgaClient
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec, format_size
 
@@ -979,14 +979,14 @@ class BalloonClient:
 
     # ---- cache-first hint -------------------------------------------------------------
 
-    def _agent(self, *, probe: bool = False) -> GuestAgent:
+    def _agent(self, *, probe: bool = False) -> QgaClient:
         # A probe (hint status, in every snapshot) must not stall on a guest whose agent is
         # not running: the socket accepts, nothing answers.
         assert self.qga is not None
         timeout = min(self.command_timeout, 5.0)
         if probe:
             timeout = min(timeout, self.connect_timeout, 2.0)
-        return GuestAgent(self.qga, timeout=timeout, trace=self.trace,
+        return QgaClient(self.qga, timeout=timeout, trace=self.trace,
                           name=f"{self.name}/qga", vm=self._vm)
 
     async def _agent_refusal(self, *, fresh: bool) -> AgentError | None:
