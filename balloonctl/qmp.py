@@ -91,7 +91,6 @@ def _int_field(reply: Any, key: str, cmd: str, vm: str | None) -> int:
     return value
 
 
-
 class BalloonClient:
     """One VM's balloon over QMP. Connects lazily; reconnects on the call after a drop.
 
