@@ -1,7 +1,7 @@
 """One error tree for balloonctl.
 
 Third-party failures (qemu.qmp, OSError, asyncio timeouts, JSON) are translated into this
-tree exactly once, at the boundary where they happen (``qmp.py`` for QMP, ``agent.py`` for
+tree exactly once, at the boundary where they happen (``qmpsession.py`` for QMP, ``qga.py`` for
 the guest agent). ``asyncio.CancelledError`` is never wrapped.
 
     BalloonError                      anything balloonctl raises on purpose

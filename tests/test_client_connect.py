@@ -277,7 +277,8 @@ async def test_events_arrive_and_end_with_disconnected(
                 got.append(ev)
 
         task = asyncio.create_task(consume())
-        await poll_until(lambda: len(client._qmp._listeners) >= 2, within=2, what="listener")
+        await poll_until(lambda: len(client.session._qmp._listeners) >= 2, within=2,
+                         what="listener")
         await client.set_target(GiB)
         await poll_until(lambda: any(e.name == "BALLOON_CHANGE" for e in got), within=3,
                          what="BALLOON_CHANGE")
@@ -300,7 +301,7 @@ async def test_event_stream_ends_quietly_when_the_client_closes(
         return await anext(stream)
 
     waiting = asyncio.create_task(first())
-    await poll_until(lambda: len(client._qmp._listeners) >= 2, within=2, what="listener")
+    await poll_until(lambda: len(client.session._qmp._listeners) >= 2, within=2, what="listener")
     await client.close()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(waiting, 2)
@@ -309,7 +310,7 @@ async def test_event_stream_ends_quietly_when_the_client_closes(
 async def test_event_buffers_stay_bounded(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     """qemu.qmp keeps every event forever by default; ours keep a bounded number."""
     async with client_for(fake_vm) as client:
-        qmp = client._qmp
+        qmp = client.session._qmp
         for i in range(2000):
             fake_vm.qmp.send_event({"event": "BALLOON_CHANGE", "data": {"actual": i},
                                     "timestamp": {"seconds": 1, "microseconds": 0}})
@@ -338,6 +339,6 @@ async def test_raw_client_gets_in_after_close(fake_vm: FakeVM, client_for: Clien
     ("host:notaport", "host:notaport"),
 ])
 def test_addresses_are_unix_paths_or_host_port(address: str, parsed: object) -> None:
-    from balloonctl.qmp import _parse_address
+    from balloonctl.qmpsession import parse_address
 
-    assert _parse_address(address) == parsed
+    assert parse_address(address) == parsed

@@ -304,7 +304,7 @@ def test_the_library_layer_imports_no_cli_tui_or_http_packages() -> None:
     import sys
 
     code = (
-        "import sys, balloonctl.qmp, balloonctl.agent, balloonctl.fleet\n"
+        "import sys, balloonctl.qmp, balloonctl.qga, balloonctl.fleet\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'typer', 'textual', 'httpx', 'starlette', 'uvicorn', 'rich'})\n"
         "print(','.join(bad))\n"

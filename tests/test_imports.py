@@ -91,3 +91,111 @@ def test_journal_and_history_import_only_the_core() -> None:
                              check=True, timeout=60).stdout.split())
     assert out <= {"balloonctl", "balloonctl.errors", "balloonctl.store", "balloonctl.units",
                    "balloonctl.text", "balloonctl.journal", "balloonctl.history"}, sorted(out)
+
+
+# ---- layering: who may import whom inside balloonctl ----------------------------------------
+
+PACKAGE = Path(__file__).resolve().parent.parent / "balloonctl"
+CORE = frozenset({"units", "model", "errors", "store", "text"})
+# The QMP/QGA/host layer, each with the balloonctl modules it may import at load time.
+PRIMITIVES = {
+    "qmpsession": CORE,
+    "runfacts": CORE | {"qmpsession"},
+    "qmp": CORE | {"qmpsession", "runfacts"},
+    "qga": CORE,
+    "host": CORE,
+}
+# Imports inside a function, allowed where a lower module composes a higher one: a
+# BalloonClient owns a CacheFirst and a RememberedTargets, both built on balloonctl.qmp.
+LAZY = {"qmp": frozenset({"cachefirst", "targets"})}
+FRONT_ENDS = ("cli", "http", "serve")  # the only ones that may import the frameworks below
+FRAMEWORKS = frozenset({"typer", "click", "textual", "starlette", "httpx", "uvicorn"})
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """Top-level names imported by ``path``: (at load time, inside functions). Imports
+    under ``if TYPE_CHECKING:`` are for annotations only and count as neither."""
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    loaded: set[str] = set()
+    lazy: set[str] = set()
+
+    def names(node: ast.Import | ast.ImportFrom) -> set[str]:
+        if isinstance(node, ast.Import):
+            return {alias.name for alias in node.names}
+        assert node.level == 0, f"{path}: relative import"
+        base = node.module or ""
+        if base == "balloonctl":  # from balloonctl import x
+            return {f"balloonctl.{alias.name}" for alias in node.names}
+        return {base}
+
+    def visit(node: ast.AST, into: set[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for sub in child.orelse:
+                    visit(sub, into)
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                into.update(names(child))
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                visit(child, lazy)
+            else:
+                visit(child, into)
+
+    visit(tree, loaded)
+    return loaded, lazy
+
+
+def _unit(path: Path) -> str:
+    """balloonctl/qmp.py -> "qmp"; balloonctl/fake/vm.py -> "fake"."""
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def _balloonctl_units(modules: set[str]) -> set[str]:
+    return {m.split(".")[1] for m in modules if m.startswith("balloonctl.")}
+
+
+def _sources() -> list[Path]:
+    found = sorted(PACKAGE.rglob("*.py"))
+    assert len(found) > 20 and PACKAGE / "qmp.py" in found  # the scan sees the package
+    return found
+
+
+def test_the_core_imports_only_the_core() -> None:
+    for path in _sources():
+        if _unit(path) in CORE:
+            loaded, lazy = _imports(path)
+            assert _balloonctl_units(loaded | lazy) <= CORE, path.name
+
+
+def test_qmp_qga_and_host_import_only_the_core() -> None:
+    seen = set()
+    for path in _sources():
+        unit = _unit(path)
+        if unit in PRIMITIVES:
+            seen.add(unit)
+            loaded, lazy = _imports(path)
+            assert _balloonctl_units(loaded) - {unit} <= PRIMITIVES[unit], path.name
+            assert _balloonctl_units(lazy) <= PRIMITIVES[unit] | LAZY.get(unit, set()), path.name
+    assert seen == set(PRIMITIVES)
+
+
+def test_loading_the_primitives_loads_nothing_above_them() -> None:
+    """What ``import balloonctl.qmp`` (and qga, host) pulls in, transitively."""
+    program = (
+        "import sys, balloonctl.qmp, balloonctl.qga, balloonctl.host\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('balloonctl.'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    assert "balloonctl.qmp" in out
+    assert _balloonctl_units(set(out)) <= CORE | set(PRIMITIVES), out
+
+
+def test_only_the_front_ends_import_the_frameworks() -> None:
+    for path in _sources():
+        if _unit(path) in FRONT_ENDS:
+            continue
+        loaded, lazy = _imports(path)
+        assert not {m.split(".")[0] for m in loaded | lazy} & FRAMEWORKS, path

@@ -676,12 +676,12 @@ async def _agent_checks(ref: VmRef, limit: float) -> list[Check]:
     if ref.qga is None:
         return [Check("guest agent", "warn", "no guest-agent socket known (--qga or <vm>.qga)"),
                 Check("guest-exec", "info", "not checked: no guest agent")]
-    from balloonctl.agent import GuestAgent
     from balloonctl.errors import AgentExecBlocked
+    from balloonctl.qga import QgaClient
 
     trace = _STATE.trace if _STATE.verbose else None
     try:
-        async with GuestAgent(ref.qga, timeout=limit, trace=trace, vm=ref.name) as ga:
+        async with QgaClient(ref.qga, timeout=limit, trace=trace, vm=ref.name) as ga:
             await ga.ping()
             reach = Check("guest agent", "ok", f"answers at {ref.qga}")
             try:
