@@ -127,16 +127,10 @@ class HostMemory:
 _MEMINFO_LINE = re.compile(r"^(?P<key>[^:\s]+):[ \t]*(?P<value>\S+)(?:[ \t]+(?P<unit>\S+))?[ \t]*$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _DECIMAL = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
-# meminfo name -> HostMemory field. MemTotal and MemFree must be there; see parse_meminfo.
-_MEMINFO_FIELDS: Final = {
-    "MemTotal": "total",
-    "MemFree": "free",
-    "MemAvailable": "available",
-    "Cached": "cached",
-    "AnonPages": "anon",
-    "SwapTotal": "swap_total",
-    "SwapFree": "swap_free",
-}
+# The meminfo names read into HostMemory (total, free, available, cached, anon, swap_*).
+_MEMINFO_FIELDS: Final = frozenset(
+    ("MemTotal", "MemFree", "MemAvailable", "Cached", "AnonPages", "SwapTotal", "SwapFree")
+)
 _REQUIRED: Final = ("MemTotal", "MemFree")
 
 
@@ -189,17 +183,19 @@ def parse_meminfo(text: str, *, source: str = "/proc/meminfo") -> HostMemory:
     total = found["MemTotal"]
     if total <= 0:
         raise HostReadError("MemTotal is 0", path=source)
-    fields = {_MEMINFO_FIELDS[k]: v for k, v in found.items()}
-    fields.setdefault("available", min(total, fields["free"] + fields.get("cached", 0)))
-    for name in ("cached", "anon", "swap_total", "swap_free"):
-        fields.setdefault(name, 0)
     for key in ("MemFree", "MemAvailable", "Cached", "AnonPages"):
         if key in found and found[key] > total:
             raise HostReadError(f"{key} ({found[key] // KiB} kB) exceeds MemTotal "
                                 f"({total // KiB} kB)", path=source)
-    if fields["swap_free"] > fields["swap_total"]:
+    free, cached = found["MemFree"], found.get("Cached", 0)
+    swap_total, swap_free = found.get("SwapTotal", 0), found.get("SwapFree", 0)
+    if swap_free > swap_total:
         raise HostReadError("SwapFree exceeds SwapTotal", path=source)
-    return HostMemory(**fields, source=source)
+    return HostMemory(
+        total=total, available=found.get("MemAvailable", min(total, free + cached)), free=free,
+        cached=cached, anon=found.get("AnonPages", 0), swap_total=swap_total,
+        swap_free=swap_free, source=source,
+    )
 
 
 def parse_psi(text: str, *, source: str = "/proc/pressure/memory") -> Psi:
@@ -230,13 +226,13 @@ def parse_psi(text: str, *, source: str = "/proc/pressure/memory") -> Psi:
             pairs[name] = value
         avgs: list[float] = []
         for name in ("avg10", "avg60", "avg300"):
-            value = pairs.get(name)
-            if value is None:
+            avg = pairs.get(name)
+            if avg is None:
                 raise HostReadError(f"{kind}: no {name}", path=source)
-            if not _DECIMAL.match(value) or float(value) > 100.0:
-                raise HostReadError(f"{kind}: {name}={_shown(value)} is not a percentage "
+            if not _DECIMAL.match(avg) or float(avg) > 100.0:
+                raise HostReadError(f"{kind}: {name}={_shown(avg)} is not a percentage "
                                     "from 0 to 100", path=source)
-            avgs.append(float(value))
+            avgs.append(float(avg))
         total = pairs.get("total", "0")
         if not _DIGITS.match(total):
             raise HostReadError(f"{kind}: total={_shown(total)} is not a number of "
