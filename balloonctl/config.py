@@ -13,6 +13,10 @@ Sources, merged in this order (a later source wins for the socket path of a name
 
 A ``[vm.NAME]`` table without ``qmp`` only adds limits to a VM found elsewhere.
 
+The host whose memory ``plan``, ``auto``, ``status`` and the dashboard read
+(``Inventory.host_root``, for ``balloonctl.host.read_host``) is ``/``, unless the directory of
+sockets (3.) holds a fake fleet's simulated host: ``<dir>/host/proc/meminfo``.
+
 Discovery only lists directories and reads the config: it never connects to a socket, so shell
 completion can call it on every key press. This module imports only the standard library and
 the core.
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from balloonctl.errors import SizeError, UnknownVM, UsageError
+from balloonctl.host import MEMINFO, SIMULATED_HOST_DIR
 from balloonctl.model import VmRef
 from balloonctl.units import parse_duration, parse_size
 
@@ -45,6 +50,7 @@ __all__ = [
     "busy_advice",
     "check_dir",
     "config_path",
+    "host_root_for",
     "is_libvirt_socket",
     "load_config",
     "scan_dir",
@@ -265,6 +271,17 @@ def scan_dir(directory: str | Path, *, source: str = "dir") -> list[VmRef]:
     return refs
 
 
+def host_root_for(directory: str | Path | None) -> Path:
+    """The root of the host a directory of sockets runs on: ``<directory>/host`` when a fake
+    fleet's simulated host is there (``host/proc/meminfo`` exists), else ``/`` (this
+    machine). Only looks at the file system, reads nothing."""
+    if directory:
+        root = Path(os.path.expanduser(directory)) / SIMULATED_HOST_DIR
+        if (root / MEMINFO).exists():
+            return root
+    return Path("/")
+
+
 def wellknown_roots(env: Mapping[str, str] | None = None) -> list[Path]:
     """Directories searched for Proxmox-style ``<vmid>.qmp`` sockets."""
     env = os.environ if env is None else env
@@ -319,10 +336,17 @@ def _parse_qmp_arg(arg: str) -> tuple[str, str]:
 
 
 class Inventory:
-    """The VMs known from every source, in a stable order, selectable by name or glob."""
+    """The VMs known from every source, in a stable order, selectable by name or glob.
 
-    def __init__(self, refs: Iterable[VmRef] = (), *, config: Config | None = None) -> None:
+    ``host_root`` is the root of the host they run on (see ``host_root_for``).
+    """
+
+    def __init__(
+        self, refs: Iterable[VmRef] = (), *, config: Config | None = None,
+        host_root: Path = Path("/"),
+    ) -> None:
         self.config = config or Config()
+        self.host_root = host_root
         self._refs: dict[str, VmRef] = {}
         for ref in refs:
             self._refs[ref.name] = ref
@@ -361,12 +385,15 @@ class Inventory:
         add(scan_proxmox(wellknown_roots(env) if roots is None else roots))
         add(cfg.vms)
         # a directory the user named must exist; the config's standing default may not yet
+        scanned: str | None = None
         if directory:
-            add(scan_dir(check_dir(directory, "--dir")))
+            scanned = check_dir(directory, "--dir")
         elif env.get(ENV_DIR):
-            add(scan_dir(check_dir(env[ENV_DIR], ENV_DIR)))
+            scanned = check_dir(env[ENV_DIR], ENV_DIR)
         elif cfg.defaults.directory:
-            add(scan_dir(os.path.expanduser(cfg.defaults.directory)))
+            scanned = os.path.expanduser(cfg.defaults.directory)
+        if scanned is not None:
+            add(scan_dir(scanned))
         explicit = [_parse_qmp_arg(a) for a in qmp]
         add(
             VmRef(name=name, qmp=path, qga=os.path.expanduser(qga) if qga else None)
@@ -382,7 +409,7 @@ class Inventory:
             }
             settings.update(cfg.overlays.get(ref.name, {}))
             refs.append(replace(ref, **settings))
-        return cls(refs, config=cfg)
+        return cls(refs, config=cfg, host_root=host_root_for(scanned))
 
     @property
     def names(self) -> list[str]:
