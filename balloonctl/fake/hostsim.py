@@ -12,14 +12,15 @@ The model, in bytes:
 
       resident = ram - balloon - untouched
 
-  ``untouched`` starts as the guest's free memory at boot. It only shrinks: when the guest's
-  free memory falls below it, the guest has had to use pages it never touched (Linux hands
-  out recently freed, already touched pages first; so does the balloon driver). Pages the
-  balloon gives back are untouched again (QEMU discarded them when it inflated). Touched
-  memory the guest frees stays resident (the guest does not tell the host), except with
-  ``free-page-reporting``, where all of the guest's free memory goes back to the host. So
-  inflating a balloon by N over touched free memory or page cache returns N to the host;
-  inflating over never-touched memory returns nothing, as on a real host.
+  ``untouched`` (``GuestSim.untouched``) starts as the guest's free memory at boot. It only
+  shrinks: when the guest's free memory falls below it, the guest has had to use pages it
+  never touched (Linux hands out recently freed, already touched pages first; so does the
+  balloon driver). Pages the balloon gives back are untouched again (QEMU discarded them
+  when it inflated). Touched memory the guest frees stays resident (the guest does not tell
+  the host), except with ``free-page-reporting``, where all of the guest's free memory goes
+  back to the host. So inflating a balloon by N over touched free memory or page cache
+  returns N to the host; inflating over never-touched memory returns nothing, as on a real
+  host.
 * **KSM**: a ``ksm_fraction`` of each guest's kernel and anonymous memory is identical in
   every guest of the same ``image``. For a group of such guests, content present in ``c``
   guests saves ``c - 1`` copies: the mergeable saving is the sum of the group's identical
@@ -74,17 +75,23 @@ class GuestMemory:
     ram: int
     balloon: int
     free: int
+    untouched: int  # free memory the guest never touched: the host has no page behind it
     anon: int
     kernel: int
     reports_free: bool = False  # virtio-balloon free-page-reporting
+
+    @property
+    def resident(self) -> int:
+        """What the guest's QEMU holds on the host."""
+        return self.ram - self.balloon - (self.free if self.reports_free else self.untouched)
 
 
 def guest_memory(vm: FakeVM) -> GuestMemory:
     """One fake VM as the host sees it."""
     g = vm.guest
     reports = vm.device is not None and vm.device.free_page_reporting
-    return GuestMemory(vm.name, vm.image, g.ram, g.balloon, g.free, g.anon, g.kernel_reserve,
-                       reports_free=reports)
+    return GuestMemory(vm.name, vm.image, g.ram, g.balloon, g.free, g.untouched, g.anon,
+                       g.kernel_reserve, reports_free=reports)
 
 
 def _pages(n: float) -> int:
@@ -128,9 +135,6 @@ class HostSim:
         self.ksm_fraction = ksm_fraction
         self.ksm_rate = ksm_rate
         self.pressure_below = pressure_below
-        # per guest: never-touched free memory, and the balloon at the last update
-        self._untouched: dict[str, int] = {}
-        self._balloon: dict[str, int] = {}
         self.guest_ram = 0  # sum of the running guests' RAM
         self.resident = 0  # sum of their resident memory, before KSM
         self.ksm_saved = 0
@@ -145,14 +149,6 @@ class HostSim:
         self.update((), 0.0)
 
     # --- the model --------------------------------------------------------------------
-
-    def _resident(self, g: GuestMemory) -> int:
-        before = self._balloon.get(g.name, g.balloon)
-        untouched = self._untouched.get(g.name, g.free) + max(0, before - g.balloon)
-        untouched = g.free if g.reports_free else min(untouched, g.free)
-        self._untouched[g.name] = untouched
-        self._balloon[g.name] = g.balloon
-        return g.ram - g.balloon - untouched
 
     def _mergeable(self, guests: Iterable[GuestMemory]) -> tuple[int, int]:
         """(bytes KSM could save, bytes of distinct shared content) over image groups."""
@@ -170,12 +166,8 @@ class HostSim:
 
     def update(self, guests: Sequence[GuestMemory], dt: float) -> None:
         """Advance ``dt`` seconds with these guests running (the others have stopped)."""
-        names = {g.name for g in guests}
-        for gone in set(self._untouched) - names:
-            del self._untouched[gone]
-            self._balloon.pop(gone, None)
         self.guest_ram = sum(g.ram for g in guests)
-        self.resident = sum(self._resident(g) for g in guests)
+        self.resident = sum(g.resident for g in guests)
         mergeable, shared = self._mergeable(guests)
         if self.ksm_run:
             self.ksm_saved = min(mergeable, self.ksm_saved + _pages(self.ksm_rate * dt))
@@ -232,12 +224,14 @@ class SimulatedHost:
         self.vms = vms
         self._written: dict[str, str] = {}
         self._last: float | None = None
+        self.ticks = 0  # updates so far (tests wait on this rather than on the clock)
 
     def on_tick(self, now: float, wall: float) -> None:
         dt = 0.0 if self._last is None else max(0.0, now - self._last)
         self._last = now
         self.sim.update([guest_memory(vm) for vm in self.vms if vm.running], dt)
         self.write()
+        self.ticks += 1
 
     def write(self) -> None:
         """Write the current reading. Raises: OSError: the files cannot be written."""
