@@ -15,7 +15,8 @@ A ``[vm.NAME]`` table without ``qmp`` only adds limits to a VM found elsewhere.
 
 The host whose memory ``plan``, ``auto``, ``status`` and the dashboard read
 (``Inventory.host_root``, for ``balloonctl.host.read_host``) is ``/``, unless the directory of
-sockets (3.) holds a fake fleet's simulated host: ``<dir>/host/proc/meminfo``.
+sockets (3.) holds a fake fleet's simulated host: ``<dir>/host/proc/meminfo``
+(``balloonctl.host.host_root_for``).
 
 Discovery only lists directories and reads the config: it never connects to a socket, so shell
 completion can call it on every key press. This module imports only the standard library and
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from balloonctl.errors import SizeError, UnknownVM, UsageError
-from balloonctl.host import MEMINFO, SIMULATED_HOST_DIR
+from balloonctl.host import host_root_for
 from balloonctl.model import VmRef
 from balloonctl.units import parse_duration, parse_size
 
@@ -50,7 +51,6 @@ __all__ = [
     "busy_advice",
     "check_dir",
     "config_path",
-    "host_root_for",
     "is_libvirt_socket",
     "load_config",
     "scan_dir",
@@ -271,17 +271,6 @@ def scan_dir(directory: str | Path, *, source: str = "dir") -> list[VmRef]:
     return refs
 
 
-def host_root_for(directory: str | Path | None) -> Path:
-    """The root of the host a directory of sockets runs on: ``<directory>/host`` when a fake
-    fleet's simulated host is there (``host/proc/meminfo`` exists), else ``/`` (this
-    machine). Only looks at the file system, reads nothing."""
-    if directory:
-        root = Path(os.path.expanduser(directory)) / SIMULATED_HOST_DIR
-        if (root / MEMINFO).exists():
-            return root
-    return Path("/")
-
-
 def wellknown_roots(env: Mapping[str, str] | None = None) -> list[Path]:
     """Directories searched for Proxmox-style ``<vmid>.qmp`` sockets."""
     env = os.environ if env is None else env
@@ -338,7 +327,7 @@ def _parse_qmp_arg(arg: str) -> tuple[str, str]:
 class Inventory:
     """The VMs known from every source, in a stable order, selectable by name or glob.
 
-    ``host_root`` is the root of the host they run on (see ``host_root_for``).
+    ``host_root`` is the root of the host they run on (``balloonctl.host.host_root_for``).
     """
 
     def __init__(

@@ -7,6 +7,7 @@ the dashboard cannot tell them apart. All sizes are ``int`` bytes.
     read_host(root)      HostMemory of a host rooted at ``root`` (``/`` for this machine)
     read_meminfo(path)   HostMemory from one meminfo file (no PSI, no KSM)
     host_files(host)     the files ``read_host`` reads, as text: what a simulated host writes
+    host_root_for(dir)   ``<dir>/host`` when a fake fleet's simulated host is there, else ``/``
     describe_host(...)   one line for operators: RAM, available, overcommit, KSM, PSI
 
 Every file is untrusted input: a missing ``MemTotal``, a value that is not a non-negative
@@ -40,6 +41,7 @@ __all__ = [
     "Psi",
     "describe_host",
     "host_files",
+    "host_root_for",
     "parse_ksm",
     "parse_meminfo",
     "parse_psi",
@@ -368,6 +370,17 @@ def read_host(root: Path | str = Path("/")) -> HostMemory:
     ksm = _read_ksm(root / KSM_DIR)
     source = "/proc" if root == Path("/") else str(root)
     return replace(host, psi=psi, ksm=ksm, source=source)
+
+
+def host_root_for(directory: str | Path | None) -> Path:
+    """The root of the host a directory of sockets runs on: ``<directory>/host`` when a fake
+    fleet's simulated host is there (``host/proc/meminfo`` exists), else ``/`` (this
+    machine). Only looks at the file system, reads nothing."""
+    if directory:
+        root = Path(directory).expanduser() / SIMULATED_HOST_DIR
+        if (root / MEMINFO).exists():
+            return root
+    return Path("/")
 
 
 # --- writing (the simulated host) ------------------------------------------------------------

@@ -139,8 +139,7 @@ def test_fake_serves_until_interrupted(env: dict[str, str], fake_dir: Path) -> N
 def test_fake_host_mem_simulates_a_host_read_like_a_real_one(
     env: dict[str, str], fake_dir: Path
 ) -> None:
-    from balloonctl.config import host_root_for
-    from balloonctl.host import read_host
+    from balloonctl.host import host_root_for, read_host
 
     where = fake_dir / "hosted"
     child = subprocess.Popen(

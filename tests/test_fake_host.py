@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from rawqmp import RawQMP, poll_until
 
-from balloonctl.config import Inventory, host_root_for
+from balloonctl.config import Inventory
 from balloonctl.fake import FakeFleet, FakeVM, HostSim
 from balloonctl.fake.hostsim import guest_memory
 from balloonctl.host import (
@@ -25,6 +25,7 @@ from balloonctl.host import (
     PSI_MEMORY,
     HostMemory,
     host_files,
+    host_root_for,
     parse_meminfo,
     read_host,
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from balloonctl.config import Inventory, host_root_for
+from balloonctl.config import Inventory
 from balloonctl.errors import BalloonError, HostReadError
 from balloonctl.host import (
     KSM_DIR,
@@ -22,6 +22,7 @@ from balloonctl.host import (
     Psi,
     describe_host,
     host_files,
+    host_root_for,
     parse_ksm,
     parse_meminfo,
     parse_psi,
