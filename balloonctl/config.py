@@ -13,6 +13,11 @@ Sources, merged in this order (a later source wins for the socket path of a name
 
 A ``[vm.NAME]`` table without ``qmp`` only adds limits to a VM found elsewhere.
 
+The host whose memory ``plan``, ``auto``, ``status`` and the dashboard read
+(``Inventory.host_root``, for ``balloonctl.host.read_host``) is ``/``, unless the directory of
+sockets (3.) holds a fake fleet's simulated host: ``<dir>/host/proc/meminfo``
+(``balloonctl.host.host_root_for``).
+
 Discovery only lists directories and reads the config: it never connects to a socket, so shell
 completion can call it on every key press. This module imports only the standard library and
 the core.
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from balloonctl.errors import SizeError, UnknownVM, UsageError
+from balloonctl.host import host_root_for
 from balloonctl.model import VmRef
 from balloonctl.units import parse_duration, parse_size
 
@@ -319,10 +325,17 @@ def _parse_qmp_arg(arg: str) -> tuple[str, str]:
 
 
 class Inventory:
-    """The VMs known from every source, in a stable order, selectable by name or glob."""
+    """The VMs known from every source, in a stable order, selectable by name or glob.
 
-    def __init__(self, refs: Iterable[VmRef] = (), *, config: Config | None = None) -> None:
+    ``host_root`` is the root of the host they run on (``balloonctl.host.host_root_for``).
+    """
+
+    def __init__(
+        self, refs: Iterable[VmRef] = (), *, config: Config | None = None,
+        host_root: Path = Path("/"),
+    ) -> None:
         self.config = config or Config()
+        self.host_root = host_root
         self._refs: dict[str, VmRef] = {}
         for ref in refs:
             self._refs[ref.name] = ref
@@ -361,12 +374,15 @@ class Inventory:
         add(scan_proxmox(wellknown_roots(env) if roots is None else roots))
         add(cfg.vms)
         # a directory the user named must exist; the config's standing default may not yet
+        scanned: str | None = None
         if directory:
-            add(scan_dir(check_dir(directory, "--dir")))
+            scanned = check_dir(directory, "--dir")
         elif env.get(ENV_DIR):
-            add(scan_dir(check_dir(env[ENV_DIR], ENV_DIR)))
+            scanned = check_dir(env[ENV_DIR], ENV_DIR)
         elif cfg.defaults.directory:
-            add(scan_dir(os.path.expanduser(cfg.defaults.directory)))
+            scanned = os.path.expanduser(cfg.defaults.directory)
+        if scanned is not None:
+            add(scan_dir(scanned))
         explicit = [_parse_qmp_arg(a) for a in qmp]
         add(
             VmRef(name=name, qmp=path, qga=os.path.expanduser(qga) if qga else None)
@@ -382,7 +398,7 @@ class Inventory:
             }
             settings.update(cfg.overlays.get(ref.name, {}))
             refs.append(replace(ref, **settings))
-        return cls(refs, config=cfg)
+        return cls(refs, config=cfg, host_root=host_root_for(scanned))
 
     @property
     def names(self) -> list[str]:

@@ -19,6 +19,7 @@ the guest agent). ``asyncio.CancelledError`` is never wrapped.
     ├── WaitTimeout                   the balloon did not reach its target in time
     │   └── StuckBalloon              ``actual`` stopped moving short of the target
     ├── HintUnsupported               no way to honour the cache-first hint on this VM
+    ├── HostReadError                 the host's meminfo, PSI or KSM file is unreadable or malformed
     ├── AgentError                    the guest agent failed or is unreachable
     │   └── AgentExecBlocked          the guest agent refuses guest-exec
     └── JournalError                  the journal cannot be written or read (names the file),
@@ -39,6 +40,7 @@ __all__ = [
     "Disconnected",
     "DriverNotReady",
     "HintUnsupported",
+    "HostReadError",
     "JournalError",
     "NoBalloonDevice",
     "QMPCommandError",
@@ -159,6 +161,15 @@ class StuckBalloon(WaitTimeout):
 
 class HintUnsupported(BalloonError):
     """The cache-first hint cannot be honoured on this VM."""
+
+
+class HostReadError(BalloonError):
+    """A host memory file (``/proc/meminfo``, ``/proc/pressure/memory``, KSM's files, or a
+    simulated host's) cannot be read or does not have the kernel's shape. ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
 
 
 class AgentError(BalloonError):

@@ -619,6 +619,12 @@ def test_fake_refuses_what_it_cannot_serve(start: Start, cli: Cli, fake_dir: Pat
                        "No such file or directory\n"
     r = cli("fake", "--no-driver", "vm9", "--dir", str(fake_dir / "x"))
     assert r.exit_code == ExitCode.USAGE and "no VM named vm9" in r.stderr
+    r = cli("fake", "--host-mem", "255M", "--dir", str(fake_dir / "x"))
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr == ("balloonctl: error: cannot simulate that fleet: the simulated host "
+                        "needs at least 256 MiB of RAM\n")
+    r = cli("fake", "--host-mem", "lots", "--dir", str(fake_dir / "x"))
+    assert r.exit_code == ExitCode.USAGE and "invalid size 'lots'" in r.stderr
 
 
 def test_fake_workloads_are_the_fakes() -> None:

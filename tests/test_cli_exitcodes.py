@@ -19,6 +19,7 @@ from balloonctl.cli.exitcodes import ExitCode, combine, exit_code_for
         (errors.ConnectFailed("x"), ExitCode.UNREACHABLE),
         (errors.SocketBusy("x"), ExitCode.UNREACHABLE),
         (errors.Disconnected("x"), ExitCode.UNREACHABLE),
+        (errors.HostReadError("x", path="/proc/meminfo"), ExitCode.UNREACHABLE),
         (errors.QMPTimeout("x"), ExitCode.TIMEOUT),
         (errors.WaitTimeout("x"), ExitCode.TIMEOUT),
         (errors.StuckBalloon("x"), ExitCode.TIMEOUT),

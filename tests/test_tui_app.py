@@ -324,6 +324,17 @@ async def test_host_memory_is_read_from_the_given_file(tmp_path: Path) -> None:
         assert "free 1 GiB" in str(header.render())
 
 
+async def test_a_malformed_meminfo_shows_one_line_naming_the_file(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: lots kB\nMemFree: 1048576 kB\n")
+    app = DashboardApp(StaticSource(sample_states(2)), interval=0.1, meminfo=meminfo)
+    async with app.run_test(size=SIZE) as pilot:
+        header = app.main.query_one(FleetHeader)
+        await wait_until(pilot, lambda: "MemTotal is not a number" in str(header.render()),
+                         what="the host error")
+        assert f"host {meminfo}: MemTotal is not a number: 'lots'" in str(header.render())
+
+
 async def test_run_dashboard_closes_its_source() -> None:
     source = StaticSource(sample_states(1))
     app = DashboardApp(source, meminfo=None, close_source=True)

@@ -1,4 +1,4 @@
-"""The dashboard's rules without a screen: rows, sorting, filtering, targets, bars, host memory."""
+"""The dashboard's rules without a screen: rows, sorting, filtering, targets, bars."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from balloonctl.model import GuestStats
 from balloonctl.units import GiB, MiB, SizeKind, TargetSpec
 from tui.fleetview import FleetView
 from tui.history import Ring
-from tui.hostmem import parse_meminfo
 from tui.targets import plan_targets, plan_text
 from tui.testing import FIXED_TIME, sample_states
 from tui.widgets.fleet_table import COLUMNS, row_cells
@@ -125,12 +124,6 @@ def test_ring_keeps_the_newest_values_in_fixed_memory() -> None:
         ring.append(float(v))
     assert ring.values() == [2.0, 3.0, 4.0]
     assert len(ring) == 3
-
-
-def test_meminfo_is_parsed_into_bytes() -> None:
-    host = parse_meminfo("MemTotal:  16384 kB\nMemFree:   1024 kB\nMemAvailable: 8192 kB\n"
-                         "HugePages_Total:       0\n")
-    assert (host.total, host.free, host.available) == (16 * MiB, MiB, 8 * MiB)
 
 
 def test_stats_older_than_the_balloons_size_are_marked_and_not_counted_beyond_it() -> None:

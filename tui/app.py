@@ -20,12 +20,12 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.timer import Timer
 
-from balloonctl.errors import BalloonError
+from balloonctl.errors import BalloonError, HostReadError
+from balloonctl.host import read_meminfo
 from balloonctl.model import BalloonState
 from balloonctl.units import MiB, format_size
 from tui.commands import FleetCommands
 from tui.fleetview import FleetView
-from tui.hostmem import DEFAULT_MEMINFO, read_meminfo
 from tui.messages import (
     ActionDone,
     EnableStats,
@@ -39,6 +39,8 @@ from tui.messages import (
 )
 from tui.screens.main import MainScreen
 from tui.targets import absolute
+
+DEFAULT_MEMINFO = Path("/proc/meminfo")
 
 if TYPE_CHECKING:
     from balloonctl.fleet import DataSource
@@ -199,8 +201,8 @@ class DashboardApp(App[None]):
         while True:
             try:
                 host = await asyncio.to_thread(read_meminfo, path)
-            except OSError as exc:
-                self.post_message(HostMemoryRead(None, exc.strerror or str(exc)))
+            except HostReadError as exc:
+                self.post_message(HostMemoryRead(None, exc.message))
             else:
                 self.post_message(HostMemoryRead(host))
             await asyncio.sleep(self.interval)

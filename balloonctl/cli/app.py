@@ -972,6 +972,11 @@ def fake(
         "--no-balloon", metavar="NAME", show_default=False,
         help="This VM has no virtio-balloon device (repeatable).",
     )] = None,
+    host_mem: Annotated[str | None, typer.Option(
+        "--host-mem", metavar="SIZE", show_default=False,
+        help="Simulate a host with this much RAM (its figures in DIR/host; default: none).",
+        autocompletion=completers.typer_callback("host_mem"),
+    )] = None,
 ) -> None:
     """Run a simulated fleet (fake QEMU + guest agent per VM) until interrupted.
 
@@ -1000,7 +1005,8 @@ def fake(
     try:
         _run(run_fleet_forever(vms, ram, where, workload.fake_name(), out=sys.stdout,
                                ready=ready, prefix=prefix, overrides=overrides,
-                               hint_device=hint_device, agent=not no_agent))
+                               hint_device=hint_device, agent=not no_agent,
+                               host_mem=None if host_mem is None else parse_size(host_mem)))
     except ValueError as exc:  # the fake refuses what it cannot simulate (--mem 1)
         raise UsageError(f"cannot simulate that fleet: {exc}") from None
     except OSError as exc:  # includes a socket another fake or QEMU serves

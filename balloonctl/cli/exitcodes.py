@@ -6,7 +6,8 @@ code  name             meaning
 0     OK               everything asked for was done
 1     FAILURE          an unexpected failure (a bug: please report it)
 2     USAGE            bad arguments: unknown command or option, bad size, unknown VM, config
-3     UNREACHABLE      a VM's socket is missing, refused, busy with another client, or dropped
+3     UNREACHABLE      a VM's socket is missing, refused, busy with another client, or dropped;
+                       or the host's memory files (meminfo, PSI, KSM) cannot be read
 4     QMP_ERROR        QEMU refused a command (no balloon device), the hint cannot be honoured,
                        or the guest agent failed
 5     UNSAFE_TARGET    a target refused before it was sent (above RAM or max, below floor)
@@ -34,6 +35,7 @@ from balloonctl.errors import (
     Disconnected,
     DriverNotReady,
     HintUnsupported,
+    HostReadError,
     JournalError,
     QMPCommandError,
     QMPTimeout,
@@ -65,6 +67,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (UnsafeTarget, ExitCode.UNSAFE_TARGET),
     (ConnectFailed, ExitCode.UNREACHABLE),
     (Disconnected, ExitCode.UNREACHABLE),
+    (HostReadError, ExitCode.UNREACHABLE),
     (WaitTimeout, ExitCode.TIMEOUT),
     (QMPTimeout, ExitCode.TIMEOUT),
     (DriverNotReady, ExitCode.TIMEOUT),  # a balloon that cannot move is a stuck balloon

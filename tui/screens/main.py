@@ -18,10 +18,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from balloonctl.errors import SizeError
+from balloonctl.host import HostMemory
 from balloonctl.units import SizeKind, TargetSpec, format_size
 from tui.commands import bindings
 from tui.fleetview import FleetView
-from tui.hostmem import HostMemory
 from tui.messages import EnableStats, SetTargets, ToggleHint
 from tui.screens.help import HelpScreen
 from tui.screens.target import SetTargetDialog

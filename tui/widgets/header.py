@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from balloonctl.host import HostMemory
 from balloonctl.units import format_size
 from tui.fleetview import Totals
-from tui.hostmem import HostMemory
 
 __all__ = ["FleetHeader"]
 
