@@ -19,8 +19,9 @@ the guest agent). ``asyncio.CancelledError`` is never wrapped.
     ├── WaitTimeout                   the balloon did not reach its target in time
     │   └── StuckBalloon              ``actual`` stopped moving short of the target
     ├── HintUnsupported               no way to honour the cache-first hint on this VM
-    └── AgentError                    the guest agent failed or is unreachable
-        └── AgentExecBlocked          the guest agent refuses guest-exec
+    ├── AgentError                    the guest agent failed or is unreachable
+    │   └── AgentExecBlocked          the guest agent refuses guest-exec
+    └── StateFileError                balloonctl's own state file cannot be read or written
 
 Every error's ``str()`` is one line meant for an operator; ``vm`` names the VM when known.
 """
@@ -42,6 +43,7 @@ __all__ = [
     "QMPTimeout",
     "SizeError",
     "SocketBusy",
+    "StateFileError",
     "StuckBalloon",
     "UnknownVM",
     "UnsafeTarget",
@@ -164,3 +166,15 @@ class AgentError(BalloonError):
 
 class AgentExecBlocked(AgentError):
     """The guest agent refuses guest-exec (blocked by its configuration)."""
+
+
+class StateFileError(BalloonError):
+    """balloonctl's state file (``store.py``) cannot be read or written; ``path`` names it.
+
+    The message is one line naming the file and what is wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"state file {path}: {problem}")
+        self.path = path
+        self.problem = problem

@@ -13,6 +13,8 @@ code  name             meaning
 6     TIMEOUT          a reply or the balloon did not arrive in time, the balloon is stuck, or
                        the guest has no balloon driver loaded (so it never moves)
 7     PARTIAL          several VMs were asked and some, not all, failed
+74    STATE_FILE       balloonctl's state file cannot be read or written (as sysexits'
+                       EX_IOERR); the CLI itself only warns and goes on without it
 130   INTERRUPTED      stopped by Ctrl-C (SIGINT)
 143   TERMINATED       stopped by SIGTERM (``wave``, after setting the original target again)
 ====  ===============  ======================================================================
@@ -35,6 +37,7 @@ from balloonctl.errors import (
     HintUnsupported,
     QMPCommandError,
     QMPTimeout,
+    StateFileError,
     UnsafeTarget,
     UsageError,
     WaitTimeout,
@@ -52,6 +55,7 @@ class ExitCode(enum.IntEnum):
     UNSAFE_TARGET = 5
     TIMEOUT = 6
     PARTIAL = 7
+    STATE_FILE = 74  # sysexits.h EX_IOERR: an I/O error on a file balloonctl owns
     INTERRUPTED = 130
     TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
 
@@ -68,6 +72,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (QMPCommandError, ExitCode.QMP_ERROR),
     (HintUnsupported, ExitCode.QMP_ERROR),
     (AgentError, ExitCode.QMP_ERROR),
+    (StateFileError, ExitCode.STATE_FILE),
     (KeyboardInterrupt, ExitCode.INTERRUPTED),
 )
 
