@@ -17,6 +17,7 @@ from fractions import Fraction
 from balloonctl.errors import SizeError
 
 __all__ = [
+    "MAX_BYTES",
     "GiB",
     "KiB",
     "MiB",
@@ -38,7 +39,8 @@ TiB = 1024**4
 PiB = 1024**5
 
 # Larger sizes than this cannot be a guest's memory and would overflow QEMU's int64 'value'.
-_MAX_BYTES = 2**63 - 1
+MAX_BYTES = 2**63 - 1
+_MAX_BYTES = MAX_BYTES
 
 _MULTIPLIERS: dict[str, int] = {
     "": 1,
