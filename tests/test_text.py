@@ -66,7 +66,7 @@ def test_tables_and_stderr_lines_escape_names() -> None:
 
 
 def test_library_warnings_are_one_escaped_line(capsys: pytest.CaptureFixture[str]) -> None:
-    log = logging.getLogger("balloonctl.test_text")
+    log = logging.getLogger("test_text.warnings")  # not under balloonctl: no app handler
     handler = WarningLines()
     log.addHandler(handler)
     try:
