@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import stat
-import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -173,6 +173,22 @@ def _parse(raw: bytes, path: str) -> dict[str, dict[str, Any]]:
         # keys before real paths: //run/x.qmp and /run/x.qmp are one VM
         data.setdefault(state_key(key) if key.startswith("/") else key, entry)
     return data
+
+
+def _create_temp(directory: Path, name: str) -> tuple[int, str]:
+    """A new file ``.<name>.<pid>.<n>.tmp`` in ``directory``, mode 0600, opened for writing
+    (``tempfile`` would cost every balloonctl run its import).
+
+    Raises:
+        OSError: it cannot be created.
+    """
+    while True:
+        path = str(directory / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        return fd, path
 
 
 def _prune(data: dict[str, dict[str, Any]], keep: str) -> None:
@@ -330,8 +346,7 @@ class FileStore:
         raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
         tmp: str | None = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                       dir=directory)  # mode 0600
+            fd, tmp = _create_temp(directory, target.name)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)
                 fh.flush()
