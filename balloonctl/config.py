@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,7 +38,8 @@ from typing import Any
 from balloonctl.errors import SizeError, UnknownVM, UsageError
 from balloonctl.host import host_root_for
 from balloonctl.model import VmRef
-from balloonctl.units import parse_duration, parse_size
+from balloonctl.text import escape_text
+from balloonctl.units import MAX_BYTES, format_size, parse_duration, parse_size
 
 __all__ = [
     "ENV_CONFIG",
@@ -69,6 +71,9 @@ LIBVIRT_ROOTS: tuple[str, ...] = ("/var/lib/libvirt/qemu", "/run/libvirt", "/var
 _SOCKET_SUFFIXES = (".qmp", ".sock")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _LIBVIRT_DOMAIN_DIR = re.compile(r"^domain-\d+-(?P<name>.+)$")
+# A connect or command timeout longer than a day is a typo, and far larger ones overflow
+# the event loop's timers.
+MAX_TIMEOUT = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,8 @@ def _size(value: Any, where: str) -> int:
     if isinstance(value, int):
         if value <= 0:
             raise UsageError(f"{where}: a size must be greater than zero")
+        if value > MAX_BYTES:  # what QEMU's int64 takes; TOML readers may give more
+            raise UsageError(f"{where}: {value} bytes is too large (at most {MAX_BYTES})")
         return value
     if isinstance(value, str):
         try:
@@ -141,13 +148,20 @@ def _limits(table: Mapping[str, Any], where: str) -> dict[str, Any]:
             out[key] = os.path.expanduser(value)
         elif key == "timeout":
             try:
-                out["timeout"] = (
+                seconds = (
                     float(value)
                     if isinstance(value, int | float) and not isinstance(value, bool)
                     else parse_duration(str(value))
                 )
             except SizeError as exc:
                 raise UsageError(f"{here}: {exc}") from None
+            except OverflowError:  # an int too large for a float
+                seconds = math.inf
+            # TOML has nan, inf and negative numbers; none of them is a timeout
+            if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT):
+                raise UsageError(f"{here}: expected a duration above 0 and at most 24h "
+                                 f"(e.g. 5 or \"5s\"), got {value!r}")
+            out["timeout"] = seconds
         else:
             raise UsageError(f"{here}: unknown setting {key!r}")
     if "minimum" in out and "maximum" in out and out["minimum"] > out["maximum"]:
@@ -218,12 +232,27 @@ def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
             raise UsageError(f"vm.{name} cannot set dir or timeout")
         qmp = settings.pop("qmp", None)
         qga = settings.pop("qga", None)
+        _check_range(settings, defaults, name)
         overlays[name] = settings
         if qmp is not None:
             vms.append(VmRef(name=name, qmp=qmp, qga=qga, source="config"))
         elif qga is not None:
             overlays[name]["qga"] = qga
     return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays)
+
+
+def _check_range(settings: Mapping[str, Any], defaults: Defaults, name: str) -> None:
+    """A VM's floor above its maximum once ``[defaults]`` fill in what it does not set.
+
+    Raises: UsageError naming both settings.
+    """
+    low, high = settings.get("minimum", defaults.minimum), settings.get("maximum",
+                                                                          defaults.maximum)
+    if low is not None and high is not None and low > high:
+        low_from = f"vm.{name}.min" if "minimum" in settings else "defaults.min"
+        high_from = f"vm.{name}.max" if "maximum" in settings else "defaults.max"
+        raise UsageError(f"{low_from} ({format_size(low)}) is above {high_from} "
+                         f"({format_size(high)}): vm.{name} could never be given a target")
 
 
 def check_dir(directory: str, given_as: str) -> str:
@@ -301,7 +330,8 @@ def busy_advice(ref: VmRef) -> str | None:
     if is_libvirt_socket(ref.qmp):
         return (
             "libvirt owns this monitor socket and holds it while the domain runs; use "
-            f"`virsh qemu-monitor-command {ref.name} --pretty '{{\"execute\":\"query-balloon\"}}'`"
+            f"`virsh qemu-monitor-command {escape_text(ref.name)} --pretty "
+            "'{\"execute\":\"query-balloon\"}'`"
             " (or `virsh setmem`) instead"
         )
     return None
@@ -460,7 +490,8 @@ class Inventory:
         refs = self.select([pattern])
         if len(refs) > 1:
             names = ", ".join(r.name for r in refs)
-            raise UsageError(f"{command} takes one VM; {pattern!r} matches {names}")
+            raise UsageError(f"{command} takes one VM; {pattern!r} matches "
+                             f"{escape_text(names)}")
         return refs[0]
 
     def matches(self, pattern: str) -> bool:
@@ -486,4 +517,4 @@ class Inventory:
         close = self.suggestions(name)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         known = ", ".join(list(self._refs)[:8]) + (", ..." if len(self._refs) > 8 else "")
-        return UnknownVM(f"unknown VM {name!r}{hint} (known: {known})")
+        return UnknownVM(escape_text(f"unknown VM {name!r}{hint} (known: {known})"))

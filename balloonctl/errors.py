@@ -22,8 +22,9 @@ the guest agent). ``asyncio.CancelledError`` is never wrapped.
     ├── HostReadError                 the host's meminfo, PSI or KSM file is unreadable or malformed
     ├── AgentError                    the guest agent failed or is unreachable
     │   └── AgentExecBlocked          the guest agent refuses guest-exec
-    └── JournalError                  the journal cannot be written or read (names the file),
-                                      or one of its lines has the wrong shape
+    ├── JournalError                  the journal cannot be written or read (names the file),
+    │                                 or one of its lines has the wrong shape
+    └── StateFileError                balloonctl's own state file cannot be read or written
 
 Every error's ``str()`` is one line meant for an operator; ``vm`` names the VM when known.
 """
@@ -47,6 +48,7 @@ __all__ = [
     "QMPTimeout",
     "SizeError",
     "SocketBusy",
+    "StateFileError",
     "StuckBalloon",
     "UnknownVM",
     "UnsafeTarget",
@@ -196,3 +198,13 @@ class JournalError(BalloonError):
     def __str__(self) -> str:
         text = super().__str__()
         return f"journal {self.path}: {text}" if self.path else text
+class StateFileError(BalloonError):
+    """balloonctl's state file (``store.py``) cannot be read or written; ``path`` names it.
+
+    The message is one line naming the file and what is wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"state file {path}: {problem}")
+        self.path = path
+        self.problem = problem

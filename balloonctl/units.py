@@ -17,6 +17,7 @@ from fractions import Fraction
 from balloonctl.errors import SizeError
 
 __all__ = [
+    "MAX_BYTES",
     "GiB",
     "KiB",
     "MiB",
@@ -38,7 +39,8 @@ TiB = 1024**4
 PiB = 1024**5
 
 # Larger sizes than this cannot be a guest's memory and would overflow QEMU's int64 'value'.
-_MAX_BYTES = 2**63 - 1
+MAX_BYTES = 2**63 - 1
+_MAX_BYTES = MAX_BYTES
 
 _MULTIPLIERS: dict[str, int] = {
     "": 1,
@@ -60,9 +62,11 @@ _MULTIPLIERS: dict[str, int] = {
     "pb": 1000**5,
 }
 
-_SIZE_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)$")
-_PERCENT_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%$")
-_DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|)$")
+# ASCII digits only: Python's \d, int(), float() and Fraction() also take '１' (fullwidth),
+# '٣' (Arabic-Indic) and the like, which no operator means as a size.
+_SIZE_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)[ \t]*(?P<unit>[a-zA-Z]*)$")
+_PERCENT_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)[ \t]*%$")
+_DURATION_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)[ \t]*(?P<unit>ms|s|m|h|)$")
 _DURATION_UNITS: dict[str, Fraction] = {
     "ms": Fraction(1, 1000),
     "": Fraction(1),
@@ -72,28 +76,49 @@ _DURATION_UNITS: dict[str, Fraction] = {
 }
 
 
+_SIZE_EXAMPLES = "a positive number with an optional unit (e.g. 1073741824, 512M, 512MiB, " \
+                 "1.5G, 2GB)"
+_DURATION_EXAMPLES = "e.g. 30s, 2m, 1h, 500ms"
+
+
+def _blank(text: str, what: str, expected: str) -> None:
+    """Raise SizeError for text with nothing in it, saying which kind of nothing."""
+    if not text:
+        raise SizeError(f"empty {what} {text!r}: expected {expected}")
+    if not text.strip():
+        raise SizeError(f"invalid {what} {text!r}: whitespace only; expected {expected}")
+
+
+def _invalid(text: str, what: str, expected: str) -> str:
+    """Why ``text`` is not a ``what``: a non-ASCII digit in it (Unicode has hundreds, and
+    superscripts and fractions besides), else what was expected."""
+    digit = next((ch for ch in text if ch.isnumeric() and not ch.isascii()), None)
+    if digit is not None:
+        return (f"invalid {what} {text!r}: {digit!r} (U+{ord(digit):04X}) is not an ASCII "
+                f"digit; write {what}s with 0-9")
+    return f"invalid {what} {text!r}: expected {expected}"
+
+
 def _explain(text: str) -> str:
-    return (
-        f"invalid size {text!r}: expected a positive number with an optional unit "
-        "(e.g. 1073741824, 512M, 512MiB, 1.5G, 2GB)"
-    )
+    return _invalid(text, "size", _SIZE_EXAMPLES)
 
 
 def parse_size(text: str) -> int:
     """Parse an absolute, positive size such as ``512M``, ``1.5G`` or ``2GB`` into bytes.
 
-    Fractions of a byte from a unit are rounded down (``0.3K`` is 307 bytes); a fraction
-    without a unit (``1.5``, ``1.5B``) is refused.
+    Digits are ASCII only. Fractions of a byte from a unit are rounded down (``0.3K`` is
+    307 bytes); a fraction without a unit (``1.5``, ``1.5B``) is refused.
 
     Raises:
-        SizeError: the text is not a size, is zero, is negative, is a fraction of a byte
-            or is absurdly large.
+        SizeError: the text is empty or whitespace only (and says which), is not a size,
+            is zero, is negative, is a fraction of a byte or is absurdly large.
     """
     return _size_bytes(text, text)
 
 
 def _size_bytes(text: str, shown: str) -> int:
     """``parse_size`` of ``text``; errors quote ``shown``, what the user typed."""
+    _blank(shown, "size", _SIZE_EXAMPLES)
     m = _SIZE_RE.match(text.strip())
     if m is None:
         raise SizeError(_explain(shown))
@@ -158,6 +183,7 @@ def parse_target(text: str) -> TargetSpec:
     Raises:
         SizeError: the text is none of these.
     """
+    _blank(text, "size", _SIZE_EXAMPLES)
     stripped = text.strip()
     if stripped.startswith(("+", "-")):
         sign = -1 if stripped[0] == "-" else 1
@@ -170,7 +196,7 @@ def parse_target(text: str) -> TargetSpec:
             raise SizeError(f"invalid size {text!r}: a percentage must be above 0 and at most 100")
         return TargetSpec(SizeKind.PERCENT, pct, stripped)
     if stripped.endswith("%"):
-        raise SizeError(f"invalid size {text!r}: expected a percentage such as 75%")
+        raise SizeError(_invalid(text, "size", "a percentage such as 75%"))
     return TargetSpec(SizeKind.ABSOLUTE, parse_size(stripped), stripped)
 
 
@@ -201,14 +227,15 @@ def format_size(n: int | None, *, compact: bool = False) -> str:
 
 
 def parse_duration(text: str) -> float:
-    """Parse ``60s``, ``2m``, ``1h``, ``250ms`` or a bare number of seconds.
+    """Parse ``60s``, ``2m``, ``1h``, ``250ms`` or a bare number of seconds (ASCII digits).
 
     Raises:
-        SizeError: not a positive duration.
+        SizeError: not a positive duration (an empty or whitespace-only text says so).
     """
+    _blank(text, "duration", _DURATION_EXAMPLES)
     m = _DURATION_RE.match(text.strip().lower())
     if m is None:
-        raise SizeError(f"invalid duration {text!r}: expected e.g. 30s, 2m, 1h, 500ms")
+        raise SizeError(_invalid(text, "duration", _DURATION_EXAMPLES))
     seconds = Fraction(m.group("num")) * _DURATION_UNITS[m.group("unit")]
     if seconds <= 0:
         raise SizeError(f"invalid duration {text!r}: must be greater than zero")

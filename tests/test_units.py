@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -175,3 +176,67 @@ def test_relative_target_errors_quote_what_was_typed(text: str) -> None:
     with pytest.raises(SizeError) as info:
         parse_target(text)
     assert f"invalid size {text!r}" in str(info.value)
+
+
+# ---- ASCII digits only; empty and blank input said as such --------------------------------
+
+# Characters Python's int()/float()/Fraction() or str.isdigit() take as digits, none ASCII.
+NON_ASCII_DIGITS = st.characters(categories=["Nd", "No", "Nl"]).filter(lambda c: not c.isascii())
+
+
+@pytest.mark.parametrize("text", ["１G", "٣M", "۳G", "२G", "1٠٠M", "2²G", "½G", "Ⅻ", "1.５G",
+                                  "１０２４"])
+def test_non_ascii_digits_are_refused_and_named(text: str) -> None:
+    for parse in (parse_size, parse_target):
+        with pytest.raises(SizeError, match="is not an ASCII digit; write sizes with 0-9"):
+            parse(text)
+    with pytest.raises(SizeError, match="is not an ASCII digit; write durations with 0-9"):
+        parse_duration(text.rstrip("GM") + "s")
+
+
+@given(prefix=st.sampled_from(["", "1", "+", "-", "1.", "12"]), digit=NON_ASCII_DIGITS,
+       suffix=st.sampled_from(["", "0", "G", "M", "%", "s", "ms", "0K"]))
+def test_any_non_ascii_digit_is_refused(prefix: str, digit: str, suffix: str) -> None:
+    text = prefix + digit + suffix
+    for parse in (parse_size, parse_target, parse_duration):
+        with pytest.raises(SizeError) as info:
+            parse(text)  # type: ignore[operator]
+        assert repr(text) in str(info.value)
+
+
+ALL_UNITS = {"": 1, "B": 1, "K": KiB, "M": MiB, "G": GiB, "T": 1024**4, "P": 1024**5,
+         "KiB": KiB, "MiB": MiB, "GiB": GiB, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+         "TB": 1000**4, "PB": 1000**5}
+
+
+@given(n=st.integers(1, MAX), unit=st.sampled_from(sorted(ALL_UNITS)),
+       space=st.sampled_from(["", " "]), lower=st.booleans())
+def test_every_ascii_size_round_trips(n: int, unit: str, space: str, lower: bool) -> None:
+    count = max(1, n // ALL_UNITS[unit])
+    text = f"{count}{space}{unit.lower() if lower else unit}"
+    assert parse_size(text) == count * ALL_UNITS[unit]
+    assert parse_target(text).value == count * ALL_UNITS[unit]
+    assert parse_target(f"+{text}").value == count * ALL_UNITS[unit]
+
+
+@given(n=st.integers(1, 10**6), unit=st.sampled_from(["", "s", "ms", "m", "h"]))
+def test_every_ascii_duration_round_trips(n: int, unit: str) -> None:
+    factor = {"": 1, "s": 1, "ms": Fraction(1, 1000), "m": 60, "h": 3600}[unit]
+    assert parse_duration(f"{n}{unit}") == float(n * factor)
+
+
+def test_the_largest_size_and_one_byte_past_it() -> None:
+    assert parse_size(str(MAX)) == MAX == 2**63 - 1
+    with pytest.raises(SizeError, match="too large"):
+        parse_size(str(MAX + 1))
+
+
+@pytest.mark.parametrize("parse, what", [(parse_size, "size"), (parse_target, "size"),
+                                         (parse_duration, "duration")])
+def test_empty_and_whitespace_only_are_told_apart(parse: Any, what: str) -> None:
+    with pytest.raises(SizeError, match=f"^empty {what} '': expected"):
+        parse("")
+    for blank in (" ", "\t", "  \n", "\u3000"):
+        with pytest.raises(SizeError) as info:
+            parse(blank)
+        assert str(info.value).startswith(f"invalid {what} {blank!r}: whitespace only;")

@@ -31,6 +31,7 @@ from balloonctl.cli import completers
 from balloonctl.cli.exitcodes import ExitCode, combine, exit_code_for
 from balloonctl.cli.output import (
     Format,
+    WarningLines,
     error,
     note,
     render_records,
@@ -71,6 +72,7 @@ class BalloonGroup(TyperGroup):
     ) -> Any:
         # qemu.qmp logs failures it also raises; balloonctl reports them once, as one line
         logging.getLogger("qemu").addHandler(_QUIET)
+        logging.getLogger("balloonctl").addHandler(_WARNINGS)  # e.g. an unusable state file
         try:
             rv = super().main(args=args, prog_name=prog_name or "balloonctl",
                               complete_var=complete_var, standalone_mode=False, **extra)
@@ -156,6 +158,7 @@ def _hoist_global_options(group: TyperGroup, args: Sequence[str]) -> list[str]:
 
 
 _QUIET = logging.NullHandler()
+_WARNINGS = WarningLines()
 
 app = typer.Typer(
     cls=BalloonGroup,
@@ -1068,10 +1071,12 @@ def demo(
 
     from balloonctl.config import scan_dir
     from balloonctl.fake import FakeFleet, run_in_thread
+    from balloonctl.store import private_state
 
     ram = parse_size(mem)
     fmt = _format(fmt, as_json)
-    with tempfile.TemporaryDirectory(prefix="balloonctl-demo-") as tmp:
+    with (tempfile.TemporaryDirectory(prefix="balloonctl-demo-") as tmp,
+          private_state(Path(tmp) / "state.json")):
         fleet = FakeFleet(vms, Path(tmp), ram=ram, workload=workload.fake_name())
         with run_in_thread(fleet):
             refs = scan_dir(tmp)

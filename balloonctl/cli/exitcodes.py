@@ -15,6 +15,8 @@ code  name             meaning
                        the guest has no balloon driver loaded (so it never moves)
 7     PARTIAL          several VMs were asked and some, not all, failed
 8     JOURNAL          the journal cannot be written or read (a change made may be unrecorded)
+74    STATE_FILE       balloonctl's state file cannot be read or written (as sysexits'
+                       EX_IOERR); the CLI itself only warns and goes on without it
 130   INTERRUPTED      stopped by Ctrl-C (SIGINT)
 143   TERMINATED       stopped by SIGTERM (``wave``, after setting the original target again)
 ====  ===============  ======================================================================
@@ -39,6 +41,7 @@ from balloonctl.errors import (
     JournalError,
     QMPCommandError,
     QMPTimeout,
+    StateFileError,
     UnsafeTarget,
     UsageError,
     WaitTimeout,
@@ -57,6 +60,7 @@ class ExitCode(enum.IntEnum):
     TIMEOUT = 6
     PARTIAL = 7
     JOURNAL = 8
+    STATE_FILE = 74  # sysexits.h EX_IOERR: an I/O error on a file balloonctl owns
     INTERRUPTED = 130
     TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
 
@@ -75,6 +79,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (HintUnsupported, ExitCode.QMP_ERROR),
     (AgentError, ExitCode.QMP_ERROR),
     (JournalError, ExitCode.JOURNAL),
+    (StateFileError, ExitCode.STATE_FILE),
     (KeyboardInterrupt, ExitCode.INTERRUPTED),
 )
 
