@@ -1,4 +1,4 @@
-"""Pure policies: the triangular wave, step clamping, the share-based split."""
+"""Wave helpers: the triangular wave, step clamping, the share-based split."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from balloonctl.model import BalloonState, GuestStats, VmRef
-from balloonctl.policy import clamp_step, share_targets, triangle_wave, wave_schedule
 from balloonctl.units import GiB, MiB
+from balloonctl.wave import clamp_step, share_targets, triangle_wave, wave_schedule
 
 LOW, HIGH = 500 * MiB, 1500 * MiB
 
