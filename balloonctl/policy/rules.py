@@ -26,8 +26,18 @@ def _down(n: int) -> int:
     return (n // _ALIGN) * _ALIGN
 
 
-def _pct(fraction: float) -> str:
-    return f"{fraction * 100:.1f}".removesuffix(".0") + " %"
+def _pct(fraction: float, digits: int = 1) -> str:
+    text = f"{fraction * 100:.{digits}f}"
+    return (text.rstrip("0").rstrip(".") if "." in text else text) + " %"
+
+
+def _vs(value: float, limit: float) -> tuple[str, str]:
+    """``value`` and ``limit`` as percentages, with enough digits to tell them apart."""
+    for digits in (1, 2, 3, 4):
+        a, b = _pct(value, digits), _pct(limit, digits)
+        if a != b:
+            break
+    return a, b
 
 
 @dataclass(slots=True)
@@ -223,28 +233,41 @@ def _forced(v: _Vm, rates: VmRates, settings: PolicySettings) -> Decision | None
 
 
 def _host_state(host: HostMemory, settings: PolicySettings, forced: int) -> _Host:
+    """The host's mode after the forced moves (``forced`` bytes given to guests; negative
+    when taken), so that what rules 2-4 gave is reclaimed from the others the same cycle."""
     target = int(host.total * settings.target_available)
     upper = target + int(host.total * settings.hysteresis)
-    shown = _pct(host.available_fraction)
+    available = host.available - forced
+    fraction = available / host.total if host.total > 0 else 0.0
     psi = host.psi.some_avg10 if host.psi is not None else None
     pressure = psi is not None and psi > settings.psi_threshold
-    low = host.available < target
+    low = available < target
+
+    def shown(limit: float) -> tuple[str, str]:
+        now, edge = _vs(fraction, limit)
+        if forced:
+            now = (f"{_pct(host.available_fraction)} ({now} after {format_size(abs(forced))} "
+                   f"{'given to' if forced > 0 else 'taken from'} guests first)")
+        return now, edge
+
     if low or pressure:
         why = []
         if low:
-            why.append(f"host available {shown} < {_pct(settings.target_available)}")
+            now, edge = shown(settings.target_available)
+            why.append(f"host available {now} < {edge}")
         if pressure:
             why.append(f"host PSI some avg10 {psi:g} % > {settings.psi_threshold:g} %")
-        need = max(0, target - host.available)
+        need = max(0, target - available)
         if pressure:
             need = max(need, settings.max_step)  # stalls with memory to spare: a step at a time
-        return _Host(_Mode.SHORT, " and ".join(why), max(0, need + forced))
-    top = _pct(settings.target_available + settings.hysteresis)
-    if host.available > upper:
-        return _Host(_Mode.SPARE, f"host available {shown} > {top}",
-                     max(0, host.available - upper - forced))
-    return _Host(_Mode.STEADY,
-                 f"host available {shown} within {_pct(settings.target_available)}-{top}", 0)
+        return _Host(_Mode.SHORT, " and ".join(why), need)
+    top = settings.target_available + settings.hysteresis
+    if available > upper:
+        now, edge = shown(top)
+        return _Host(_Mode.SPARE, f"host available {now} > {edge}", available - upper)
+    now, _ = shown(top)
+    return _Host(_Mode.STEADY, f"host available {now} within "
+                 f"{_pct(settings.target_available)}-{_pct(top)}", 0)
 
 
 def _split(amount: int, items: list[tuple[int, float, int]], deadband: int) -> dict[int, int]:
@@ -263,7 +286,7 @@ def _split(amount: int, items: list[tuple[int, float, int]], deadband: int) -> d
     left = amount
     out: dict[int, int] = {}
     for key, weight, cap in items:
-        fair = left if total <= weight else int(left * weight / total)
+        fair = left if total <= weight else round(left * weight / total)
         give = max(0, min(cap, fair, left))
         out[key] = give
         left -= give
@@ -292,7 +315,10 @@ def _reclaim(managed: list[_Vm], h: _Host, s: PolicySettings, out: list[Decision
     head = f"{h.why}: reclaim {format_size(h.amount)}"
     for v in managed:
         take = _down(first.get(v.index, 0) + second.get(v.index, 0))
-        if v.spare_cache + v.spare_free == 0:
+        if h.amount < s.deadband:
+            out[v.index] = Decision(v.name, Action.HOLD, None, v.actual,
+                                    f"{head}, under the deadband {format_size(s.deadband)}")
+        elif v.spare_cache + v.spare_free == 0:
             what = (f"{v.name} is at its floor {format_size(v.floor)}" if v.actual <= v.floor
                     else f"{v.name} has nothing above its reserves ({v.hint})")
             out[v.index] = Decision(v.name, Action.HOLD, None, v.actual, f"{head}, but {what}")
@@ -328,6 +354,9 @@ def _give_back(managed: list[_Vm], h: _Host, s: PolicySettings,
         give = _down(gives.get(v.index, 0))
         if v.ceiling - v.actual <= 0:
             d = Decision(v.name, Action.HOLD, None, v.actual, f"{h.why}: already at {_top(v)}")
+        elif h.amount < s.deadband:
+            d = Decision(v.name, Action.HOLD, None, v.actual,
+                         f"{head}, under the deadband {format_size(s.deadband)}")
         elif give == 0:
             d = Decision(v.name, Action.HOLD, None, v.actual, f"{head}, to other VMs first")
         elif give < s.deadband:
