@@ -10,16 +10,25 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from balloonctl.host import HostMemory
-from balloonctl.model import HARD_MINIMUM, BalloonState, HintMode, VmStatus, default_floor
+from balloonctl.model import HARD_MINIMUM, HintMode, default_floor
 from balloonctl.policy.inputs import Action, Decision, VmInput, VmRates
 from balloonctl.policy.settings import PolicySettings, VmPolicy
-from balloonctl.units import MiB, format_size
+from balloonctl.units import MiB
+from balloonctl.units import format_size as _format_size
 
 __all__ = ["decide"]
 
 _ALIGN = MiB
+
+# Reasons name a few sizes per VM; the same sizes recur round after round (whole MiB), and
+# formatting them is most of a round's cost for a big fleet.
+format_size = lru_cache(maxsize=8192)(_format_size)
+
+_NO_OVERRIDES = VmPolicy()
+_HONOURED = frozenset((HintMode.DEVICE, HintMode.AGENT))
 
 
 def _down(n: int) -> int:
@@ -52,7 +61,6 @@ class _Vm:
     at_ram: bool  # the ceiling is guest RAM (not a configured maximum)
     shares: int
     reserve: int
-    cache_reserve: int
     hint: str  # "hint on: cache first", "hint off: cache counts as used", ...
     cache_first: bool
     available: int
@@ -107,14 +115,13 @@ def decide(vms: Sequence[VmInput], host: HostMemory, settings: PolicySettings) -
 def _leave_reason(vm: VmInput, settings: PolicySettings) -> str | None:
     """Why ``vm`` is left alone this cycle, or ``None`` when the rules may move it."""
     s = vm.state
-    status = s.status
-    if status is VmStatus.BUSY:
-        return "left alone: socket busy (another QMP client holds it)"
-    if status is VmStatus.UNREACHABLE:
+    if not s.reachable:  # the same words as BalloonState.status, without its other checks
+        if s.error_kind == "SocketBusy":
+            return "left alone: socket busy (another QMP client holds it)"
         return f"left alone: unreachable ({s.error or 'no answer'})"
-    if status is VmStatus.NO_DEVICE:
+    if not s.has_device:
         return "left alone: no balloon device"
-    if status is VmStatus.NO_DRIVER or s.stats is None:
+    if s.stats is None or not s.stats.reported:
         return "left alone: no stats from the guest balloon driver"
     if s.actual is None or s.guest_ram is None:
         return "left alone: guest RAM or balloon size unknown"
@@ -132,51 +139,41 @@ def _leave_reason(vm: VmInput, settings: PolicySettings) -> str | None:
     return None
 
 
-def _bounds(state: BalloonState, own: VmPolicy) -> tuple[int, int]:
-    """``(floor, ceiling)`` of a VM with known guest RAM: the floor is its minimum (or the
-    state's floor, or the default floor), at least the hard minimum, at most the ceiling."""
-    assert state.guest_ram is not None
-    ceiling = state.guest_ram
-    maximum = own.maximum if own.maximum is not None else state.maximum
-    if maximum is not None:
-        ceiling = min(ceiling, maximum)
-    floor = own.minimum if own.minimum is not None else (
-        state.floor if state.floor is not None else default_floor(state.guest_ram))
-    return min(max(floor, HARD_MINIMUM), ceiling), ceiling
-
-
 def _measure(index: int, vm: VmInput, settings: PolicySettings) -> _Vm:
-    s = vm.state
-    assert s.stats is not None and s.stats.free_memory is not None
-    assert s.actual is not None and s.guest_ram is not None
-    own = vm.policy if vm.policy is not None else settings.vms.get(s.name, VmPolicy())
-    floor, ceiling = _bounds(s, own)
+    """The VM's bounds, reserves and what could be taken from it now. The floor is its
+    minimum (or the state's floor, or the default floor), at least the hard minimum and at
+    most the ceiling (its maximum or guest RAM, the lower)."""
+    s, stats, hint = vm.state, vm.state.stats, vm.state.hint
+    ram, actual = s.guest_ram, s.actual
+    assert stats is not None and stats.free_memory is not None  # _leave_reason checked
+    assert ram is not None and actual is not None
+    own = vm.policy if vm.policy is not None else settings.vms.get(s.name, _NO_OVERRIDES)
+    maximum = own.maximum if own.maximum is not None else s.maximum
+    ceiling = ram if maximum is None or maximum >= ram else maximum
+    floor = own.minimum if own.minimum is not None else (
+        s.floor if s.floor is not None else default_floor(ram))
+    floor = min(max(floor, HARD_MINIMUM), ceiling)
     reserve = settings.free_reserve if own.free_reserve is None else own.free_reserve
-    cache_reserve = settings.cache_reserve if own.cache_reserve is None else own.cache_reserve
-    free = s.stats.free_memory
-    cache = s.stats.disk_caches or 0
-    available = s.stats.available_memory
-    if available is None:
-        available = free
-    cache_first = s.hint.enabled and s.hint.mode in (HintMode.DEVICE, HintMode.AGENT)
+    free = stats.free_memory
+    available = free if stats.available_memory is None else stats.available_memory
+    cache_first = hint.enabled and hint.mode in _HONOURED
     if cache_first:
-        hint = "hint on: cache first"
-    elif s.hint.enabled:
-        hint = f"hint on but not honoured ({s.hint.mode.value}): cache counts as used"
+        text = "hint on: cache first"
+        cache_reserve = settings.cache_reserve if own.cache_reserve is None \
+            else own.cache_reserve
+        cache_above = max(0, (stats.disk_caches or 0) - cache_reserve)
     else:
-        hint = "hint off: cache counts as used"
-    cache_above = max(0, cache - cache_reserve) if cache_first else 0
+        text = (f"hint on but not honoured ({hint.mode.value}): cache counts as used"
+                if hint.enabled else "hint off: cache counts as used")
+        cache_above = 0
     # never take the guest's available memory below its reserve either (MemAvailable may
     # be below free + cache: not all cache is clean)
     headroom = min(free + cache_above, max(available, free)) - reserve
-    spare = max(0, min(headroom, s.actual - floor))
+    spare = max(0, min(headroom, actual - floor))
     spare_cache = min(cache_above, spare)
     shares = own.shares if own.shares is not None else settings.shares
-    return _Vm(index=index, name=s.name, actual=s.actual, floor=floor, ceiling=ceiling,
-               at_ram=ceiling == s.guest_ram, shares=shares, reserve=reserve,
-               cache_reserve=cache_reserve, hint=hint, cache_first=cache_first,
-               available=available, headroom=headroom, spare_cache=spare_cache,
-               spare_free=spare - spare_cache)
+    return _Vm(index, s.name, actual, floor, ceiling, ceiling == ram, shares, reserve, text,
+               cache_first, available, headroom, spare_cache, spare - spare_cache)
 
 
 def _top(v: _Vm) -> str:
