@@ -6,6 +6,7 @@ defaults) so each expected number follows from the documented rule and these val
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from balloonctl.policy import (
 from balloonctl.units import GiB, MiB
 
 NOW = 1_000_000
+DOCS = (Path(__file__).resolve().parent.parent / "docs" / "policy.md").read_text()
 S = PolicySettings(target_available=0.15, hysteresis=0.05, deadband=16 * MiB,
                    max_step=256 * MiB, emergency_free=64 * MiB, free_reserve=256 * MiB,
                    cache_reserve=128 * MiB, swap_in_rate=1 * MiB, fault_rate=100.0,
@@ -91,6 +93,7 @@ def test_vms_that_cannot_be_judged_are_left_alone_and_say_why(case: str) -> None
     d = run(vm, available=short_by(300 * MiB))["vm1"]  # the host is short: it would shrink
     assert d.action is Action.LEAVE and d.target is None
     assert d.reason.startswith("left alone") and word in d.reason
+    assert "stale" in case or f"    {d.reason}\n" in DOCS  # docs/policy.md lists it as is
 
 
 @pytest.mark.parametrize("vm", [
@@ -265,6 +268,7 @@ def test_the_reason_names_the_host_the_amount_and_the_vm() -> None:
         "host available 9 % < 15 %: reclaim 300 MiB, vm3 has 410 MiB free above its "
         "reserve (hint off: cache counts as used): takes 300 MiB")
     assert taken(d) == 300 * MiB
+    assert f"    {d.reason}\n" in DOCS
 
 
 # ---- cache-aware ------------------------------------------------------------------------
