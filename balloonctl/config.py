@@ -6,7 +6,8 @@ Sources, merged in this order (a later source wins for the socket path of a name
    (with ``<vmid>.qga``); ``$BALLOONCTL_WELLKNOWN`` (colon-separated dirs) replaces the roots,
    an empty value turns them off;
 2. the TOML config at ``$BALLOONCTL_CONFIG`` or ``$XDG_CONFIG_HOME/balloonctl/config.toml``
-   (``[defaults]`` and ``[vm.NAME]`` tables);
+   (``[defaults]`` and ``[vm.NAME]`` tables; ``[policy]`` holds the automatic-ballooning
+   settings, docs/policy.md);
 3. a directory of sockets (``--dir`` or ``$BALLOONCTL_DIR``): ``*.qmp`` and ``*.sock``, the name
    from the file stem, a sibling ``<stem>.qga`` as the guest-agent socket;
 4. ``--qmp PATH`` (repeatable; ``NAME=PATH`` names it, otherwise the file stem).
@@ -38,6 +39,7 @@ from typing import Any
 from balloonctl.errors import SizeError, UnknownVM, UsageError
 from balloonctl.host import host_root_for
 from balloonctl.model import VmRef
+from balloonctl.policy.settings import PolicySettings, VmPolicy
 from balloonctl.text import escape_text
 from balloonctl.units import MAX_BYTES, format_size, parse_duration, parse_size
 
@@ -96,6 +98,8 @@ class Config:
     # the limits of every [vm.NAME] table (min, max, shares, hint), applied by name to the VM
     # wherever it was found; a table without qmp only adds limits to a VM found elsewhere
     overlays: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # [policy] with the per-VM reserves of the [vm.NAME] tables in ``policy.vms``
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
@@ -202,7 +206,7 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
 
 def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     """Raises: UsageError: a bad setting (named, without the file)."""
-    unknown = set(doc) - {"defaults", "vm"}
+    unknown = set(doc) - {"defaults", "vm", "policy"}
     if unknown:
         raise UsageError(f"unknown table(s) {', '.join(sorted(unknown))}")
     raw_defaults = doc.get("defaults", {})
@@ -221,12 +225,16 @@ def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     )
     vms: list[VmRef] = []
     overlays: dict[str, dict[str, Any]] = {}
+    reserves: dict[str, VmPolicy] = {}
     raw_vms = doc.get("vm", {})
     if not isinstance(raw_vms, dict):
         raise UsageError("[vm.NAME] entries must be tables")
     for name, table in raw_vms.items():
         if not isinstance(table, dict):
             raise UsageError(f"vm.{name} must be a table")
+        table, reserve = _vm_reserves(table, f"vm.{name}")
+        if reserve is not None:
+            reserves[name] = reserve
         settings = _limits(table, f"vm.{name}")
         if "dir" in settings or "timeout" in settings:
             raise UsageError(f"vm.{name} cannot set dir or timeout")
@@ -238,7 +246,8 @@ def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
             vms.append(VmRef(name=name, qmp=qmp, qga=qga, source="config"))
         elif qga is not None:
             overlays[name]["qga"] = qga
-    return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays)
+    return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays,
+                  policy=_policy(doc.get("policy", {}), reserves))
 
 
 def _check_range(settings: Mapping[str, Any], defaults: Defaults, name: str) -> None:
@@ -518,3 +527,112 @@ class Inventory:
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         known = ", ".join(list(self._refs)[:8]) + (", ..." if len(self._refs) > 8 else "")
         return UnknownVM(escape_text(f"unknown VM {name!r}{hint} (known: {known})"))
+
+
+# ---- the policy's settings: the [policy] table and the reserves of [vm.NAME] ----------------
+
+_VM_RESERVES = ("free_reserve", "cache_reserve")
+
+
+def _percent(value: Any, where: str, *, of: float = 1.0) -> float:
+    """A number, or ``"N%"`` as N/``of`` (``of=100`` for a fraction of host RAM: ``"15%"``
+    is 0.15). Range checks (and NaN) are PolicySettings'."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / of
+        except ValueError:
+            pass
+    example = "0.15 or \"15%\"" if of == 100 else "10 or \"10%\""
+    raise UsageError(f"{where}: expected a number such as {example}, got {value!r}")
+
+
+def _fraction(value: Any, where: str) -> float:
+    return _percent(value, where, of=100)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise UsageError(f"{where}: expected a number, got {value!r}")
+
+
+def _size_or_zero(value: Any, where: str) -> int:
+    if (isinstance(value, int) and not isinstance(value, bool) and value == 0) or value == "0":
+        return 0
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise UsageError(f"{where}: must be zero or more, got {value!r}")
+    return _size(value, where)
+
+
+def _rate(value: Any, where: str) -> int:
+    """Bytes per second: ``"1M"``, ``"1M/s"`` or an integer."""
+    if isinstance(value, str):
+        value = value.strip().removesuffix("/s")
+    return _size_or_zero(value, where)
+
+
+def _seconds(value: Any, where: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)  # range (and NaN) checked by PolicySettings
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: expected a duration such as \"10s\", got {value!r}")
+    try:
+        return parse_duration(value)
+    except SizeError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+_POLICY_KEYS: dict[str, Any] = {
+    "target_available": _fraction,
+    "hysteresis": _fraction,
+    "deadband": _size_or_zero,
+    "max_step": _size,
+    "cycle": _seconds,
+    "stale_after": _seconds,
+    "emergency_free": _size,
+    "free_reserve": _size,
+    "cache_reserve": _size_or_zero,
+    "swap_in_rate": _rate,
+    "fault_rate": _number,
+    "psi_threshold": _percent,
+}
+
+
+def _vm_reserves(table: Mapping[str, Any], where: str) -> tuple[dict[str, Any], VmPolicy | None]:
+    """Split a ``[vm.NAME]`` table into its inventory settings and its policy reserves.
+
+    Raises:
+        UsageError: a reserve that is not a size (named ``vm.NAME.KEY``).
+    """
+    rest = {k: v for k, v in table.items() if k not in _VM_RESERVES}
+    if len(rest) == len(table):
+        return rest, None
+    parsed = {k: (_size if k == "free_reserve" else _size_or_zero)(table[k], f"{where}.{k}")
+              for k in _VM_RESERVES if k in table}
+    return rest, VmPolicy(**parsed)
+
+
+def _policy(raw: Any, reserves: Mapping[str, VmPolicy]) -> PolicySettings:
+    """The ``[policy]`` table (every key optional) with the per-VM reserves.
+
+    Raises:
+        UsageError: not a table, an unknown key, or a wrong value (named ``policy.KEY`` or
+            ``vm.NAME.KEY``): wrong type, negative, zero where that means nothing, NaN or
+            infinite, or settings that contradict each other.
+    """
+    if not isinstance(raw, dict):
+        raise UsageError("[policy] must be a table")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        parse = _POLICY_KEYS.get(key)
+        if parse is None:
+            raise UsageError(f"policy.{key}: unknown setting {key!r}")
+        values[key] = parse(value, f"policy.{key}")
+    try:
+        return PolicySettings(**values, vms=dict(reserves))
+    except UsageError as exc:
+        if exc.message.startswith("vm."):
+            raise
+        raise UsageError(f"policy.{exc.message}") from None

@@ -24,8 +24,8 @@ from balloonctl.cli.app import app
 from balloonctl.cli.exitcodes import ExitCode
 from balloonctl.fake import FakeVM, run_in_thread
 from balloonctl.model import JSON_KEYS
-from balloonctl.policy import triangle_wave
 from balloonctl.units import GiB, MiB
+from balloonctl.wave import triangle_wave
 
 FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB}
 

@@ -883,7 +883,7 @@ def wave(
     """Balloon a VM up and down along a triangular wave (the RFC's first experiment),
     printing each step. Ctrl-C restores the original target."""
     from balloonctl.cli.wave import ScaledClock, Terminated, WaveStep, cancel_on_sigterm, run_wave
-    from balloonctl.policy import check_wave
+    from balloonctl.wave import check_wave
 
     fmt = _format(fmt, as_json)
     low, high = parse_size(minimum), parse_size(maximum)

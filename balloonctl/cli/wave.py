@@ -1,4 +1,4 @@
-"""The ``wave`` loop: drive one VM's target along ``policy.triangle_wave``.
+"""The ``wave`` loop: drive one VM's target along ``wave.triangle_wave``.
 
 The clock is injected so tests can run a 60 s period in a fraction of a second.
 """
@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from balloonctl.policy import wave_schedule
+from balloonctl.wave import wave_schedule
 
 __all__ = [
     "Clock",
