@@ -622,14 +622,14 @@ def test_fake_refuses_what_it_cannot_serve(start: Start, cli: Cli, fake_dir: Pat
 
 
 def test_fake_workloads_are_the_fakes() -> None:
-    from balloonctl.cli.app import Workload
+    from balloonctl.cli.fake import Workload
     from balloonctl.fake import WORKLOADS
 
     assert {w.fake_name() for w in Workload} == {None, *WORKLOADS}
 
 
 def test_wait_progress_bar_only_on_a_terminal() -> None:
-    from balloonctl.cli.app import _Progress
+    from balloonctl.cli.set import _Progress
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

@@ -78,3 +78,24 @@ def test_core_modules_import_no_framework() -> None:
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                          check=True, timeout=60).stdout.split()
     assert not set(out) & {*HEAVY, *TYPER}
+
+
+def test_no_cli_module_imports_the_app() -> None:
+    """``app`` only wires the commands: nothing under ``balloonctl/cli`` imports it back
+    (``spec`` gets the root command handed in), so there is no import cycle."""
+    import ast
+
+    cli = Path(__file__).resolve().parents[1] / "balloonctl" / "cli"
+    offenders = []
+    for path in sorted(cli.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if any(n == "balloonctl.cli.app" or n.startswith("balloonctl.cli.app.")
+                   for n in names):
+                offenders.append(path.name)
+    assert offenders == []

@@ -1,0 +1,138 @@
+"""``balloonctl set``: send balloon targets, optionally waiting until they are reached."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, TextIO
+
+import typer
+
+from balloonctl.cli import completers
+from balloonctl.cli.common import (
+    AllOpt,
+    duration,
+    each,
+    exit_with,
+    out,
+    report,
+    run,
+    settings,
+)
+from balloonctl.cli.output import size
+from balloonctl.errors import UsageError
+from balloonctl.units import format_size, parse_target
+
+if TYPE_CHECKING:
+    from balloonctl.qmp import BalloonClient
+
+__all__ = ["set_"]
+
+
+class _Progress:
+    """One progress line on stderr for every VM being waited for (terminals only)."""
+
+    def __init__(self, names: Sequence[str], stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.state: dict[str, tuple[int, int, int]] = {}  # name -> (start, actual, target)
+        self.names = list(names)
+        self.drawn = False
+
+    def callback(self, name: str) -> Callable[[int, int], None]:
+        def update(actual: int, target: int) -> None:
+            start = self.state.get(name, (actual, actual, target))[0]
+            self.state[name] = (start, actual, target)
+            self.draw()
+
+        return update
+
+    def draw(self) -> None:
+        if not self.enabled:
+            return
+        parts = []
+        for name in self.names:
+            if name not in self.state:
+                continue
+            start, actual, target = self.state[name]
+            span = abs(target - start)
+            done = 1.0 if span == 0 else min(1.0, abs(actual - start) / span)
+            bar = "#" * int(done * 20)
+            parts.append(f"{name} [{bar:<20}] {size(actual)}->{size(target)}")
+        self.stream.write("\r\x1b[K" + "  ".join(parts))
+        self.stream.flush()
+        self.drawn = True
+
+    def done(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _split_set_args(args: Sequence[str], all_vms: bool) -> tuple[list[str], str]:
+    for a in args:
+        if a.startswith("--"):
+            raise UsageError(f"no such option: {a}")
+    if all_vms:
+        if len(args) != 1:
+            raise UsageError("with --all, give only the SIZE")
+        return [], args[0]
+    if len(args) < 2:
+        raise UsageError("expected VM... SIZE (e.g. balloonctl set web-1 1.5G)")
+    return list(args[:-1]), args[-1]
+
+
+def set_(
+    targets: Annotated[list[str], typer.Argument(
+        metavar="VM... SIZE",
+        help="VM names or globs, then the target: 1.5G, 2GB, 75% (of guest RAM), "
+             "+256M or -256M (relative to the current target).",
+        autocompletion=completers.typer_callback("targets"), show_default=False,
+    )],
+    all_vms: AllOpt = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", "-W", help="Wait until actual reaches the target (progress on stderr).",
+    )] = False,
+    timeout: Annotated[str, typer.Option(
+        "--timeout", "-t", metavar="DURATION", help="How long --wait waits.",
+    )] = "60s",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Allow a target below the VM's safe floor (never below 128 MiB).",
+    )] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", "-n", help="Print the QMP command that would be sent; send nothing.",
+    )] = False,
+) -> None:
+    """Set the balloon target of one or more VMs."""
+    names, size_text = _split_set_args(targets, all_vms)
+    spec = parse_target(size_text)
+    wait_for = duration(timeout, "--timeout") or 60.0
+    refs = settings().select(names, all_vms=all_vms)
+    progress = _Progress([r.name for r in refs])
+
+    async def one(c: BalloonClient) -> str:
+        before = await c.query_actual()
+        target = await c.set_target(spec, force=force, dry_run=dry_run)
+        if dry_run:
+            sent = json.dumps({"execute": "balloon", "arguments": {"value": target}})
+            return f"{c.name}: would send {sent} ({format_size(target)})"
+        if not wait:
+            return f"{c.name}: target {format_size(target)} (actual {format_size(before)})"
+        started = time.monotonic()
+        final = await c.wait_for_target(target, timeout=wait_for,
+                                        progress=progress.callback(c.name))
+        took = time.monotonic() - started
+        return f"{c.name}: reached {format_size(final)} (target {format_size(target)}) " \
+               f"in {took:.1f}s"
+
+    try:
+        results = run(each(refs, one))
+    finally:
+        progress.done()
+    for r in results.values():
+        if isinstance(r, str):
+            out(r)
+    exit_with(report(results, refs))
+

@@ -1,0 +1,88 @@
+"""``balloonctl watch``: a stream of snapshots (and QMP events) for pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+
+from balloonctl.cli.common import AllOpt, VmsArg, duration, out, run, settings
+from balloonctl.cli.output import Format, render_states
+from balloonctl.errors import BalloonError
+
+__all__ = ["WatchFormat", "watch"]
+
+
+class WatchFormat(enum.StrEnum):
+    NDJSON = "ndjson"
+    CSV = "csv"
+
+
+def _event_record(vm: str, name: str, data: Mapping[str, Any], ts: float) -> dict[str, Any]:
+    from balloonctl.fleet import CONNECTED, DISCONNECTED
+
+    label = {CONNECTED: "CONNECTED", DISCONNECTED: "DISCONNECTED"}.get(name, name)
+    record: dict[str, Any] = {"event": label, "name": vm, "timestamp": round(ts, 6)}
+    if name != CONNECTED:
+        record["data"] = json.loads(json.dumps(dict(data), default=str))
+    return record
+
+
+def watch(
+    vms: VmsArg = None,
+    all_vms: AllOpt = False,
+    fmt: Annotated[WatchFormat, typer.Option(
+        "--format", "-f", case_sensitive=False, help="ndjson (with events) or csv.",
+    )] = WatchFormat.NDJSON,
+    interval: Annotated[str, typer.Option(
+        "--interval", "-n", metavar="DURATION", help="Time between snapshots.",
+    )] = "2s",
+    count: Annotated[int | None, typer.Option(
+        "--count", metavar="N", help="Stop after N rounds of snapshots.",
+    )] = None,
+    events: Annotated[bool, typer.Option(
+        "--events/--no-events",
+        help="Hold the QMP sockets open and print BALLOON_CHANGE and other QMP events "
+             "(ndjson only). --no-events polls politely, leaving the sockets free between polls.",
+    )] = True,
+) -> None:
+    """A stream of snapshots, one line per VM, for piping (NDJSON or CSV)."""
+    every = duration(interval, "--interval") or 2.0
+    refs = settings().select(vms or [], all_vms=all_vms)
+    as_csv = fmt is WatchFormat.CSV
+    hold = events and not as_csv
+
+    async def loop() -> None:
+        fleet = settings().fleet(refs, hold=hold)
+
+        async def pump_events() -> None:
+            async for vm, ev in fleet.events():
+                out(json.dumps(_event_record(vm, ev.name, ev.data, ev.timestamp),
+                                separators=(",", ":")))
+
+        pump = asyncio.create_task(pump_events()) if hold else None
+        n = 0
+        try:
+            async for states in fleet.stream(every):
+                out(render_states(states, Format.CSV if as_csv else Format.NDJSON,
+                                   csv_header=n == 0))
+                n += 1
+                if count is not None and n >= count:
+                    return
+        finally:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, BalloonError):
+                    await pump
+            await fleet.close()
+
+    try:
+        run(loop())
+    except KeyboardInterrupt:
+        pass
+
