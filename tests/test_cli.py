@@ -649,3 +649,35 @@ def test_wait_progress_bar_only_on_a_terminal() -> None:
     quiet.callback("vm1")(2 * GiB, 1 * GiB)
     quiet.done()
     assert pipe.getvalue() == ""
+
+
+@pytest.mark.parametrize("command", ["status", "set", "hint", "stats", "preflight", "watch",
+                                     "wave", "fake", "dashboard", "top", "demo", "completion"])
+def test_help_shows_no_typer_type_labels(cli: Cli, command: str) -> None:
+    r = cli(command, "--help")
+    assert r.exit_code == 0 and r.stdout.startswith(f"Usage: balloonctl {command} ")
+    for label in ("<list[", "<str>", "<int", "<float", "<path>", "<bool>"):
+        assert label not in r.stdout, (label, r.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "-f", "xml"], "'xml' is not one of 'table', 'json', 'ndjson', 'csv'."),
+        (["fake", "--vms", "0"], "Input should be greater than or equal to 1"),
+        (["fake", "--vms", "257"], "Input should be less than or equal to 256"),
+        (["status", "--watch", "--count", "many"], "Input should be an integer, got 'many'"),
+        (["wave", "vm1", "--speed", "nan"], "Input should be a finite number, got 'nan'"),
+    ],
+)
+def test_bad_option_values_are_one_line_usage_errors(cli: Cli, args: list[str],
+                                                     message: str) -> None:
+    r = cli(*args)
+    assert r.exit_code == ExitCode.USAGE
+    assert message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_choices_are_case_insensitive(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("status", "--format", "JSON")
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["name"] == "vm1"

@@ -46,7 +46,9 @@ class Workload(enum.StrEnum):
         return None if self is Workload.NONE else self.value
 
 
-VmCountOpt = Annotated[int, typer.Option("--vms", min=1, max=256, help="How many VMs.")]
+VmCountOpt = Annotated[int, typer.Option(
+    "--vms", min=1, max=256, metavar="N", help="How many VMs.",
+)]
 MemOpt = Annotated[str, typer.Option(
     "--mem", metavar="SIZE", help="Guest RAM of each VM.",
     autocompletion=completers.typer_callback("mem"),
@@ -63,7 +65,9 @@ def fake(
         "--dir", metavar="DIR", help="Where to put the sockets (default: a new temp dir).",
     )] = None,
     workload: WorkloadOpt = Workload.NONE,
-    prefix: Annotated[str, typer.Option("--prefix", help="VM name prefix.")] = "vm",
+    prefix: Annotated[str, typer.Option(
+        "--prefix", metavar="PREFIX", help="VM name prefix.",
+    )] = "vm",
     hint_device: Annotated[bool, typer.Option(
         "--hint-device",
         help="Give every balloon device the reclaim-cache-first property (hint device mode).",

@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 from balloonctl.cli.common import report_error, settings
 from balloonctl.cli.exitcodes import ExitCode, exit_code_for
 from balloonctl.cli.output import error
+from balloonctl.cli.params import tune
 from balloonctl.errors import BalloonError
 
 __all__ = ["BalloonGroup"]
@@ -25,7 +26,12 @@ _QUIET = logging.NullHandler()
 
 class BalloonGroup(TyperGroup):
     """Formats every failure as one ``balloonctl: error: ...`` line and picks the exit code
-    (typer would draw a box around usage errors and print tracebacks)."""
+    (typer would draw a box around usage errors and print tracebacks). Its parameters, and
+    its commands', coerce without pydantic (``params.tune``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        tune(self)
 
     def main(  # type: ignore[override]
         self,
