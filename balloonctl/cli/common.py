@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ __all__ = [
     "FormatOpt",
     "JsonOpt",
     "Settings",
+    "StdoutClosed",
     "VmsArg",
     "duration",
     "each",
@@ -49,7 +51,9 @@ __all__ = [
     "run",
     "set_settings",
     "settings",
+    "silence_stdout",
     "snapshot",
+    "watching_stdout",
 ]
 
 T = TypeVar("T")
@@ -162,15 +166,77 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+class StdoutClosed(Exception):
+    """The reader of stdout went away (``| head -1``): the command stops, and exits 0 as a
+    pipeline expects (``group.BalloonGroup``)."""
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so nothing later (a final step, the interpreter's flush at
+    exit) fails on the closed pipe."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def out(text: str) -> None:
+    """Print ``text`` (a line or several) on stdout, flushed.
+
+    Raises:
+        StdoutClosed: the reader went away; stdout now goes to /dev/null.
+    """
     if not text:
         return
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        # the reader went away (`| head`): stop quietly, as a pipeline expects
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(int(ExitCode.OK)) from None
+        silence_stdout()
+        raise StdoutClosed("stdout closed") from None
+
+
+def _stdout_pipe() -> int | None:
+    """stdout's descriptor when it is a pipe (whose reader can go away), else None."""
+    try:
+        fd = sys.stdout.fileno()
+        return fd if stat.S_ISFIFO(os.fstat(fd).st_mode) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+async def watching_stdout(work: Awaitable[T]) -> T:
+    """Await ``work``, a long-running command; when stdout is a pipe whose reader goes away
+    meanwhile (``| head -1``), cancel it at once (its ``finally`` blocks run: sockets close,
+    ``wave`` restores) instead of at the next write, then raise ``StdoutClosed``.
+
+    Raises:
+        StdoutClosed: the reader went away.
+    """
+    fd = _stdout_pipe()
+    task = asyncio.current_task()
+    if fd is None or task is None:
+        return await work
+    loop = asyncio.get_running_loop()
+    closed: list[bool] = []
+
+    def on_closed() -> None:
+        # epoll reports EPOLLERR on a pipe's write end once no reader is left
+        loop.remove_reader(fd)
+        closed.append(True)
+        task.cancel()
+
+    loop.add_reader(fd, on_closed)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not closed:
+            raise
+        task.uncancel()
+        silence_stdout()
+        raise StdoutClosed("stdout closed") from None
+    finally:
+        if not closed:
+            loop.remove_reader(fd)
 
 
 def exit_with(code: ExitCode) -> None:

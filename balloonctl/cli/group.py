@@ -13,7 +13,7 @@ import typer
 from typer._click import exceptions as click_exceptions
 from typer.core import TyperGroup
 
-from balloonctl.cli.common import report_error, settings
+from balloonctl.cli.common import StdoutClosed, report_error, settings, silence_stdout
 from balloonctl.cli.exitcodes import ExitCode, exit_code_for
 from balloonctl.cli.output import error
 from balloonctl.cli.params import tune
@@ -60,6 +60,11 @@ class BalloonGroup(TyperGroup):
             code = ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code
         except typer.Abort:
             code = ExitCode.INTERRUPTED
+        except StdoutClosed:
+            code = ExitCode.OK
+        except BrokenPipeError:  # a write outside ``common.out``: the same, quietly
+            silence_stdout()
+            code = ExitCode.OK
         except BalloonError as exc:
             report_error(exc)
             code = exit_code_for(exc)

@@ -21,6 +21,7 @@ from balloonctl.cli.common import (
     run,
     settings,
     snapshot,
+    watching_stdout,
 )
 from balloonctl.cli.output import Format, render_states
 from balloonctl.units import format_duration
@@ -71,7 +72,7 @@ def status(
             await fleet.close()
 
     try:
-        run(loop())
+        run(watching_stdout(loop()))
     except KeyboardInterrupt:
         pass
 

@@ -11,7 +11,15 @@ from typing import Annotated, Any
 
 import typer
 
-from balloonctl.cli.common import AllOpt, VmsArg, duration, out, run, settings
+from balloonctl.cli.common import (
+    AllOpt,
+    VmsArg,
+    duration,
+    out,
+    run,
+    settings,
+    watching_stdout,
+)
 from balloonctl.cli.output import Format, render_states
 from balloonctl.errors import BalloonError
 
@@ -61,28 +69,38 @@ def watch(
         fleet = settings().fleet(refs, hold=hold)
 
         async def pump_events() -> None:
-            async for vm, ev in fleet.events():
-                out(json.dumps(_event_record(vm, ev.name, ev.data, ev.timestamp),
-                                separators=(",", ":")))
+            with contextlib.suppress(BalloonError):  # a VM's failure shows in its snapshots
+                async for vm, ev in fleet.events():
+                    out(json.dumps(_event_record(vm, ev.name, ev.data, ev.timestamp),
+                                   separators=(",", ":")))
 
-        pump = asyncio.create_task(pump_events()) if hold else None
-        n = 0
-        try:
+        async def snapshots() -> None:
+            n = 0
             async for states in fleet.stream(every):
                 out(render_states(states, Format.CSV if as_csv else Format.NDJSON,
-                                   csv_header=n == 0))
+                                  csv_header=n == 0))
                 n += 1
                 if count is not None and n >= count:
                     return
+
+        main = asyncio.create_task(snapshots())
+        tasks = {main, *([asyncio.create_task(pump_events())] if hold else [])}
+        try:
+            # either one failing (the reader of stdout gone) ends the watch, not just itself
+            while not main.done():
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                tasks -= done
+                for task in done:
+                    task.result()
         finally:
-            if pump is not None:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, BalloonError):
-                    await pump
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await fleet.close()
 
     try:
-        run(loop())
+        run(watching_stdout(loop()))
     except KeyboardInterrupt:
         pass
-

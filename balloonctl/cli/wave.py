@@ -18,7 +18,16 @@ from typing import Annotated, Any, Protocol, TypeVar
 import typer
 
 from balloonctl.cli import completers
-from balloonctl.cli.common import FormatOpt, JsonOpt, duration, out, output_format, run, settings
+from balloonctl.cli.common import (
+    FormatOpt,
+    JsonOpt,
+    duration,
+    out,
+    output_format,
+    run,
+    settings,
+    watching_stdout,
+)
 from balloonctl.cli.exitcodes import ExitCode
 from balloonctl.cli.output import Format, render_records, size
 from balloonctl.policy import check_wave, wave_schedule
@@ -210,7 +219,7 @@ def wave(
 
     try:
         # SIGTERM ends the wave as Ctrl-C does: the original target is set again first
-        run(cancel_on_sigterm(go()))
+        run(cancel_on_sigterm(watching_stdout(go())))
     except Terminated:
         raise typer.Exit(int(ExitCode.TERMINATED)) from None
     finally:
