@@ -485,6 +485,31 @@ def test_wave_table_and_bad_bounds(start: Start, cli: Cli) -> None:
         ExitCode.UNSAFE_TARGET)
 
 
+def test_wave_refuses_to_start_when_it_could_not_restore(start: Start, cli: Cli,
+                                                        tmp_path: Path) -> None:
+    """The VM sits at 2 GiB (its whole RAM) but its configured max is 1.5 GiB: a wave between
+    1 and 1.5 GiB could never put 2 GiB back, so it refuses before moving anything."""
+    start("vm1")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[vm.vm1]\nmax = "1.5G"\n')
+    r = cli("--config", str(cfg), "wave", "vm1", "--min", "1G", "--max", "1.5G",
+            "--period", "1s", "--cycles", "1", "--speed", "50", "-f", "ndjson")
+    assert r.exit_code == ExitCode.UNSAFE_TARGET, r.stderr
+    assert r.stdout == ""
+    assert r.stderr.startswith("balloonctl: error: vm1: will not start: the wave could not "
+                               "set the original target 2 GiB again")
+    assert "maximum" in r.stderr
+    vm = states(cli("--config", str(cfg), "status", "--json"))["vm1"]
+    assert vm["actual"] == 2 * GiB and vm["target"] is None  # nothing was sent
+    # within the limits it runs, and restores
+    assert cli("--config", str(cfg), "set", "vm1", "1.4G").exit_code == 0
+    r = cli("--config", str(cfg), "wave", "vm1", "--min", "1G", "--max", "1.5G",
+            "--period", "1s", "--cycles", "1", "--speed", "50", "-f", "ndjson")
+    assert r.exit_code == 0, r.stderr
+    restore = json.loads(r.stdout.splitlines()[-1])
+    assert restore["restore"] is True and restore["target"] == int(1.4 * GiB)
+
+
 def test_wave_takes_exactly_one_vm(start: Start, cli: Cli) -> None:
     for name in ("vm1", "vm2", "vm3"):
         start(name)

@@ -30,8 +30,9 @@ from balloonctl.cli.common import (
 )
 from balloonctl.cli.exitcodes import ExitCode
 from balloonctl.cli.output import Format, render_records, size
+from balloonctl.errors import UnsafeTarget
 from balloonctl.policy import check_wave, wave_schedule
-from balloonctl.units import parse_size
+from balloonctl.units import format_size, parse_size
 
 __all__ = [
     "Clock",
@@ -213,6 +214,14 @@ def wave(
             await c.resolve_target(low, force=force)
             await c.resolve_target(high, force=force)
             original = await c.current_target() or await c.query_actual()
+            try:  # the restore must be possible before anything moves
+                await c.resolve_target(original, force=True)
+            except UnsafeTarget as exc:
+                raise UnsafeTarget(
+                    f"will not start: the wave could not set the original target "
+                    f"{format_size(original)} again when it ends ({exc.message}); set a "
+                    "target within the VM's limits first", vm=ref.name, target=original,
+                ) from None
             await run_wave(c, original=original, minimum=low, maximum=high, period=cycle,
                            step=every, cycles=cycles, clock=ScaledClock(speed), emit=emit,
                            force=force)
