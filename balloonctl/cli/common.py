@@ -78,8 +78,39 @@ class Settings:
             )
         return self._inventory
 
+    def single(self) -> VmRef | None:
+        """The VM of the one ``--qmp`` given, when exactly one was: commands act on it
+        without its name being repeated (``balloonctl --qmp /run/vm.qmp set 512M``)."""
+        if len(self.qmp) != 1:
+            return None
+        given = [r for r in self.inventory().refs if r.source == "cli"]
+        return given[0] if len(given) == 1 else None
+
     def select(self, patterns: Sequence[str], *, all_vms: bool = False) -> list[VmRef]:
+        """The VMs named (names or globs); none named: every VM (what a command that shows
+        VMs wants).
+
+        Raises:
+            UnknownVM: see ``Inventory.select``.
+        """
         return self.inventory().select(patterns, all_vms=all_vms)
+
+    def select_to_change(self, patterns: Sequence[str], *, all_vms: bool,
+                         what: str) -> list[VmRef]:
+        """The VMs a command that changes them acts on: those named, every VM with
+        ``--all``, else the one ``--qmp`` VM; never every VM by default.
+
+        Raises:
+            UsageError: no VM named, no ``--all``, not exactly one ``--qmp`` (``what`` says
+                what the command would do).
+            UnknownVM: see ``Inventory.select``.
+        """
+        if patterns or all_vms:
+            return self.select(patterns, all_vms=all_vms)
+        one = self.single()
+        if one is None:
+            raise UsageError(f"name the VMs to {what} (or --all)")
+        return [one]
 
     def _timeouts(self) -> tuple[float, float]:
         """(connect, command) timeouts: --timeout, else the config's, else the library's."""

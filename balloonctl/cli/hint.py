@@ -46,27 +46,29 @@ def _hint_line(name: str, h: HintState) -> str:
 
 
 def hint(
-    hint_args: Annotated[list[str], typer.Argument(
-        metavar="VM... [on|off|status]",
-        help="VM names or globs, then on, off or status (the default).",
+    hint_args: Annotated[list[str] | None, typer.Argument(
+        metavar="[VM...] [on|off|status]",
+        help="VM names or globs (default: every VM), then on, off or status (the default).",
         autocompletion=completers.typer_callback("hint_args"), show_default=False,
-    )],
+    )] = None,
     all_vms: AllOpt = False,
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Turn the cache-first hint on or off, or show it (device, agent or unsupported mode)."""
     fmt = output_format(fmt, as_json)
-    args = list(hint_args)
+    args = list(hint_args or [])
     action = "status"
     if args and args[-1] in _HINT_ACTIONS:
         action = args.pop()
-    elif (len(args) > 1 or all_vms) and not settings().inventory().matches(args[-1]):
+    elif args and (len(args) > 1 or all_vms) and not settings().inventory().matches(args[-1]):
         # `hint vm1 maybe`: a misspelt action, not a VM called 'maybe'
         raise UsageError(f"expected on, off or status as the last word, got {args[-1]!r}")
-    if not args and not all_vms:
-        raise UsageError("expected VM... [on|off|status]")
-    refs = settings().select(args, all_vms=all_vms)
+    if action == "status":  # shown: every VM unless named, like `status`
+        refs = settings().select(args, all_vms=all_vms)
+    else:
+        refs = settings().select_to_change(args, all_vms=all_vms,
+                                           what=f"turn the hint {action} for")
 
     async def one(c: BalloonClient) -> HintState:
         if action == "status":
@@ -81,4 +83,3 @@ def hint(
         records = [_hint_record(n, h) for n, h in ok.items()]
         out(render_records(records, fmt, keys=list(_hint_record("", HintState()))))
     exit_with(report(results, refs))
-

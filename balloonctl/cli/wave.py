@@ -30,7 +30,7 @@ from balloonctl.cli.common import (
 )
 from balloonctl.cli.exitcodes import ExitCode
 from balloonctl.cli.output import Format, render_records, size
-from balloonctl.errors import UnsafeTarget
+from balloonctl.errors import UnsafeTarget, UsageError
 from balloonctl.policy import check_wave, wave_schedule
 from balloonctl.units import format_size, parse_size
 
@@ -157,10 +157,11 @@ async def run_wave(
 
 
 def wave(
-    vm: Annotated[str, typer.Argument(
-        metavar="VM", help="The VM to balloon up and down.",
+    vm: Annotated[str | None, typer.Argument(
+        metavar="VM", help="The VM to balloon up and down (may be left out when one --qmp "
+                           "names it).",
         autocompletion=completers.typer_callback("vm"), show_default=False,
-    )],
+    )] = None,
     minimum: Annotated[str, typer.Option(
         "--min", metavar="SIZE", help="The bottom of the wave.",
         autocompletion=completers.typer_callback("minimum"),
@@ -192,7 +193,10 @@ def wave(
     cycle = duration(period, "--period") or 60.0
     every = duration(step, "--step") or cycle / 20
     check_wave(minimum=low, maximum=high, period=cycle, step=every)
-    ref = settings().inventory().select_one(vm, command="wave")
+    single = settings().single() if vm is None else None
+    if vm is None and single is None:
+        raise UsageError("name the VM (wave takes one VM)")
+    ref = single or settings().inventory().select_one(vm or "", command="wave")
     steps: list[dict[str, Any]] = []
 
     def emit(s: WaveStep) -> None:
