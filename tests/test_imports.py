@@ -200,3 +200,47 @@ def test_only_the_front_ends_import_the_frameworks() -> None:
             continue
         loaded, lazy = _imports(path)
         assert not {m.split(".")[0] for m in loaded | lazy} & FRAMEWORKS, path
+
+
+def test_no_cli_module_imports_the_app() -> None:
+    """``app`` only wires the commands: nothing under ``balloonctl/cli`` imports it back
+    (``spec`` gets the root command handed in), so there is no import cycle."""
+    import ast
+
+    cli = Path(__file__).resolve().parents[1] / "balloonctl" / "cli"
+    offenders = []
+    for path in sorted(cli.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if any(n == "balloonctl.cli.app" or n.startswith("balloonctl.cli.app.")
+                   for n in names):
+                offenders.append(path.name)
+    assert offenders == []
+
+
+def test_status_of_a_vm_imports_no_pydantic_textual_or_httpx(tmp_path: Path,
+                                                               fake_dir: Path) -> None:
+    """``status VM --json`` against a fake VM, as a whole process: typer stays, but its
+    pydantic coercion does not come along (``balloonctl.cli.params``), nor the dashboard's
+    or the HTTP client's frameworks."""
+    from balloonctl.fake import FakeVM, run_in_thread
+
+    with run_in_thread(FakeVM("vm1", fake_dir)):
+        found = roots(imported(fake_dir, ["status", "vm1", "--json"],
+                               {"BALLOONCTL_STATE": str(tmp_path / "state.json")}))
+    assert {"typer", "qemu"} <= found  # the probe really ran the command on the VM
+    assert not found & {"pydantic", "pydantic_core", "textual", "httpx", "rich"}, sorted(
+        found & {"pydantic", "pydantic_core", "textual", "httpx", "rich"})
+
+
+def test_importing_the_app_imports_no_pydantic() -> None:
+    program = ("import sys, balloonctl.cli.app\n"
+               "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    assert not set(out) & {"pydantic", "textual", "httpx"}
