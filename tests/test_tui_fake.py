@@ -16,7 +16,7 @@ from balloonctl.fake import FakeVM
 from balloonctl.fleet import DataSource, Fleet
 from balloonctl.http import HttpSource, create_app
 from balloonctl.model import VmRef
-from balloonctl.units import GiB, MiB, format_size
+from balloonctl.units import GiB, MiB, format_size_aligned
 from tui.app import DashboardApp
 from tui.screens import SetTargetDialog
 from tui.testing import wait_until
@@ -41,7 +41,7 @@ def cell(table: FleetTable, vm: str, column: str) -> str:
 
 
 def size(n: int) -> str:
-    return format_size(n, compact=True)
+    return format_size_aligned(n)
 
 
 async def first_poll(pilot: Pilot[None], app: DashboardApp) -> FleetTable:
@@ -73,8 +73,8 @@ async def test_dialog_target_moves_the_fake_balloon(fake_vm_factory: Factory) ->
         await wait_until(pilot, lambda: isinstance(app.screen, SetTargetDialog), what="dialog")
         await pilot.press(*"1.5G", "enter")
         await wait_until(pilot, lambda: vm2.guest.actual == 3 * GiB // 2, what="vm2 inflating")
-        await wait_until(pilot, lambda: cell(table, "vm2", "actual") == "1.5G", what="the row")
-        assert cell(table, "vm2", "target") == "1.5G"
+        await wait_until(pilot, lambda: cell(table, "vm2", "actual") == "1.50G", what="the row")
+        assert cell(table, "vm2", "target") == "1.50G"
         assert vm1.guest.actual == 2 * GiB
 
 
@@ -111,11 +111,11 @@ async def test_hint_toggle_shows_the_new_mode_and_state(fake_vm_factory: Factory
     app = dashboard(fleet_of(vm1))
     async with app.run_test(size=SIZE) as pilot:
         table = await first_poll(pilot, app)
-        assert cell(table, "vm1", "hint") == "agent off"
+        assert cell(table, "vm1", "hint") == "off (agent)"
         await pilot.press("h")
-        await wait_until(pilot, lambda: cell(table, "vm1", "hint") == "agent on", what="on")
+        await wait_until(pilot, lambda: cell(table, "vm1", "hint") == "on (agent)", what="on")
         await pilot.press("h")
-        await wait_until(pilot, lambda: cell(table, "vm1", "hint") == "agent off", what="off")
+        await wait_until(pilot, lambda: cell(table, "vm1", "hint") == "off (agent)", what="off")
 
 
 async def test_enable_stats_turns_on_polling(fake_vm_factory: Factory) -> None:
@@ -174,9 +174,9 @@ async def test_dashboard_over_http_over_qmp(fake_vm_factory: Factory) -> None:
                              what="dialog")
             await pilot.press(*"75%", "enter")
             await wait_until(pilot, lambda: vm2.guest.actual == 3 * GiB // 2, what="vm2")
-            await wait_until(pilot, lambda: cell(table, "vm2", "actual") == "1.5G", what="row")
+            await wait_until(pilot, lambda: cell(table, "vm2", "actual") == "1.50G", what="row")
             await pilot.press("h")
-            await wait_until(pilot, lambda: cell(table, "vm2", "hint") == "agent on",
+            await wait_until(pilot, lambda: cell(table, "vm2", "hint") == "on (agent)",
                              what="hint over HTTP")
     finally:
         await fleet.close()
