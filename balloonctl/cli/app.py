@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
@@ -1010,12 +1010,15 @@ def fake(
     note("fake fleet stopped")
 
 
-def _open_dashboard(refs: Sequence[VmRef], *, hold: bool, **opts: Any) -> None:
+def _open_dashboard(refs: Sequence[VmRef], *, hold: bool,
+                    discover: Callable[[], Iterable[VmRef]] | None = None, **opts: Any) -> None:
     try:
         from tui.app import run_dashboard
     except ImportError as exc:
         raise BalloonError(f"the dashboard is not available: {exc}") from None
-    run_dashboard(_STATE.fleet(refs, hold=hold), **opts)
+    fleet = _STATE.fleet(refs, hold=hold)
+    fleet.discover = discover  # sockets that appear in the watched directory become rows
+    run_dashboard(fleet, **opts)
 
 
 @app.command()
@@ -1036,8 +1039,10 @@ def dashboard(
 ) -> None:
     """Open the live dashboard on the selected VMs (alias: top)."""
     every = _duration(interval, "--interval") or 1.0
+    patterns = [] if all_vms else list(vms or [])
     _open_dashboard(_STATE.select(vms or [], all_vms=all_vms), hold=hold, interval=every,
-                    step=parse_size(step_size))
+                    step=parse_size(step_size),
+                    discover=lambda: _STATE.inventory().rescan(patterns))
 
 
 app.command("top", help="Open the live dashboard on the selected VMs (alias of dashboard).")(

@@ -16,7 +16,7 @@ from textual.widgets import Button, Checkbox, Input, Static
 
 from balloonctl.errors import SizeError
 from balloonctl.model import HARD_MINIMUM, BalloonState
-from balloonctl.units import format_size
+from balloonctl.units import format_exact, format_size
 from tui.targets import TargetPlan, floor_of, maximum_of, plan_text
 
 __all__ = ["SetTargetDialog", "limits_text"]
@@ -40,7 +40,8 @@ def limits_text(states: Sequence[BalloonState]) -> Text:
 def _verdict(plan: TargetPlan) -> Text:
     text = Text()
     for name, target in list(plan.targets.items())[:_SHOWN]:
-        text.append(f"{name} → {format_size(target)}\n", style="green")
+        # Exactly what will be sent: ``1.75 GiB (1879048192 bytes)``, never a rounded size.
+        text.append(f"{name} → {format_exact(target)}\n", style="green")
     for name, why in plan.refused.items():
         text.append(f"{name}: {why}\n", style="bold red")
     return text

@@ -7,4 +7,4 @@ from tui.widgets.header import FleetHeader
 from tui.widgets.memory_bar import MemoryBar
 from tui.widgets.sparkline import FixedSparkline
 
-__all__ = ["DetailPane", "FixedSparkline", "EventLog", "FleetHeader", "FleetTable", "MemoryBar"]
+__all__ = ["DetailPane", "EventLog", "FixedSparkline", "FleetHeader", "FleetTable", "MemoryBar"]

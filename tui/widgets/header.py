@@ -55,7 +55,7 @@ class FleetHeader(Static):
             self.update(text, layout=False)
 
     def _render_text(self, *, compact: bool) -> Text:
-        def size(value: int) -> str:
+        def size(value: int | None) -> str:
             return format_size(value, compact=compact)
 
         text = Text()
