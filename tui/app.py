@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on, work
 from textual.app import App
@@ -91,6 +91,7 @@ class DashboardApp(App[None]):
         super().__init__()
         self.handle_signals = handle_signals
         self.quit_signal: signal.Signals | None = None  # the signal that ended the App
+        self._previous_handlers: dict[signal.Signals, Any] = {}
         self.source = source
         self.interval = interval
         self.meminfo = meminfo
@@ -115,6 +116,7 @@ class DashboardApp(App[None]):
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for signum in self.QUIT_SIGNALS:
+                self._previous_handlers[signum] = signal.getsignal(signum)
                 loop.add_signal_handler(signum, self._signalled, signum)
         self.push_screen(self.main)
         self._poll()
@@ -130,8 +132,9 @@ class DashboardApp(App[None]):
     async def on_unmount(self) -> None:
         if self.handle_signals:
             loop = asyncio.get_running_loop()
-            for signum in self.QUIT_SIGNALS:
+            for signum, handler in self._previous_handlers.items():
                 loop.remove_signal_handler(signum)
+                signal.signal(signum, handler)  # e.g. ``demo``'s clean-up of its fake VMs
         if self.close_source:
             await self.source.close()
 
