@@ -7,11 +7,13 @@ against the fake guest's own numbers.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 from textual.pilot import Pilot
 
+from balloonctl.config import Inventory, scan_dir
 from balloonctl.fake import FakeVM
 from balloonctl.fleet import DataSource, Fleet
 from balloonctl.http import HttpSource, create_app
@@ -197,3 +199,21 @@ async def test_a_busy_vm_shows_busy_and_the_rest_keep_updating(
         assert table.cursor_vm == "vm2"
         vm2.faults.never_greet = False
         await wait_until(pilot, lambda: cell(table, "vm2", "state") == "ok", what="vm2 free")
+
+
+async def test_a_socket_that_appears_in_the_watched_directory_becomes_a_row(
+    fake_vm_factory: Factory, fake_dir: Path
+) -> None:
+    vm1 = await fake_vm_factory("vm1")
+    inventory = Inventory(scan_dir(fake_dir), watched=str(fake_dir))
+    fleet = Fleet(inventory.refs, connect_timeout=1.0, command_timeout=2.0,
+                  discover=inventory.rescan)
+    app = dashboard(fleet)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await first_poll(pilot, app)
+        assert [r.key.value for r in table.ordered_rows] == [vm1.name]
+        vm2 = await fake_vm_factory("vm2", ram=GiB)  # a VM started while the dashboard runs
+        await wait_until(pilot, lambda: table.row_count == 2, what="vm2's row")
+        await wait_until(pilot, lambda: cell(table, "vm2", "actual") == size(vm2.guest.actual),
+                         what="vm2's numbers")
+        assert cell(table, "vm2", "ram") == size(GiB)
