@@ -225,13 +225,17 @@ def format_size_aligned(n: int | None) -> str:
     return f"{sign}{text}{'BKMGTP'[idx]}"
 
 
-def format_exact(n: int) -> str:
-    """A size exactly, for a value about to be sent: ``1.75 GiB (1879048192 bytes)``.
+def format_exact(n: int | None, *, with_bytes: bool = True) -> str:
+    """A size exactly, for a value about to be sent: ``1.75 GiB (1879048192 bytes)``
+    (``with_bytes=False``: ``1.75 GiB``; ``None``: ``-``).
     The human part is in the largest unit that shows it exactly with at most three
     decimals (``1800 MiB``); failing that it is rounded and marked ``~``. Below 1 KiB:
     ``512 B``."""
+    if n is None:
+        return "-"
     units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
     sign, size = ("-" if n < 0 else ""), abs(n)
+    exact = f" ({n} bytes)" if with_bytes else ""
     biggest = 0
     while biggest < len(units) - 1 and size >= 1024 ** (biggest + 1):
         biggest += 1
@@ -239,11 +243,11 @@ def format_exact(n: int) -> str:
         value = Fraction(size, 1024**idx)
         if (value * 1000).denominator == 1:
             text = f"{float(value):.3f}".rstrip("0").rstrip(".")
-            return f"{sign}{text} {units[idx]} ({n} bytes)"
+            return f"{sign}{text} {units[idx]}{exact}"
     if biggest == 0:
         return f"{n} B"
     text = f"{size / 1024**biggest:.3f}".rstrip("0").rstrip(".")
-    return f"~{sign}{text} {units[biggest]} ({n} bytes)"
+    return f"~{sign}{text} {units[biggest]}{exact}"
 
 
 def parse_duration(text: str) -> float:

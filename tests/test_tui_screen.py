@@ -273,7 +273,7 @@ async def test_the_event_log_records_state_changes() -> None:
     async with app.run_test(size=LARGE) as pilot:
         text = log_text(await started(pilot, app, polls=5))
         order = ["vm1: busy: cannot connect", "vm1: recovered: converging",
-                 "vm1: stuck at 1.8 GiB, target 1 GiB: no movement for 6s",
+                 "vm1: stuck at 1.75 GiB, target 1 GiB: no movement for 6s",
                  "vm1: converged: actual 1 GiB"]
         where = [text.find(entry) for entry in order]
         assert all(i >= 0 for i in where) and where == sorted(where), text

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from balloonctl.model import BalloonState, VmStatus
-from balloonctl.units import format_size
+from balloonctl.units import format_exact
 from tui.history import VmHistory
 
 __all__ = [
@@ -79,6 +79,10 @@ def reason(state: BalloonState) -> str:
     text = state.error or ""
     prefix = f"{state.name}: "
     return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _size(value: int | None) -> str:
+    return format_exact(value, with_bytes=False)
 
 
 def state_text(row: VmRow) -> str:
@@ -256,7 +260,7 @@ class FleetView:
             changes.append(StateChange(name, f"recovered: {status.value}", False))
         elif was is VmStatus.CONVERGING and status is not VmStatus.CONVERGING:
             changes.append(StateChange(
-                name, f"converged: actual {format_size(new.actual)}", False))
+                name, f"converged: actual {_size(new.actual)}", False))
         if status is not VmStatus.CONVERGING:
             self._still.pop(name, None)
             self._stuck.discard(name)
@@ -268,7 +272,7 @@ class FleetView:
         elif new.taken_at - still[1] >= self.stuck_after and name not in self._stuck:
             self._stuck.add(name)
             changes.append(StateChange(
-                name, f"stuck at {format_size(new.actual)}, target {format_size(new.target)}: "
+                name, f"stuck at {_size(new.actual)}, target {_size(new.target)}: "
                 f"no movement for {new.taken_at - still[1]:.0f}s", True))
         return changes
 

@@ -24,13 +24,17 @@ __all__ = ["SetTargetDialog", "limits_text"]
 _SHOWN = 6  # VMs listed by name in the limits; the rest are counted
 
 
+def _size(value: int | None) -> str:
+    return format_exact(value, with_bytes=False)  # 1.75 GiB, not a rounded 1.8 GiB
+
+
 def limits_text(states: Sequence[BalloonState]) -> Text:
     text = Text()
     for state in states[:_SHOWN]:
         text.append(f"{state.name:<12}", style="bold")
         text.append(
-            f" actual {format_size(state.actual)}  floor {format_size(floor_of(state))}"
-            f"  maximum {format_size(maximum_of(state))}\n"
+            f" actual {_size(state.actual)}  floor {_size(floor_of(state))}"
+            f"  maximum {_size(maximum_of(state))}\n"
         )
     if len(states) > _SHOWN:
         text.append(f"… and {len(states) - _SHOWN} more\n", style="dim")

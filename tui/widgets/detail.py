@@ -8,7 +8,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Static
 
 from balloonctl.model import BalloonState
-from balloonctl.units import format_duration, format_size
+from balloonctl.units import format_duration, format_exact, format_size, format_size_aligned
 from tui.fleetview import hint_text, reason
 from tui.history import Ring, VmHistory
 from tui.targets import floor_of, maximum_of
@@ -26,7 +26,9 @@ def _flag(value: bool | None) -> str:
 
 def describe(state: BalloonState) -> Text:
     """The VM's facts, a few short lines (each wraps in a narrow pane, none is cut)."""
-    size = format_size
+    def size(value: int | None) -> str:
+        return format_exact(value, with_bytes=False)
+
     text = Text()
     text.append(state.name, style="bold")
     text.append(f"  {state.status.value}  ")
@@ -110,7 +112,7 @@ class DetailPane(VerticalScroll):
             ring: Ring = getattr(history, series)
             values = ring.values()
             latest = values[-1] if values else float("nan")
-            shown = "-" if latest != latest else format_size(int(latest), compact=True)
+            shown = "-" if latest != latest else format_size_aligned(int(latest))
             self._labels[series].update(f"{series} {shown}", layout=False)
             self._sparks[series].show(values, scale)
         events = Text()
