@@ -292,3 +292,22 @@ def test_socket_files_with_control_characters_in_their_names(tmp_path: Path) -> 
     with pytest.raises(UnknownVM) as info:
         Inventory(scan_dir(d)).get("nope")
     assert str(info.value).isprintable()  # ...and escaped where they are printed
+
+
+def test_a_rescan_finds_sockets_that_appeared_with_the_configs_settings(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    d = touch(tmp_path / "run", "web-1.qmp")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[defaults]\nmin = "512M"\n[vm.web-2]\nmax = "3G"\n')
+    inv = Inventory.load(directory=str(d), config=cfg, env=env)
+    assert [r.name for r in inv.rescan()] == ["web-1"]
+    touch(d, "web-2.qmp", "web-2.qga", "db.sock")
+    found = {r.name: r for r in inv.rescan()}
+    assert sorted(found) == ["db", "web-1", "web-2"]
+    assert found["web-2"].qga == str(d / "web-2.qga")
+    assert found["web-2"].minimum == 512 * 2**20 and found["web-2"].maximum == 3 * 2**30
+    assert [r.name for r in inv.rescan(["web-*"])] == ["web-1", "web-2"]
+    assert inv.rescan(["nothing"]) == []
+    # Without a directory there is nothing to rescan: its own VMs only.
+    assert [r.name for r in Inventory.load(qmp=["/run/x.qmp"], env=env).rescan()] == ["x"]

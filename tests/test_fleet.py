@@ -312,3 +312,27 @@ def test_the_library_layer_imports_no_cli_tui_or_http_packages() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == ""
+
+
+async def test_discovered_vms_join_the_next_snapshot_and_a_failing_discover_adds_none(
+    fake_vm_factory: Any,
+) -> None:
+    vm1 = await fake_vm_factory("vm1")
+    found: list[VmRef] = refs(vm1)
+    broken = False
+
+    def discover() -> list[VmRef]:
+        if broken:
+            raise OSError("the directory went away")
+        return found
+
+    async with Fleet(refs(vm1), discover=discover) as fleet:
+        assert [s.name for s in await fleet.snapshot()] == ["vm1"]
+        vm2 = await fake_vm_factory("vm2", ram=GiB)
+        found = refs(vm1, vm2)
+        states = {s.name: s for s in await fleet.snapshot()}
+        assert list(states) == ["vm1", "vm2"] and fleet.names == ["vm1", "vm2"]
+        assert states["vm2"].reachable and states["vm2"].guest_ram == GiB
+        broken = True
+        each = [s.name async for s in fleet.snapshot_each()]
+        assert sorted(each) == ["vm1", "vm2"]  # nothing lost, nothing added

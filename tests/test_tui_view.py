@@ -38,7 +38,7 @@ def test_swap_rates_are_bytes_per_second_between_the_guests_reports() -> None:
     assert (row.swap_in_rate, row.swap_out_rate) == (4 * MiB, 12 * MiB)
     cells = dict(zip(["sel", *(c.key for c in COLUMNS)], row_cells(row, False), strict=True))
     swap = cells["swap"]
-    assert isinstance(swap, Text) and swap.plain == "4M/12M"
+    assert isinstance(swap, Text) and swap.plain == "4.00M/12.0M"
     assert len(swap.plain) <= next(c.width for c in COLUMNS if c.key == "swap")
 
 
@@ -145,7 +145,7 @@ def test_stats_older_than_the_balloons_size_are_marked_and_not_counted_beyond_it
     assert parts is not None and parts["free"] == GiB and parts["used"] == 0
     cells = dict(zip(["sel", *(c.key for c in COLUMNS)], row_cells(row, False), strict=True))
     free = cells["free"]
-    assert isinstance(free, Text) and free.plain == "1.6G" and "dim" in str(free.style)
+    assert isinstance(free, Text) and free.plain == "1.56G" and "dim" in str(free.style)
     state = cells["state"]
     assert isinstance(state, Text) and state.plain == "ok, stats outdated"
     # The guest reports again: current numbers, no mark.

@@ -18,7 +18,9 @@ from balloonctl.units import (
     SizeKind,
     TiB,
     format_duration,
+    format_exact,
     format_size,
+    format_size_aligned,
     parse_duration,
     parse_size,
     parse_target,
@@ -240,3 +242,24 @@ def test_empty_and_whitespace_only_are_told_apart(parse: Any, what: str) -> None
         with pytest.raises(SizeError) as info:
             parse(blank)
         assert str(info.value).startswith(f"invalid {what} {blank!r}: whitespace only;")
+
+
+def test_aligned_sizes_have_three_significant_digits_and_fit_five_cells() -> None:
+    cases = {
+        0: "0B", 1023: "1023B", 1024: "1.00K", 2 * GiB: "2.00G", 7 * GiB // 4: "1.75G",
+        237 * MiB: "237M", 12 * GiB: "12.0G", 100 * MiB: "100M",
+        # 9.996 GiB rounds to two decimals as 10.00: one decimal fewer, not six characters
+        int(9.996 * GiB): "10.0G", 1023 * MiB: "1023M", -256 * MiB: "-256M",
+    }
+    for n, text in cases.items():
+        assert format_size_aligned(n) == text, n
+        assert len(text.lstrip("-")) <= 5
+    assert format_size_aligned(None) == "-"
+
+
+def test_exact_sizes_show_the_bytes_and_a_human_size_that_is_not_rounded() -> None:
+    assert format_exact(7 * GiB // 4) == "1.75 GiB (1879048192 bytes)"
+    assert format_exact(1800 * MiB) == "1800 MiB (1887436800 bytes)"  # 1.7578125 GiB
+    assert format_exact(GiB + 1) == "~1 GiB (1073741825 bytes)"  # marked as rounded
+    assert format_exact(512) == "512 B"
+    assert parse_size(format_exact(7 * GiB // 4).split(" (")[0].replace(" ", "")) == 7 * GiB // 4

@@ -3,7 +3,7 @@ Textual is imported only when it opens."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -17,12 +17,15 @@ from balloonctl.units import parse_size
 __all__ = ["dashboard", "open_dashboard"]
 
 
-def open_dashboard(refs: Sequence[VmRef], *, hold: bool, **opts: Any) -> None:
+def open_dashboard(refs: Sequence[VmRef], *, hold: bool,
+                   discover: Callable[[], Iterable[VmRef]] | None = None, **opts: Any) -> None:
     try:
         from tui.app import run_dashboard
     except ImportError as exc:
         raise BalloonError(f"the dashboard is not available: {exc}") from None
-    run_dashboard(settings().fleet(refs, hold=hold), **opts)
+    fleet = settings().fleet(refs, hold=hold)
+    fleet.discover = discover  # sockets that appear in the watched directory become rows
+    run_dashboard(fleet, **opts)
 
 
 def dashboard(
@@ -42,7 +45,9 @@ def dashboard(
 ) -> None:
     """Open the live dashboard on the selected VMs (alias: top)."""
     every = duration(interval, "--interval") or 1.0
+    patterns = [] if all_vms else list(vms or [])
     open_dashboard(settings().select(vms or [], all_vms=all_vms), hold=hold, interval=every,
-                    step=parse_size(step_size))
+                   step=parse_size(step_size),
+                   discover=lambda: settings().inventory().rescan(patterns))
 
 
