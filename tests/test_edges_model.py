@@ -86,7 +86,7 @@ def test_force_reaches_the_hard_minimum_but_never_below_it() -> None:
     ram = 4 * GiB
     assert validate_target(128 * MiB, guest_ram=ram, force=True) == 128 * MiB
     for below in (128 * MiB - 1, 127 * MiB, 1):
-        with pytest.raises(UnsafeTarget, match="hard minimum.*even with --force"):
+        with pytest.raises(UnsafeTarget, match=r"hard minimum.*even with --force"):
             validate_target(below, guest_ram=ram, force=True)
 
 
@@ -444,3 +444,67 @@ def test_durations_at_small_and_large_units(text: str, seconds: float) -> None:
 def test_not_durations(text: str) -> None:
     with pytest.raises(SizeError, match=f"invalid duration {text!r}"):
         parse_duration(text)
+
+
+# --- what the messages say (one line an operator reads; ./dev mutate found them unchecked) ----
+
+
+def test_refusals_name_the_vm_the_target_and_the_limit() -> None:
+    cases = [
+        (dict(target=3 * GiB, guest_ram=2 * GiB), "target 3 GiB is above guest RAM (2 GiB)"),
+        (dict(target=100 * MiB, guest_ram=2 * GiB, force=True),
+         "target 100 MiB is below the hard minimum 128 MiB, even with --force"),
+        (dict(target=200 * MiB, guest_ram=2 * GiB),
+         "target 200 MiB is below the safe floor 256 MiB (use --force to go lower)"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(UnsafeTarget) as info:
+            validate_target(vm="web-1", **kwargs)  # type: ignore[arg-type]
+        assert str(info.value) == f"web-1: {message}"
+        assert info.value.vm == "web-1" and info.value.target == kwargs["target"]
+
+
+def test_guest_stats_age_defaults_to_now() -> None:
+    import time
+
+    age = GuestStats(last_update=int(time.time()) - 5).age()
+    assert age is not None and 4.0 <= age <= 7.0
+
+
+def test_every_device_feature_survives_json() -> None:
+    for features in (DeviceFeatures(True, True, True), DeviceFeatures(False, False, False),
+                     DeviceFeatures(None, True, False)):
+        back = BalloonState.from_json(healthy(features=features).to_json())
+        assert back.features == features
+
+
+def test_size_error_messages() -> None:
+    with pytest.raises(SizeError) as info:
+        parse_size("lots")
+    assert str(info.value) == ("invalid size 'lots': expected a positive number with an "
+                               "optional unit (e.g. 1073741824, 512M, 512MiB, 1.5G, 2GB)")
+    with pytest.raises(SizeError) as info:
+        parse_size("1X")
+    assert str(info.value) == ("invalid size '1X': unknown unit 'X' "
+                               "(use B, K, M, G, T, P, KiB..PiB or KB..PB)")
+    with pytest.raises(SizeError) as info:
+        parse_target("5%%")
+    assert str(info.value) == "invalid size '5%%': expected a percentage such as 75%"
+    with pytest.raises(SizeError) as info:
+        parse_target("-1G").resolve(guest_ram=2 * GiB, current=GiB)
+    assert str(info.value) == "target '-1G' from 1 GiB would be zero"
+
+
+def test_a_relative_target_may_leave_one_byte() -> None:
+    assert parse_target(f"-{GiB - 1}").resolve(guest_ram=2 * GiB, current=GiB) == 1
+
+
+@pytest.mark.parametrize("text", ["75%", "1G", "+256M", "-1K", "100%"])
+def test_a_spec_keeps_what_was_typed(text: str) -> None:
+    assert parse_target(f" {text} ").text == text
+
+
+def test_sizes_of_a_hundred_units_or_more_have_no_decimals() -> None:
+    assert format_size(100 * MiB + MiB // 4) == "100 MiB"
+    assert format_size(999 * MiB + MiB // 2, compact=True) == "1000M"
+    assert format_size(99 * MiB + MiB // 4) == "99.2 MiB"
