@@ -29,6 +29,20 @@ BALLOONCTL = str(Path(sys.executable).with_name("balloonctl"))
 FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB}
 
 
+def on_vm_loop(vm: FakeVM, fn: Any) -> None:
+    """Run ``fn()`` on the fake VM's loop and wait until it has run."""
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            fn()
+        finally:
+            done.set()
+
+    vm.call_threadsafe(call)
+    assert done.wait(10)
+
+
 @pytest.fixture
 def env(fake_dir: Path, tmp_path: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("_BALLOONCTL")}
@@ -256,7 +270,7 @@ def test_5_a_configured_min_below_a_tenth_of_ram(env: dict[str, str], start: Any
 
 def test_6_timeout_of_a_stuck_balloon(env: dict[str, str], start: Any) -> None:
     vm = start("vm1")
-    vm.call_threadsafe(lambda: setattr(vm.faults, "stuck", True))
+    on_vm_loop(vm, lambda: setattr(vm.faults, "stuck", True))
     started = time.monotonic()
     r = run(env, "set", "vm1", "1G", "--wait", "--timeout", "2s")
     assert r.returncode == ExitCode.TIMEOUT
