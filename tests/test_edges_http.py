@@ -34,6 +34,9 @@ STATUS: list[tuple[BalloonError, int]] = [
     (errors.QMPTimeout("no reply", vm="vm1"), 504),
     (errors.WaitTimeout("too slow", vm="vm1"), 504),
     (errors.StuckBalloon("stuck", vm="vm1"), 504),
+    (errors.HostReadError("host proc/meminfo: no MemTotal", path="proc/meminfo"), 503),
+    (errors.JournalError("journal j: cannot write: ENOSPC", path="j"), 503),
+    (errors.StateFileError("s", "not JSON"), 503),
 ]
 
 
