@@ -21,6 +21,7 @@ __all__ = [
     "BalloonState",
     "DeviceFeatures",
     "GuestStats",
+    "HintMethod",
     "HintMode",
     "HintState",
     "VmRef",
@@ -96,6 +97,13 @@ class HintMode(enum.StrEnum):
     AGENT = "agent"  # stock QEMU: the guest agent drops clean page cache before inflating
     UNSUPPORTED = "unsupported"  # neither
     UNKNOWN = "unknown"  # not probed yet (or the VM is unreachable)
+
+
+class HintMethod(enum.StrEnum):
+    """How the guest agent reclaims page cache for the agent-mode hint."""
+
+    RECLAIM = "reclaim"  # cgroup v2 memory.reclaim: as much as the inflation needs
+    DROP = "drop"  # echo 1 > /proc/sys/vm/drop_caches: the whole clean page cache
 
 
 class VmStatus(enum.StrEnum):
