@@ -41,6 +41,8 @@ def describe(state: BalloonState) -> Text:
     text.append(f"hint {hint.mode.value}")
     if hint.mode.value in ("agent", "device"):
         text.append(" on" if hint.enabled else " off")
+    if hint.method is not None:
+        text.append(f", method {hint.method.value}")
     if hint.detail:
         text.append(f" ({hint.detail})", style="dim")
     polling = state.polling_interval
