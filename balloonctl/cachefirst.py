@@ -76,6 +76,8 @@ def _describe(method: HintMethod | None, why: str, remembered: dict[str, Any]) -
         text += f"; last {verb} failed: {remembered['hint_error']}"
     elif isinstance(released, int):
         text += f"; last {verb} released {format_size(released)}"
+        if remembered.get("hint_result") == "short":
+            text += " (less than asked: no more clean page cache to reclaim)"
     return text
 
 
@@ -166,6 +168,7 @@ class CacheFirst:
         }
         if measured:
             values.update(hint_released=report.released, hint_at=time.time(),
+                          hint_result=report.result,
                           hint_error="drop_caches refused the write"
                           if report.result == "failed" else None)
         try:

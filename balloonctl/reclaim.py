@@ -12,7 +12,10 @@ The script reclaims as much clean page cache as an inflation needs, the way the 
 2. otherwise ``sync; echo 1 > /proc/sys/vm/drop_caches``, which empties the whole cache.
 
 Whether the kernel takes ``swappiness=0`` is found by writing ``0 swappiness=0`` (reclaims
-nothing; EINVAL on 6.1) so that no shell has to report errno. ``/proc/meminfo`` is read
+nothing; EINVAL on 6.1) so that no shell has to report errno. Without the key the request
+is capped at the file pages (``Active(file) + Inactive(file)``) less 16 MiB, so that a
+guest with swap does not swap anonymous memory to make up the rest (the RFC reclaims clean
+cache only); a capped request counts as ``short``. ``/proc/meminfo`` is read
 before and after, inside the same process, so what was released is known at once. With
 ``N = 0`` the script only finds the method (it reclaims or drops nothing then).
 
@@ -44,10 +47,12 @@ RECLAIM_SCRIPT: Final = r"""
 n=$1; may_mount=$2; g=/sys/fs/cgroup; r=$g/memory.reclaim
 method=drop why=; mounted=0; result=ok; key=
 mem() {
+  c=; b=; f=; af=0; inf=0
   while read -r k v u; do
-    case $k in Cached:) echo "${1}_cached=$v" ;; Buffers:) echo "${1}_buffers=$v" ;;
-      MemFree:) echo "${1}_free=$v" ;; esac
+    case $k in Cached:) c=$v ;; Buffers:) b=$v ;; MemFree:) f=$v ;;
+      'Active(file):') af=$v ;; 'Inactive(file):') inf=$v ;; esac
   done </proc/meminfo
+  echo "${1}_cached=$c"; echo "${1}_buffers=$b"; echo "${1}_free=$f"
 }
 fstype() {
   t=
@@ -58,15 +63,20 @@ echo "balloonctl-reclaim=1"
 mem before
 t=$(fstype)
 if [ -z "$t" ] && [ "$may_mount" = 1 ]; then
-  if mount -t cgroup2 none "$g" 2>/dev/null; then mounted=1; t=cgroup2; fi
+  if mount -t cgroup2 none "$g" 2>/dev/null; then mounted=1; t=cgroup2; else t=-; fi
 fi
 if [ -z "$t" ]; then why=no-cgroup2
+elif [ "$t" = - ]; then why=mount-failed
 elif [ "$t" != cgroup2 ]; then why=not-cgroup2
 elif [ ! -e "$r" ]; then why=no-memory-reclaim
 elif echo "0 swappiness=0" 2>/dev/null >"$r"; then method=reclaim why=file-pages
   key=" swappiness=0"
 elif echo 0 2>/dev/null >"$r"; then method=reclaim why=no-swappiness-key
 else why=reclaim-refused
+fi
+if [ "$method" = reclaim ] && [ -z "$key" ]; then
+  cap=$(( (af + inf - 16384) * 1024 ))
+  if [ "$n" -gt 0 ] && [ "$n" -gt "$cap" ]; then n=$cap; result=short; fi
 fi
 if [ "$n" -gt 0 ]; then
   if [ "$method" = reclaim ]; then
@@ -91,6 +101,7 @@ _WHY: Final = {
         "go too)",
     (HintMethod.DROP, "no-cgroup2"):
         "cgroup2 not mounted at /sys/fs/cgroup (set hint_mount_cgroup to mount it)",
+    (HintMethod.DROP, "mount-failed"): "mounting cgroup2 at /sys/fs/cgroup failed",
     (HintMethod.DROP, "not-cgroup2"):
         "/sys/fs/cgroup holds another file system (cgroup v1?), not cgroup2",
     (HintMethod.DROP, "no-memory-reclaim"):

@@ -26,6 +26,7 @@ from balloonctl.fake.guest import GuestSim
 from balloonctl.fake.server import JSONServer
 from balloonctl.fake.wire import QMPError, check_args
 from balloonctl.reclaim import RECLAIM_MARKER
+from balloonctl.units import MiB
 
 __all__ = ["QGA_VERSION", "AgentServer", "GuestKernel", "run_command"]
 
@@ -33,6 +34,8 @@ QGA_VERSION = "7.2.22"
 
 _SHELLS = frozenset({"sh", "bash", "dash"})
 _DROP_RE = re.compile(r"(?:echo|printf)\s+['\"]?([0-9])['\"]?[^;&]*drop_caches")
+# The reclaim script asks a kernel without swappiness=0 for the file pages less this.
+_FILE_MARGIN = 16 * MiB
 _SPLIT_RE = re.compile(r"\s*(?:;|&&|\|\||\n)\s*")
 
 
@@ -74,6 +77,8 @@ def _reclaim_script(args: list[str], guest: GuestSim, kernel: GuestKernel,
     else:
         method = "reclaim"
         why = "file-pages" if kernel.swappiness_key else "no-swappiness-key"
+    if method == "reclaim" and not kernel.swappiness_key and n > guest.cache - _FILE_MARGIN:
+        n, result = guest.cache - _FILE_MARGIN, "short"  # the script's cap: file pages only
     if n > 0:
         if method == "reclaim":
             if guest.reclaim(n, swap=not kernel.swappiness_key) < n:
