@@ -15,9 +15,13 @@ Whether the kernel takes ``swappiness=0`` is found by writing ``0 swappiness=0``
 nothing; EINVAL on 6.1) so that no shell has to report errno. Without the key the request
 is capped at the file pages (``Active(file) + Inactive(file)``) less 16 MiB, so that a
 guest with swap does not swap anonymous memory to make up the rest (the RFC reclaims clean
-cache only); a capped request counts as ``short``. ``/proc/meminfo`` is read
-before and after, inside the same process, so what was released is known at once. With
-``N = 0`` the script only finds the method (it reclaims or drops nothing then).
+cache only); a capped request counts as ``short``. The kernel reclaims in batches and
+overshoots (on 6.1: 32M took 36 MiB, 64M 65-113 MiB), so the script asks for half of what
+is still missing, at most 32 MiB at a time, reads the cache again, and repeats (at most 32
+writes) until it is within 2 MiB of the request or the kernel answers EAGAIN.
+``/proc/meminfo`` is read before and after, inside the same process, so what was released
+is known at once. With ``N = 0`` the script only finds the method (it reclaims or drops
+nothing then).
 
 It is POSIX sh (busybox ash, dash, bash) and prints ``key=value`` lines; meminfo figures
 are KiB as the kernel prints them. ``parse_reclaim_output`` is the only reader of them.
@@ -46,21 +50,23 @@ RECLAIM_MARKER: Final = "balloonctl-reclaim"
 RECLAIM_SCRIPT: Final = r"""
 n=$1; may_mount=$2; g=/sys/fs/cgroup; r=$g/memory.reclaim
 method=drop why=; mounted=0; result=ok; key=
-mem() {
+readmem() {
   c=; b=; f=; af=0; inf=0
   while read -r k v u; do
     case $k in Cached:) c=$v ;; Buffers:) b=$v ;; MemFree:) f=$v ;;
       'Active(file):') af=$v ;; 'Inactive(file):') inf=$v ;; esac
   done </proc/meminfo
-  echo "${1}_cached=$c"; echo "${1}_buffers=$b"; echo "${1}_free=$f"
 }
+show() { echo "${1}_cached=$c"; echo "${1}_buffers=$b"; echo "${1}_free=$f"; }
 fstype() {
   t=
   while read -r d p ty o; do [ "$p" = "$g" ] && t=$ty; done </proc/mounts
   echo "$t"
 }
 echo "balloonctl-reclaim=1"
-mem before
+readmem
+show before
+c0=$((c + b))
 t=$(fstype)
 if [ -z "$t" ] && [ "$may_mount" = 1 ]; then
   if mount -t cgroup2 none "$g" 2>/dev/null; then mounted=1; t=cgroup2; else t=-; fi
@@ -80,13 +86,24 @@ if [ "$method" = reclaim ] && [ -z "$key" ]; then
 fi
 if [ "$n" -gt 0 ]; then
   if [ "$method" = reclaim ]; then
-    echo "$n$key" 2>/dev/null >"$r" || result=short
+    i=0
+    while [ $i -lt 32 ]; do
+      left=$(( n - (c0 - c - b) * 1024 ))
+      [ "$left" -le 2097152 ] && break
+      ask=$(( left / 2 ))
+      [ "$ask" -lt 1048576 ] && ask=1048576
+      [ "$ask" -gt 33554432 ] && ask=33554432
+      echo "$ask$key" 2>/dev/null >"$r" || { result=short; break; }
+      readmem
+      i=$((i + 1))
+    done
   else
     sync
     echo 1 2>/dev/null >/proc/sys/vm/drop_caches || result=failed
   fi
 fi
-mem after
+readmem
+show after
 echo "method=$method"
 echo "why=$why"
 echo "mounted=$mounted"
