@@ -20,14 +20,16 @@ and the step before an inflation in ``set_target``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from balloonctl.errors import AgentError, AgentExecBlocked, HintUnsupported
 from balloonctl.model import HintMethod, HintMode, HintState
-from balloonctl.qga import QgaClient
+from balloonctl.qga import ExecResult, QgaClient
 from balloonctl.reclaim import ReclaimReport, explain, parse_reclaim_output, reclaim_argv
 from balloonctl.units import format_size
 
@@ -57,6 +59,8 @@ HINT_BUDGET: Final = 5.0
 # How long a guest-agent probe's answer (guest-exec allowed, or refused) is trusted; an
 # unreachable agent is asked again at the next probe.
 QGA_RECHECK: Final = 30.0
+# How often the reclaim script's end is looked for (as QgaClient.exec does).
+_EXEC_POLL: Final = 0.05
 
 
 def _describe(method: HintMethod | None, why: str, remembered: dict[str, Any]) -> str:
@@ -143,18 +147,10 @@ class CacheFirst:
                 printed something of the wrong shape.
         """
         async with self._qga(probe=probe) as qga:
-            try:
-                wait = min(self.budget(), qga.timeout) if probe else self.budget()
-                result = await qga.exec("/bin/sh", reclaim_argv(n, mount_cgroup=mount),
-                                        timeout=wait)
-            except (KeyError, TypeError, ValueError) as exc:  # a reply of the wrong shape
-                raise AgentError(f"the guest agent sent a bad guest-exec reply: {exc!r}",
-                                 vm=self.vm) from exc
-        if result.exitcode != 0:
-            err = result.stderr.decode(errors="replace").strip()[:200]
-            raise AgentError(f"the guest's cache-reclaim script exited {result.exitcode}"
-                             + (f": {err}" if err else ""), vm=self.vm)
-        return parse_reclaim_output(result.stdout, vm=self.vm)
+            wait = min(self.budget(), qga.timeout) if probe else self.budget()
+            result = await qga.exec("/bin/sh", reclaim_argv(n, mount_cgroup=mount),
+                                    timeout=wait)
+        return self._parse(result)
 
     def _may_mount(self, enabled: bool) -> bool:
         return enabled and self.client.hint_mount_cgroup
@@ -281,49 +277,94 @@ class CacheFirst:
         await self.targets.remember(hint=bool(on))
         return await self.status()
 
-    async def before_inflating(self, n: int) -> None:
-        """``set_target``'s step before an inflation of ``n`` bytes: with the agent-mode
-        hint on, have the guest reclaim that much clean page cache (one guest-exec; see
-        ``balloonctl.reclaim``) and record the method and what was released.
+    @contextlib.asynccontextmanager
+    async def reclaiming(self, n: int) -> AsyncIterator[None]:
+        """``set_target`` sends an inflation of ``n`` bytes inside this. With the agent-mode
+        hint on, the guest starts reclaiming that much clean page cache (the reclaim script,
+        one guest-exec: see ``balloonctl.reclaim``) before the body runs, and runs alongside
+        the balloon, as the RFC's per-page reclaim does; on the way out its report is read
+        and the method and what was released are recorded.
 
-        Everything the guest agent does here (the exec-allowed probe, connecting, the
-        script) fits in ``budget()`` seconds; a failure or a timeout is recorded in the
-        hint state, never raised: the inflation goes on.
+        Everything the guest agent does here fits in ``budget()`` seconds, before and after
+        the body together: a slow or broken agent delays the balloon command by at most
+        that, and its failure is recorded in the hint state, never raised.
 
         Raises:
-            NoBalloonDevice, and what ``BalloonClient.execute`` raises (QMP only).
+            NoBalloonDevice, and what ``BalloonClient.execute`` raises (QMP only, on the
+            way in; the body's own errors pass through).
         """
         client = self.client
         if client.qga is None or n <= 0:
+            yield
             return
         remembered = await self.targets.remembered()
-        if not self.targets.hint_on(remembered):
+        if (not self.targets.hint_on(remembered)
+                or HINT_PROPERTY in await client.device_properties()):
+            yield  # hint off, or device mode: the device reclaims for each page itself
             return
-        if HINT_PROPERTY in await client.device_properties():
-            return  # device mode: the device reclaims for each page itself
         mount = self._may_mount(True)
         budget = self.budget()
+        deadline = asyncio.get_running_loop().time() + budget
+        qga = self._qga()
+        pid: int | None = None
         error: AgentError | None = None
-        report: ReclaimReport | None = None
         try:
-            async with asyncio.timeout(budget):
-                if await self._qga_refusal(fresh=False) is not None:
-                    return  # unsupported right now: hint status says why
-                report = await self._run_script(n, mount=mount)
-        except TimeoutError:
-            error = AgentError(f"the guest agent did not finish reclaiming page cache within "
-                               f"{budget:g}s; the inflation went ahead", vm=self.vm)
-        except AgentError as exc:
-            error = exc
+            try:
+                async with asyncio.timeout_at(deadline):
+                    pid = await qga.exec_start("/bin/sh", reclaim_argv(n, mount_cgroup=mount))
+            except TimeoutError:
+                error = self._too_slow(budget)
+            except AgentError as exc:
+                error = exc
+            yield
+            report: ReclaimReport | None = None
+            if pid is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        report = await self._report(qga, pid)
+                except TimeoutError:
+                    error = self._too_slow(budget)
+                except AgentError as exc:
+                    error = exc
+        finally:
+            await qga.close()
         if report is not None:
             await self._remember_report(report, mount=mount, measured=True,
                                         remembered=remembered)
             return
         assert error is not None
+        if isinstance(error, AgentExecBlocked):
+            client.run.qga_checked, client.run.qga_error = time.monotonic(), error
+        else:
+            client.run.qga_checked = None  # probe the agent afresh next time
         log.warning("%s: cache-first reclaim failed: %s", client.name, error)
-        client.run.qga_checked = None  # probe the agent afresh next time
         try:
             await self.targets.remember(hint_error=str(error), hint_released=None,
                                         hint_at=time.time())
         except OSError as exc:
             log.warning("%s: cannot record the cache-first outcome: %s", client.name, exc)
+
+    def _too_slow(self, budget: float) -> AgentError:
+        return AgentError(f"the guest agent did not finish reclaiming page cache within "
+                          f"{budget:g}s; the inflation went ahead", vm=self.vm)
+
+    async def _report(self, qga: QgaClient, pid: int) -> ReclaimReport:
+        """Wait for the reclaim script (polled like ``QgaClient.exec``) and parse its report.
+
+        Raises:
+            AgentError: the agent failed, the script exited non-zero or printed something of
+                the wrong shape.
+        """
+        while True:
+            result = await qga.exec_status(pid)
+            if result is not None:
+                return self._parse(result)
+            await asyncio.sleep(_EXEC_POLL)
+
+    def _parse(self, result: ExecResult) -> ReclaimReport:
+        """Raises: AgentError: non-zero exit, or output of the wrong shape."""
+        if result.exitcode != 0:
+            err = result.stderr.decode(errors="replace").strip()[:200]
+            raise AgentError(f"the guest's cache-reclaim script exited {result.exitcode}"
+                             + (f": {err}" if err else ""), vm=self.vm)
+        return parse_reclaim_output(result.stdout, vm=self.vm)

@@ -391,8 +391,8 @@ class BalloonClient:
 
         Nothing is sent when the target is unsafe or ``dry_run`` is set. With the
         agent-mode cache-first hint on, an inflation first has the guest reclaim as much clean
-        page cache as it needs (``CacheFirst.before_inflating``: bounded in time; a failure
-        is recorded in the hint state, and the inflation goes on).
+        page cache as it needs, alongside the inflation (``CacheFirst.reclaiming``: bounded
+        in time; a failure is recorded in the hint state, and the inflation goes on).
 
         Raises:
             SizeError, UnsafeTarget: see ``resolve_target`` (nothing was sent).
@@ -404,9 +404,8 @@ class BalloonClient:
         # QEMU answers DeviceNotActive here when there is no balloon; query first so a VM
         # without one fails before the guest agent does any work.
         actual = await self.query_actual()
-        if target < actual:
-            await self.cache_first.before_inflating(actual - target)
-        await self.execute("balloon", {"value": target})
+        async with self.cache_first.reclaiming(actual - target):
+            await self.execute("balloon", {"value": target})
         await self.targets.remember(target=target, target_at=time.time(), target_reached=False)
         return target
 

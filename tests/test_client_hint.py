@@ -117,6 +117,30 @@ async def test_agent_mode_reclaim_adds_one_guest_exec_and_reads_no_stats(
     assert await client.polling_interval() == 0
 
 
+async def test_the_guest_reclaims_while_the_balloon_inflates(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
+    # The script is started before the balloon command and read after it, so its run time
+    # in the guest overlaps the inflation instead of adding to it.
+    sent: list[str] = []
+
+    def trace(_peer: str, direction: str, msg: Any) -> None:
+        if direction == "->":
+            sent.append(str(msg.get("execute")))
+
+    async with client_for(fake_vm, agent=True, trace=trace) as client:
+        await client.set_hint(True)
+        fake_vm.guest.read_file(600 * MiB)
+        assert fake_vm.qga is not None
+        fake_vm.qga.exec_duration = 0.3  # the script "runs" 0.3 s in the guest
+        sent.clear()
+        await client.set_target(GiB + 512 * MiB)
+        state = await client.hint_status()
+    assert state.released is not None and abs(state.released - 512 * MiB) <= 4 * MiB
+    last_status = len(sent) - 1 - sent[::-1].index("guest-exec-status")
+    assert sent.index("guest-exec") < sent.index("balloon") < last_status
+
+
 async def test_agent_mode_asking_more_than_the_cache_reclaims_what_there_is(
     fake_vm: FakeVM, client_for: ClientFactory,
 ) -> None:
