@@ -14,8 +14,12 @@ below it.
 The balloon driver allocates pages like any other allocation (``__GFP_NORETRY``): the
 kernel hands out free pages while free memory is above the low watermark, then reclaims
 clean page cache, then swaps anonymous memory, and finally gives up near the min
-watermark: the balloon stops short of its target. With the cache-first hint the guest
-reclaims clean cache before it touches free memory.
+watermark: the balloon stops short of its target. With the cache-first hint (the RFC's
+``__GFP_FREE_CACHE``) each balloon page comes from clean cache first, as long as there is
+cache above a small hot minimum (``MIN_CACHE``), and free memory is left alone until then.
+
+``reclaim`` is the root cgroup's ``memory.reclaim``: clean cache first (down to the same
+minimum), then, when swapping is allowed, anonymous memory.
 
 No I/O, no asyncio: the fake VM drives this from its timer, tests may call it directly.
 """
@@ -27,9 +31,12 @@ from typing import Final
 
 from balloonctl.units import GiB, KiB, MiB
 
-__all__ = ["PAGE", "WORKLOADS", "GuestSim"]
+__all__ = ["MIN_CACHE", "PAGE", "WORKLOADS", "GuestSim"]
 
 PAGE: Final = 4 * KiB
+# Page cache that reclaim leaves in place: the hot pages of running programs and the like
+# (a real guest keeps some megabytes; the busybox test guest about 8 MiB).
+MIN_CACHE: Final = 8 * MiB
 WORKLOADS: Final = ("idle", "compile")
 
 # How much simulated time one workload step stands for (seconds).
@@ -245,6 +252,18 @@ class GuestSim:
         self.free += released
         return released
 
+    def reclaim(self, n: int, *, swap: bool) -> int:
+        """``echo N > /sys/fs/cgroup/memory.reclaim``: reclaim up to ``n`` bytes, clean page
+        cache first (down to ``MIN_CACHE``), then with ``swap`` anonymous memory (a 6.1
+        kernel without ``swappiness=0``). Reclaimed pages become free. Returns the bytes
+        reclaimed: less than ``n`` is the kernel's EAGAIN."""
+        n = max(0, n)
+        got = self._reclaim_cache(n, keep=MIN_CACHE)
+        if swap:
+            got += self._swap_out(n - got)
+        self.free += got
+        return got
+
     def swap_in_some(self, n: int) -> int:
         """Fault swapped pages back in while there is free memory for them."""
         n = min(max(0, n), self.swap_used, max(0, self.free - self.low_watermark))
@@ -280,11 +299,11 @@ class GuestSim:
 
     def _inflate(self, n: int) -> int:
         if self.hint:
-            got = self._reclaim_cache(n)
+            got = self._reclaim_cache(n, keep=MIN_CACHE)
             got += self._take_free(n - got, self.low_watermark)
         else:
             got = self._take_free(n, self.low_watermark)
-            got += self._reclaim_cache(n - got)
+        got += self._reclaim_cache(n - got)
         got += self._swap_out(n - got)
         got += self._take_free(n - got, self.min_watermark)
         # The driver allocates whole pages.
@@ -307,10 +326,10 @@ class GuestSim:
         if self.untouched > self.free:  # recently freed (touched) pages went first
             self.untouched = self.free
 
-    def _reclaim_cache(self, n: int) -> int:
+    def _reclaim_cache(self, n: int, *, keep: int = 0) -> int:
         if n <= 0:
             return 0
-        x = min(n, self.cache)
+        x = min(n, max(0, self.cache - keep))
         self.cache -= x
         return x
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from balloonctl.fake.agent_server import AgentServer
+from balloonctl.fake.agent_server import AgentServer, GuestKernel
 from balloonctl.fake.device import BalloonDevice
 from balloonctl.fake.faults import Faults
 from balloonctl.fake.guest import WORKLOAD_QUANTUM, GuestSim
@@ -32,7 +32,9 @@ class FakeVM(Service):
     (served only with ``agent=True``). ``guest`` is the simulated memory, ``faults`` the
     fault switches; both may be changed while the VM runs (from the VM's event loop).
     ``image`` names the guest's disk image: a simulated host's KSM merges memory between
-    guests of the same image.
+    guests of the same image. ``qga_memory_reclaim=False`` gives the guest a kernel without
+    cgroup v2 ``memory.reclaim`` (before 5.19), ``qga_cgroup2=False`` a guest without cgroup2
+    mounted (the cache-reclaim script may mount it); ``kernel`` holds both while it runs.
     """
 
     def __init__(
@@ -47,6 +49,8 @@ class FakeVM(Service):
         hint_device: bool = False,
         agent: bool = True,
         agent_exec: bool = True,
+        qga_memory_reclaim: bool = True,
+        qga_cgroup2: bool = True,
         rate: int = 512 * MiB,
         deflate_on_oom: bool = False,
         free_page_reporting: bool = False,
@@ -67,6 +71,7 @@ class FakeVM(Service):
         self.agent = agent
         self.image = image
         self.faults = Faults()
+        self.kernel = GuestKernel(memory_reclaim=qga_memory_reclaim, cgroup2_mounted=qga_cgroup2)
         self.guest = GuestSim(ram, deflate_on_oom=deflate_on_oom, workload=workload, seed=seed)
         self.device: BalloonDevice | None = None
         if balloon:
@@ -88,7 +93,8 @@ class FakeVM(Service):
         self.qga: AgentServer | None = None
         if agent:
             self.qga = AgentServer(
-                self.qga_path, self.guest, self.faults, exec_enabled=agent_exec, clock=self._now
+                self.qga_path, self.guest, self.faults, exec_enabled=agent_exec,
+                kernel=self.kernel, clock=self._now,
             )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.running = False
