@@ -15,6 +15,7 @@ from balloonctl.fake.guest import WORKLOAD_QUANTUM, GuestSim
 from balloonctl.fake.machine import Machine
 from balloonctl.fake.qmp_server import QMPServer
 from balloonctl.fake.service import Service
+from balloonctl.fake.simclock import SimClock
 from balloonctl.fake.ticker import Ticker
 from balloonctl.fake.wire import event
 from balloonctl.units import GiB, MiB
@@ -32,7 +33,8 @@ class FakeVM(Service):
     (served only with ``agent=True``). ``guest`` is the simulated memory, ``faults`` the
     fault switches; both may be changed while the VM runs (from the VM's event loop).
     ``image`` names the guest's disk image: a simulated host's KSM merges memory between
-    guests of the same image.
+    guests of the same image. ``clock`` runs the VM on simulated time (a fleet passes its
+    own): its timer then advances the clock (see ``SimClock``).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class FakeVM(Service):
         tick: float = 0.05,
         seed: int = 0,
         image: str = "debian-12",
+        clock: SimClock | None = None,
     ) -> None:
         """Raises: ValueError: an unknown workload or an impossible memory size."""
         self.name = name
@@ -66,6 +69,7 @@ class FakeVM(Service):
         self.tick = tick
         self.agent = agent
         self.image = image
+        self.clock = clock
         self.faults = Faults()
         self.guest = GuestSim(ram, deflate_on_oom=deflate_on_oom, workload=workload, seed=seed)
         self.device: BalloonDevice | None = None
@@ -130,7 +134,7 @@ class FakeVM(Service):
             await self.qmp.stop()
             raise
         if self._ticker is None:
-            self._ticker = Ticker(self.tick)
+            self._ticker = Ticker(self.tick, clock=self.clock)
             self._own_ticker = True
         self._ticker.add(self)
         self.running = True
@@ -180,6 +184,8 @@ class FakeVM(Service):
     # --- the timer ---------------------------------------------------------------------
 
     def _now(self) -> float:
+        if self.clock is not None:
+            return self.clock.now()
         loop = self.loop
         return loop.time() if loop is not None else time.monotonic()
 
