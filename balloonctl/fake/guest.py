@@ -17,15 +17,15 @@ clean page cache, then swaps anonymous memory, and finally gives up near the min
 watermark: the balloon stops short of its target. With the cache-first hint the guest
 reclaims clean cache before it touches free memory.
 
-The compile workload does work, and memory pressure slows it down (``workload_step``):
-every step it is not stalled is ``WORKLOAD_QUANTUM`` seconds of work done. A compiler job
-reads its sources; the share of them found in the page cache is ``cache / tree`` (reclaim
-does not know which pages the build needs again), the rest is read from disk at
-``DISK_READ_RATE``; every byte swapped in or out costs ``1 / SWAP_RATE`` seconds. Those
-seconds stall the workload: the next steps do nothing (no work, no memory activity) until
-they are paid. With ``work_goal`` set, the workload stops (goes idle) once that much work is
-done, and ``work_finished`` is the guest time it took, stalls included: kernbench's elapsed
-time.
+The compile workload does work, and memory pressure costs it time (``workload_step``).
+Its memory activity follows the clock (jobs start and end on schedule; a job waiting for
+the disk still holds its memory), and each quantum is ``WORKLOAD_QUANTUM`` seconds of work
+less what its I/O cost: a compiler job reads its sources; the share of them found in the
+page cache is ``cache / tree`` (reclaim does not know which pages the build needs again),
+the rest is read from disk at ``DISK_READ_RATE``; every byte swapped in or out costs
+``1 / SWAP_RATE`` seconds. A cost larger than a quantum is owed by the next ones. With
+``work_goal`` set, the workload stops (goes idle) once that much work is done, and
+``work_finished`` is the guest time it took: kernbench's elapsed time.
 
 No I/O, no asyncio: the fake VM drives this from its timer, tests may call it directly.
 """
@@ -275,14 +275,17 @@ class GuestSim:
         return released
 
     def swap_in_some(self, n: int) -> int:
-        """Fault swapped pages back in while there is free memory for them."""
-        n = min(max(0, n), self.swap_used, max(0, self.free - self.low_watermark))
-        self.swap_used -= n
-        self._use_free(n)
-        self.anon += n
-        self.swap_in += n
-        self.major_faults += n // PAGE
-        return n
+        """Fault swapped pages back in: the kernel makes room from free memory above the low
+        watermark, then by reclaiming clean page cache (never by swapping others out).
+        Returns the bytes swapped in."""
+        n = min(max(0, n), self.swap_used)
+        got = self._take_free(n, self.low_watermark)
+        got += self._reclaim_cache(n - got)
+        self.swap_used -= got
+        self.anon += got
+        self.swap_in += got
+        self.major_faults += got // PAGE
+        return got
 
     # --- the balloon -------------------------------------------------------------------
 
@@ -363,17 +366,16 @@ class GuestSim:
             self._idle_step()
 
     def _timed_step(self) -> None:
-        """One quantum of the compile workload: paying off a stall, or a step of work whose
-        disk reads and swapping become the next stall."""
+        """One quantum of the compile workload: its memory activity, then its work, less
+        what its disk reads and swapping cost (owed into the next quanta when larger)."""
         self.work_time += WORKLOAD_QUANTUM
-        if self._stall > 0:
-            self._stall = max(0.0, self._stall - WORKLOAD_QUANTUM)
-            return
         reads, swapped = self.disk_reads, self.swap_in + self.swap_out
         self._compile_step()
-        self.work_done += WORKLOAD_QUANTUM
         self._stall += ((self.disk_reads - reads) / DISK_READ_RATE
                         + (self.swap_in + self.swap_out - swapped) / SWAP_RATE)
+        paid = min(self._stall, WORKLOAD_QUANTUM)
+        self._stall -= paid
+        self.work_done += WORKLOAD_QUANTUM - paid
         if self.work_goal is not None and self.work_done >= self.work_goal - 1e-9:
             self.work_finished = self.work_time
             self.workload = "idle"  # the build is over; its jobs end as they finish
