@@ -78,8 +78,11 @@ class Bench(Protocol):
     """The VMs of one run. ``clients`` are connected lazily and closed by whoever opened
     the bench."""
 
-    clock: Clock
-    clients: Mapping[str, BalloonClient]
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def clients(self) -> Mapping[str, BalloonClient]: ...
 
     def read_host(self) -> HostMemory | None:
         """The host's memory now (None: not known). Raises: HostReadError."""
