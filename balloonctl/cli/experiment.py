@@ -182,7 +182,8 @@ def _execute(
     async def go() -> ExperimentResult:
         def done(r: RunResult) -> None:
             if sys.stderr.isatty():
-                    note(f"experiment {name}: hint {'on' if r.hint else 'off'}: {r.seconds:.0f} s")
+                on = "on" if r.hint else "off"
+                note(f"experiment {name}: hint {on}: {r.seconds:.0f} s")
 
         if refs is None:
             if workload is not None:
