@@ -78,6 +78,9 @@ def write_chart(result: ExperimentResult, path: Path) -> None:
     ax.legend(loc="upper right", fontsize="small")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # a chart is for sharing: not mkstemp's 0600
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format=fmt)
             fh.flush()
