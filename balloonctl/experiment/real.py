@@ -209,9 +209,12 @@ def real_benches(
         try:
             yield b
         finally:
-            with contextlib.suppress(BalloonError):
-                await asyncio.gather(*(c.set_target(original[n], force=True)
-                                       for n, c in clients.items()))
+            async def back(name: str, c: BalloonClient) -> None:
+                with contextlib.suppress(BalloonError):
+                    await c.set_target(original[name], force=True)
+                    await c.wait_for_target(original[name], timeout=RESET_WAIT)
+
+            await asyncio.gather(*(back(n, c) for n, c in clients.items()))
 
     async def restore_hints() -> None:
         for name, on in hints.items():
