@@ -93,7 +93,7 @@ def queued(path: Path) -> socket.socket:
     return client
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_with_clients_connected_ends_the_fake_cleanly(
     tmpdir_env: dict[str, str], fake_dir: Path, fakes: list[Fake], sig: signal.Signals,
 ) -> None:

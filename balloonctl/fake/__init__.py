@@ -7,7 +7,7 @@
     GuestSim        the simulated guest memory (free, cache, anon, balloon, swap)
     Faults          fault injection switches, settable while the VM runs
     run_in_thread   run a VM or fleet on its own loop in a thread (for CLI tests)
-    serve           run a fleet until SIGINT/SIGTERM (``python -m balloonctl.fake``)
+    serve           run a fleet until SIGINT/SIGTERM/SIGHUP (``python -m balloonctl.fake``)
     SocketInUse     (an OSError) another fake or QEMU already serves a socket path
 
 The fake depends only on ``balloonctl.units``, the wire format and ``balloonctl.host`` (the

@@ -120,7 +120,8 @@ async def run_fleet_forever(
     ready: Callable[[FakeFleet], None] | None = None,
     **vm_kwargs: Any,
 ) -> None:
-    """Serve ``n`` fake VMs in ``directory`` until SIGINT/SIGTERM (or ``stop`` is set).
+    """Serve ``n`` fake VMs in ``directory`` until SIGINT, SIGTERM or SIGHUP (a closed
+    terminal), or until ``stop`` is set; the sockets are removed either way.
 
     Prints one line per VM when ready: ``NAME qmp=PATH qga=PATH``, then calls ``ready``.
     ``vm_kwargs`` go to ``FakeFleet`` (``overrides`` too).
@@ -134,7 +135,7 @@ async def run_fleet_forever(
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, *_EXIT_SIGNALS):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     try:
