@@ -303,3 +303,34 @@ def test_python_m_fake_removes_its_temp_dir(tmpdir_env: dict[str, str], fake_dir
                        timeout=60, check=False)
     assert r.returncode == 2 and r.stderr.startswith("balloonctl: error: socket path "), r.stderr
     assert os.listdir(fake_dir) == ["tmp"] and os.listdir(fake_dir / "tmp") == []
+
+
+# --- balloonctl demo: the same fleet in a temp dir of its own -----------------------------
+
+
+def test_demo_once_leaves_nothing_and_refuses_in_one_line(
+    tmpdir_env: dict[str, str], fake_dir: Path,
+) -> None:
+    tmp = fake_dir / "tmp"
+    tmpdir_env = {**tmpdir_env, "BALLOONCTL_DIR": str(fake_dir)}  # demo wants it to exist
+
+    def demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([BALLOONCTL, "demo", "--once", "--vms", "2", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    r = demo(tmpdir_env)
+    assert r.returncode == ExitCode.OK, r.stderr
+    assert [line.split()[0] for line in r.stdout.splitlines()[1:]] == ["vm1", "vm2"]
+    assert os.listdir(tmp) == []
+    r = demo(tmpdir_env, "--mem", "1")
+    assert (r.returncode, r.stderr) == (ExitCode.USAGE, "balloonctl: error: cannot simulate "
+                                        "that fleet: guest RAM must be at least 64 MiB\n")
+    assert os.listdir(tmp) == []
+    deep = dir_for(fake_dir, "balloonctl-demo-12345678/vm2.qga", 108)
+    deep.mkdir()
+    r = demo({**tmpdir_env, "TMPDIR": str(deep)})
+    assert r.returncode == ExitCode.USAGE and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"balloonctl: error: socket path {deep}/balloonctl-demo-")
+    assert r.stderr.endswith(" is 108 bytes; a unix socket path holds at most 107 (sun_path "
+                             "is 108 bytes with the NUL): choose a shorter TMPDIR\n")
+    assert os.listdir(deep) == []

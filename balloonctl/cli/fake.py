@@ -3,8 +3,10 @@ or shown once (or in the dashboard)."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -95,7 +97,7 @@ def fake(
 
     Prints one line per VM when ready: NAME qmp=PATH qga=PATH.
     """
-    from balloonctl.fake import FakeFleet, SocketPathTooLong, socket_dir
+    from balloonctl.fake import FakeFleet, socket_dir
     from balloonctl.fake.paths import name_problem
 
     ram = parse_size(mem)
@@ -111,23 +113,38 @@ def fake(
         overrides.setdefault(name, {})["balloon"] = False
 
     def make(where: Path) -> FakeFleet:
-        return FakeFleet(vms, where, ram=ram, workload=workload.fake_name(), prefix=prefix,
-                         overrides=overrides, hint_device=hint_device, agent=not no_agent,
-                         host_mem=host_ram)
+        with _refusals("--dir"):
+            return FakeFleet(vms, where, ram=ram, workload=workload.fake_name(),
+                             prefix=prefix, overrides=overrides, hint_device=hint_device,
+                             agent=not no_agent, host_mem=host_ram)
 
     try:
         # with --dir, the fleet is checked before the directory is created; a temp dir (or
         # a --dir this made) is removed again when the fleet stops or fails to start
         with socket_dir(directory, make) as (where, fleet):
             _serve(fleet, where)
-    except SocketPathTooLong as exc:
-        raise UsageError(f"{exc}: choose a shorter --dir") from None
-    except ValueError as exc:  # the fake refuses what it cannot simulate (--mem 1)
-        raise UsageError(f"cannot simulate that fleet: {exc}") from None
     except OSError as exc:  # the directory could not be made
         what = "a temporary directory" if directory is None else f"--dir {directory}"
         raise UsageError(f"{what}: cannot use it: {exc.strerror or exc}") from None
     note("fake fleet stopped")
+
+
+@contextlib.contextmanager
+def _refusals(shorter: str) -> Iterator[None]:
+    """The fake's refusals of a fleet, as usage errors; ``shorter`` is what to shorten when
+    a socket path is too long.
+
+    Raises:
+        UsageError: the fleet cannot be simulated or served there.
+    """
+    from balloonctl.fake import SocketPathTooLong
+
+    try:
+        yield
+    except SocketPathTooLong as exc:
+        raise UsageError(f"{exc}: choose a shorter {shorter}") from None
+    except ValueError as exc:  # what it cannot simulate (--mem 1, --no-driver vm9)
+        raise UsageError(f"cannot simulate that fleet: {exc}") from None
 
 
 def _serve(fleet: FakeFleet, where: Path) -> None:
@@ -172,7 +189,8 @@ def demo(
     fmt = output_format(fmt, as_json)
     with (tempfile.TemporaryDirectory(prefix="balloonctl-demo-") as tmp,
           private_state(Path(tmp) / "state.json")):
-        fleet = FakeFleet(vms, Path(tmp), ram=ram, workload=workload.fake_name())
+        with _refusals("TMPDIR"):
+            fleet = FakeFleet(vms, Path(tmp), ram=ram, workload=workload.fake_name())
         with run_in_thread(fleet):
             refs = scan_dir(tmp)
 
