@@ -161,10 +161,10 @@ def test_run_in_thread_reports_start_failures(fake_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "why"), [
-    ("", "is empty"), ("a/b", "contains '/'"), ("..", "contains '..'"),
-    ("a\0b", "contains a NUL character"), ("a\x1bb", "contains a control character"),
+    ("", "is empty"), ("a/b", "contains '/'"), ("../x", "contains '/'"),
+    ("a\0b", "contains a NUL character"),
 ])
-def test_a_vm_name_must_be_a_plain_file_name(fake_dir: Path, name: str, why: str) -> None:
+def test_a_vm_name_must_be_one_file_name(fake_dir: Path, name: str, why: str) -> None:
     with pytest.raises(ValueError, match=f" {why}$"):
         FakeVM(name, fake_dir / "d")
     if name:  # an empty prefix is fine: VMs 1, 2...

@@ -62,7 +62,7 @@ class FakeVM(Service):
 
         Raises:
             ValueError: an unknown workload, an impossible memory size, or a name that is not
-                a plain file name (``/``, ``..``, control characters).
+                one file name (empty, ``/``, NUL).
             SocketPathTooLong: (an OSError) a socket path too long for AF_UNIX.
         """
         check_vm_name(name)
