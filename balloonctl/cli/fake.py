@@ -103,7 +103,7 @@ def fake(
     ram = parse_size(mem)
     host_ram = None if host_mem is None else parse_size(host_mem)
     problem = name_problem(prefix)
-    if problem is not None:  # checked here to name the option; FakeVM checks every name too
+    if problem is not None:  # stricter than FakeVM, which serves hostile names for tests
         raise UsageError(f"--prefix '{escape_text(prefix)}' {problem} "
                          "(VM names are socket file names in --dir)")
     overrides: dict[str, dict[str, Any]] = {}
