@@ -23,6 +23,8 @@ __all__ = [
     "GuestStats",
     "HintMode",
     "HintState",
+    "Owner",
+    "TargetChange",
     "VmRef",
     "VmStatus",
     "default_floor",
@@ -96,6 +98,25 @@ class HintMode(enum.StrEnum):
     AGENT = "agent"  # stock QEMU: the guest agent drops clean page cache before inflating
     UNSUPPORTED = "unsupported"  # neither
     UNKNOWN = "unknown"  # not probed yet (or the VM is unreachable)
+
+
+class Owner(enum.StrEnum):
+    """Who set a VM's balloon target, as far as balloonctl can tell (``balloonctl.targets``).
+    A VM balloonctl never set (in this run of the VM) has no owner (None)."""
+
+    BALLOONCTL = "balloonctl"  # balloonctl's remembered target stands
+    FOREIGN = "foreign"  # another writer moved the balloon; left alone until taken back
+
+
+@dataclass(frozen=True, slots=True)
+class TargetChange:
+    """A target balloonctl has just sent (``BalloonClient``'s ``recorder`` sees each one):
+    ``previous`` is its own standing target before, else ``actual`` then (None: unknown)."""
+
+    vm: str
+    qmp: str
+    previous: int | None
+    target: int
 
 
 class VmStatus(enum.StrEnum):
@@ -237,6 +258,7 @@ class BalloonState:
     features: DeviceFeatures = field(default_factory=DeviceFeatures)
     hint: HintState = field(default_factory=HintState)
     taken_at: float = field(default_factory=time.time)
+    owner: Owner | None = None  # who set the target (balloonctl.targets); None: nobody known
 
     @property
     def driver_ready(self) -> bool:
@@ -320,6 +342,7 @@ class BalloonState:
             "hint_enabled": self.hint.enabled,
             "hint_detail": self.hint.detail,
             "hint_released": self.hint.released,
+            "owner": None if self.owner is None else self.owner.value,
             "taken_at": round(self.taken_at, 3),
         }
 
@@ -365,6 +388,7 @@ class BalloonState:
                 released=data.get("hint_released"),
             ),
             taken_at=float(data.get("taken_at", time.time())),
+            owner=Owner(data["owner"]) if data.get("owner") in ("balloonctl", "foreign") else None,
         )
 
 
