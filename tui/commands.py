@@ -29,6 +29,10 @@ ACTIONS: tuple[Action, ...] = (
     Action("step(-1)", "minus", "-", "Step down", "Lower the target by the step size"),
     Action("toggle_hint", "h", "h", "Toggle hint", "Toggle the cache-first hint"),
     Action("enable_stats", "s", "s", "Enable stats", "Turn on guest stats polling"),
+    Action("toggle_auto", "A", "A", "Auto on/off", "Switch automatic ballooning on or off "
+           "for the selected VMs (no selection: the whole fleet)"),
+    Action("reclaim", "R", "R", "Take back", "Take the selected VM(s) back from another "
+           "writer: auto manages them again", footer=False),
     Action("toggle_select", "space", "space", "Select", "Select or unselect the VM under the "
            "cursor (actions apply to all selected VMs)", palette=False),
     Action("select_all", "a", "a", "Select all", "Select every VM shown", footer=False),

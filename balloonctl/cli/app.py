@@ -40,7 +40,7 @@ from balloonctl.cli.output import (
 )
 from balloonctl.config import Inventory, busy_advice
 from balloonctl.errors import BalloonError, SocketBusy, UsageError
-from balloonctl.model import BalloonState, HintMode, HintState, VmRef
+from balloonctl.model import BalloonState, HintMode, HintState, TargetChange, VmRef
 from balloonctl.units import (
     format_duration,
     format_size,
@@ -185,6 +185,8 @@ class Settings:
     config: Path | None = None
     timeout: float | None = None
     verbose: bool = False
+    journal: str | None = None  # --journal
+    recorder: Callable[[TargetChange], None] | None = None  # journals targets sent (set...)
     _inventory: Inventory | None = None
 
     def inventory(self) -> Inventory:
@@ -216,7 +218,8 @@ class Settings:
 
         connect, command = self._timeouts()
         return Fleet(refs, store=FileStore(), hold=hold, connect_timeout=connect,
-                     command_timeout=command, trace=self.trace if self.verbose else None)
+                     command_timeout=command, trace=self.trace if self.verbose else None,
+                     recorder=self.recorder)
 
     def client(self, ref: VmRef) -> BalloonClient:
         from balloonctl.qmp import BalloonClient
@@ -225,7 +228,8 @@ class Settings:
         connect, command = self._timeouts()
         return BalloonClient.from_ref(ref, store=FileStore(), connect_timeout=connect,
                                       command_timeout=command,
-                                      trace=self.trace if self.verbose else None)
+                                      trace=self.trace if self.verbose else None,
+                                      recorder=self.recorder)
 
 
 _STATE = Settings()
@@ -276,6 +280,11 @@ def main(
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show the QMP and guest-agent messages on stderr.",
     )] = False,
+    journal: Annotated[str | None, typer.Option(
+        "--journal", metavar="PATH",
+        help="The journal of target changes. Default: $BALLOONCTL_JOURNAL, the config's "
+             "[journal] path, or journal.jsonl beside the state file.",
+    )] = None,
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.",
     )] = False,
@@ -288,7 +297,7 @@ def main(
     global _STATE
     _STATE = Settings(
         qmp=list(qmp or []), qga=qga, directory=directory, config=config,
-        timeout=_duration(timeout, "--timeout"), verbose=verbose,
+        timeout=_duration(timeout, "--timeout"), verbose=verbose, journal=journal,
     )
 
 
@@ -424,14 +433,21 @@ def status(
     count: Annotated[int | None, typer.Option(
         "--count", metavar="N", help="With --watch, stop after N refreshes.",
     )] = None,
+    host: Annotated[bool, typer.Option(
+        "--host", help="Show the host's memory: a first line in tables (the default on a "
+                       "terminal); with --json an object {host, vms}.",
+    )] = False,
 ) -> None:
     """A table of every selected VM's balloon: actual, RAM, target, free, cached, hint."""
+    from balloonctl.cli.hostline import with_host
+
     fmt = _format(fmt, as_json)
     every = _duration(interval, "--interval") or 2.0
     refs = _STATE.select(vms or [], all_vms=all_vms)
+    host = host or (_is_tty() and fmt is Format.TABLE)
     if not watch:
         states = _run(_snapshot(refs))
-        _out(render_states(states, fmt))
+        _out(with_host(render_states(states, fmt), states, fmt, host))
         _exit(_report_states(states, refs))
         return
 
@@ -441,7 +457,7 @@ def status(
         n = 0
         try:
             async for states in fleet.stream(every):
-                text = render_states(states, fmt, csv_header=n == 0)
+                text = with_host(render_states(states, fmt, csv_header=n == 0), states, fmt, host)
                 if tty:
                     stamp = time.strftime("%H:%M:%S")
                     text = f"\x1b[H\x1b[2J{stamp}  every {format_duration(every)}\n{text}"
@@ -547,6 +563,10 @@ def set_(
     wait_for = _duration(timeout, "--timeout") or 60.0
     refs = _STATE.select(names, all_vms=all_vms)
     progress = _Progress([r.name for r in refs])
+    if not dry_run:
+        from balloonctl.cli.journaling import record_targets
+
+        record_targets("set", f"set to {size_text}")
 
     async def one(c: BalloonClient) -> str:
         before = await c.query_actual()
@@ -892,6 +912,9 @@ def wave(
     check_wave(minimum=low, maximum=high, period=cycle, step=every)
     ref = _STATE.inventory().select_one(vm, command="wave")
     steps: list[dict[str, Any]] = []
+    from balloonctl.cli.journaling import record_targets
+
+    record_targets("wave", f"wave between {minimum} and {maximum}, period {period}")
 
     def emit(s: WaveStep) -> None:
         record = {"name": ref.name, "t": round(s.t, 3), "target": s.target, "actual": s.actual,
@@ -1019,12 +1042,18 @@ def fake(
     note("fake fleet stopped")
 
 
-def _open_dashboard(refs: Sequence[VmRef], *, hold: bool, **opts: Any) -> None:
+def _open_dashboard(refs: Sequence[VmRef], *, hold: bool, host_root: Path | None = None,
+                    auto_on: bool = False, **opts: Any) -> None:
     try:
         from tui.app import run_dashboard
     except ImportError as exc:
         raise BalloonError(f"the dashboard is not available: {exc}") from None
-    run_dashboard(_STATE.fleet(refs, hold=hold), **opts)
+    from balloonctl.cli.journaling import dashboard_auto, record_targets
+
+    record_targets("dashboard", "set in the dashboard", check=False)
+    fleet = _STATE.fleet(refs, hold=hold)
+    root = host_root or _STATE.inventory().host_root
+    run_dashboard(fleet, auto=dashboard_auto(fleet, auto_on, root), host_root=root, **opts)
 
 
 @app.command()
@@ -1065,25 +1094,38 @@ def demo(
     )] = False,
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
+    host_mem: Annotated[str | None, typer.Option(
+        "--host-mem", metavar="SIZE", show_default=False,
+        help="The simulated host's RAM (default: two thirds of the guests' RAM).",
+        autocompletion=completers.typer_callback("host_mem"),
+    )] = None,
 ) -> None:
-    """Start six simulated 2 GiB VMs running a compile workload and open the dashboard."""
+    """Start six simulated 2 GiB VMs running a compile workload on a simulated host smaller
+    than them, with automatic ballooning on and the cache-first hint on for half of them,
+    and open the dashboard."""
     import tempfile
 
     from balloonctl.config import scan_dir
     from balloonctl.fake import FakeFleet, run_in_thread
+    from balloonctl.host import host_root_for
     from balloonctl.store import private_state
 
     ram = parse_size(mem)
+    host_size = parse_size(host_mem) if host_mem else vms * ram * 2 // 3
     fmt = _format(fmt, as_json)
     with (tempfile.TemporaryDirectory(prefix="balloonctl-demo-") as tmp,
           private_state(Path(tmp) / "state.json")):
-        fleet = FakeFleet(vms, Path(tmp), ram=ram, workload=workload.fake_name())
+        fleet = FakeFleet(vms, Path(tmp), ram=ram, workload=workload.fake_name(),
+                          host_mem=host_size)
+        _STATE.journal = str(Path(tmp) / "journal.jsonl")  # never the user's journal
         with run_in_thread(fleet):
             refs = scan_dir(tmp)
 
             async def prepare() -> list[BalloonState]:
                 async def enable(c: BalloonClient) -> None:
                     await c.enable_stats(1)
+                    if [r.name for r in refs].index(c.name) % 2 == 0:
+                        await c.set_hint(True)  # vm1, vm3, ...: cache first
 
                 await _each(refs, enable)
                 return await _snapshot(refs)
@@ -1093,7 +1135,8 @@ def demo(
                 _out(render_states(states, fmt))
                 _exit(_report_states(states, refs))
                 return
-            _open_dashboard(refs, hold=False, stats_interval=1)
+            _open_dashboard(refs, hold=False, stats_interval=1, host_root=host_root_for(tmp),
+                            auto_on=True, auto_interval=2.0)
 
 
 # ---- completion ----------------------------------------------------------------------------
@@ -1129,3 +1172,7 @@ def completion(
 def run() -> None:
     """The console script's entry point."""
     app(prog_name="balloonctl")
+
+
+# The commands of their own modules register themselves on ``app``.
+from balloonctl.cli import automation, journalcmds  # noqa: E402, F401

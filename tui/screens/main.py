@@ -22,7 +22,7 @@ from balloonctl.host import HostMemory
 from balloonctl.units import SizeKind, TargetSpec, format_size
 from tui.commands import bindings
 from tui.fleetview import FleetView
-from tui.messages import EnableStats, SetTargets, ToggleHint
+from tui.messages import EnableStats, Reclaim, SetTargets, ToggleAuto, ToggleHint
 from tui.screens.help import HelpScreen
 from tui.screens.target import SetTargetDialog
 from tui.targets import TargetPlan, plan_targets
@@ -50,6 +50,7 @@ class MainScreen(Screen[None]):
         self._clock = clock
         self._refresh_now = refresh_now
         self._ready = False
+        self.auto_status = ""  # "auto on 3/6" when the App offers automatic ballooning
 
     def compose(self) -> ComposeResult:
         yield FleetHeader(id="totals")
@@ -86,6 +87,8 @@ class MainScreen(Screen[None]):
         if view.selected:
             status += f"  selected {len(view.selected)}"
         status += f"  step {format_size(self.step)}"
+        if self.auto_status:
+            status += f"  {self.auto_status}"
         self._status.update(status, layout=False)
         self.show_detail()
 
@@ -95,7 +98,9 @@ class MainScreen(Screen[None]):
         name = self.table.cursor_vm
         state = None if name is None else self.view.state(name)
         history = None if name is None else self.view.history.get(name)
-        self._detail.show(state, history)
+        row = None if name is None else self.view.rows.get(name)
+        self._detail.show(state, history, None if row is None else row.plan,
+                          row is not None and row.auto)
 
     def show_host(self, host: HostMemory | None, error: str | None) -> None:
         if self._ready:
@@ -206,6 +211,18 @@ class MainScreen(Screen[None]):
         states = self.view.states_of(self._targets())
         if states:
             self.post_message(ToggleHint({s.name: not s.hint.enabled for s in states}))
+
+    def action_toggle_auto(self) -> None:
+        """Auto on/off for the selection, or for the whole fleet without one; on when it
+        is off for any of them."""
+        names = sorted(self.view.selected) or None
+        rows = [r for r in self.view.rows.values() if names is None or r.name in names]
+        self.post_message(ToggleAuto(names, on=not all(r.auto for r in rows)))
+
+    def action_reclaim(self) -> None:
+        names = self._targets()
+        if names:
+            self.post_message(Reclaim(names))
 
     def action_enable_stats(self) -> None:
         names = self._targets()

@@ -8,6 +8,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
 from balloonctl.model import BalloonState
+from balloonctl.policy import Decision
 from balloonctl.units import format_duration, format_size
 from tui.fleetview import reason
 from tui.history import Ring, VmHistory
@@ -23,8 +24,8 @@ def _flag(value: bool | None) -> str:
     return "?" if value is None else ("on" if value else "off")
 
 
-def describe(state: BalloonState) -> Text:
-    """The VM's facts as a few lines of text."""
+def describe(state: BalloonState, plan: Decision | None = None, auto: bool = False) -> Text:
+    """The VM's facts as a few lines of text; with auto's ``plan``, its reason."""
     text = Text()
     text.append(state.name, style="bold")
     text.append(f"  {state.status.value}")
@@ -52,6 +53,14 @@ def describe(state: BalloonState) -> Text:
         f"free-page-reporting {_flag(f.free_page_reporting)}  "
         f"free-page-hint {_flag(f.free_page_hint)}"
     )
+    if state.owner is not None and state.owner.value == "foreign":
+        text.append("\nmoved by another writer: auto leaves it alone (R takes it back)",
+                    style="yellow")
+    if plan is not None:
+        text.append(f"\nauto {'on' if auto else 'off'}, plan {plan.action.value}", style="bold")
+        if plan.target is not None:
+            text.append(f" to {format_size(plan.target)}", style="bold")
+        text.append(f": {plan.reason}")
     return text
 
 
@@ -79,8 +88,11 @@ class DetailPane(VerticalScroll):
 
     _ready = False
     _pending: tuple[BalloonState | None, VmHistory | None] = (None, None)
+    _plan: tuple[Decision | None, bool] = (None, False)
 
-    def show(self, state: BalloonState | None, history: VmHistory | None) -> None:
+    def show(self, state: BalloonState | None, history: VmHistory | None,
+             plan: Decision | None = None, auto: bool = False) -> None:
+        self._plan = (plan, auto)
         if not self._ready:
             self._pending = (state, history)
             return
@@ -88,7 +100,7 @@ class DetailPane(VerticalScroll):
             self._facts.update("no VM selected", layout=False)
             self._bar.show(None)
         else:
-            self._facts.update(describe(state), layout=False)
+            self._facts.update(describe(state, *self._plan), layout=False)
             self._bar.show(state)
         if state is None or history is None:  # nothing of another VM may stay on show
             for series in _SERIES:

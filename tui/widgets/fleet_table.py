@@ -81,6 +81,26 @@ def _hint(row: VmRow) -> Cell:
     return f"{hint.mode.value} {'on' if hint.enabled else 'off'}"
 
 
+_ARROWS = {"shrink": "↓", "grow": "↑"}
+
+
+def _plan(row: VmRow) -> Cell:
+    """Auto's decision: ``↓1.8G`` / ``↑2G`` (the planned target), ``hold``, ``leave``;
+    ``foreign`` for a VM another writer moved; bold when auto applies it."""
+    if row.state.owner is not None and row.state.owner.value == "foreign":
+        return Text("foreign", style="yellow")
+    d = row.plan
+    if d is None:
+        return "-"
+    if d.target is None:
+        text = d.action.value
+    else:
+        text = f"{_ARROWS.get(d.action.value, '')}{_size(d.target)}"
+    if d.action.value == "leave":
+        return Text(text, style="dim")
+    return Text(text, style="bold") if row.auto else text
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     key: str
@@ -95,6 +115,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("actual", "actual", 6, lambda row: _size(row.state.actual)),
     Column("ram", "RAM", 6, lambda row: _size(row.state.guest_ram)),
     Column("target", "target", 6, lambda row: _size(row.state.target)),
+    Column("plan", "plan", 7, _plan),
     Column("free", "free", 6, _stat_size("free_memory")),
     Column("cached", "cached", 6, _stat_size("disk_caches")),
     Column("avail", "avail", 6, _stat_size("available_memory")),
