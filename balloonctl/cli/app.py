@@ -362,7 +362,10 @@ def _error_line(message: str, vm: str | None, kind: str, ref: VmRef | None = Non
 
 def report_error(exc: BalloonError, ref: VmRef | None = None) -> None:
     kind = SocketBusy.__name__ if isinstance(exc, SocketBusy) else type(exc).__name__
-    _error_line(exc.message, exc.vm, kind, ref)
+    path = getattr(exc, "path", None)  # a JournalError names its file
+    message = f"journal {path}: {exc.message}" if kind == "JournalError" and path else \
+        exc.message
+    _error_line(message, exc.vm, kind, ref)
 
 
 def _report(results: Mapping[str, object], refs: Sequence[VmRef]) -> ExitCode:
