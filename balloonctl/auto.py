@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +39,7 @@ from balloonctl.changes import foreign_entry, unrecorded
 from balloonctl.errors import BalloonError, HostReadError, JournalError
 from balloonctl.host import HostMemory, read_host
 from balloonctl.journal import Journal, JournalEntry, Origin
-from balloonctl.model import BalloonState, Owner
+from balloonctl.model import BalloonState, Owner, VmRef
 from balloonctl.policy import (
     Action,
     Decision,
@@ -55,7 +55,7 @@ from balloonctl.units import format_size
 if TYPE_CHECKING:
     from balloonctl.fleet import Fleet
 
-__all__ = ["AppliedChange", "AutoController", "Cycle", "ForeignMove"]
+__all__ = ["AppliedChange", "AutoController", "Cycle", "ForeignMove", "plan_cycle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +112,24 @@ class Cycle:
     def planned(self) -> list[Decision]:
         """The decisions that change a target (sent where the controller applies them)."""
         return [d for d in self.decisions if d.target is not None]
+
+
+def plan_cycle(states: Sequence[BalloonState], previous: Mapping[str, BalloonState],
+               host: HostMemory, settings: PolicySettings, *,
+               refs: Mapping[str, VmRef] | None = None) -> list[Decision]:
+    """One cycle's decisions, as ``AutoController.cycle`` makes them (the experiment's
+    policy run uses it too): each VM's swap-in and fault rates since its ``previous``
+    snapshot (none: zero), a VM another writer moved counting as not owned, its overrides
+    from ``refs`` (``policy_for``; a VM not in ``refs``: ``settings.vms``), then ``decide``.
+    Pure: nothing is read or sent."""
+    inputs = []
+    for s in states:
+        before = previous.get(s.name)
+        rates = rates_between(before, s) if before is not None else VmRates()
+        ref = None if refs is None else refs.get(s.name)
+        inputs.append(VmInput(s, rates, owned=s.owner is not Owner.FOREIGN,
+                              policy=None if ref is None else policy_for(ref, settings)))
+    return decide(inputs, host, settings)
 
 
 class AutoController:
@@ -176,21 +194,13 @@ class AutoController:
             return cycle
         assert host is not None
         cycle = Cycle(self.cycles, started, states, host, dry_run=self.dry_run)
-        cycle.decisions = decide(self._inputs(states), host, self.settings)
+        cycle.decisions = plan_cycle(states, self._previous, host, self.settings,
+                                     refs=self.fleet.refs)
         if any(self.applies_to(s.name) for s in states):
             await self._apply(cycle)
             await self._look_after(cycle)
         self._remember(states)
         return cycle
-
-    def _inputs(self, states: Sequence[BalloonState]) -> list[VmInput]:
-        inputs = []
-        for s in states:
-            before = self._previous.get(s.name)
-            rates = rates_between(before, s) if before is not None else VmRates()
-            inputs.append(VmInput(s, rates, owned=s.owner is not Owner.FOREIGN,
-                                  policy=policy_for(self.fleet.refs[s.name], self.settings)))
-        return inputs
 
     def _remember(self, states: Sequence[BalloonState]) -> None:
         for s in states:

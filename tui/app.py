@@ -10,10 +10,11 @@ sources plug in alike.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on, work
 from textual.app import App
@@ -25,7 +26,7 @@ from balloonctl.host import HostMemory, read_host, read_meminfo
 from balloonctl.model import BalloonState
 from balloonctl.units import MiB, format_size
 from tui.commands import FleetCommands
-from tui.fleetview import FleetView
+from tui.fleetview import FleetView, StateChange
 from tui.messages import (
     ActionDone,
     AutoCycleDone,
@@ -65,7 +66,9 @@ class DashboardApp(App[None]):
     ``stats_interval`` what the stats key sets; ``history`` samples kept per VM for the
     sparklines; ``meminfo`` the host's meminfo file (None: do not show host memory), or
     ``host_root`` the root of the host to read whole (``read_host``: RAM, KSM, PSI);
-    ``clock`` stamps the event log; ``close_source`` closes the source when the App exits.
+    ``clock`` stamps the event log; ``close_source`` closes the source when the App exits;
+    ``handle_signals`` makes SIGTERM and SIGHUP quit like ``q`` (restoring the terminal)
+    instead of killing the process with the terminal still in the dashboard's mode.
 
     ``auto`` (an ``AutoController`` over the same fleet) plans every ``auto_interval``
     seconds in a worker (its decisions show in the plan column and the detail pane) and
@@ -75,7 +78,12 @@ class DashboardApp(App[None]):
     CSS_PATH = "dashboard.tcss"
     TITLE = "balloonctl dashboard"
     COMMANDS = App.COMMANDS | {FleetCommands}
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit")]
+    # Ctrl-C quits (Textual's default only says how to quit), over every widget's own
+    # ctrl+c (copy); F10 quits as in htop and mc. ``q`` is in the screen's bindings.
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+c,f10", "quit", "Quit", show=False, priority=True),
+    ]
+    QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
     def __init__(
         self,
@@ -90,11 +98,15 @@ class DashboardApp(App[None]):
         snapshot_timeout: float = 30.0,
         events: bool = True,
         close_source: bool = False,
+        handle_signals: bool = False,
         host_root: Path | None = None,
         auto: AutoController | None = None,
         auto_interval: float | None = None,
     ) -> None:
         super().__init__()
+        self.handle_signals = handle_signals
+        self.quit_signal: signal.Signals | None = None  # the signal that ended the App
+        self._previous_handlers: dict[signal.Signals, Any] = {}
         self.host_root = host_root
         self.auto = auto
         self.auto_interval = auto_interval
@@ -117,10 +129,15 @@ class DashboardApp(App[None]):
         self.batch_delay = 0.25
         self.main = MainScreen(
             self.view, step=step, stats_interval=stats_interval, clock=clock,
-            refresh_now=self._wake.set,
+            refresh_now=self._wake.set, sample_every=interval,
         )
 
     def on_mount(self) -> None:
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in self.QUIT_SIGNALS:
+                self._previous_handlers[signum] = signal.getsignal(signum)
+                loop.add_signal_handler(signum, self._signalled, signum)
         self.push_screen(self.main)
         self._poll()
         if self.watch_events:
@@ -131,7 +148,16 @@ class DashboardApp(App[None]):
             self._show_auto_status()
             self._auto_loop()
 
+    def _signalled(self, signum: signal.Signals) -> None:
+        self.quit_signal = signum
+        self.exit()
+
     async def on_unmount(self) -> None:
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum, handler in self._previous_handlers.items():
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, handler)  # e.g. ``demo``'s clean-up of its fake VMs
         if self.close_source:
             await self.source.close()
 
@@ -275,7 +301,7 @@ class DashboardApp(App[None]):
     # -- results ----------------------------------------------------------------------------
     @on(SnapshotReady)
     def _snapshot(self, message: SnapshotReady) -> None:
-        self.view.apply(message.states, poll_round=message.poll_round)
+        self._log_changes(self.view.apply(message.states, poll_round=message.poll_round))
         self.polls += 1
         self.main.show_source_error(None)
         self._redraw()  # once per round, whatever arrived before it
@@ -284,8 +310,14 @@ class DashboardApp(App[None]):
     def _state(self, message: StateReady) -> None:
         # Shown with the round's end (one redraw per round); only a round still going
         # after an interval (a slow or dead VM) shows what has arrived before it ends.
-        self.view.apply(message.states, poll_round=message.poll_round)
+        self._log_changes(self.view.apply(message.states, poll_round=message.poll_round))
         self._redraw_soon(max(self.redraw_delay, self.interval))
+
+    def _log_changes(self, changes: list[StateChange]) -> None:
+        for change in changes:
+            self.view.note(change.name, change.text)
+            self.main.log_line(f"{change.name}: {change.text}",
+                               style="red" if change.bad else "green")
 
     def _redraw_soon(self, delay: float | None = None) -> None:
         """Events come in bursts (a whole fleet reconnecting): redraw once per burst."""
@@ -312,7 +344,7 @@ class DashboardApp(App[None]):
         name, event = message.name, message.event
         state = event.data.get("state")
         if isinstance(state, BalloonState):  # the source re-read the VM after connecting
-            self.view.apply([state])
+            self._log_changes(self.view.apply([state]))
             self._redraw_soon()
         text = event.name
         actual = event.data.get("actual")
@@ -460,8 +492,7 @@ class DashboardApp(App[None]):
         self._auto_wake.set()
 
     def _start(self, action: str, calls: Mapping[str, Callable[[], Awaitable[str]]]) -> None:
-        for name in calls:
-            self.main.log_line(f"{name}: {action} requested", style="dim")
+        # One log line per action and VM: its result, when it is in (ActionDone).
         self._act(action, calls)
 
 
@@ -478,11 +509,12 @@ def run_dashboard(
     auto: AutoController | None = None,
     auto_interval: float | None = None,
 ) -> None:
-    """Run the dashboard on ``source`` until the user quits; the source is closed on exit.
+    """Run the dashboard on ``source`` until the user quits (``q``, ctrl+c, f10) or the
+    process gets SIGTERM or SIGHUP; the terminal is restored and the source closed.
     ``auto``: automatic ballooning over the same source (see ``DashboardApp``)."""
     app = DashboardApp(
         source, interval=interval, step=step, stats_interval=stats_interval,
-        history=history, meminfo=meminfo, close_source=True, host_root=host_root,
-        auto=auto, auto_interval=auto_interval,
+        history=history, meminfo=meminfo, close_source=True, handle_signals=True,
+        host_root=host_root, auto=auto, auto_interval=auto_interval,
     )
     app.run(headless=headless)

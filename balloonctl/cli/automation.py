@@ -14,19 +14,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from balloonctl.cli import completers
-from balloonctl.cli.app import (
+from balloonctl.cli.common import (
     AllOpt,
     FormatOpt,
     JsonOpt,
     VmsArg,
-    _duration,
-    _exit,
-    _format,
-    _out,
-    _report_states,
-    _run,
-    app,
+    duration,
+    exit_with,
+    out,
+    output_format,
     report_error,
+    report_states,
+    run,
     settings,
 )
 from balloonctl.cli.exitcodes import ExitCode
@@ -60,7 +59,6 @@ def _controller(names: list[str], *, dry_run: bool) -> AutoController:
                           journal=None if dry_run else journal(), dry_run=dry_run)
 
 
-@app.command()
 def plan(
     vms: VmsArg = None,
     all_vms: AllOpt = False,
@@ -69,7 +67,7 @@ def plan(
 ) -> None:
     """The automatic-ballooning policy's decision for each VM now, with its reason;
     nothing is sent. Swap-in and fault rates need two cycles: see `auto --dry-run`."""
-    fmt = _format(fmt, as_json)
+    fmt = output_format(fmt, as_json)
     refs = settings().select(vms or [], all_vms=all_vms)
     controller = _controller([r.name for r in refs], dry_run=True)
 
@@ -79,7 +77,7 @@ def plan(
         finally:
             await controller.fleet.close()
 
-    cycle = _run(once())
+    cycle = run(once())
     if cycle.host_error is not None:
         raise cycle.host_error
     records = [d.to_json() for d in cycle.decisions]
@@ -88,8 +86,8 @@ def plan(
     if fmt is Format.TABLE and cycle.host is not None:
         total = sum(s.guest_ram or 0 for s in cycle.states)
         text = f"{describe_host(cycle.host, total)}\n{text}"
-    _out(text)
-    _exit(_report_states(cycle.states, refs))
+    out(text)
+    exit_with(report_states(cycle.states, refs))
 
 
 class AutoFormat(enum.StrEnum):
@@ -107,9 +105,9 @@ def _change_record(cycle: Cycle, name: str, action: str, previous: int | None,
 def _emitter(fmt: AutoFormat) -> Any:
     def line(record: dict[str, Any], text: str) -> None:
         if fmt is AutoFormat.NDJSON:
-            _out(json.dumps(record, separators=(",", ":")))
+            out(json.dumps(record, separators=(",", ":")))
         else:
-            _out(f"{time.strftime('%H:%M:%S')}  {text}")
+            out(f"{time.strftime('%H:%M:%S')}  {text}")
 
     def emit(cycle: Cycle) -> None:
         if cycle.host_error is not None:
@@ -134,14 +132,13 @@ def _emitter(fmt: AutoFormat) -> Any:
     return emit
 
 
-@app.command()
 def auto(
     vms: VmsArg = None,
     all_vms: AllOpt = False,
     cycles: Annotated[int | None, typer.Option(
         "--cycles", "-c", min=1, metavar="N", help="Stop after N cycles.",
     )] = None,
-    duration: Annotated[str | None, typer.Option(
+    run_for: Annotated[str | None, typer.Option(
         "--duration", metavar="DURATION", help="Stop after this long (e.g. 10m).",
     )] = None,
     interval: Annotated[str | None, typer.Option(
@@ -166,8 +163,8 @@ def auto(
     s = settings()
     refs = s.select(vms or [], all_vms=all_vms)
     names = [r.name for r in refs]
-    every = _duration(interval, "--interval")
-    limit = _duration(duration, "--duration")
+    every = duration(interval, "--interval")
+    limit = duration(run_for, "--duration")
     taken_back = s.select(reclaim, all_vms=False) if reclaim else []
     outside = [r.name for r in taken_back if r.name not in names]
     if outside:
@@ -199,7 +196,7 @@ def auto(
                 done = await controller.reclaim([r.name for r in taken_back])
                 for name, result in done.items():
                     if isinstance(result, bool):
-                        _out(f"{name}: taken back from another writer" if result else
+                        out(f"{name}: taken back from another writer" if result else
                              f"{name}: was not marked as moved by another writer")
                     else:
                         report_error(result.with_vm(name))
@@ -211,7 +208,7 @@ def auto(
             await controller.fleet.close()
 
     try:
-        ran = _run(go())
+        ran = run(go())
     except JournalError as exc:
         report_error(exc)
         note("auto stopped: it does not run with an unwritable journal")

@@ -41,7 +41,7 @@ def read_inventory_host() -> HostMemory:
     Raises:
         HostReadError: its files cannot be read.
     """
-    from balloonctl.cli.app import settings
+    from balloonctl.cli.common import settings
 
     return read_host(settings().inventory().host_root)
 

@@ -10,16 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from balloonctl.cli import completers
-from balloonctl.cli.app import (
+from balloonctl.cli.common import (
     FormatOpt,
     JsonOpt,
-    _duration,
-    _exit,
-    _format,
-    _out,
-    _run,
-    app,
+    duration,
+    exit_with,
+    out,
+    output_format,
     report_error,
+    run,
     settings,
 )
 from balloonctl.cli.exitcodes import ExitCode, combine, exit_code_for
@@ -56,7 +55,6 @@ def _vms(entries: tuple[JournalEntry, ...], patterns: list[str] | None) -> list[
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
-@app.command()
 def history(
     vms: JournalVmsArg = None,
     since: Annotated[str | None, typer.Option(
@@ -69,8 +67,8 @@ def history(
     other writers (foreign)."""
     from balloonctl.history import HISTORY_COLUMNS, history, history_row
 
-    fmt = _format(fmt, as_json)
-    ago = _duration(since, "--since")
+    fmt = output_format(fmt, as_json)
+    ago = duration(since, "--since")
     read = _read()
     chosen = _vms(read.entries, vms)
     entries = history(read.entries, vm=chosen,
@@ -79,7 +77,7 @@ def history(
     records: list[dict[str, Any]] = (
         [dict(zip(HISTORY_COLUMNS, r, strict=True)) for r in rows] if fmt is Format.CSV
         else [e.to_json() for e in entries])
-    _out(render_records(records, fmt, keys=list(HISTORY_COLUMNS),
+    out(render_records(records, fmt, keys=list(HISTORY_COLUMNS),
                         headers=[c.upper() for c in HISTORY_COLUMNS], rows=rows))
 
 
@@ -94,7 +92,6 @@ def _moved_since(step: UndoStep, target: int | None, actual: int | None, foreign
     return actual is None or abs(actual - step.current) > FOREIGN_MARGIN
 
 
-@app.command()
 def undo(
     vms: JournalVmsArg = None,
     steps: Annotated[int, typer.Option(
@@ -136,7 +133,7 @@ def undo(
             continue
         todo[step.vm] = step
     if not todo:
-        _exit(combine(codes))
+        exit_with(combine(codes))
         return
     where.check_writable()  # refuse before anything is sent
     fleet = settings().fleet([inventory.get(n) for n in todo])
@@ -161,7 +158,7 @@ def undo(
         finally:
             await fleet.close()
 
-    results = _run(go())
+    results = run(go())
     entries = [r[1] for r in results.values() if not isinstance(r, BalloonError)]
     try:
         where.append(*entries)
@@ -187,6 +184,6 @@ def undo(
         from balloonctl.units import format_size
 
         before = "?" if entry.previous is None else format_size(entry.previous)
-        _out(f"{name}: {before} -> {format_size(entry.target)}: {entry.reason}")
+        out(f"{name}: {before} -> {format_size(entry.target)}: {entry.reason}")
         codes.append(ExitCode.OK)
-    _exit(combine(codes))
+    exit_with(combine(codes))

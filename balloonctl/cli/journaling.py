@@ -23,7 +23,7 @@ def journal() -> Journal:
     Raises:
         UsageError: the config file is wrong (loading the inventory).
     """
-    from balloonctl.cli.app import settings
+    from balloonctl.cli.common import settings
 
     s = settings()
     return Journal(journal_path(s.journal, configured=s.inventory().config.journal))
@@ -37,7 +37,7 @@ def record_targets(origin: str, reason: str, *, check: bool = True) -> None:
     Raises:
         JournalError: ``check`` and the journal cannot be written.
     """
-    from balloonctl.cli.app import settings
+    from balloonctl.cli.common import settings
 
     where = journal()
     if check:
@@ -50,7 +50,7 @@ def dashboard_auto(fleet: Fleet, on: bool, host_root: Path) -> AutoController:
     over ``fleet`` on the host at ``host_root``, with the config's policy, journaling as
     ``auto``."""
     from balloonctl.auto import AutoController
-    from balloonctl.cli.app import settings
+    from balloonctl.cli.common import settings
 
     policy = settings().inventory().config.policy
     controller = AutoController(fleet, settings=policy, host_root=host_root,
