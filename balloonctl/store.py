@@ -18,8 +18,8 @@ A ``FileStore`` keeps the last version it read or wrote, keyed by the file's ide
 (device, inode, size, mtime, ctime): a read of an unchanged file neither parses it nor
 resolves its keys again. The identity alone is trusted only once the file is more than 3 s
 older than the clock (a later write gets a later mtime then, even at FAT's 2 s resolution);
-a file changed more recently is read again and compared byte for byte. A socket path that is already real is
-resolved once per process (``state_key``).
+a file changed more recently is read again and compared byte for byte. A socket path that
+is already real is resolved once per process (``state_key``).
 
 A state file that cannot be used (unreadable, a directory, not UTF-8, not JSON of the right
 shape, a dangling symlink, an unwritable directory, a full disk) is a ``StateFileError``
