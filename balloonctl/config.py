@@ -101,6 +101,7 @@ class Config:
     overlays: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # [policy] with the per-VM reserves of the [vm.NAME] tables in ``policy.vms``
     policy: PolicySettings = field(default_factory=PolicySettings)
+    journal: str | None = None  # [journal] path: where target changes are journaled
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
@@ -207,7 +208,7 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
 
 def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     """Raises: UsageError: a bad setting (named, without the file)."""
-    unknown = set(doc) - {"defaults", "vm", "policy"}
+    unknown = set(doc) - {"defaults", "vm", "policy", "journal"}
     if unknown:
         raise UsageError(f"unknown table(s) {', '.join(sorted(unknown))}")
     raw_defaults = doc.get("defaults", {})
@@ -249,7 +250,25 @@ def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
         elif qga is not None:
             overlays[name]["qga"] = qga
     return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays,
-                  policy=_policy(doc.get("policy", {}), reserves))
+                  policy=_policy(doc.get("policy", {}), reserves),
+                  journal=_journal(doc.get("journal", {})))
+
+
+def _journal(raw: Any) -> str | None:
+    """The ``[journal]`` table: ``path`` (a non-empty string), nothing else.
+
+    Raises:
+        UsageError: not a table, an unknown key, or a path that is not a non-empty string.
+    """
+    if not isinstance(raw, dict):
+        raise UsageError("[journal] must be a table")
+    unknown = sorted(set(raw) - {"path"})
+    if unknown:
+        raise UsageError(f"journal.{unknown[0]}: unknown setting {unknown[0]!r}")
+    path = raw.get("path")
+    if path is not None and (not isinstance(path, str) or not path.strip() or "\0" in path):
+        raise UsageError(f"journal.path: expected a file path, got {path!r}")
+    return path
 
 
 def _check_range(settings: Mapping[str, Any], defaults: Defaults, name: str) -> None:

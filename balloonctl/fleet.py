@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
 from balloonctl.errors import BalloonError, QMPTimeout, UnknownVM, UsageError
-from balloonctl.model import BalloonState, HintState, VmRef
+from balloonctl.model import BalloonState, HintState, TargetChange, VmRef
 from balloonctl.qmp import BalloonClient, BalloonEvent, RunFacts, Trace
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec
@@ -95,10 +95,12 @@ class Fleet(DataSource):
                  hold: bool = False, connect_timeout: float = 3.0,
                  command_timeout: float = 10.0, concurrency: int = 32,
                  trace: Trace | None = None,
-                 discover: Callable[[], Iterable[VmRef]] | None = None) -> None:
+                 discover: Callable[[], Iterable[VmRef]] | None = None,
+                 recorder: Callable[[TargetChange], None] | None = None) -> None:
         """``discover`` (optional) is asked at the start of every snapshot round for the
         VMs there are now (e.g. a rescan of a directory of sockets); the ones the fleet does
-        not know yet join it (``discover_new``).
+        not know yet join it (``discover_new``). ``recorder`` is given to every client
+        (``BalloonClient``): it sees each target sent through the fleet.
 
         Raises: UsageError: two VMs share a name."""
         self.refs: dict[str, VmRef] = {}
@@ -112,6 +114,7 @@ class Fleet(DataSource):
         self.command_timeout = command_timeout
         self.concurrency = concurrency
         self.trace = trace
+        self.recorder = recorder
         self._sem = asyncio.Semaphore(concurrency)
         self._clients: dict[str, BalloonClient] = {}  # hold mode only
         # Polite mode: what each VM's last connection learned about its current run; a
@@ -142,7 +145,7 @@ class Fleet(DataSource):
         return BalloonClient.from_ref(self._ref(name), store=self.store,
                                       connect_timeout=self.connect_timeout,
                                       command_timeout=self.command_timeout, trace=self.trace,
-                                      facts=self._facts.get(name))
+                                      facts=self._facts.get(name), recorder=self.recorder)
 
     def _ref(self, name: str) -> VmRef:
         try:
@@ -252,7 +255,8 @@ class Fleet(DataSource):
         loop = asyncio.get_running_loop()
         backoff = self._backoff[name]
         try:
-            state = await self._run_one(name, BalloonClient.snapshot, None)
+            previous = self._last.get(name)
+            state = await self._run_one(name, lambda c: c.snapshot(previous), None)
         except BalloonError as exc:  # only a session failure gets here
             ref = self.refs[name]
             state = BalloonState(name=name, qmp=ref.qmp, error=exc.message,
@@ -334,13 +338,14 @@ class Fleet(DataSource):
             await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
 
     async def set_target(self, name: str, spec: TargetSpec | int, *, force: bool = False,
-                         dry_run: bool = False) -> int:
+                         dry_run: bool = False, record: bool = True) -> int:
         """Set one VM's balloon target (see ``BalloonClient.set_target``).
 
         Raises:
             UnknownVM, and what ``BalloonClient.set_target`` raises.
         """
-        return await self._one(name, lambda c: c.set_target(spec, force=force, dry_run=dry_run))
+        return await self._one(name, lambda c: c.set_target(spec, force=force, dry_run=dry_run,
+                                                           record=record))
 
     async def set_hint(self, name: str, on: bool) -> HintState:
         """Turn one VM's cache-first hint on or off (see ``BalloonClient.set_hint``).

@@ -24,6 +24,8 @@ __all__ = [
     "HintMethod",
     "HintMode",
     "HintState",
+    "Owner",
+    "TargetChange",
     "VmRef",
     "VmStatus",
     "default_floor",
@@ -104,6 +106,25 @@ class HintMethod(enum.StrEnum):
 
     RECLAIM = "reclaim"  # cgroup v2 memory.reclaim: as much as the inflation needs
     DROP = "drop"  # echo 1 > /proc/sys/vm/drop_caches: the whole clean page cache
+
+
+class Owner(enum.StrEnum):
+    """Who set a VM's balloon target, as far as balloonctl can tell (``balloonctl.targets``).
+    A VM balloonctl never set (in this run of the VM) has no owner (None)."""
+
+    BALLOONCTL = "balloonctl"  # balloonctl's remembered target stands
+    FOREIGN = "foreign"  # another writer moved the balloon; left alone until taken back
+
+
+@dataclass(frozen=True, slots=True)
+class TargetChange:
+    """A target balloonctl has just sent (``BalloonClient``'s ``recorder`` sees each one):
+    ``previous`` is its own standing target before, else ``actual`` then (None: unknown)."""
+
+    vm: str
+    qmp: str
+    previous: int | None
+    target: int
 
 
 class VmStatus(enum.StrEnum):
@@ -249,6 +270,7 @@ class BalloonState:
     features: DeviceFeatures = field(default_factory=DeviceFeatures)
     hint: HintState = field(default_factory=HintState)
     taken_at: float = field(default_factory=time.time)
+    owner: Owner | None = None  # who set the target (balloonctl.targets); None: nobody known
 
     @property
     def driver_ready(self) -> bool:
@@ -334,6 +356,7 @@ class BalloonState:
             "hint_detail": self.hint.detail,
             "hint_released": self.hint.released,
             "hint_method": None if self.hint.method is None else self.hint.method.value,
+            "owner": None if self.owner is None else self.owner.value,
             "taken_at": round(self.taken_at, 3),
         }
 
@@ -380,6 +403,7 @@ class BalloonState:
                 method=HintMethod(data["hint_method"]) if data.get("hint_method") else None,
             ),
             taken_at=float(data.get("taken_at", time.time())),
+            owner=Owner(data["owner"]) if data.get("owner") in ("balloonctl", "foreign") else None,
         )
 
 

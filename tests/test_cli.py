@@ -580,7 +580,11 @@ def test_dashboard_opens_the_tui_on_the_selected_vms(
 
     monkeypatch.setattr(tui.app, "run_dashboard", fake_run)
     assert cli("top", "web-*", "--interval", "2s").exit_code == 0
-    assert seen == {"names": ["web-1"], "opts": {"interval": 2.0, "step": 128 * MiB}}
+    auto = seen["opts"].pop("auto")
+    # automatic ballooning over the same VMs, switched off until asked for
+    assert auto.names == ["web-1"] and auto.enabled == set() and auto.fleet.names == ["web-1"]
+    assert seen == {"names": ["web-1"], "opts": {"interval": 2.0, "step": 128 * MiB,
+                                                 "host_root": Path("/")}}
 
 
 def test_completion_prints_each_script(cli: Cli) -> None:

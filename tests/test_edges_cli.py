@@ -121,7 +121,12 @@ def test_dashboard_hold_or_polite(env: dict[str, str], vm1: FakeVM, monkeypatch:
     assert done.value.code == 0
     assert seen["source"].hold is hold
     assert list(seen["source"].names) == ["vm1"]
-    assert seen["opts"] == {"interval": 3.0, "step": 64 * MiB}
+    opts = dict(seen["opts"])
+    auto, host_root = opts.pop("auto"), opts.pop("host_root")
+    assert opts == {"interval": 3.0, "step": 64 * MiB}
+    # automatic ballooning is planned over the same fleet, off until A switches it on
+    assert auto.fleet is seen["source"] and auto.enabled == set()
+    assert host_root == Path("/")
 
 
 # --- status words end to end -----------------------------------------------------------------

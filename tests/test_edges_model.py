@@ -8,6 +8,7 @@ the status words) and docs/CONTRACTS.md. These are also the fast tests ``./dev m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -250,12 +251,22 @@ def test_driver_ready_needs_a_report() -> None:
     assert not healthy(stats=None).driver_ready
 
 
-DOCUMENTED_KEYS = (
-    "name qmp status reachable error error_kind actual guest_ram ballooned target floor maximum "
-    "free_memory disk_caches available_memory total_memory swap_in swap_out major_faults "
-    "minor_faults last_update stats_age driver_ready polling_interval deflate_on_oom "
-    "free_page_reporting free_page_hint hint_mode hint_enabled hint_detail hint_released taken_at"
-).split()
+def _documented_keys() -> list[str]:
+    """The key list docs/cli.md gives, in its order (the fenced block after 'its keys are
+    API:')."""
+    doc = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    after = doc.split("its keys are API:", 1)[1]
+    block = after.split("```", 2)[1]
+    return block.split()
+
+
+DOCUMENTED_KEYS = _documented_keys()
+
+
+def test_the_documented_keys_are_the_api_keys_we_know() -> None:
+    # a garbled doc block must not pass by being empty or cut short
+    assert DOCUMENTED_KEYS[:2] == ["name", "qmp"] and DOCUMENTED_KEYS[-1] == "taken_at"
+    assert {"hint_method", "owner"} <= set(DOCUMENTED_KEYS)
 
 
 def test_json_keys_are_exactly_the_documented_ones_in_order() -> None:
@@ -280,7 +291,8 @@ def test_to_json_values() -> None:
         "last_update": int(NOW) - 3, "stats_age": 3.1, "driver_ready": True,
         "polling_interval": 2, "deflate_on_oom": True, "free_page_reporting": False,
         "free_page_hint": None, "hint_mode": "agent", "hint_enabled": True,
-        "hint_detail": "why", "hint_released": 9, "taken_at": round(NOW + 0.12345, 3),
+        "hint_detail": "why", "hint_released": 9, "hint_method": None, "owner": None,
+        "taken_at": round(NOW + 0.12345, 3),
     }
     json.dumps(data)  # plain JSON types only
     back = BalloonState.from_json(data)

@@ -99,6 +99,7 @@ def test_help_imports_nothing_heavy(tmp_path: Path, args: list[str]) -> None:
 def test_core_modules_import_no_framework() -> None:
     program = (
         "import sys, balloonctl.config, balloonctl.policy, balloonctl.wave, "
+        "balloonctl.auto, balloonctl.changes, "
         "balloonctl.cli.fastcomplete, "
         "balloonctl.cli.exitcodes, balloonctl.cli.completers\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"

@@ -22,20 +22,24 @@ from textual.binding import Binding, BindingType
 from textual.timer import Timer
 
 from balloonctl.errors import BalloonError, HostReadError
-from balloonctl.host import read_meminfo
+from balloonctl.host import HostMemory, read_host, read_meminfo
 from balloonctl.model import BalloonState
 from balloonctl.units import MiB, format_size
 from tui.commands import FleetCommands
 from tui.fleetview import FleetView, StateChange
 from tui.messages import (
     ActionDone,
+    AutoCycleDone,
+    AutoStopped,
     EnableStats,
     HostMemoryRead,
+    Reclaim,
     SetTargets,
     SnapshotReady,
     SourceEvent,
     SourceFailed,
     StateReady,
+    ToggleAuto,
     ToggleHint,
 )
 from tui.screens.main import MainScreen
@@ -44,6 +48,7 @@ from tui.targets import absolute
 DEFAULT_MEMINFO = Path("/proc/meminfo")
 
 if TYPE_CHECKING:
+    from balloonctl.auto import AutoController
     from balloonctl.fleet import DataSource
 
 __all__ = ["DashboardApp", "backoff", "run_dashboard"]
@@ -59,10 +64,15 @@ class DashboardApp(App[None]):
 
     ``interval`` is seconds between polls; ``step`` the bytes the +/- keys move a target;
     ``stats_interval`` what the stats key sets; ``history`` samples kept per VM for the
-    sparklines; ``meminfo`` the host's meminfo file (None: do not show host memory);
+    sparklines; ``meminfo`` the host's meminfo file (None: do not show host memory), or
+    ``host_root`` the root of the host to read whole (``read_host``: RAM, KSM, PSI);
     ``clock`` stamps the event log; ``close_source`` closes the source when the App exits;
     ``handle_signals`` makes SIGTERM and SIGHUP quit like ``q`` (restoring the terminal)
     instead of killing the process with the terminal still in the dashboard's mode.
+
+    ``auto`` (an ``AutoController`` over the same fleet) plans every ``auto_interval``
+    seconds in a worker (its decisions show in the plan column and the detail pane) and
+    applies them to the VMs it is switched on for (``A``; its changes go to the event log).
     """
 
     CSS_PATH = "dashboard.tcss"
@@ -89,11 +99,19 @@ class DashboardApp(App[None]):
         events: bool = True,
         close_source: bool = False,
         handle_signals: bool = False,
+        host_root: Path | None = None,
+        auto: AutoController | None = None,
+        auto_interval: float | None = None,
     ) -> None:
         super().__init__()
         self.handle_signals = handle_signals
         self.quit_signal: signal.Signals | None = None  # the signal that ended the App
         self._previous_handlers: dict[signal.Signals, Any] = {}
+        self.host_root = host_root
+        self.auto = auto
+        self.auto_interval = auto_interval
+        self.auto_cycles = 0  # cycles shown so far (tests wait on this)
+        self._auto_wake = asyncio.Event()
         self.source = source
         self.interval = interval
         self.meminfo = meminfo
@@ -124,8 +142,11 @@ class DashboardApp(App[None]):
         self._poll()
         if self.watch_events:
             self._events()
-        if self.meminfo is not None:
+        if self.meminfo is not None or self.host_root is not None:
             self._host_memory(self.meminfo)
+        if self.auto is not None:
+            self._show_auto_status()
+            self._auto_loop()
 
     def _signalled(self, signum: signal.Signals) -> None:
         self.quit_signal = signum
@@ -222,11 +243,38 @@ class DashboardApp(App[None]):
             quiet += 1
             await asyncio.sleep(backoff(quiet, self.interval, cap=60.0))
 
+    @work(exclusive=True, group="auto", exit_on_error=False)
+    async def _auto_loop(self) -> None:
+        auto = self.auto
+        assert auto is not None
+        every = self.auto_interval or auto.settings.cycle
+        while True:
+            self._auto_wake.clear()
+            try:
+                cycle = await auto.cycle()
+            except BalloonError as exc:  # JournalError: never run unrecorded
+                auto.enabled = set()
+                self.post_message(AutoStopped(str(exc)))
+            except Exception as exc:  # a bug must not end the planning
+                self.post_message(AutoStopped(f"{type(exc).__name__}: {exc}"))
+            else:
+                self.post_message(AutoCycleDone(cycle))
+            try:
+                await asyncio.wait_for(self._auto_wake.wait(), every)
+            except TimeoutError:
+                pass
+
     @work(exclusive=True, group="host", exit_on_error=False)
-    async def _host_memory(self, path: Path) -> None:
+    async def _host_memory(self, path: Path | None) -> None:
+        root = self.host_root
         while True:
             try:
-                host = await asyncio.to_thread(read_meminfo, path)
+                host: HostMemory
+                if root is not None:
+                    host = await asyncio.to_thread(read_host, root)
+                else:
+                    assert path is not None
+                    host = await asyncio.to_thread(read_meminfo, path)
             except HostReadError as exc:
                 self.post_message(HostMemoryRead(None, exc.message))
             else:
@@ -370,6 +418,79 @@ class DashboardApp(App[None]):
 
         self._start("stats", {n: call(n) for n in message.names})
 
+    # -- automatic ballooning ---------------------------------------------------------------
+    def _auto_on(self, name: str) -> bool:
+        auto = self.auto
+        return auto is not None and auto.applies_to(name)
+
+    def _show_auto_status(self) -> None:
+        auto = self.auto
+        if auto is None:
+            return
+        on = sum(1 for n in auto.names if auto.applies_to(n))
+        self.main.auto_status = f"auto {'on' if on else 'off'} {on}/{len(auto.names)}"
+        self.main.show_fleet()
+
+    @on(AutoCycleDone)
+    def _auto_cycle(self, message: AutoCycleDone) -> None:
+        cycle = message.cycle
+        self.auto_cycles += 1
+        self.view.set_plan(cycle.decisions, self._auto_on)
+        if cycle.host_error is not None:
+            self.main.log_line(f"auto: {cycle.host_error}", style="red")
+        for change in cycle.applied:
+            self.view.note(change.name, f"auto: {change.line()}")
+            self.main.log_line(f"auto {change.line()}")
+        for move in cycle.foreign:
+            self.view.note(move.name, move.line())
+            self.main.log_line(move.line(), style="yellow")
+        for name, exc in cycle.failed.items():
+            self.main.log_line(f"{name}: auto failed: {exc.message}", style="red")
+        if cycle.applied:
+            self._wake.set()  # show the moves at once
+        self._redraw_soon()
+
+    @on(AutoStopped)
+    def _auto_stopped(self, message: AutoStopped) -> None:
+        self.main.log_line(f"auto stopped: {message.error}", style="bold red")
+        self._show_auto_status()
+
+    @on(ToggleAuto)
+    def _toggle_auto(self, message: ToggleAuto) -> None:
+        auto = self.auto
+        if auto is None:
+            self.notify("Automatic ballooning needs a QMP fleet", severity="warning")
+            return
+        names = auto.names if message.names is None else message.names
+        enabled = set(auto.names) if auto.enabled is None else set(auto.enabled)
+        enabled = enabled | set(names) if message.on else enabled - set(names)
+        auto.enabled = None if enabled >= set(auto.names) else enabled
+        who = "the whole fleet" if message.names is None else ", ".join(names)
+        self.main.log_line(f"auto {'on' if message.on else 'off'} for {who}")
+        self.view.set_plan([r.plan for r in self.view.rows.values() if r.plan is not None],
+                           self._auto_on)
+        self._show_auto_status()
+        self._auto_wake.set()  # plan (and apply) now
+
+    @on(Reclaim)
+    def _reclaim(self, message: Reclaim) -> None:
+        auto = self.auto
+        if auto is None:
+            return
+
+        def call(name: str) -> Callable[[], Awaitable[str]]:
+            async def run() -> str:
+                result = (await auto.reclaim([name]))[name]
+                if isinstance(result, BalloonError):
+                    raise result
+                return "taken back: auto manages it again" if result else \
+                    "not marked as moved by another writer"
+
+            return run
+
+        self._start("take back", {n: call(n) for n in message.names})
+        self._auto_wake.set()
+
     def _start(self, action: str, calls: Mapping[str, Callable[[], Awaitable[str]]]) -> None:
         # One log line per action and VM: its result, when it is in (ActionDone).
         self._act(action, calls)
@@ -384,11 +505,16 @@ def run_dashboard(
     history: int = 300,
     meminfo: Path | None = DEFAULT_MEMINFO,
     headless: bool = False,
+    host_root: Path | None = None,
+    auto: AutoController | None = None,
+    auto_interval: float | None = None,
 ) -> None:
     """Run the dashboard on ``source`` until the user quits (``q``, ctrl+c, f10) or the
-    process gets SIGTERM or SIGHUP; the terminal is restored and the source closed."""
+    process gets SIGTERM or SIGHUP; the terminal is restored and the source closed.
+    ``auto``: automatic ballooning over the same source (see ``DashboardApp``)."""
     app = DashboardApp(
         source, interval=interval, step=step, stats_interval=stats_interval,
         history=history, meminfo=meminfo, close_source=True, handle_signals=True,
+        host_root=host_root, auto=auto, auto_interval=auto_interval,
     )
     app.run(headless=headless)

@@ -42,6 +42,10 @@ ACTIONS: tuple[Action, ...] = (
     Action("toggle_hint", "h", "h", "Toggle hint", "Toggle the cache-first hint (a mixed "
            "selection: all on if any is off, else all off)"),
     Action("enable_stats", "s", "s", "Enable stats", "Turn on guest stats polling"),
+    Action("toggle_auto", "A", "A", "Auto on/off", "Switch automatic ballooning on or off "
+           "for the selected VMs (no selection: the whole fleet)"),
+    Action("reclaim", "R", "R", "Take back", "Take the selected VM(s) back from another "
+           "writer: auto manages them again", footer=False),
     Action("cursor(1)", "j", "j", "Down", "Move the cursor down (also ↓)", palette=False,
            footer=False),
     Action("cursor(-1)", "k", "k", "Up", "Move the cursor up (also ↑)", palette=False,

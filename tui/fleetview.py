@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from balloonctl.model import BalloonState, VmStatus
+from balloonctl.policy import Decision
 from balloonctl.units import format_exact
 from tui.history import VmHistory
 
@@ -47,6 +48,8 @@ class VmRow:
     # The guest's last stats report predates the last change of ``actual`` (or claims more
     # free and cached memory than the guest now has): its numbers are not current.
     stats_outdated: bool = False
+    plan: Decision | None = None  # automatic ballooning's latest decision for the VM
+    auto: bool = False  # automatic ballooning applies its decisions to the VM
 
     @property
     def name(self) -> str:
@@ -241,7 +244,8 @@ class FleetView:
                 self._actual_changed_at[state.name] = old.state.taken_at
             changed_at = self._actual_changed_at.get(state.name)
             self.rows[state.name] = VmRow(
-                state, in_rate, out_rate, _outdated(state, changed_at)
+                state, in_rate, out_rate, _outdated(state, changed_at),
+                None if old is None else old.plan, old is not None and old.auto,
             )
             history = self._known(state.name)
             if poll_round is not None and self._sampled_round.get(state.name, 0) < poll_round:
@@ -307,6 +311,13 @@ class FleetView:
         row = self.rows.get(name)
         if row is not None:
             self.rows[name] = dataclasses.replace(row, state=row.state.with_changes(**changes))
+
+    def set_plan(self, decisions: Iterable[Decision], auto: Callable[[str], bool]) -> None:
+        """Show automatic ballooning's decisions; ``auto(name)``: whether it applies them."""
+        for d in decisions:
+            row = self.rows.get(d.name)
+            if row is not None:
+                self.rows[d.name] = dataclasses.replace(row, plan=d, auto=auto(d.name))
 
     def note(self, name: str, text: str) -> None:
         """Remember an event or an action result for the VM's detail pane."""

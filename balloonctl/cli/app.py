@@ -15,11 +15,13 @@ from typing import Annotated
 import typer
 
 from balloonctl import __version__
+from balloonctl.cli import automation as automation_cmd
 from balloonctl.cli import completion as completion_cmd
 from balloonctl.cli import dashboard as dashboard_cmd
 from balloonctl.cli import experiment as experiment_cmd
 from balloonctl.cli import fake as fake_cmd
 from balloonctl.cli import hint as hint_cmd
+from balloonctl.cli import journalcmds as journal_cmd
 from balloonctl.cli import preflight as preflight_cmd
 from balloonctl.cli import set as set_cmd
 from balloonctl.cli import stats as stats_cmd
@@ -75,6 +77,11 @@ def main(
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show the QMP and guest-agent messages on stderr.",
     )] = False,
+    journal: Annotated[str | None, typer.Option(
+        "--journal", metavar="PATH",
+        help="The journal of target changes. Default: $BALLOONCTL_JOURNAL, the config's "
+             "[journal] path, or journal.jsonl beside the state file.",
+    )] = None,
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.",
     )] = False,
@@ -86,7 +93,7 @@ def main(
     """
     set_settings(Settings(
         qmp=list(qmp or []), qga=qga, directory=directory, config=config,
-        timeout=duration(timeout, "--timeout"), verbose=verbose,
+        timeout=duration(timeout, "--timeout"), verbose=verbose, journal=journal,
     ))
 
 
@@ -102,6 +109,10 @@ app.command("stats")(stats_cmd.stats)
 app.command("preflight")(preflight_cmd.preflight)
 app.command("watch")(watch_cmd.watch)
 app.command("wave")(wave_cmd.wave)
+app.command("plan")(automation_cmd.plan)
+app.command("auto")(automation_cmd.auto)
+app.command("history")(journal_cmd.history)
+app.command("undo")(journal_cmd.undo)
 app.add_typer(experiment_cmd.experiment_app, name="experiment")
 app.command("fake")(fake_cmd.fake)
 app.command("dashboard")(dashboard_cmd.dashboard)

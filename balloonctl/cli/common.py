@@ -24,7 +24,7 @@ from balloonctl.cli.exitcodes import ExitCode, combine, exit_code_for
 from balloonctl.cli.output import Format, error
 from balloonctl.config import Inventory, busy_advice
 from balloonctl.errors import BalloonError, SocketBusy, UsageError
-from balloonctl.model import BalloonState, VmRef
+from balloonctl.model import BalloonState, TargetChange, VmRef
 from balloonctl.units import parse_duration
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ class Settings:
     config: Path | None = None
     timeout: float | None = None
     verbose: bool = False
+    journal: str | None = None  # --journal
+    recorder: Callable[[TargetChange], None] | None = None  # journals targets sent (set...)
     _inventory: Inventory | None = None
 
     def inventory(self) -> Inventory:
@@ -131,7 +133,8 @@ class Settings:
 
         connect, command = self._timeouts()
         return Fleet(refs, store=FileStore(), hold=hold, connect_timeout=connect,
-                     command_timeout=command, trace=self.trace if self.verbose else None)
+                     command_timeout=command, trace=self.trace if self.verbose else None,
+                     recorder=self.recorder)
 
     def client(self, ref: VmRef) -> BalloonClient:
         from balloonctl.qmp import BalloonClient
@@ -140,7 +143,8 @@ class Settings:
         connect, command = self._timeouts()
         return BalloonClient.from_ref(ref, store=FileStore(), connect_timeout=connect,
                                       command_timeout=command,
-                                      trace=self.trace if self.verbose else None)
+                                      trace=self.trace if self.verbose else None,
+                                      recorder=self.recorder)
 
 
 _STATE = Settings()
@@ -291,7 +295,10 @@ def error_line(message: str, vm: str | None, kind: str, ref: VmRef | None = None
 
 def report_error(exc: BalloonError, ref: VmRef | None = None) -> None:
     kind = SocketBusy.__name__ if isinstance(exc, SocketBusy) else type(exc).__name__
-    error_line(exc.message, exc.vm, kind, ref)
+    path = getattr(exc, "path", None)  # a JournalError names its file
+    message = f"journal {path}: {exc.message}" if kind == "JournalError" and path else \
+        exc.message
+    error_line(message, exc.vm, kind, ref)
 
 
 def report(results: Mapping[str, object], refs: Sequence[VmRef]) -> ExitCode:

@@ -4,6 +4,7 @@ Textual is imported only when it opens."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -18,14 +19,26 @@ __all__ = ["dashboard", "open_dashboard"]
 
 
 def open_dashboard(refs: Sequence[VmRef], *, hold: bool,
-                   discover: Callable[[], Iterable[VmRef]] | None = None, **opts: Any) -> None:
+                   discover: Callable[[], Iterable[VmRef]] | None = None,
+                   host_root: Path | None = None, auto_on: bool = False, **opts: Any) -> None:
+    """Open the dashboard on ``refs``, journaling the targets it sets, with automatic
+    ballooning over the host at ``host_root`` (default: the inventory's), on from the start
+    when ``auto_on``.
+
+    Raises:
+        BalloonError: the dashboard's extra is not installed.
+    """
     try:
         from tui.app import run_dashboard
     except ImportError as exc:
         raise BalloonError(f"the dashboard is not available: {exc}") from None
+    from balloonctl.cli.journaling import dashboard_auto, record_targets
+
+    record_targets("dashboard", "set in the dashboard", check=False)
     fleet = settings().fleet(refs, hold=hold)
     fleet.discover = discover  # sockets that appear in the watched directory become rows
-    run_dashboard(fleet, **opts)
+    root = host_root or settings().inventory().host_root
+    run_dashboard(fleet, auto=dashboard_auto(fleet, auto_on, root), host_root=root, **opts)
 
 
 def dashboard(

@@ -22,6 +22,7 @@ from balloonctl.cli.common import (
     output_format,
     report_states,
     run,
+    settings,
     snapshot,
 )
 from balloonctl.cli.dashboard import open_dashboard
@@ -177,26 +178,40 @@ def demo(
     )] = False,
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
+    host_mem: Annotated[str | None, typer.Option(
+        "--host-mem", metavar="SIZE", show_default=False,
+        help="The simulated host's RAM (default: two thirds of the guests' RAM).",
+        autocompletion=completers.typer_callback("host_mem"),
+    )] = None,
 ) -> None:
-    """Start six simulated 2 GiB VMs running a compile workload and open the dashboard."""
+    """Start six simulated 2 GiB VMs running a compile workload on a simulated host smaller
+    than them, with automatic ballooning on and the cache-first hint on for half of them,
+    and open the dashboard."""
     import tempfile
 
     from balloonctl.config import scan_dir
     from balloonctl.fake import FakeFleet, run_in_thread
+    from balloonctl.host import host_root_for
     from balloonctl.store import private_state
 
     ram = parse_size(mem)
+    host_size = parse_size(host_mem) if host_mem else vms * ram * 2 // 3
     fmt = output_format(fmt, as_json)
     with (tempfile.TemporaryDirectory(prefix="balloonctl-demo-") as tmp,
           private_state(Path(tmp) / "state.json")):
         with _refusals("TMPDIR"):
-            fleet = FakeFleet(vms, Path(tmp), ram=ram, workload=workload.fake_name())
+            fleet = FakeFleet(vms, Path(tmp), ram=ram, workload=workload.fake_name(),
+                              host_mem=host_size)
+        settings().journal = str(Path(tmp) / "journal.jsonl")  # never the user's journal
         with run_in_thread(fleet):
             refs = scan_dir(tmp)
+            names = [r.name for r in refs]
 
             async def prepare() -> list[BalloonState]:
                 async def enable(c: BalloonClient) -> None:
                     await c.enable_stats(1)
+                    if names.index(c.name) % 2 == 0:
+                        await c.set_hint(True)  # vm1, vm3, ...: cache first
 
                 await each(refs, enable)
                 return await snapshot(refs)
@@ -206,5 +221,6 @@ def demo(
                 out(render_states(states, fmt))
                 exit_with(report_states(states, refs))
                 return
-            open_dashboard(refs, hold=False, stats_interval=1)
+            open_dashboard(refs, hold=False, stats_interval=1, host_root=host_root_for(tmp),
+                           auto_on=True, auto_interval=2.0)
 

@@ -141,6 +141,10 @@ def set_(
     wait_for = duration(timeout, "--timeout") or 60.0
     refs = settings().select_to_change(names, all_vms=all_vms, what="set")
     progress = _Progress([r.name for r in refs])
+    if not dry_run:
+        from balloonctl.cli.journaling import record_targets
+
+        record_targets("set", f"set to {size_text}")
 
     async def one(c: BalloonClient) -> SetResult:
         before = await c.query_actual()  # first: a VM without a balloon device fails here

@@ -41,14 +41,21 @@ def status(
     count: Annotated[int | None, typer.Option(
         "--count", metavar="N", help="With --watch, stop after N refreshes.",
     )] = None,
+    host: Annotated[bool, typer.Option(
+        "--host", help="Show the host's memory: a first line in tables (the default on a "
+                       "terminal); with --json an object {host, vms}.",
+    )] = False,
 ) -> None:
     """A table of every selected VM's balloon: actual, RAM, target, free, cached, hint."""
+    from balloonctl.cli.hostline import with_host
+
     fmt = output_format(fmt, as_json)
     every = duration(interval, "--interval") or 2.0
     refs = settings().select(vms or [], all_vms=all_vms)
+    host = host or (is_tty() and fmt is Format.TABLE)
     if not watch:
         states = run(snapshot(refs))
-        out(render_states(states, fmt))
+        out(with_host(render_states(states, fmt), states, fmt, host))
         exit_with(report_states(states, refs))
         return
 
@@ -58,7 +65,8 @@ def status(
         n = 0
         try:
             async for states in fleet.stream(every):
-                text = render_states(states, fmt, csv_header=n == 0)
+                text = with_host(render_states(states, fmt, csv_header=n == 0), states, fmt,
+                                 host)
                 if tty:
                     stamp = time.strftime("%H:%M:%S")
                     text = f"\x1b[H\x1b[2J{stamp}  every {format_duration(every)}\n{text}"

@@ -198,6 +198,9 @@ def wave(
         raise UsageError("name the VM (wave takes one VM)")
     ref = single or settings().inventory().select_one(vm or "", command="wave")
     steps: list[dict[str, Any]] = []
+    from balloonctl.cli.journaling import record_targets
+
+    record_targets("wave", f"wave between {minimum} and {maximum}, period {period}")
 
     def emit(s: WaveStep) -> None:
         record = {"name": ref.name, "t": round(s.t, 3), "target": s.target, "actual": s.actual,

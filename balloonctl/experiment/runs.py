@@ -18,11 +18,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
+from balloonctl.auto import plan_cycle
 from balloonctl.errors import BalloonError
 from balloonctl.experiment.results import ExperimentResult, Recorder, RunResult
 from balloonctl.host import HostMemory
 from balloonctl.model import BalloonState, GuestStats
-from balloonctl.policy import Decision, PolicySettings, VmInput, VmRates, decide, rates_between
+from balloonctl.policy import Decision, PolicySettings
 from balloonctl.wave import triangle_wave
 
 if TYPE_CHECKING:
@@ -135,12 +136,12 @@ async def policy_step(
     *,
     wall: float,
 ) -> tuple[list[Decision], dict[str, BalloonState]]:
-    """One cycle of automatic ballooning, as ``auto`` does it: snapshot every VM, run
-    ``decide`` on them and the host, and send each changed target through
-    ``BalloonClient.set_target`` (the ``set`` command's path: validated, the agent-mode
-    hint's reclaim before an inflation). ``wall`` is the time the snapshots count as taken
-    (the bench's ``time.time()``: simulated time on the simulator). Returns the decisions and
-    the snapshots (the next cycle's ``previous``).
+    """One cycle of automatic ballooning, as ``auto`` does it: snapshot every VM, decide
+    as ``AutoController`` does (``balloonctl.auto.plan_cycle``) and send each changed target
+    through ``BalloonClient.set_target`` (the ``set`` command's path: validated, the
+    agent-mode hint's reclaim alongside an inflation). ``wall`` is the time the snapshots
+    count as taken (the bench's ``time.time()``: simulated time on the simulator). Returns
+    the decisions and the snapshots (the next cycle's ``previous``).
 
     Raises:
         BalloonError: sending a target failed.
@@ -148,9 +149,7 @@ async def policy_step(
     names = list(clients)
     states = await asyncio.gather(*(clients[n].snapshot() for n in names))
     now = {s.name: s.with_changes(taken_at=wall) for s in states}
-    inputs = [VmInput(s, rates_between(previous[n], s) if n in previous else VmRates())
-              for n, s in now.items()]
-    decisions = decide(inputs, host, settings)
+    decisions = plan_cycle(list(now.values()), previous, host, settings)
     await asyncio.gather(*(clients[d.name].set_target(d.target)
                            for d in decisions if d.target is not None))
     return decisions, now

@@ -23,7 +23,7 @@ from balloonctl.host import HostMemory
 from balloonctl.units import SizeKind, TargetSpec, format_size
 from tui.commands import bindings
 from tui.fleetview import FleetView
-from tui.messages import EnableStats, SetTargets, ToggleHint
+from tui.messages import EnableStats, Reclaim, SetTargets, ToggleAuto, ToggleHint
 from tui.screens.help import HelpScreen
 from tui.screens.target import SetTargetDialog
 from tui.targets import TargetPlan, plan_targets
@@ -61,6 +61,7 @@ class MainScreen(Screen[None]):
         self._clock = clock
         self._refresh_now = refresh_now
         self._ready = False
+        self.auto_status = ""  # "auto on 3/6" when the App offers automatic ballooning
 
     def compose(self) -> ComposeResult:
         yield FleetHeader(id="totals")
@@ -137,6 +138,8 @@ class MainScreen(Screen[None]):
         if view.selected:
             status += f"  selected {len(view.selected)}"
         status += f"  step {format_size(self.step)}"
+        if self.auto_status:
+            status += f"  {self.auto_status}"
         self._status.update(status, layout=False)
         self.show_detail()
 
@@ -146,7 +149,9 @@ class MainScreen(Screen[None]):
         name = self.table.cursor_vm
         state = None if name is None else self.view.state(name)
         history = None if name is None else self.view.history.get(name)
-        self._detail.show(state, history)
+        row = None if name is None else self.view.rows.get(name)
+        self._detail.show(state, history, None if row is None else row.plan,
+                          row is not None and row.auto)
         self.call_after_refresh(self._refit)
 
     _detail_lines = -1
@@ -288,6 +293,18 @@ class MainScreen(Screen[None]):
         if names:
             on = self.view.hint_wanted(names)  # one state for all, even if they differ now
             self.post_message(ToggleHint(dict.fromkeys(names, on)))
+
+    def action_toggle_auto(self) -> None:
+        """Auto on/off for the selection, or for the whole fleet without one; on when it
+        is off for any of them."""
+        names = sorted(self.view.selected) or None
+        rows = [r for r in self.view.rows.values() if names is None or r.name in names]
+        self.post_message(ToggleAuto(names, on=not all(r.auto for r in rows)))
+
+    def action_reclaim(self) -> None:
+        names = self._targets()
+        if names:
+            self.post_message(Reclaim(names))
 
     def action_enable_stats(self) -> None:
         names = self._targets()

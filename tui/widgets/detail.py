@@ -8,6 +8,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Static
 
 from balloonctl.model import BalloonState
+from balloonctl.policy import Decision
 from balloonctl.units import format_duration, format_exact, format_size, format_size_aligned
 from tui.fleetview import hint_text, reason
 from tui.history import Ring, VmHistory
@@ -24,8 +25,9 @@ def _flag(value: bool | None) -> str:
     return "?" if value is None else ("on" if value else "off")
 
 
-def describe(state: BalloonState) -> Text:
-    """The VM's facts, a few short lines (each wraps in a narrow pane, none is cut)."""
+def describe(state: BalloonState, plan: Decision | None = None, auto: bool = False) -> Text:
+    """The VM's facts, a few short lines (each wraps in a narrow pane, none is cut); with
+    auto's ``plan``, its reason."""
     def size(value: int | None) -> str:
         return format_exact(value, with_bytes=False)
 
@@ -54,6 +56,14 @@ def describe(state: BalloonState) -> Text:
         f"free-page-reporting {_flag(f.free_page_reporting)}  "
         f"free-page-hint {_flag(f.free_page_hint)}"
     )
+    if state.owner is not None and state.owner.value == "foreign":
+        text.append("\nmoved by another writer: auto leaves it alone (R takes it back)",
+                    style="yellow")
+    if plan is not None:
+        text.append(f"\nauto {'on' if auto else 'off'}, plan {plan.action.value}", style="bold")
+        if plan.target is not None:
+            text.append(f" to {size(plan.target)}", style="bold")
+        text.append(f": {plan.reason}")
     return text
 
 
@@ -87,8 +97,11 @@ class DetailPane(VerticalScroll):
 
     _ready = False
     _pending: tuple[BalloonState | None, VmHistory | None] = (None, None)
+    _plan: tuple[Decision | None, bool] = (None, False)
 
-    def show(self, state: BalloonState | None, history: VmHistory | None) -> None:
+    def show(self, state: BalloonState | None, history: VmHistory | None,
+             plan: Decision | None = None, auto: bool = False) -> None:
+        self._plan = (plan, auto)
         if not self._ready:
             self._pending = (state, history)
             return
@@ -97,7 +110,7 @@ class DetailPane(VerticalScroll):
             self._facts.update("no VM selected")
             self._bar.show(None)
         else:
-            self._facts.update(describe(state))
+            self._facts.update(describe(state, *self._plan))
             self._bar.show(state)
         if state is None or history is None:  # nothing of another VM may stay on show
             self.border_subtitle = ""

@@ -89,6 +89,26 @@ def _hint(row: VmRow) -> Text:
     return Text(words, style="green")
 
 
+_ARROWS = {"shrink": "↓", "grow": "↑"}
+
+
+def _plan(row: VmRow) -> Text:
+    """Auto's decision: ``↓1.75G`` / ``↑2.00G`` (the planned target), ``hold``, ``leave``;
+    ``foreign`` for a VM another writer moved; bold when auto applies it."""
+    if row.state.owner is not None and row.state.owner.value == "foreign":
+        return Text("foreign", style="yellow")
+    d = row.plan
+    if d is None:
+        return Text("-")
+    if d.target is None:
+        text = d.action.value
+    else:
+        text = f"{_ARROWS.get(d.action.value, '')}{format_size_aligned(d.target).strip()}"
+    if d.action.value == "leave":
+        return Text(text, style="dim")
+    return Text(text, style="bold" if row.auto else "")
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     key: str
@@ -109,6 +129,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("avail", "avail", 6, _stat_size("available_memory"), numeric=True),
     Column("target", "target", 6, lambda row: _size(row.state.target), numeric=True),
     Column("ram", "RAM", 6, lambda row: _size(row.state.guest_ram), numeric=True),
+    Column("plan", "plan", 7, _plan),  # after the columns fit() keeps on screen
     Column("swap", "swap/s", 11, _swap, numeric=True),  # "1023K/1023K"
     Column("hint", "hint", 11, _hint),  # "off (device)"
     Column("age", "age", 5, _outdated(lambda row: _number(format_duration(row.state.stats_age))),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from balloonctl.host import HostMemory
+from balloonctl.host import HostMemory, describe_host
 from balloonctl.units import format_size
 from tui.fleetview import Totals
 
@@ -75,7 +75,12 @@ class FleetHeader(Static):
             text.append("waiting for the first snapshot…", style="dim")
         host = self._host
         text.append(" │ host " if compact else "  │  host ", style="dim")
-        if host is not None:
+        if host is not None and not compact and (host.psi is not None or host.ksm is not None):
+            # the whole host (read_host): RAM, available, overcommit, KSM, PSI; a narrow
+            # terminal gets free and available only
+            line = describe_host(host, 0 if t is None else t.guest_ram)
+            text.append(line.removeprefix("host "))
+        elif host is not None:
             text.append("free ", style="dim")
             text.append(size(host.free))
             text.append(" avail ", style="dim")
