@@ -121,7 +121,10 @@ class VmRef:
     maximum: int | None = None
     shares: int = 1000
     hint: bool | None = None  # preferred cache-first hint state, None = leave as is
-    source: str = "cli"  # where this VM came from: cli, dir, config, proxmox
+    source: str = "cli"  # where this VM came from: cli, dir, config, proxmox, libvirt
+    backend: str = "qmp"  # how balloonctl reaches it: "qmp" (the socket) or "libvirt"
+    uri: str | None = None  # the libvirt connection URI (backend "libvirt"); qmp then names
+    # the domain as "URI#NAME" for display and balloonctl's state
 
 
 _STAT_FIELDS = {

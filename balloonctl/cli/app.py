@@ -49,8 +49,8 @@ from balloonctl.units import (
 )
 
 if TYPE_CHECKING:
+    from balloonctl.backend import VmClient
     from balloonctl.fleet import Fleet
-    from balloonctl.qmp import BalloonClient
 
 __all__ = ["app", "run"]
 
@@ -177,6 +177,7 @@ class Settings:
     """The global options, and what the commands build from them."""
 
     qmp: list[str] = field(default_factory=list)
+    libvirt: list[str] = field(default_factory=list)
     qga: str | None = None
     directory: str | None = None
     config: Path | None = None
@@ -187,7 +188,8 @@ class Settings:
     def inventory(self) -> Inventory:
         if self._inventory is None:
             self._inventory = Inventory.load(
-                qmp=self.qmp, qga=self.qga, directory=self.directory, config=self.config
+                qmp=self.qmp, qga=self.qga, directory=self.directory, config=self.config,
+                libvirt=self.libvirt,
             )
         return self._inventory
 
@@ -215,14 +217,13 @@ class Settings:
         return Fleet(refs, store=FileStore(), hold=hold, connect_timeout=connect,
                      command_timeout=command, trace=self.trace if self.verbose else None)
 
-    def client(self, ref: VmRef) -> BalloonClient:
-        from balloonctl.qmp import BalloonClient
+    def client(self, ref: VmRef) -> VmClient:
+        from balloonctl.backend import client_for
         from balloonctl.store import FileStore
 
         connect, command = self._timeouts()
-        return BalloonClient.from_ref(ref, store=FileStore(), connect_timeout=connect,
-                                      command_timeout=command,
-                                      trace=self.trace if self.verbose else None)
+        return client_for(ref, store=FileStore(), connect_timeout=connect,
+                          command_timeout=command, trace=self.trace if self.verbose else None)
 
 
 _STATE = Settings()
@@ -256,6 +257,10 @@ def main(
     qga: Annotated[str | None, typer.Option(
         "--qga", metavar="PATH", help="The guest-agent socket of the single --qmp VM.",
     )] = None,
+    libvirt: Annotated[list[str] | None, typer.Option(
+        "--libvirt", metavar="URI",
+        help="The running domains of a libvirt URI, e.g. qemu:///system (repeatable).",
+    )] = None,
     directory: Annotated[str | None, typer.Option(
         "--dir", metavar="DIR",
         help="A directory of sockets (*.qmp, *.sock; <stem>.qga for the agent). "
@@ -284,7 +289,8 @@ def main(
     """
     global _STATE
     _STATE = Settings(
-        qmp=list(qmp or []), qga=qga, directory=directory, config=config,
+        qmp=list(qmp or []), libvirt=list(libvirt or []), qga=qga, directory=directory,
+        config=config,
         timeout=_duration(timeout, "--timeout"), verbose=verbose,
     )
 
@@ -381,7 +387,7 @@ def _report_states(states: Sequence[BalloonState], refs: Sequence[VmRef]) -> Exi
 
 
 async def _each(
-    refs: Sequence[VmRef], fn: Callable[[BalloonClient], Awaitable[T]], *, hold: bool = False,
+    refs: Sequence[VmRef], fn: Callable[[VmClient], Awaitable[T]], *, hold: bool = False,
 ) -> dict[str, T | BalloonError]:
     fleet = _STATE.fleet(refs, hold=hold)
     try:
@@ -545,7 +551,7 @@ def set_(
     refs = _STATE.select(names, all_vms=all_vms)
     progress = _Progress([r.name for r in refs])
 
-    async def one(c: BalloonClient) -> str:
+    async def one(c: VmClient) -> str:
         before = await c.query_actual()
         target = await c.set_target(spec, force=force, dry_run=dry_run)
         if dry_run:
@@ -612,7 +618,7 @@ def hint(
         raise UsageError("expected VM... [on|off|status]")
     refs = _STATE.select(args, all_vms=all_vms)
 
-    async def one(c: BalloonClient) -> HintState:
+    async def one(c: VmClient) -> HintState:
         if action == "status":
             return await c.hint_status()
         return await c.set_hint(action == "on")
@@ -644,7 +650,7 @@ def stats(
         raise UsageError("name the VMs (or --all)")
     refs = _STATE.select(vms or [], all_vms=all_vms)
 
-    async def one(c: BalloonClient) -> str:
+    async def one(c: VmClient) -> str:
         await c.enable_stats(interval)
         if interval == 0:
             return f"{c.name}: guest stats polling off"
@@ -1071,7 +1077,7 @@ def demo(
             refs = scan_dir(tmp)
 
             async def prepare() -> list[BalloonState]:
-                async def enable(c: BalloonClient) -> None:
+                async def enable(c: VmClient) -> None:
                     await c.enable_stats(1)
 
                 await _each(refs, enable)
