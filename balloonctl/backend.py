@@ -83,7 +83,7 @@ def client_for(ref: VmRef, **kw: Any) -> VmClient:
         BackendMissing: a libvirt VM and no libvirt-python.
     """
     if ref.backend == "libvirt":
-        from balloonctl.libvirt import LibvirtClient
+        from balloonctl.libvirt.client import LibvirtClient
 
         return LibvirtClient.from_ref(ref, **kw)
     if is_libvirt_socket(ref.qmp):

@@ -153,3 +153,14 @@ def test_without_the_binding_a_polite_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("balloonctl: error: the libvirt backend "
                                                    "needs the libvirt-python binding")
     assert "pip install 'balloonctl[libvirt]'" in lines[0]
+
+
+def test_the_package_imports_neither_the_binding_nor_qemu() -> None:
+    """Listing domains (shell completion) stays light; the binding loads on first use."""
+    probe = ("import sys, balloonctl.libvirt as lv, balloonctl.config\n"
+             "print(sorted(m for m in ('libvirt', 'libvirt_qemu', 'qemu') if m in sys.modules))\n"
+             "lv.LibvirtClient\n"
+             "print('qemu' in sys.modules, 'libvirt' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.splitlines() == ["[]", "True False"]

@@ -11,7 +11,21 @@ and a missing one is ``BackendMissing`` ("pip install 'balloonctl[libvirt]'").
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from balloonctl.libvirt.binding import DEFAULT_URI, list_domains
-from balloonctl.libvirt.client import LibvirtClient, address_of
+
+if TYPE_CHECKING:
+    from balloonctl.libvirt.client import LibvirtClient, address_of
 
 __all__ = ["DEFAULT_URI", "LibvirtClient", "address_of", "list_domains"]
+
+
+def __getattr__(name: str) -> Any:
+    # The client (and with it qemu.qmp) only when asked for: listing domains for shell
+    # completion stays light.
+    if name in ("LibvirtClient", "address_of"):
+        from balloonctl.libvirt import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
