@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +126,12 @@ def test_hint_in_agent_mode_reclaims_page_cache(lv_domain: Domain, cli: Cli) -> 
     on = json.loads(cli.ok("hint", lv_domain.name, "on", "--json"))
     assert on[0]["hint_mode"] == "agent" and on[0]["hint_enabled"] is True
     assert lv_domain.guest_exec(["/bin/sh", "-c", "cat /data/big.bin > /dev/null"]) == 0
-    cached = poll_until(lambda: (c := lv_domain.stats()["disk_caches"] * 1024) > 150 * MiB
-                        and c, timeout=30, what="the guest's page cache to fill")
+    read_at = time.time()
+    # the first sample the guest pushed after the read finished (last_update: whole seconds)
+    sample = poll_until(lambda: (s := lv_domain.stats())["last_update"] > read_at + 1 and s,
+                        timeout=30, what="a stats sample after the read")
+    cached = sample["disk_caches"] * 1024
+    assert cached > 150 * MiB
     cli.ok("set", lv_domain.name, "600M", "--wait")
     status = json.loads(cli.ok("hint", lv_domain.name, "--json"))[0]
     released = status["hint_released"]
@@ -139,8 +144,10 @@ def test_hint_in_agent_mode_reclaims_page_cache(lv_domain: Domain, cli: Cli) -> 
     cli.ok("hint", lv_domain.name, "off")
 
 
-def read_events(proc: subprocess.Popen[str], want: str, timeout: float) -> list[dict[str, Any]]:
-    """NDJSON lines of ``proc`` until an event named ``want`` (or the deadline)."""
+def read_events(proc: subprocess.Popen[str], want: str, timeout: float,
+                which: Callable[[dict[str, Any]], bool] = lambda _: True,
+                ) -> list[dict[str, Any]]:
+    """NDJSON lines of ``proc`` until an event named ``want`` for which ``which`` holds."""
     assert proc.stdout is not None
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
@@ -154,7 +161,7 @@ def read_events(proc: subprocess.Popen[str], want: str, timeout: float) -> list[
                 break
             record = json.loads(line)
             seen.append(record)
-            if record.get("event") == want:
+            if record.get("event") == want and which(record):
                 return seen
     raise AssertionError(f"no {want} event within {timeout:g}s; saw {seen}")
 
@@ -165,7 +172,9 @@ def test_watch_sees_balloon_change(lv_domain: Domain, cli: Cli) -> None:
         read_events(proc, "CONNECTED", 30)
         subprocess.run(["virsh", "-c", URI, "setmem", lv_domain.name, "900M", "--live"],
                        check=True, capture_output=True, timeout=30)
-        seen = read_events(proc, "BALLOON_CHANGE", 30)
+        # (a late BALLOON_CHANGE of an earlier deflation back to full RAM may come first)
+        seen = read_events(proc, "BALLOON_CHANGE", 30,
+                           lambda r: r["data"]["actual"] < lv_domain.ram)
         change = seen[-1]
         assert change["name"] == lv_domain.name
         assert 900 * MiB <= change["data"]["actual"] < lv_domain.ram
@@ -177,18 +186,26 @@ def test_watch_sees_balloon_change(lv_domain: Domain, cli: Cli) -> None:
 def test_a_domain_destroyed_mid_command(lv_guest_image: GuestImage, cli: Cli) -> None:
     dom = start_domain(lv_guest_image, "doomed")
     try:
-        proc = cli.popen("set", dom.name, "256M", "--wait", "--timeout", "60s")
-        poll_until(lambda: dom.actual() < dom.ram - 16 * MiB, timeout=30, interval=0.05,
-                   what="the balloon to start inflating")
+        # -v traces every libvirt call on stderr: the domain is destroyed right after the
+        # target was sent, while `set --wait` polls (inflating 768 MiB takes over a second)
+        proc = cli.popen("-v", "set", dom.name, "256M", "--wait", "--timeout", "60s")
+        assert proc.stderr is not None
+        trace: list[str] = []
+        for line in proc.stderr:
+            trace.append(line)
+            if '"libvirt":"setMemoryFlags","result"' in line:
+                break
+        else:
+            raise AssertionError(f"the target was never sent: {''.join(trace)}")
         dom.dom.destroy()
-        _, stderr = proc.communicate(timeout=60)
+        _, rest = proc.communicate(timeout=60)
     finally:
         dom.destroy()
-    assert proc.returncode == 3, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith(f"balloonctl: error: {dom.name}: domain '{dom.name}' is not "
-                               f"running at {URI}")
+    assert proc.returncode == 3, rest
+    errors = [line for line in rest.splitlines() if line.startswith("balloonctl: error:")]
+    assert len(errors) == 1, rest
+    assert errors[0].startswith(f"balloonctl: error: {dom.name}: domain '{dom.name}' is not "
+                                f"running at {URI}")
 
 
 def test_libvirtd_not_there(cli: Cli, tmp_path: Path, libvirt_ready: None) -> None:
