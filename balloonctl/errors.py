@@ -1,7 +1,7 @@
 """One error tree for balloonctl.
 
 Third-party failures (qemu.qmp, OSError, asyncio timeouts, JSON) are translated into this
-tree exactly once, at the boundary where they happen (``qmp.py`` for QMP, ``agent.py`` for
+tree exactly once, at the boundary where they happen (``qmpsession.py`` for QMP, ``qga.py`` for
 the guest agent, ``libvirt/parse.py`` for libvirt). ``asyncio.CancelledError`` is never wrapped.
 
     BalloonError                      anything balloonctl raises on purpose
@@ -24,10 +24,12 @@ the guest agent, ``libvirt/parse.py`` for libvirt). ``asyncio.CancelledError`` i
     ├── WaitTimeout                   the balloon did not reach its target in time
     │   └── StuckBalloon              ``actual`` stopped moving short of the target
     ├── HintUnsupported               no way to honour the cache-first hint on this VM
+    ├── HostReadError                 the host's meminfo, PSI or KSM file is unreadable or malformed
     ├── AgentError                    the guest agent failed or is unreachable
     │   └── AgentExecBlocked          the guest agent refuses guest-exec
-    └── JournalError                  the journal cannot be written or read (names the file),
-                                      or one of its lines has the wrong shape
+    ├── JournalError                  the journal cannot be written or read (names the file),
+    │                                 or one of its lines has the wrong shape
+    └── StateFileError                balloonctl's own state file cannot be read or written
 
 Every error's ``str()`` is one line meant for an operator; ``vm`` names the VM when known.
 """
@@ -46,6 +48,7 @@ __all__ = [
     "DomainNotRunning",
     "DriverNotReady",
     "HintUnsupported",
+    "HostReadError",
     "JournalError",
     "LibvirtDenied",
     "LibvirtUnavailable",
@@ -55,6 +58,7 @@ __all__ = [
     "QMPTimeout",
     "SizeError",
     "SocketBusy",
+    "StateFileError",
     "StuckBalloon",
     "UnknownVM",
     "UnsafeTarget",
@@ -191,6 +195,15 @@ class HintUnsupported(BalloonError):
     """The cache-first hint cannot be honoured on this VM."""
 
 
+class HostReadError(BalloonError):
+    """A host memory file (``/proc/meminfo``, ``/proc/pressure/memory``, KSM's files, or a
+    simulated host's) cannot be read or does not have the kernel's shape. ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
 class AgentError(BalloonError):
     """The guest agent failed or is unreachable."""
 
@@ -215,3 +228,13 @@ class JournalError(BalloonError):
     def __str__(self) -> str:
         text = super().__str__()
         return f"journal {self.path}: {text}" if self.path else text
+class StateFileError(BalloonError):
+    """balloonctl's state file (``store.py``) cannot be read or written; ``path`` names it.
+
+    The message is one line naming the file and what is wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"state file {path}: {problem}")
+        self.path = path
+        self.problem = problem

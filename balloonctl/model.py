@@ -258,7 +258,8 @@ class BalloonState:
 
     @property
     def stale(self) -> bool:
-        """Polling is on but the guest's last report is older than three intervals."""
+        """Polling is on but the guest's last report is older than three polling intervals
+        plus 2 s (``last-update`` has whole-second resolution), as docs/cli.md states."""
         age = self.stats_age
         if not self.polling_interval or age is None:
             return False

@@ -94,7 +94,9 @@ async def test_never_greeting_server_is_socket_busy_within_the_timeout(
     with pytest.raises(SocketBusy) as err:
         await client.connect()
     elapsed = time.monotonic() - started
-    assert 0.25 <= elapsed < 1.5
+    # not before the timeout; the upper bound only needs to be certain on a busy machine
+    # (the message names the 0.3 s that applied)
+    assert 0.25 <= elapsed < 5
     assert "no greeting within 0.3s" in str(err.value)
     assert "another QMP client" in str(err.value)
     # The same client recovers once the socket is free again.
@@ -196,11 +198,11 @@ async def test_garbage_reply_is_disconnected_then_recovers(
 async def test_slow_reply_is_qmp_timeout(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     async with client_for(fake_vm, command_timeout=0.2) as client:
         await client.query_actual()
-        fake_vm.faults.delay["query-balloon"] = 1.0
+        fake_vm.faults.delay["query-balloon"] = 20.0  # far beyond the bound's slack
         started = time.monotonic()
         with pytest.raises(QMPTimeout, match=r"did not answer query-balloon within 0\.2s"):
             await client.query_actual()
-        assert time.monotonic() - started < 0.9
+        assert time.monotonic() - started < 10
 
 
 async def test_qmp_errors_keep_what_was_sent_and_received(
@@ -277,7 +279,8 @@ async def test_events_arrive_and_end_with_disconnected(
                 got.append(ev)
 
         task = asyncio.create_task(consume())
-        await poll_until(lambda: len(client._qmp._listeners) >= 2, within=2, what="listener")
+        await poll_until(lambda: len(client.session._qmp._listeners) >= 2, within=2,
+                         what="listener")
         await client.set_target(GiB)
         await poll_until(lambda: any(e.name == "BALLOON_CHANGE" for e in got), within=3,
                          what="BALLOON_CHANGE")
@@ -300,7 +303,7 @@ async def test_event_stream_ends_quietly_when_the_client_closes(
         return await anext(stream)
 
     waiting = asyncio.create_task(first())
-    await poll_until(lambda: len(client._qmp._listeners) >= 2, within=2, what="listener")
+    await poll_until(lambda: len(client.session._qmp._listeners) >= 2, within=2, what="listener")
     await client.close()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(waiting, 2)
@@ -309,7 +312,7 @@ async def test_event_stream_ends_quietly_when_the_client_closes(
 async def test_event_buffers_stay_bounded(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     """qemu.qmp keeps every event forever by default; ours keep a bounded number."""
     async with client_for(fake_vm) as client:
-        qmp = client._qmp
+        qmp = client.session._qmp
         for i in range(2000):
             fake_vm.qmp.send_event({"event": "BALLOON_CHANGE", "data": {"actual": i},
                                     "timestamp": {"seconds": 1, "microseconds": 0}})
@@ -338,6 +341,6 @@ async def test_raw_client_gets_in_after_close(fake_vm: FakeVM, client_for: Clien
     ("host:notaport", "host:notaport"),
 ])
 def test_addresses_are_unix_paths_or_host_port(address: str, parsed: object) -> None:
-    from balloonctl.qmp import _parse_address
+    from balloonctl.qmpsession import parse_address
 
-    assert _parse_address(address) == parsed
+    assert parse_address(address) == parsed

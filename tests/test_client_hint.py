@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from balloonctl.cachefirst import STATS_POLL_INTERVAL, STATS_REFRESH_WAIT
 from balloonctl.errors import AgentExecBlocked, HintUnsupported
 from balloonctl.fake import FakeVM
 from balloonctl.model import HintMode, VmRef
-from balloonctl.qmp import STATS_POLL_INTERVAL, STATS_REFRESH_WAIT, BalloonClient
+from balloonctl.qmp import BalloonClient
 from balloonctl.store import FileStore, MemoryStore
 from balloonctl.units import GiB, MiB
 

@@ -8,7 +8,8 @@ code  name             meaning
 2     USAGE            bad arguments: unknown command or option, bad size, unknown VM, config
 3     UNREACHABLE      a VM's socket is missing, refused, busy with another client, or dropped;
                        a socket libvirt holds; libvirtd not running or refusing the URI; the
-                       libvirt domain not running (or destroyed mid-command)
+                       libvirt domain not running (or destroyed mid-command); or the host's
+                       memory files (meminfo, PSI, KSM) cannot be read
 4     QMP_ERROR        QEMU or libvirt refused a command (no balloon device), the hint cannot
                        be honoured, or the guest agent failed (or does not respond)
 5     UNSAFE_TARGET    a target refused before it was sent (above RAM or max, below floor)
@@ -16,6 +17,8 @@ code  name             meaning
                        the guest has no balloon driver loaded (so it never moves)
 7     PARTIAL          several VMs were asked and some, not all, failed
 8     JOURNAL          the journal cannot be written or read (a change made may be unrecorded)
+74    STATE_FILE       balloonctl's state file cannot be read or written (as sysexits'
+                       EX_IOERR); the CLI itself only warns and goes on without it
 130   INTERRUPTED      stopped by Ctrl-C (SIGINT)
 143   TERMINATED       stopped by SIGTERM (``wave``, after setting the original target again)
 ====  ===============  ======================================================================
@@ -36,9 +39,11 @@ from balloonctl.errors import (
     Disconnected,
     DriverNotReady,
     HintUnsupported,
+    HostReadError,
     JournalError,
     QMPCommandError,
     QMPTimeout,
+    StateFileError,
     UnsafeTarget,
     UsageError,
     WaitTimeout,
@@ -57,6 +62,7 @@ class ExitCode(enum.IntEnum):
     TIMEOUT = 6
     PARTIAL = 7
     JOURNAL = 8
+    STATE_FILE = 74  # sysexits.h EX_IOERR: an I/O error on a file balloonctl owns
     INTERRUPTED = 130
     TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
 
@@ -67,6 +73,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (UnsafeTarget, ExitCode.UNSAFE_TARGET),
     (ConnectFailed, ExitCode.UNREACHABLE),
     (Disconnected, ExitCode.UNREACHABLE),
+    (HostReadError, ExitCode.UNREACHABLE),
     (WaitTimeout, ExitCode.TIMEOUT),
     (QMPTimeout, ExitCode.TIMEOUT),
     (DriverNotReady, ExitCode.TIMEOUT),  # a balloon that cannot move is a stuck balloon
@@ -74,6 +81,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (HintUnsupported, ExitCode.QMP_ERROR),
     (AgentError, ExitCode.QMP_ERROR),
     (JournalError, ExitCode.JOURNAL),
+    (StateFileError, ExitCode.STATE_FILE),
     (KeyboardInterrupt, ExitCode.INTERRUPTED),
 )
 

@@ -1,4 +1,5 @@
-"""``python -m balloonctl.fake --vms N --mem 2G --dir DIR``: serve a fake fleet until Ctrl-C."""
+"""``python -m balloonctl.fake --vms N --mem 2G --dir DIR [--host-mem 8G]``: serve a fake fleet
+until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         help="guest workload (default compile)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--host-mem", default=None,
+                        help="simulate a host with this much RAM (figures in DIR/host)")
     args = parser.parse_args(argv)
     try:
         ram = parse_size(args.mem)
+        host_mem = None if args.host_mem is None else parse_size(args.host_mem)
     except SizeError as exc:
         parser.error(str(exc))
     if args.vms < 1:
@@ -43,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        serve(args.vms, ram, directory, workload, seed=args.seed)
-    except OSError as exc:
+        serve(args.vms, ram, directory, workload, seed=args.seed, host_mem=host_mem)
+    except (OSError, ValueError) as exc:
         print(f"balloonctl: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -6,7 +6,10 @@ Guest RAM is split into five parts that always add up::
 
 ``cache`` is clean page cache (``stat-disk-caches``), ``anon`` anonymous memory resident in
 RAM, ``balloon`` the pages the balloon driver holds. Swapped-out anonymous memory lives in
-``swap_used`` (outside RAM).
+``swap_used`` (outside RAM). ``untouched`` is the part of ``free`` the guest has never
+written since boot (or since the balloon gave it back): a host has no page behind it. Linux
+hands out recently freed pages first, so ``untouched`` only shrinks when ``free`` falls
+below it.
 
 The balloon driver allocates pages like any other allocation (``__GFP_NORETRY``): the
 kernel hands out free pages while free memory is above the low watermark, then reclaims
@@ -68,6 +71,7 @@ class GuestSim:
         "swap_out",
         "swap_total",
         "swap_used",
+        "untouched",
         "workload",
     )
 
@@ -101,6 +105,7 @@ class GuestSim:
         self.balloon = 0
         self.balloon_target = 0
         self.free = ram - self.kernel_reserve - self.anon - self.cache
+        self.untouched = self.free
         if self.free < 0 or min(self.anon, self.cache, self.kernel_reserve) < 0:
             raise ValueError("anon + cache + kernel_reserve exceed guest RAM")
         self.swap_total = ram // 4 if swap_total is None else swap_total
@@ -198,7 +203,7 @@ class GuestSim:
         watermark, beyond that new file pages replace old ones. Returns bytes read."""
         n = max(0, n)
         grow = min(n, max(0, self.free - self.low_watermark))
-        self.free -= grow
+        self._use_free(grow)
         self.cache += grow
         self.major_faults += n // PAGE // 32  # readahead: one fault per 128 KiB
         return n
@@ -244,7 +249,7 @@ class GuestSim:
         """Fault swapped pages back in while there is free memory for them."""
         n = min(max(0, n), self.swap_used, max(0, self.free - self.low_watermark))
         self.swap_used -= n
-        self.free -= n
+        self._use_free(n)
         self.anon += n
         self.swap_in += n
         self.major_faults += n // PAGE
@@ -269,6 +274,7 @@ class GuestSim:
             n = min(budget, -gap)
             self.balloon -= n
             self.free += n
+            self.untouched += n  # QEMU discarded these pages when the balloon took them
             return n
         return 0
 
@@ -293,8 +299,13 @@ class GuestSim:
         if n <= 0:
             return 0
         x = min(n, max(0, self.free - floor))
-        self.free -= x
+        self._use_free(x)
         return x
+
+    def _use_free(self, n: int) -> None:
+        self.free -= n
+        if self.untouched > self.free:  # recently freed (touched) pages went first
+            self.untouched = self.free
 
     def _reclaim_cache(self, n: int) -> int:
         if n <= 0:
@@ -384,5 +395,6 @@ class GuestSim:
         parts = self.free + self.cache + self.anon + self.balloon + self.kernel_reserve
         assert parts == self.ram, f"parts {parts} != ram {self.ram}"
         assert min(self.free, self.cache, self.anon, self.balloon, self.swap_used) >= 0
+        assert 0 <= self.untouched <= self.free, (self.untouched, self.free)
         assert self.swap_used <= self.swap_total
         assert 0 <= self.balloon_target <= self.ram

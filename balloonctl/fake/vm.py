@@ -31,6 +31,8 @@ class FakeVM(Service):
     ``qmp_path`` is ``directory / f"{name}.qmp"``, ``qga_path`` ``directory / f"{name}.qga"``
     (served only with ``agent=True``). ``guest`` is the simulated memory, ``faults`` the
     fault switches; both may be changed while the VM runs (from the VM's event loop).
+    ``image`` names the guest's disk image: a simulated host's KSM merges memory between
+    guests of the same image.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class FakeVM(Service):
         workload: str | None = None,
         tick: float = 0.05,
         seed: int = 0,
+        image: str = "debian-12",
     ) -> None:
         """Raises: ValueError: an unknown workload or an impossible memory size."""
         self.name = name
@@ -62,6 +65,7 @@ class FakeVM(Service):
         self.ram = ram
         self.tick = tick
         self.agent = agent
+        self.image = image
         self.faults = Faults()
         self.guest = GuestSim(ram, deflate_on_oom=deflate_on_oom, workload=workload, seed=seed)
         self.device: BalloonDevice | None = None

@@ -29,18 +29,25 @@ API_PREFIX = "/v1"
 # Most specific first: the first class the error is an instance of decides the status.
 _STATUS: tuple[tuple[type[BalloonError], int], ...] = (
     (errors.UnknownVM, 404),
+    # the service's installation lacks an optional backend (libvirt-python): not the request
+    (errors.BackendMissing, 503),
     (errors.UsageError, 400),
     (errors.UnsafeTarget, 422),
     (errors.HintUnsupported, 422),
     (errors.NoBalloonDevice, 409),
     (errors.DriverNotReady, 409),
     (errors.SocketBusy, 503),
+    (errors.ManagedByLibvirt, 503),  # held by libvirt, as a busy socket by another client
     (errors.ConnectFailed, 502),
     (errors.Disconnected, 502),
     (errors.QMPTimeout, 504),
     (errors.WaitTimeout, 504),
     (errors.QMPCommandError, 502),
     (errors.AgentError, 502),
+    # the service's own files (host figures, journal, state): it cannot serve the request now
+    (errors.HostReadError, 503),
+    (errors.JournalError, 503),
+    (errors.StateFileError, 503),
 )
 
 
@@ -66,7 +73,13 @@ def error_from_body(body: Mapping[str, Any], status: int) -> BalloonError:
     if not isinstance(message, str):
         message = f"HTTP {status} without an error message"
     vm = body.get("vm")
-    return cls(message, vm=vm if isinstance(vm, str) else None)
+    vm = vm if isinstance(vm, str) else None
+    try:
+        return cls(message, vm=vm)
+    except TypeError:  # a class whose constructor wants more (a path): keep class and text
+        exc = cls.__new__(cls)
+        BalloonError.__init__(exc, message, vm=vm)
+        return exc
 
 
 def spec_text(spec: TargetSpec) -> str:

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final, TypeVar
 
-from balloonctl.agent import GuestAgent
+from balloonctl.cachefirst import QGA_RECHECK, STATS_POLL_INTERVAL, STATS_REFRESH_WAIT
 from balloonctl.errors import (
     AgentError,
     AgentExecBlocked,
@@ -57,16 +57,9 @@ from balloonctl.model import (
     default_floor,
     validate_target,
 )
-from balloonctl.qmp import (
-    AGENT_RECHECK,
-    EVENT_BUFFER,
-    POLL_INTERVAL,
-    STATS_POLL_INTERVAL,
-    STATS_REFRESH_WAIT,
-    TARGET_STALE_AFTER,
-    BalloonEvent,
-    Trace,
-)
+from balloonctl.qga import QgaClient
+from balloonctl.qmp import POLL_INTERVAL, TARGET_STALE_AFTER
+from balloonctl.qmpsession import EVENT_BUFFER, BalloonEvent, Trace
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import KiB, TargetSpec, format_size
 
@@ -96,10 +89,10 @@ def address_of(uri: str, domain: str) -> str:
     return f"{uri}#{domain}"
 
 
-class LibvirtQga(GuestAgent):
+class LibvirtQga(QgaClient):
     """The guest agent of a libvirt domain, reached through ``virDomainQemuAgentCommand``
     (libvirt owns the channel's socket and does the ``guest-sync`` itself). Everything
-    above ``execute`` (``require_exec``, ``exec``, ``drop_caches``) is ``GuestAgent``'s.
+    above ``execute`` (``require_exec``, ``exec``, ``drop_caches``) is ``QgaClient``'s.
     """
 
     def __init__(self, client: LibvirtClient, *, timeout: float) -> None:
@@ -528,7 +521,7 @@ class LibvirtClient:
     async def _qga_refusal(self, *, fresh: bool) -> AgentError | None:
         now = time.monotonic()
         if (not fresh and self._qga_checked is not None
-                and now - self._qga_checked < AGENT_RECHECK):
+                and now - self._qga_checked < QGA_RECHECK):
             return self._qga_error
         self._qga_checked = None
         try:

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from balloonctl.errors import AgentError, AgentExecBlocked
 
-__all__ = ["DROP_CACHES", "ExecResult", "GuestAgent"]
+__all__ = ["DROP_CACHES", "ExecResult", "QgaClient"]
 
 # Clean, unmapped page cache only (1 = pagecache); sync first so dirty pages become clean.
 DROP_CACHES: Final = "sync; echo 1 > /proc/sys/vm/drop_caches"
@@ -76,8 +76,8 @@ def _translate(exc: Exception, *, path: str, cmd: str, timeout: float,
     return AgentError(f"guest agent {cmd} at {path} failed: {exc}", vm=vm)
 
 
-class GuestAgent:
-    """One session with a guest agent socket. Use ``async with GuestAgent(path) as ga:``.
+class QgaClient:
+    """One session with a guest agent socket. Use ``async with QgaClient(path) as ga:``.
 
     ``timeout`` bounds the connection and every reply; ``trace(name, direction, message)``
     sees every message (direction ``"->"`` to the agent, ``"<-"`` from it).
@@ -95,7 +95,7 @@ class GuestAgent:
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
 
-    async def __aenter__(self) -> GuestAgent:
+    async def __aenter__(self) -> QgaClient:
         await self.connect()
         return self
 

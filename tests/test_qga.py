@@ -1,4 +1,4 @@
-"""GuestAgent against the fake guest agent socket."""
+"""QgaClient against the fake guest agent socket."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ from typing import Any
 
 import pytest
 
-from balloonctl.agent import GuestAgent
 from balloonctl.errors import AgentError, AgentExecBlocked
 from balloonctl.fake import FakeVM
+from balloonctl.qga import QgaClient
 from balloonctl.units import MiB
 
 
-def agent_for(vm: FakeVM, *, timeout: float = 1.0) -> GuestAgent:
-    return GuestAgent(str(vm.qga_path), timeout=timeout, vm="vm1")
+def agent_for(vm: FakeVM, *, timeout: float = 1.0) -> QgaClient:
+    return QgaClient(str(vm.qga_path), timeout=timeout, vm="vm1")
 
 
 async def test_ping_info_and_exec(fake_vm: FakeVM) -> None:
     seen: list[tuple[str, str, object]] = []
-    async with GuestAgent(str(fake_vm.qga_path), timeout=1.0,
+    async with QgaClient(str(fake_vm.qga_path), timeout=1.0,
                           trace=lambda *m: seen.append(m)) as agent:
         await agent.ping()
         info = await agent.info()
@@ -80,15 +80,15 @@ async def test_blocked_guest_exec(fake_vm_factory: Any) -> None:
 
 async def test_missing_agent_socket(fake_dir: Path) -> None:
     with pytest.raises(AgentError, match="no such socket"):
-        await GuestAgent(str(fake_dir / "none.qga"), timeout=1.0).connect()
+        await QgaClient(str(fake_dir / "none.qga"), timeout=1.0).connect()
 
 
 async def test_silent_agent_times_out(fake_vm: FakeVM) -> None:
-    fake_vm.faults.delay["guest-sync"] = 2.0
+    fake_vm.faults.delay["guest-sync"] = 20.0  # far beyond any slack the bound allows
     started = time.monotonic()
     with pytest.raises(AgentError, match=r"did not answer guest-sync within 0\.2s"):
         await agent_for(fake_vm, timeout=0.2).connect()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 10
 
 
 async def test_process_that_never_exits_times_out(fake_vm: FakeVM) -> None:
