@@ -101,6 +101,7 @@ class Defaults:
     maximum: int | None = None
     shares: int | None = None
     hint: bool | None = None
+    hint_mount_cgroup: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +157,10 @@ def _limits(table: Mapping[str, Any], where: str) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UsageError(f"{here}: expected a positive integer, got {value!r}")
             out["shares"] = value
-        elif key == "hint":
+        elif key in ("hint", "hint_mount_cgroup"):
             if not isinstance(value, bool):
                 raise UsageError(f"{here}: expected true or false, got {value!r}")
-            out["hint"] = value
+            out[key] = value
         elif key in ("qmp", "qga", "dir"):
             if not isinstance(value, str) or not value:
                 raise UsageError(f"{here}: expected a path, got {value!r}")
@@ -237,6 +238,7 @@ def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
         maximum=d.get("maximum"),
         shares=d.get("shares"),
         hint=d.get("hint"),
+        hint_mount_cgroup=d.get("hint_mount_cgroup"),
     )
     vms: list[VmRef] = []
     overlays: dict[str, dict[str, Any]] = {}
@@ -515,6 +517,7 @@ class Inventory:
         d = self.config.defaults
         settings: dict[str, Any] = {
             "minimum": d.minimum, "maximum": d.maximum, "hint": d.hint,
+            "hint_mount_cgroup": d.hint_mount_cgroup,
             "shares": d.shares or ref.shares,
         }
         settings.update(self.config.overlays.get(ref.name, {}))

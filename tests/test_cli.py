@@ -364,6 +364,25 @@ def test_hint_agent_mode(start: Start, cli: Cli) -> None:
     assert h["hint_mode"] == "agent" and h["hint_enabled"] is True
 
 
+def test_hint_says_which_method_and_why(start: Start, cli: Cli, tmp_path: Path) -> None:
+    start("vm1")
+    start("vm2", qga_memory_reclaim=False)
+    start("vm3", qga_cgroup2=False)
+    rows = {h["name"]: h for h in json.loads(cli("hint", "--all", "status", "--json").stdout)}
+    assert {n: h["hint_method"] for n, h in rows.items()} == {
+        "vm1": "reclaim", "vm2": "drop", "vm3": "drop"}
+    assert "memory.reclaim missing" in rows["vm2"]["hint_detail"]
+    lines = cli("hint", "vm3").stdout
+    assert lines.startswith("vm3: hint off (agent mode, method drop: ")
+    assert "cgroup2 not mounted" in lines and "hint_mount_cgroup" in lines
+    # Told to mount cgroup2 in the config: turning the hint on mounts it, and reclaim is used.
+    cfg = tmp_path / "mount.toml"
+    cfg.write_text("[defaults]\nhint_mount_cgroup = true\n")
+    r = cli("hint", "vm3", "on", extra_env={"BALLOONCTL_CONFIG": str(cfg)})
+    assert r.stdout.startswith("vm3: hint on (agent mode, method reclaim: "), r.stdout
+    assert states(cli("status", "--json"))["vm3"]["hint_method"] == "reclaim"
+
+
 def test_hint_device_mode(start: Start, cli: Cli) -> None:
     start("vm1", hint_device=True)
     assert cli("hint", "vm1", "on").stdout.startswith("vm1: hint on (device mode")

@@ -311,3 +311,28 @@ def test_a_rescan_finds_sockets_that_appeared_with_the_configs_settings(
     assert inv.rescan(["nothing"]) == []
     # Without a directory there is nothing to rescan: its own VMs only.
     assert [r.name for r in Inventory.load(qmp=["/run/x.qmp"], env=env).rescan()] == ["x"]
+
+
+def test_hint_mount_cgroup_from_defaults_and_per_vm(tmp_path: Path, env: dict[str, str]) -> None:
+    from balloonctl.qmp import BalloonClient
+
+    d = touch(tmp_path / "run", "a.qmp", "b.qmp", "c.qmp")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[defaults]\nhint_mount_cgroup = true\n\n[vm.b]\nhint_mount_cgroup = false\n")
+    inv = Inventory.load(directory=str(d), config=cfg, env=env)
+    assert [inv.get(n).hint_mount_cgroup for n in ("a", "b", "c")] == [True, False, True]
+    assert BalloonClient.from_ref(inv.get("a")).hint_mount_cgroup is True
+    assert BalloonClient.from_ref(inv.get("b")).hint_mount_cgroup is False
+    # Not set anywhere: balloonctl never mounts anything in a guest.
+    cfg.write_text("[vm.b]\nshares = 2\n")
+    plain = Inventory.load(directory=str(d), config=cfg, env=env)
+    assert BalloonClient.from_ref(plain.get("a")).hint_mount_cgroup is False
+
+
+@pytest.mark.parametrize("text", ['[defaults]\nhint_mount_cgroup = "yes"\n',
+                                  "[vm.a]\nhint_mount_cgroup = 1\n"])
+def test_hint_mount_cgroup_must_be_a_boolean(tmp_path: Path, text: str) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError, match="hint_mount_cgroup: expected true or false"):
+        load_config(cfg)

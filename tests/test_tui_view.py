@@ -160,3 +160,15 @@ def test_stats_claiming_more_than_actual_are_outdated_from_the_first_snapshot() 
     view = FleetView(["vm1"])
     view.apply([vm1.with_changes(stats=dataclasses.replace(vm1.stats, free_memory=GiB))])
     assert view.rows["vm1"].stats_outdated
+
+
+def test_the_detail_pane_says_which_method_the_hint_uses_and_why() -> None:
+    from balloonctl.model import HintMethod, HintMode, HintState
+    from tui.widgets.detail import describe
+
+    state = sample_states(1)[0].with_changes(hint=HintState(
+        HintMode.AGENT, True, "memory.reclaim missing (kernel < 5.19)", None, HintMethod.DROP))
+    text = describe(state).plain
+    assert "hint agent on, method drop (memory.reclaim missing (kernel < 5.19))" in text
+    unknown = sample_states(1)[0].with_changes(hint=HintState(HintMode.AGENT, False, "x"))
+    assert "method" not in describe(unknown).plain

@@ -17,6 +17,7 @@ import typer
 from balloonctl import __version__
 from balloonctl.cli import completion as completion_cmd
 from balloonctl.cli import dashboard as dashboard_cmd
+from balloonctl.cli import experiment as experiment_cmd
 from balloonctl.cli import fake as fake_cmd
 from balloonctl.cli import hint as hint_cmd
 from balloonctl.cli import preflight as preflight_cmd
@@ -105,6 +106,7 @@ app.command("stats")(stats_cmd.stats)
 app.command("preflight")(preflight_cmd.preflight)
 app.command("watch")(watch_cmd.watch)
 app.command("wave")(wave_cmd.wave)
+app.add_typer(experiment_cmd.experiment_app, name="experiment")
 app.command("fake")(fake_cmd.fake)
 app.command("dashboard")(dashboard_cmd.dashboard)
 app.command("top", help="Open the live dashboard on the selected VMs (alias of dashboard).")(

@@ -35,14 +35,16 @@ _HINT_ACTIONS = ("on", "off", "status")
 def _hint_record(name: str, h: HintState) -> dict[str, Any]:
     # the same keys as BalloonState.to_json() uses for the hint
     return {"name": name, "hint_mode": h.mode.value, "hint_enabled": h.enabled,
-            "hint_detail": h.detail, "hint_released": h.released}
+            "hint_detail": h.detail, "hint_released": h.released,
+            "hint_method": None if h.method is None else h.method.value}
 
 
 def _hint_line(name: str, h: HintState) -> str:
     if h.mode is HintMode.UNSUPPORTED:
         return f"{name}: hint unsupported ({h.detail})"
     state = "on" if h.enabled else "off"
-    return f"{name}: hint {state} ({h.mode.value} mode: {h.detail})"
+    method = f", method {h.method.value}" if h.method is not None else ""
+    return f"{name}: hint {state} ({h.mode.value} mode{method}: {h.detail})"
 
 
 def hint(

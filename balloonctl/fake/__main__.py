@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--host-mem", default=None,
                         help="simulate a host with this much RAM (figures in DIR/host)")
+    parser.add_argument("--qga-no-memory-reclaim", action="store_true",
+                        help="guest kernels without cgroup v2 memory.reclaim (before 5.19): "
+                             "the cache-first hint falls back to drop_caches")
+    parser.add_argument("--qga-no-cgroup2", action="store_true",
+                        help="guests without cgroup2 mounted at /sys/fs/cgroup")
     args = parser.parse_args(argv)
     try:
         ram = parse_size(args.mem)
@@ -47,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        serve(args.vms, ram, directory, workload, seed=args.seed, host_mem=host_mem)
+        serve(args.vms, ram, directory, workload, seed=args.seed, host_mem=host_mem,
+              qga_memory_reclaim=not args.qga_no_memory_reclaim,
+              qga_cgroup2=not args.qga_no_cgroup2)
     except (OSError, ValueError) as exc:
         print(f"balloonctl: error: {exc}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final, TypeVar
 
-from balloonctl.cachefirst import QGA_RECHECK, STATS_POLL_INTERVAL, STATS_REFRESH_WAIT
+from balloonctl.cachefirst import QGA_RECHECK
 from balloonctl.errors import (
     AgentError,
     AgentExecBlocked,
@@ -74,6 +74,8 @@ HINT_UNSUPPORTED_MESSAGE: Final = (
     "</channel>) and run qemu-ga in the guest with guest-exec allowed"
 )
 _TARGET_KEYS: Final = ("target", "target_at", "target_reached")
+STATS_REFRESH_WAIT: Final = 3.0
+STATS_POLL_INTERVAL: Final = 0.3
 # virDomainEventType, and virDomainEventStoppedDetailType for STOPPED.
 _LIFECYCLE: Final = ("DEFINED", "UNDEFINED", "STARTED", "SUSPENDED", "RESUMED", "STOPPED",
                      "SHUTDOWN", "PMSUSPENDED", "CRASHED")

@@ -44,6 +44,8 @@ def describe(state: BalloonState) -> Text:
     age = format_duration(state.stats_age)
     text.append(f"stats every {polling}s, age {age}" if polling else "stats polling off")
     text.append(f"\ncache-first hint {hint_text(state)}")
+    if state.hint.method is not None:
+        text.append(f", method {state.hint.method.value}")
     if state.hint.detail:
         text.append(f": {state.hint.detail}", style="dim")
     f = state.features
