@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from balloonctl.config import LIBVIRT_DEFAULT_URI, is_libvirt_socket, libvirt_domain_of
 from balloonctl.errors import ManagedByLibvirt
 from balloonctl.model import BalloonState, DeviceFeatures, GuestStats, HintState, VmRef
+from balloonctl.qga import QgaClient
 from balloonctl.qmp import BalloonClient, BalloonEvent
 from balloonctl.units import TargetSpec
 
@@ -23,8 +24,19 @@ __all__ = ["VmClient", "client_for"]
 class VmClient(Protocol):
     """One VM's balloon, whatever reaches it. See ``BalloonClient`` for each method."""
 
-    name: str
-    address: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def qga(self) -> str | None: ...
+
+    @property
+    def command_timeout(self) -> float: ...
+
+    def qga_client(self, *, timeout: float) -> QgaClient: ...
 
     async def __aenter__(self) -> Any: ...
 

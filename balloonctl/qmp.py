@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from balloonctl import converge
 from balloonctl.errors import (
     BalloonError,
     ConnectFailed,
     Disconnected,
-    DriverNotReady,
     NoBalloonDevice,
     QMPCommandError,
     QMPTimeout,
-    StuckBalloon,
-    WaitTimeout,
 )
 from balloonctl.model import (
-    CONVERGED_TOLERANCE,
     BalloonState,
     DeviceFeatures,
     GuestStats,
@@ -40,6 +37,7 @@ from balloonctl.model import (
     default_floor,
     validate_target,
 )
+from balloonctl.qga import QgaClient
 from balloonctl.qmpsession import (
     NO_DEVICE_MESSAGE,
     BalloonEvent,
@@ -49,7 +47,7 @@ from balloonctl.qmpsession import (
 )
 from balloonctl.runfacts import KnownRun, RunFacts
 from balloonctl.store import MemoryStore, Store
-from balloonctl.units import TargetSpec, format_size
+from balloonctl.units import TargetSpec
 
 if TYPE_CHECKING:
     from balloonctl.cachefirst import CacheFirst
@@ -62,6 +60,7 @@ __all__ = [
     "BoundedEventListener",
     "RunFacts",
     "Trace",
+    "take_snapshot",
 ]
 
 BALLOON_TYPES: Final = frozenset(
@@ -74,8 +73,6 @@ BALLOON_TYPES: Final = frozenset(
         "virtio-balloon-device",
     )
 )
-# How often wait_for_target polls query-balloon.
-POLL_INTERVAL: Final = 0.05
 # A stored target that the VM has not reached this long after balloonctl set it is taken
 # as unknown: something else (virsh, qmp-shell, another tool) has probably changed it.
 TARGET_STALE_AFTER: Final = 120.0
@@ -413,7 +410,8 @@ class BalloonClient:
                               timeout: float = 60.0,  # noqa: ASYNC109 - the contract's API
                               stall_timeout: float = 5.0,
                               progress: Callable[[int, int], None] | None = None) -> int:
-        """Poll ``query-balloon`` until ``actual`` is within ``CONVERGED_TOLERANCE`` of target.
+        """Poll ``query-balloon`` until ``actual`` is within ``CONVERGED_TOLERANCE`` of target
+        (``balloonctl.converge.wait_for_target``).
 
         ``progress(actual, target)`` is called after every poll. Returns the final actual.
 
@@ -423,45 +421,17 @@ class BalloonClient:
             WaitTimeout: not converged within ``timeout`` seconds.
             (and what ``execute`` raises)
         """
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + timeout
-        first_actual: int | None = None
-        last_actual: int | None = None
-        last_move = start
-        while True:
-            actual = await self.query_actual()
-            now = loop.time()
-            if progress is not None:
-                progress(actual, target)
-            if abs(actual - target) <= CONVERGED_TOLERANCE:
-                await self.current_target(actual=actual)  # notes a remembered target reached
-                return actual
-            if first_actual is None:
-                first_actual = actual
-            if actual != last_actual:
-                last_actual, last_move = actual, now
-            stalled = now - last_move >= stall_timeout
-            if stalled or now >= deadline:
-                stats = await self.stats()
-                if not stats.reported and actual == first_actual:
-                    raise DriverNotReady(
-                        "the guest has not loaded the virtio_balloon driver (no stats ever "
-                        f"reported) and actual stays at {format_size(actual)}", vm=self._vm)
-                left = format_size(abs(actual - target))
-                if stalled:
-                    raise StuckBalloon(
-                        f"balloon stuck at {format_size(actual)}, {left} short of the target "
-                        f"{format_size(target)}: no movement for {stall_timeout:g}s (the guest "
-                        "may be unable to free more memory)",
-                        vm=self._vm, actual=actual, target=target)
-                raise WaitTimeout(
-                    f"balloon did not reach {format_size(target)} within {timeout:g}s "
-                    f"(actual {format_size(actual)}, {left} to go)",
-                    vm=self._vm, actual=actual, target=target)
-            await asyncio.sleep(min(POLL_INTERVAL, max(0.0, deadline - now)))
+        return await converge.wait_for_target(self, target, vm=self._vm, timeout=timeout,
+                                              stall_timeout=stall_timeout, progress=progress)
 
     # ---- cache-first hint (see balloonctl.cachefirst) -----------------------------------
+
+    def qga_client(self, *, timeout: float) -> QgaClient:
+        """A new (unconnected) client for this VM's guest agent socket (``qga``, not None),
+        each reply awaited at most ``timeout`` seconds."""
+        assert self.qga is not None
+        return QgaClient(self.qga, timeout=timeout, trace=self.trace,
+                         name=f"{self.name}/qga", vm=self._vm)
 
     async def hint_status(self) -> HintState:
         """How the cache-first hint is honoured on this VM; see ``CacheFirst.status``.
@@ -487,14 +457,8 @@ class BalloonClient:
         """Everything about this VM's balloon in one ``BalloonState``. Never raises
         ``BalloonError``: failures become fields (``reachable``, ``error``, ``has_device``).
         """
-        # The fields found so far: a failure part-way keeps them.
-        found: dict[str, Any] = {"name": self.name, "qmp": self.address,
-                                 "target": self.last_target()}
-        try:
-            await self.connect()
-        except BalloonError as exc:
-            return _failed(found, exc, reachable=False)
-        try:
+
+        async def fill(found: dict[str, Any]) -> None:
             # First, so that what an earlier connection to this run learned is used.
             await self.instance_id()
             ram = await self.guest_ram()
@@ -506,13 +470,8 @@ class BalloonClient:
                 self.stats(), self.polling_interval())
             found["features"] = await self.features()
             found["hint"] = await self.hint_status()
-        except NoBalloonDevice as exc:
-            return _failed(found, exc, reachable=True, has_device=False)
-        except (ConnectFailed, Disconnected, QMPTimeout) as exc:
-            return _failed(found, exc, reachable=False)
-        except BalloonError as exc:
-            return _failed(found, exc, reachable=True)
-        return BalloonState(**found, taken_at=time.time())
+
+        return await take_snapshot(self, fill)
 
     def events(self) -> AsyncIterator[BalloonEvent]:
         """QMP events (BALLOON_CHANGE, SHUTDOWN, ...) as they arrive; notifications only.
@@ -527,6 +486,43 @@ class BalloonClient:
             ConnectFailed, SocketBusy: connecting failed.
         """
         return self.session.events()
+
+
+class Snapshotting(Protocol):
+    """What ``take_snapshot`` needs of a VM's client (``BalloonClient``, ``LibvirtClient``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    def last_target(self) -> int | None: ...
+
+    async def connect(self) -> None: ...
+
+
+async def take_snapshot(client: Snapshotting,
+                        fill: Callable[[dict[str, Any]], Awaitable[None]]) -> BalloonState:
+    """A ``BalloonState`` of ``client``'s VM: connect, then ``fill(found)`` adds the fields
+    it reads. Never raises ``BalloonError``: a failure part-way keeps the fields found so
+    far and becomes ``reachable``/``error``/``error_kind`` (``has_device`` False for
+    ``NoBalloonDevice``; a lost connection or a timeout is unreachable)."""
+    found: dict[str, Any] = {"name": client.name, "qmp": client.address,
+                             "target": client.last_target()}
+    try:
+        await client.connect()
+    except BalloonError as exc:
+        return _failed(found, exc, reachable=False)
+    try:
+        await fill(found)
+    except NoBalloonDevice as exc:
+        return _failed(found, exc, reachable=True, has_device=False)
+    except (ConnectFailed, Disconnected, QMPTimeout) as exc:
+        return _failed(found, exc, reachable=False)
+    except BalloonError as exc:
+        return _failed(found, exc, reachable=True)
+    return BalloonState(**found, taken_at=time.time())
 
 
 def _failed(found: dict[str, Any], exc: BalloonError, *, reachable: bool,

@@ -14,21 +14,43 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from balloonctl.model import CONVERGED_TOLERANCE
 from balloonctl.store import Store
 from balloonctl.units import format_size
 
-if TYPE_CHECKING:
-    from balloonctl.qmp import BalloonClient
-
-__all__ = ["RememberedTargets"]
+__all__ = ["RememberedTargets", "TargetsClient"]
 
 log = logging.getLogger(__name__)
 
 # Store keys that describe the last target; forgotten together when it goes stale.
 _TARGET_KEYS: Final = ("target", "target_at", "target_reached")
+
+
+class KnowsRun(Protocol):
+    def known_instance_id(self) -> str | None: ...
+
+
+class TargetsClient(Protocol):
+    """What ``RememberedTargets`` needs of a VM's client (``BalloonClient`` and
+    ``LibvirtClient`` fit): the store key (``address``), the run's identity (``instance_id``;
+    ``run.known_instance_id`` without I/O) and the balloon's figures."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def run(self) -> KnowsRun: ...
+
+    async def instance_id(self) -> str | None: ...
+
+    async def guest_ram(self) -> int: ...
+
+    async def query_actual(self) -> int: ...
 
 
 class RememberedTargets:
@@ -39,7 +61,7 @@ class RememberedTargets:
     (``BalloonClient``'s ``target_stale_after``, default ``TARGET_STALE_AFTER``).
     """
 
-    def __init__(self, client: BalloonClient, store: Store, *, hint: bool | None,
+    def __init__(self, client: TargetsClient, store: Store, *, hint: bool | None,
                  stale_after: float) -> None:
         self.client = client
         self.store = store

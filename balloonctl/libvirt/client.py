@@ -8,64 +8,57 @@ libvirt holds each domain's QMP socket for the domain's lifetime, so the way in 
 and the device's features; ``virDomainQemuAgentCommand`` for the guest agent (the
 cache-first hint in agent mode); domain events for ``events()``.
 
-What balloonctl remembers (the last target, the agent-mode hint) is kept in the same store,
-keyed by ``URI#DOMAIN`` and tied to one run of the domain (its UUID and its id, which
-libvirt gives anew at every start), under the same rules as ``BalloonClient``.
+What is not about libvirt is shared with ``BalloonClient``: what balloonctl remembers
+(``balloonctl.targets.RememberedTargets``, keyed by ``URI#DOMAIN`` and tied to one run of
+the domain: its UUID and its id, which libvirt gives anew at every start), the cache-first
+hint (``balloonctl.cachefirst.CacheFirst``, with ``LibvirtQga`` for the guest agent) and
+the wait for a target (``balloonctl.converge``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, TypeVar
 
-from balloonctl.cachefirst import QGA_RECHECK
+from balloonctl import converge
+from balloonctl.cachefirst import CacheFirst
 from balloonctl.errors import (
-    AgentError,
     AgentExecBlocked,
-    BalloonError,
     ConnectFailed,
     Disconnected,
     DomainNotRunning,
-    DriverNotReady,
-    HintUnsupported,
-    LibvirtUnavailable,
     NoBalloonDevice,
-    QMPTimeout,
-    StuckBalloon,
-    WaitTimeout,
+    QMPCommandError,
 )
 from balloonctl.libvirt import binding
+from balloonctl.libvirt.events import CLOSED, domain_events
 from balloonctl.libvirt.parse import (
     NO_BALLOON_MESSAGE,
     DomainXml,
     parse_domain_xml,
     parse_memory_stats,
 )
+from balloonctl.libvirt.qga import LibvirtQga
 from balloonctl.model import (
-    CONVERGED_TOLERANCE,
     BalloonState,
     DeviceFeatures,
     GuestStats,
-    HintMode,
     HintState,
     VmRef,
     default_floor,
     validate_target,
 )
-from balloonctl.qga import QgaClient
-from balloonctl.qmp import POLL_INTERVAL, TARGET_STALE_AFTER
-from balloonctl.qmpsession import EVENT_BUFFER, BalloonEvent, Trace
+from balloonctl.qmp import TARGET_STALE_AFTER, take_snapshot
+from balloonctl.qmpsession import BalloonEvent, Trace
 from balloonctl.store import MemoryStore, Store
-from balloonctl.units import KiB, TargetSpec, format_size
+from balloonctl.targets import RememberedTargets
+from balloonctl.units import KiB, TargetSpec
 
-__all__ = ["HINT_UNSUPPORTED_MESSAGE", "LibvirtClient", "LibvirtQga", "address_of"]
+__all__ = ["HINT_UNSUPPORTED_MESSAGE", "LibvirtClient", "LibvirtQga", "LibvirtRun",
+           "address_of"]
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HINT_UNSUPPORTED_MESSAGE: Final = (
@@ -73,17 +66,6 @@ HINT_UNSUPPORTED_MESSAGE: Final = (
     "channel (<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/>"
     "</channel>) and run qemu-ga in the guest with guest-exec allowed"
 )
-_TARGET_KEYS: Final = ("target", "target_at", "target_reached")
-STATS_REFRESH_WAIT: Final = 3.0
-STATS_POLL_INTERVAL: Final = 0.3
-# virDomainEventType, and virDomainEventStoppedDetailType for STOPPED.
-_LIFECYCLE: Final = ("DEFINED", "UNDEFINED", "STARTED", "SUSPENDED", "RESUMED", "STOPPED",
-                     "SHUTDOWN", "PMSUSPENDED", "CRASHED")
-_STOPPED: Final = ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
-                   "from-snapshot")
-_ENDS_RUN: Final = frozenset({"UNDEFINED", "STOPPED"})
-_CLOSED: Final = object()  # close() ended the stream
-_LOST: Final = object()  # the connection to libvirtd closed
 
 
 def address_of(uri: str, domain: str) -> str:
@@ -91,66 +73,23 @@ def address_of(uri: str, domain: str) -> str:
     return f"{uri}#{domain}"
 
 
-class LibvirtQga(QgaClient):
-    """The guest agent of a libvirt domain, reached through ``virDomainQemuAgentCommand``
-    (libvirt owns the channel's socket and does the ``guest-sync`` itself). Everything
-    above ``execute`` (``require_exec``, ``exec``, ``drop_caches``) is ``QgaClient``'s.
-    """
+class LibvirtRun:
+    """One run of the domain as the client last reached it: ``instance`` is
+    ``libvirt:UUID:ID`` (the id changes at every start), ``live`` whether the client still
+    holds the domain; the guest agent's last answer to the cache-first probe
+    (``qga_checked``, ``qga_error``) and whether the domain's XML has a guest-agent channel
+    (``qga_channel``) belong to the run."""
 
-    def __init__(self, client: LibvirtClient, *, timeout: float) -> None:
-        super().__init__(f"{client.address} (libvirt)", timeout=timeout, trace=client.trace,
-                         name=f"{client.name}/qga", vm=client.vm)
-        self.client = client
+    def __init__(self, instance: str | None = None) -> None:
+        self.instance = instance
+        self.live = instance is not None
+        self.qga_checked: float | None = None
+        self.qga_error: AgentExecBlocked | None = None
+        self.qga_channel = False
 
-    @property
-    def connected(self) -> bool:
-        return True
-
-    async def connect(self) -> None:
-        await self.client.connect()
-
-    async def close(self) -> None:
-        return None
-
-    async def sync(self) -> None:
-        return None
-
-    async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        """Raises: AgentError (AgentExecBlocked for a refused guest-exec)."""
-        msg: dict[str, Any] = {"execute": cmd}
-        if args is not None:
-            msg["arguments"] = args
-        if self.trace is not None:
-            self.trace(self.name, "->", msg)
-        qemu = binding.qemu_module()
-        await self.client.connect()
-        dom = self.client.domain_object()
-        wait = max(1, math.ceil(self.timeout))
-        try:
-            text = await self.client.blocking(
-                lambda: qemu.qemuAgentCommand(dom, json.dumps(msg), wait, 0),
-                op="qemuAgentCommand", timeout=self.timeout + 1)
-        except (DomainNotRunning, LibvirtUnavailable):
-            raise
-        except BalloonError as exc:
-            text = exc.message.lower()
-            if cmd.startswith("guest-exec") and ("disabled" in text or "not found" in text):
-                raise AgentExecBlocked(
-                    f"the guest agent refuses {cmd} ({exc.message}): allow it in the guest's "
-                    "qemu-ga configuration", vm=self.vm) from None
-            if isinstance(exc, AgentError):
-                raise
-            raise AgentError(f"guest agent {cmd} failed: {exc.message}", vm=self.vm) from None
-        try:
-            reply = json.loads(text)
-        except (TypeError, ValueError):
-            raise AgentError(f"guest agent sent a bad reply to {cmd}: {text!r}",
-                             vm=self.vm) from None
-        if self.trace is not None:
-            self.trace(self.name, "<-", reply)
-        if not isinstance(reply, dict) or "return" not in reply:
-            raise AgentError(f"guest agent sent a bad reply to {cmd}: {text!r}", vm=self.vm)
-        return reply["return"]
+    def known_instance_id(self) -> str | None:
+        """The run's identity without I/O; None once the domain was let go."""
+        return self.instance if self.live else None
 
 
 class LibvirtClient:
@@ -168,6 +107,7 @@ class LibvirtClient:
                  command_timeout: float = 10.0, store: Store | None = None,
                  minimum: int | None = None, maximum: int | None = None,
                  trace: Trace | None = None, hint: bool | None = None,
+                 hint_mount_cgroup: bool = False,
                  target_stale_after: float = TARGET_STALE_AFTER, facts: object = None) -> None:
         del qga, facts
         self.uri = uri
@@ -181,15 +121,16 @@ class LibvirtClient:
         self.minimum = minimum
         self.maximum = maximum
         self.trace = trace
-        self.hint_preference = hint
-        self.target_stale_after = target_stale_after
+        self.hint_mount_cgroup = hint_mount_cgroup
+        self.run = LibvirtRun()
         self._conn: Any = None
         self._dom: Any = None
-        self._instance: str | None = None  # "libvirt:UUID:ID" of the run reached
         self._xml: DomainXml | None = None
-        self._qga_checked: float | None = None
-        self._qga_error: AgentExecBlocked | None = None
-        self._streams: set[asyncio.Queue[object]] = set()
+        self.streams: set[asyncio.Queue[object]] = set()  # open events(): close() ends them
+        self.targets = RememberedTargets(self, self.store, hint=hint,
+                                         stale_after=target_stale_after)
+        self.cache_first = CacheFirst(self, self.targets, vm=self.vm,
+                                      unsupported=HINT_UNSUPPORTED_MESSAGE)
 
     @classmethod
     def from_ref(cls, ref: VmRef, **kw: Any) -> LibvirtClient:
@@ -198,6 +139,7 @@ class LibvirtClient:
         kw.setdefault("minimum", ref.minimum)
         kw.setdefault("maximum", ref.maximum)
         kw.setdefault("hint", ref.hint)
+        kw.setdefault("hint_mount_cgroup", bool(ref.hint_mount_cgroup))
         return cls(ref.uri or binding.DEFAULT_URI, ref.name, **kw)
 
     def __repr__(self) -> str:
@@ -238,15 +180,26 @@ class LibvirtClient:
         conn, dom, instance = await binding.call(
             self._open, op="lookupByName", uri=self.uri, domain=self.domain, vm=self.vm,
             timeout=self.connect_timeout)
-        if instance != self._instance:  # another run: forget what the last one taught
-            self._xml, self._qga_checked, self._qga_error = None, None, None
-        self._conn, self._dom, self._instance = conn, dom, instance
+        if instance != self.run.instance:  # another run: forget what the last one taught
+            self.run, self._xml = LibvirtRun(instance), None
+        self.run.live = True
+        self._conn, self._dom = conn, dom
+
+    def let_go(self) -> None:
+        """The domain stopped, or libvirtd went away: the next call looks it up again."""
+        self._dom = None
+        self.run.live = False
 
     async def close(self) -> None:
         """Forget the domain and end open event streams (the shared connection stays)."""
-        self._dom = None
-        for queue in list(self._streams):
-            queue.put_nowait(_CLOSED)
+        self.let_go()
+        for queue in list(self.streams):
+            queue.put_nowait(CLOSED)
+
+    @property
+    def connection(self) -> Any:
+        """The URI's ``virConnect`` (after ``connect``)."""
+        return self._conn
 
     def domain_object(self) -> Any:
         """The ``virDomain`` (after ``connect``)."""
@@ -269,7 +222,7 @@ class LibvirtClient:
             result = await binding.call(fn, op=op, uri=self.uri, domain=self.domain,
                                         vm=self.vm, timeout=timeout or self.command_timeout)
         except (Disconnected, ConnectFailed):
-            self._dom = None
+            self.let_go()
             raise
         if self.trace is not None:
             self.trace(self.name, "<-", {"libvirt": op, "result": result})
@@ -290,6 +243,7 @@ class LibvirtClient:
         """
         if self._xml is None or fresh:
             self._xml = parse_domain_xml(await self._call("XMLDesc", 0), vm=self.vm)
+            self.run.qga_channel = self._xml.qga_channel
         return self._xml
 
     async def _balloon_xml(self, *, fresh: bool = False) -> DomainXml:
@@ -344,89 +298,60 @@ class LibvirtClient:
         """Nothing to hand on between connections: libvirt keeps the domain's facts."""
         return None
 
-    # ---- what the store remembers about this run ---------------------------------------
-
     async def instance_id(self) -> str | None:
         """``libvirt:UUID:ID`` of the domain's current run (the id changes at every start).
 
         Raises: what ``connect`` raises."""
         await self.connect()
-        return self._instance
+        return self.run.instance
 
-    def _entry(self, instance: str | None) -> dict[str, Any]:
-        if instance is None:
-            return {}
-        entry = self.store.get(self.address)
-        return entry if entry.get("instance") == instance else {}
+    # ---- what CacheFirst needs (the guest agent through libvirt; no QOM) ---------------
 
-    async def _remembered(self) -> dict[str, Any]:
-        return self._entry(await self.instance_id())
+    @property
+    def qga(self) -> str | None:
+        """Where the guest agent is: through libvirt when the domain's XML (as last read
+        on this run; every hint and target call reads it first) has its channel."""
+        return f"{self.address} (libvirt)" if self.run.qga_channel else None
 
-    async def _remember(self, **values: Any) -> None:
-        instance = await self.instance_id()
+    def qga_client(self, *, timeout: float) -> LibvirtQga:
+        """The domain's guest agent through libvirt, each reply awaited at most ``timeout``."""
+        return LibvirtQga(self, timeout=timeout)
 
-        def change(entry: dict[str, Any]) -> dict[str, Any]:
-            if instance is None or entry.get("instance") != instance:
-                entry = {"instance": instance}
-            return {**entry, **values}
+    async def device_properties(self) -> dict[str, str]:
+        """The balloon device's QOM properties as far as libvirt shows them: none (only a
+        QMP pass-through could read them, and it taints the domain), so the cache-first
+        hint is never in device mode here. Raises: NoBalloonDevice."""
+        await self._balloon_xml()
+        return {}
 
-        self.store.edit(self.address, change)
+    async def device_path(self) -> str:
+        """Raises: NoBalloonDevice: libvirt shows no QOM path (see ``device_properties``)."""
+        raise NoBalloonDevice("libvirt shows no QOM path for the balloon device", vm=self.vm,
+                              error_class="NoQom")
 
-    def _edit_quietly(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        try:
-            self.store.edit(self.address, change)
-        except OSError as exc:
-            log.warning("%s: cannot update balloonctl's state: %s", self.name, exc)
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """Raises: QMPCommandError: libvirt holds the QMP monitor; nothing passes through."""
+        sent: dict[str, Any] = {"execute": cmd, **({"arguments": args} if args else {})}
+        raise QMPCommandError(f"libvirt holds the QMP monitor of {self.address}: {cmd} is "
+                              "not passed through", vm=self.vm, error_class="LibvirtOnly",
+                              sent=sent)
 
-    def _hint_on(self, entry: Mapping[str, Any]) -> bool:
-        return bool(entry.get("hint", self.hint_preference is True))
+    # ---- targets ----------------------------------------------------------------------
 
     def last_target(self) -> int | None:
-        """The last target balloonctl set on this run (no I/O; see ``BalloonClient``)."""
-        value = self._entry(self._instance if self.connected else None).get("target")
-        return value if isinstance(value, int) else None
+        """The last target balloonctl set on this run (no I/O); see
+        ``RememberedTargets.last_target``."""
+        return self.targets.last_target()
 
     async def current_target(self, *, actual: int | None = None,
                              guest_ram: int | None = None) -> int | None:
-        """The target balloonctl set on this run while it stands (``BalloonClient``'s
-        rule: forgotten once ``actual`` left it after reaching it, e.g. ``virsh setmem``
-        by someone else, or when it was not reached ``target_stale_after`` s after it was set).
-
-        Raises: NoBalloonDevice, and what ``blocking`` raises."""
-        instance = await self.instance_id()
-        entry = self._entry(instance)
-        target = entry.get("target")
-        if not isinstance(target, int):
-            return None
-        ram = guest_ram if guest_ram is not None else await self.guest_ram()
-        if actual is None:
-            actual = await self.query_actual()
-        if target > ram:
-            return None
-        set_at = entry.get("target_at")
-
-        def same(e: dict[str, Any]) -> bool:
-            return (e.get("instance") == instance and e.get("target") == target
-                    and e.get("target_at") == set_at)
-
-        if abs(actual - target) <= CONVERGED_TOLERANCE:
-            if not entry.get("target_reached"):
-                self._edit_quietly(lambda e: {**e, "target_reached": True} if same(e) else e)
-            return target
-        too_old = (not isinstance(set_at, int | float)
-                   or time.time() - set_at > self.target_stale_after)
-        if entry.get("target_reached") or too_old:
-            log.info("%s: forgetting stale target %s (actual %s)", self.name,
-                     format_size(target), format_size(actual))
-            self._edit_quietly(lambda e: {k: v for k, v in e.items() if k not in _TARGET_KEYS}
-                               if same(e) else e)
-            return None
-        return target
+        """The target balloonctl set on this run while it stands; see
+        ``RememberedTargets.current_target`` (e.g. forgotten after ``virsh setmem`` by
+        someone else). Raises: NoBalloonDevice, and what ``blocking`` raises."""
+        return await self.targets.current_target(actual=actual, guest_ram=guest_ram)
 
     def floor(self, guest_ram: int) -> int:
         return default_floor(guest_ram) if self.minimum is None else self.minimum
-
-    # ---- targets ----------------------------------------------------------------------
 
     async def resolve_target(self, spec: TargetSpec | int, *, force: bool = False) -> int:
         """As ``BalloonClient.resolve_target``; the result is rounded up to whole KiB
@@ -449,8 +374,9 @@ class LibvirtClient:
     async def set_target(self, spec: TargetSpec | int, *, force: bool = False,
                          dry_run: bool = False) -> int:
         """Resolve, validate and set the live balloon target (``virDomainSetMemoryFlags``
-        with ``VIR_DOMAIN_AFFECT_LIVE``); with the agent-mode hint on, an inflation first
-        has the guest drop clean page cache. Returns the target in bytes.
+        with ``VIR_DOMAIN_AFFECT_LIVE``); with the agent-mode hint on, an inflation has the
+        guest reclaim clean page cache alongside (``CacheFirst.reclaiming``). Returns the
+        target in bytes.
 
         Raises:
             SizeError, UnsafeTarget (nothing was sent), NoBalloonDevice, and what
@@ -460,178 +386,51 @@ class LibvirtClient:
         if dry_run:
             return target
         actual = await self.query_actual()
-        if target < actual and self._hint_on(await self._remembered()):
-            if (await self.hint_status()).mode is HintMode.AGENT:
-                await self._drop_cache_before_inflating()
         libvirt = binding.load()
-        await self._call("setMemoryFlags", target // KiB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        await self._remember(target=target, target_at=time.time(), target_reached=False)
+        async with self.cache_first.reclaiming(actual - target):
+            await self._call("setMemoryFlags", target // KiB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        await self.targets.remember(target=target, target_at=time.time(),
+                                    target_reached=False)
         return target
 
     async def wait_for_target(self, target: int, *,
                               timeout: float = 60.0,  # noqa: ASYNC109 - the contract's API
                               stall_timeout: float = 5.0,
                               progress: Callable[[int, int], None] | None = None) -> int:
-        """As ``BalloonClient.wait_for_target``, polling ``virDomainMemoryStats``.
+        """As ``BalloonClient.wait_for_target`` (``converge.wait_for_target``), polling
+        ``virDomainMemoryStats``.
 
         Raises: DriverNotReady, StuckBalloon, WaitTimeout, and what ``blocking`` raises.
         """
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + timeout
-        first: int | None = None
-        last: int | None = None
-        last_move = start
-        while True:
-            actual, stats = await self._memory_stats()
-            now = loop.time()
-            if progress is not None:
-                progress(actual, target)
-            if abs(actual - target) <= CONVERGED_TOLERANCE:
-                await self.current_target(actual=actual)
-                return actual
-            first = actual if first is None else first
-            if actual != last:
-                last, last_move = actual, now
-            stalled = now - last_move >= stall_timeout
-            if stalled or now >= deadline:
-                if not stats.reported and actual == first:
-                    raise DriverNotReady(
-                        "the guest has not loaded the virtio_balloon driver (no stats ever "
-                        f"reported) and actual stays at {format_size(actual)}", vm=self.vm)
-                left = format_size(abs(actual - target))
-                if stalled:
-                    raise StuckBalloon(
-                        f"balloon stuck at {format_size(actual)}, {left} short of the target "
-                        f"{format_size(target)}: no movement for {stall_timeout:g}s",
-                        vm=self.vm, actual=actual, target=target)
-                raise WaitTimeout(
-                    f"balloon did not reach {format_size(target)} within {timeout:g}s "
-                    f"(actual {format_size(actual)}, {left} to go)",
-                    vm=self.vm, actual=actual, target=target)
-            await asyncio.sleep(min(POLL_INTERVAL, max(0.0, deadline - now)))
+        return await converge.wait_for_target(self, target, vm=self.vm, timeout=timeout,
+                                              stall_timeout=stall_timeout, progress=progress)
 
-    # ---- cache-first hint (agent mode through libvirt) ---------------------------------
-
-    def qga_client(self, *, probe: bool = False) -> LibvirtQga:
-        """The domain's guest agent through libvirt (a probe answers within 2 s)."""
-        timeout = min(self.command_timeout, 5.0)
-        if probe:
-            timeout = min(timeout, self.connect_timeout, 2.0)
-        return LibvirtQga(self, timeout=timeout)
-
-    async def _qga_refusal(self, *, fresh: bool) -> AgentError | None:
-        now = time.monotonic()
-        if (not fresh and self._qga_checked is not None
-                and now - self._qga_checked < QGA_RECHECK):
-            return self._qga_error
-        self._qga_checked = None
-        try:
-            await self.qga_client(probe=True).require_exec()
-        except AgentExecBlocked as exc:
-            self._qga_checked, self._qga_error = now, exc
-            return exc
-        except AgentError as exc:
-            return exc
-        self._qga_checked, self._qga_error = now, None
-        return None
-
-    async def _probe_hint(self, *, fresh: bool = False) -> tuple[HintState, AgentError | None]:
-        xml = await self._balloon_xml()
-        if not xml.qga_channel:
-            return HintState(HintMode.UNSUPPORTED, False, HINT_UNSUPPORTED_MESSAGE), None
-        remembered = await self._remembered()
-        refusal = await self._qga_refusal(fresh=fresh)
-        if refusal is not None:
-            why = "guest-exec is blocked" if isinstance(refusal, AgentExecBlocked) else (
-                "the guest agent is unreachable")
-            detail = f"{why} ({refusal.message}); {HINT_UNSUPPORTED_MESSAGE}"
-            if self._hint_on(remembered):
-                detail = f"the hint is on in balloonctl's state but not honoured: {detail}"
-            return HintState(HintMode.UNSUPPORTED, False, detail), refusal
-        released = remembered.get("hint_released")
-        detail = "guest agent (through libvirt) drops clean page cache before each inflation"
-        if remembered.get("hint_error"):
-            detail += f"; last drop failed: {remembered['hint_error']}"
-        elif isinstance(released, int):
-            detail += f"; last drop released {format_size(released)}"
-        return HintState(HintMode.AGENT, self._hint_on(remembered), detail,
-                         released if isinstance(released, int) else None), None
+    # ---- cache-first hint (agent mode through libvirt; see balloonctl.cachefirst) -------
 
     async def hint_status(self) -> HintState:
         """How the cache-first hint is honoured (agent or unsupported; no device mode
-        through libvirt). Raises: NoBalloonDevice, and what ``blocking`` raises."""
-        return (await self._probe_hint())[0]
+        through libvirt); see ``CacheFirst.status``.
+        Raises: NoBalloonDevice, and what ``blocking`` raises."""
+        return await self.cache_first.status()
 
     async def set_hint(self, on: bool) -> HintState:
-        """Turn the agent-mode hint on or off (recorded for this run of the domain).
+        """Turn the agent-mode hint on or off (recorded for this run of the domain); see
+        ``CacheFirst.set``.
 
         Raises:
-            HintUnsupported: ``on`` and no guest agent that can run the drop.
+            HintUnsupported: ``on`` and no guest agent that can run the reclaim.
             AgentExecBlocked: the guest agent refuses guest-exec.
             NoBalloonDevice, and what ``blocking`` raises.
         """
-        state, refusal = await self._probe_hint(fresh=True)
-        if state.mode is HintMode.UNSUPPORTED:
-            if on:
-                if isinstance(refusal, AgentExecBlocked):
-                    raise refusal
-                raise HintUnsupported(f"cannot honour the cache-first hint: {state.detail}",
-                                      vm=self.vm)
-            await self._remember(hint=False)
-            return state
-        await self._remember(hint=bool(on))
-        return await self.hint_status()
-
-    async def _next_sample(self, previous: GuestStats, wait: float) -> GuestStats | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while (left := deadline - loop.time()) > 0:
-            await asyncio.sleep(min(STATS_POLL_INTERVAL, left))
-            stats = await self.stats()
-            if stats.last_update != previous.last_update:
-                return stats
-        return None
-
-    async def _drop_cache_before_inflating(self) -> None:
-        """Have the guest drop clean page cache and measure the release from
-        ``disk_caches`` in the samples before and after (as ``BalloonClient`` does)."""
-        interval = await self.polling_interval()
-        before = await self.stats()
-        tuned = interval == 0 or interval > 2
-        if tuned:
-            await self.enable_stats(1)
-        try:
-            before = await self._next_sample(before, STATS_REFRESH_WAIT) or before
-            try:
-                await self.qga_client().drop_caches()
-            except AgentError as exc:
-                log.warning("%s: cache-first drop failed: %s", self.name, exc)
-                self._qga_checked = None
-                await self._remember(hint_error=exc.message, hint_released=None,
-                                     hint_at=time.time())
-                return
-            after = await self._next_sample(await self.stats(), STATS_REFRESH_WAIT)
-        finally:
-            if tuned:
-                await self.enable_stats(interval)
-        released: int | None = None
-        if after is not None and before.disk_caches is not None and after.disk_caches is not None:
-            released = max(0, before.disk_caches - after.disk_caches)
-        await self._remember(hint_released=released, hint_error=None, hint_at=time.time())
+        return await self.cache_first.set(on)
 
     # ---- snapshot and events ----------------------------------------------------------
 
     async def snapshot(self) -> BalloonState:
         """Everything about the domain's balloon in one ``BalloonState``; never raises
         ``BalloonError`` (failures become fields, as with ``BalloonClient``)."""
-        found: dict[str, Any] = {"name": self.name, "qmp": self.address,
-                                 "target": self.last_target()}
-        try:
-            await self.connect()
-        except BalloonError as exc:
-            return _failed(found, exc, reachable=False)
-        try:
+
+        async def fill(found: dict[str, Any]) -> None:
             xml = await self.domain_xml(fresh=True)
             ram = xml.max_memory
             found.update(reachable=True, guest_ram=ram, floor=self.floor(ram),
@@ -642,97 +441,18 @@ class LibvirtClient:
             found["polling_interval"] = xml.stats_period
             found["features"] = await self.features()
             found["hint"] = await self.hint_status()
-        except NoBalloonDevice as exc:
-            return _failed(found, exc, reachable=True, has_device=False)
-        except (ConnectFailed, Disconnected, QMPTimeout) as exc:
-            return _failed(found, exc, reachable=False)
-        except BalloonError as exc:
-            return _failed(found, exc, reachable=True)
-        return BalloonState(**found, taken_at=time.time())
 
-    async def events(self) -> AsyncIterator[BalloonEvent]:
-        """The domain's events as ``BalloonEvent``: ``BALLOON_CHANGE`` (``actual`` in
-        bytes, as QEMU's) and lifecycle changes as ``DOMAIN_<EVENT>`` (``detail`` says
-        more, e.g. ``DOMAIN_STOPPED`` ``destroyed``). Notifications only. At most
-        ``EVENT_BUFFER`` unread events are kept (oldest dropped). Ends quietly on ``close()``.
+        return await take_snapshot(self, fill)
+
+    def events(self) -> AsyncIterator[BalloonEvent]:
+        """The domain's events as ``BalloonEvent`` (``balloonctl.libvirt.events``):
+        ``BALLOON_CHANGE`` (``actual`` in bytes, as QEMU's) and lifecycle changes as
+        ``DOMAIN_<EVENT>``. Notifications only; at most ``EVENT_BUFFER`` unread events
+        are kept. Ends quietly on ``close()``.
 
         Raises:
             DomainNotRunning: the domain stopped (after its DOMAIN_STOPPED event).
             LibvirtUnavailable: the connection to libvirtd closed.
             and what ``connect`` raises.
         """
-        await self.connect()
-        libvirt = binding.load()
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        conn, dom = self._conn, self._dom
-
-        def put(item: object) -> None:
-            while queue.qsize() >= EVENT_BUFFER:
-                queue.get_nowait()
-            queue.put_nowait(item)
-
-        def deliver(item: object) -> None:  # libvirt's event thread
-            try:
-                loop.call_soon_threadsafe(put, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
-
-        def on_balloon(_c: Any, _d: Any, actual_kib: int, _o: object) -> None:
-            deliver(BalloonEvent("BALLOON_CHANGE", {"actual": int(actual_kib) * KiB},
-                                 time.time()))
-
-        def on_lifecycle(_c: Any, _d: Any, event: int, detail: int, _o: object) -> None:
-            kind = _LIFECYCLE[event] if 0 <= event < len(_LIFECYCLE) else str(event)
-            what: str | int = detail
-            if kind == "STOPPED" and 0 <= detail < len(_STOPPED):
-                what = _STOPPED[detail]
-            deliver(BalloonEvent(f"DOMAIN_{kind}", {"detail": what}, time.time()))
-
-        def register() -> list[int]:
-            return [
-                conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE,
-                                            on_balloon, None),
-                conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                            on_lifecycle, None),
-            ]
-
-        def deregister(ids: list[int]) -> None:
-            for callback_id in ids:
-                try:
-                    conn.domainEventDeregisterAny(callback_id)
-                except libvirt.libvirtError:
-                    pass  # the connection is gone, and its callbacks with it
-
-        ids = await self.blocking(register, op="domainEventRegisterAny")
-        cancel = binding.on_close(conn, lambda: deliver(_LOST))
-        self._streams.add(queue)
-        try:
-            # Never trust events alone: a stop between connect() and registering is missed.
-            if not await self.blocking(dom.isActive, op="isActive"):
-                raise DomainNotRunning(f"domain {self.domain!r} stopped", vm=self.vm)
-            while True:
-                item = await queue.get()
-                if item is _CLOSED:
-                    return
-                if item is _LOST:
-                    self._dom = None
-                    raise LibvirtUnavailable(f"libvirtd closed the connection {self.uri}",
-                                             vm=self.vm)
-                assert isinstance(item, BalloonEvent)
-                yield item
-                if item.name.removeprefix("DOMAIN_") in _ENDS_RUN:
-                    self._dom = None
-                    raise DomainNotRunning(
-                        f"domain {self.domain!r} stopped ({item.data.get('detail')})",
-                        vm=self.vm)
-        finally:
-            self._streams.discard(queue)
-            cancel()
-            await asyncio.shield(asyncio.to_thread(deregister, ids))
-
-
-def _failed(found: dict[str, Any], exc: BalloonError, *, reachable: bool,
-            **more: Any) -> BalloonState:
-    return BalloonState(**{**found, **more, "reachable": reachable, "error": exc.message,
-                           "error_kind": type(exc).__name__, "taken_at": time.time()})
+        return domain_events(self)
