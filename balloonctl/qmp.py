@@ -35,7 +35,6 @@ from balloonctl.model import (
     HintState,
     VmRef,
     default_floor,
-    validate_target,
 )
 from balloonctl.qga import QgaClient
 from balloonctl.qmpsession import (
@@ -60,6 +59,7 @@ __all__ = [
     "BoundedEventListener",
     "RunFacts",
     "Trace",
+    "ref_settings",
     "take_snapshot",
 ]
 
@@ -139,13 +139,7 @@ class BalloonClient:
     @classmethod
     def from_ref(cls, ref: VmRef, **kw: Any) -> BalloonClient:
         """A client for an inventory entry (name, sockets and limits come from ``ref``)."""
-        kw.setdefault("name", ref.name)
-        kw.setdefault("qga", ref.qga)
-        kw.setdefault("minimum", ref.minimum)
-        kw.setdefault("maximum", ref.maximum)
-        kw.setdefault("hint", ref.hint)
-        kw.setdefault("hint_mount_cgroup", bool(ref.hint_mount_cgroup))
-        return cls(ref.qmp, **kw)
+        return cls(ref.qmp, **{**ref_settings(ref), **kw})
 
     def __repr__(self) -> str:
         return f"<BalloonClient {self.name} {self.address} {self.session.state}>"
@@ -157,6 +151,11 @@ class BalloonClient:
     @property
     def command_timeout(self) -> float:
         return self.session.command_timeout
+
+    @property
+    def vm(self) -> str | None:
+        """The name errors carry: the VM's own name, None when only its address is known."""
+        return self._vm
 
     # ---- connection -------------------------------------------------------------------
 
@@ -362,7 +361,8 @@ class BalloonClient:
 
         Relative targets count from the last target balloonctl set on this VM instance
         while it stands (``current_target``), else from ``actual``.
-        ``force`` allows going below the floor, never below ``HARD_MINIMUM``.
+        ``force`` allows going below the floor, never below ``HARD_MINIMUM``
+        (``RememberedTargets.resolve``).
 
         Raises:
             SizeError: a relative target would be zero or negative.
@@ -370,17 +370,8 @@ class BalloonClient:
             NoBalloonDevice, and what ``execute`` raises.
         """
         await self.instance_id()  # once per connection; last_target() knows the run after
-        ram = await self.guest_ram()
-        if isinstance(spec, int):
-            target = spec
-        else:
-            actual = await self.query_actual()
-            current = await self.current_target(actual=actual, guest_ram=ram)
-            if current is None:
-                current = actual
-            target = spec.resolve(guest_ram=ram, current=current)
-        return validate_target(target, guest_ram=ram, minimum=self.minimum,
-                               maximum=self.maximum, force=force, vm=self._vm)
+        return await self.targets.resolve(spec, minimum=self.minimum, maximum=self.maximum,
+                                          force=force)
 
     async def set_target(self, spec: TargetSpec | int, *, force: bool = False,
                          dry_run: bool = False) -> int:
@@ -486,6 +477,13 @@ class BalloonClient:
             ConnectFailed, SocketBusy: connecting failed.
         """
         return self.session.events()
+
+
+def ref_settings(ref: VmRef) -> dict[str, Any]:
+    """A client's keyword arguments that an inventory entry gives (name, guest agent socket,
+    limits, hint preferences); ``from_ref`` of every client starts from them."""
+    return {"name": ref.name, "qga": ref.qga, "minimum": ref.minimum, "maximum": ref.maximum,
+            "hint": ref.hint, "hint_mount_cgroup": bool(ref.hint_mount_cgroup)}
 
 
 class Snapshotting(Protocol):

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from balloonctl.model import CONVERGED_TOLERANCE
+from balloonctl.model import CONVERGED_TOLERANCE, validate_target
 from balloonctl.store import Store
-from balloonctl.units import format_size
+from balloonctl.units import TargetSpec, format_size
 
 __all__ = ["RememberedTargets", "TargetsClient"]
 
@@ -42,6 +42,9 @@ class TargetsClient(Protocol):
 
     @property
     def address(self) -> str: ...
+
+    @property
+    def vm(self) -> str | None: ...
 
     @property
     def run(self) -> KnowsRun: ...
@@ -156,6 +159,31 @@ class RememberedTargets:
                                if same_target(e) else e)
             return None
         return target
+
+    async def resolve(self, spec: TargetSpec | int, *, minimum: int | None,
+                      maximum: int | None, force: bool = False, granule: int = 1) -> int:
+        """``spec`` resolved against guest RAM and the current target, rounded up to a
+        multiple of ``granule`` bytes (what the VM's interface can set), and validated.
+
+        Relative targets count from the last target balloonctl set on this VM instance
+        while it stands (``current_target``), else from ``actual``. ``force`` allows going
+        below the floor (``minimum``, else ``default_floor``), never below ``HARD_MINIMUM``.
+
+        Raises:
+            SizeError: a relative target would be zero or negative.
+            UnsafeTarget: above guest RAM or ``maximum``, below the floor (or hard minimum).
+            NoBalloonDevice, and what the client's calls raise.
+        """
+        ram = await self.client.guest_ram()
+        if isinstance(spec, int):
+            target = spec
+        else:
+            actual = await self.client.query_actual()
+            current = await self.current_target(actual=actual, guest_ram=ram)
+            target = spec.resolve(guest_ram=ram, current=actual if current is None else current)
+        target = -(-target // granule) * granule
+        return validate_target(target, guest_ram=ram, minimum=minimum, maximum=maximum,
+                               force=force, vm=self.client.vm)
 
     def _edit_quietly(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         # Bookkeeping done while reading: a store that cannot be written (read-only state

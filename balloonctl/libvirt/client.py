@@ -48,9 +48,8 @@ from balloonctl.model import (
     HintState,
     VmRef,
     default_floor,
-    validate_target,
 )
-from balloonctl.qmp import TARGET_STALE_AFTER, take_snapshot
+from balloonctl.qmp import TARGET_STALE_AFTER, ref_settings, take_snapshot
 from balloonctl.qmpsession import BalloonEvent, Trace
 from balloonctl.store import MemoryStore, Store
 from balloonctl.targets import RememberedTargets
@@ -135,12 +134,7 @@ class LibvirtClient:
     @classmethod
     def from_ref(cls, ref: VmRef, **kw: Any) -> LibvirtClient:
         """A client for an inventory entry of backend ``libvirt``."""
-        kw.setdefault("name", ref.name)
-        kw.setdefault("minimum", ref.minimum)
-        kw.setdefault("maximum", ref.maximum)
-        kw.setdefault("hint", ref.hint)
-        kw.setdefault("hint_mount_cgroup", bool(ref.hint_mount_cgroup))
-        return cls(ref.uri or binding.DEFAULT_URI, ref.name, **kw)
+        return cls(ref.uri or binding.DEFAULT_URI, ref.name, **{**ref_settings(ref), **kw})
 
     def __repr__(self) -> str:
         return f"<LibvirtClient {self.name} {self.address}>"
@@ -360,16 +354,8 @@ class LibvirtClient:
         Raises:
             SizeError, UnsafeTarget, NoBalloonDevice, and what ``blocking`` raises.
         """
-        ram = await self.guest_ram()
-        if isinstance(spec, int):
-            target = spec
-        else:
-            actual = await self.query_actual()
-            current = await self.current_target(actual=actual, guest_ram=ram)
-            target = spec.resolve(guest_ram=ram, current=actual if current is None else current)
-        target = -(-target // KiB) * KiB
-        return validate_target(target, guest_ram=ram, minimum=self.minimum,
-                               maximum=self.maximum, force=force, vm=self.vm)
+        return await self.targets.resolve(spec, minimum=self.minimum, maximum=self.maximum,
+                                          force=force, granule=KiB)
 
     async def set_target(self, spec: TargetSpec | int, *, force: bool = False,
                          dry_run: bool = False) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import selectors
-import shutil
 import subprocess
 import sys
 import time
@@ -18,19 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from realvm.qemu import GuestImage, poll_until
+from realvm.qemu import GuestImage, balloonctl_path, poll_until
 
 from .conftest import URI, Domain, MiB, start_domain
 
 pytestmark = pytest.mark.reallibvirt
-
-
-def balloonctl_path() -> str:
-    here = Path(sys.executable).parent / "balloonctl"
-    found = str(here) if here.is_file() else shutil.which("balloonctl")
-    if found is None:
-        pytest.fail("the balloonctl console script is not installed (pip install -e .)")
-    return found
 
 
 class Cli:
@@ -125,6 +116,8 @@ def test_virsh_setmem_by_someone_else_is_a_foreign_write(lv_domain: Domain, cli:
 def test_hint_in_agent_mode_reclaims_page_cache(lv_domain: Domain, cli: Cli) -> None:
     on = json.loads(cli.ok("hint", lv_domain.name, "on", "--json"))
     assert on[0]["hint_mode"] == "agent" and on[0]["hint_enabled"] is True
+    # the reclaim script ran through libvirt's guest agent and found its method
+    assert on[0]["hint_method"] in ("reclaim", "drop"), on[0]["hint_detail"]
     assert lv_domain.guest_exec(["/bin/sh", "-c", "cat /data/big.bin > /dev/null"]) == 0
     read_at = time.time()
     # the first sample the guest pushed after the read finished (last_update: whole seconds)
@@ -215,3 +208,35 @@ def test_libvirtd_not_there(cli: Cli, tmp_path: Path, libvirt_ready: None) -> No
     assert done.returncode == 3
     assert done.stderr.startswith(f"balloonctl: error: cannot open libvirt connection {uri}: ")
     assert done.stderr.strip().endswith("(is libvirtd running?)")
+
+
+async def test_the_dashboard_lists_the_domain_with_libvirts_numbers(lv_domain: Domain,
+                                                                    tmp_path: Path) -> None:
+    """The dashboard over a Fleet of the libvirt inventory: the fleet reaches the domain
+    with a LibvirtClient (a QMP client could not: libvirt holds the monitor)."""
+    from balloonctl.config import Inventory
+    from balloonctl.fleet import Fleet
+    from balloonctl.libvirt.client import LibvirtClient
+    from balloonctl.units import format_size_aligned
+    from tui.app import DashboardApp
+    from tui.testing import wait_until
+
+    inventory = Inventory.load(libvirt=[URI], roots=[],
+                               env={"BALLOONCTL_CONFIG": str(tmp_path / "absent.toml")})
+    ref = inventory.get(lv_domain.name)
+    assert ref.backend == "libvirt" and ref.qmp == f"{URI}#{lv_domain.name}"
+    fleet = Fleet([ref], connect_timeout=10.0, command_timeout=20.0)
+    assert isinstance(fleet.client(lv_domain.name), LibvirtClient)
+    app = DashboardApp(fleet, interval=0.5, meminfo=None, close_source=True)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_until(pilot, lambda: app.polls >= 1, what="the first snapshot",
+                         within=60)
+        table = app.main.table
+
+        def cell(column: str) -> str:
+            value = table.get_cell(lv_domain.name, column)
+            return value if isinstance(value, str) else value.plain
+
+        assert cell("state") == "ok"
+        assert cell("actual") == format_size_aligned(lv_domain.actual())
+        assert cell("ram") == format_size_aligned(lv_domain.ram)
