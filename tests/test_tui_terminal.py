@@ -99,3 +99,36 @@ def test_a_signal_restores_the_terminal_and_ends_the_dashboard(
     assert rest.rfind(LEAVE_ALT) > rest.rfind(ENTER_ALT)
     assert code == 0  # ended as q ends it, not killed by the signal
     assert modes_after == modes_before  # not left in raw mode (echo, canonical input)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_demo_ends_on_a_signal_and_leaves_no_temp_dir(
+    tmp_path: Path, fake_dir: Path, signum: signal.Signals
+) -> None:
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    tmp = fake_dir / "tmp"  # short: the demo's sockets go in a temp dir under it
+    tmp.mkdir()
+    env = dict(os.environ, TERM="xterm-256color", BALLOONCTL_WELLKNOWN="", TMPDIR=str(tmp),
+               BALLOONCTL_DIR=str(tmp_path), HOME=str(tmp_path),
+               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_STATE_HOME=str(tmp_path / "state"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "balloonctl", "demo", "--vms", "2", "--mem", "1G"],
+        stdin=side, stdout=side, stderr=side, env=env, start_new_session=True,
+    )
+    try:
+        shown = _read(main, b"vm2", time.monotonic() + 30)  # the dashboard shows the fleet
+        assert b"vm2" in shown, shown[-500:]
+        assert [p.name[:16] for p in tmp.iterdir()] == ["balloonctl-demo-"]
+        proc.send_signal(signum)
+        rest = _read(main, None, time.monotonic() + 15, proc)
+        code = proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)
+        os.close(side)
+    assert code == 0, rest[-500:]
+    assert b"Traceback" not in rest and b"Exception" not in rest, rest[-500:]
+    assert list(tmp.iterdir()) == []

@@ -3,8 +3,10 @@ or shown once (or in the dashboard)."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,10 +28,12 @@ from balloonctl.cli.dashboard import open_dashboard
 from balloonctl.cli.output import note, render_states
 from balloonctl.errors import UsageError
 from balloonctl.model import BalloonState
+from balloonctl.text import escape_text
 from balloonctl.units import parse_size
 
 if TYPE_CHECKING:
     from balloonctl.backend import VmClient
+    from balloonctl.fake import FakeFleet
 
 __all__ = ["Workload", "demo", "fake"]
 
@@ -93,38 +97,74 @@ def fake(
 
     Prints one line per VM when ready: NAME qmp=PATH qga=PATH.
     """
-    import tempfile
-
-    from balloonctl.fake import run_fleet_forever
+    from balloonctl.fake import FakeFleet, socket_dir
+    from balloonctl.fake.paths import name_problem
 
     ram = parse_size(mem)
+    host_ram = None if host_mem is None else parse_size(host_mem)
+    problem = name_problem(prefix)
+    if problem is not None:  # stricter than FakeVM, which serves hostile names for tests
+        raise UsageError(f"--prefix '{escape_text(prefix)}' {problem} "
+                         "(VM names are socket file names in --dir)")
     overrides: dict[str, dict[str, Any]] = {}
     for name in no_driver or []:
         overrides.setdefault(name, {})["driver"] = False
     for name in no_balloon or []:
         overrides.setdefault(name, {})["balloon"] = False
-    where = directory or Path(tempfile.mkdtemp(prefix="balloonctl-fake-"))
+
+    def make(where: Path) -> FakeFleet:
+        with _refusals("--dir"):
+            return FakeFleet(vms, where, ram=ram, workload=workload.fake_name(),
+                             prefix=prefix, overrides=overrides, hint_device=hint_device,
+                             agent=not no_agent, host_mem=host_ram)
+
     try:
-        where.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--dir {where}: cannot use it: {exc.strerror or exc}") from None
+        # with --dir, the fleet is checked before the directory is created; a temp dir (or
+        # a --dir this made) is removed again when the fleet stops or fails to start
+        with socket_dir(directory, make) as (where, fleet):
+            _serve(fleet, where)
+    except OSError as exc:  # the directory could not be made
+        what = "a temporary directory" if directory is None else f"--dir {directory}"
+        raise UsageError(f"{what}: cannot use it: {exc.strerror or exc}") from None
+    note("fake fleet stopped")
+
+
+@contextlib.contextmanager
+def _refusals(shorter: str) -> Iterator[None]:
+    """The fake's refusals of a fleet, as usage errors; ``shorter`` is what to shorten when
+    a socket path is too long.
+
+    Raises:
+        UsageError: the fleet cannot be simulated or served there.
+    """
+    from balloonctl.fake import SocketPathTooLong
+
+    try:
+        yield
+    except SocketPathTooLong as exc:
+        raise UsageError(f"{exc}: choose a shorter {shorter}") from None
+    except ValueError as exc:  # what it cannot simulate (--mem 1, --no-driver vm9)
+        raise UsageError(f"cannot simulate that fleet: {exc}") from None
+
+
+def _serve(fleet: FakeFleet, where: Path) -> None:
+    """Serve until a signal (Ctrl-C, SIGTERM, SIGHUP: the normal ways to stop, exit 0).
+
+    Raises:
+        UsageError: a socket cannot be created (another fake or QEMU serves it).
+    """
+    from balloonctl.fake import serve_fleet
 
     def ready(_: object) -> None:
-        note(f"serving {vms} fake VMs in {where} until Ctrl-C; "
+        note(f"serving {len(fleet.vms)} fake VMs in {where} until Ctrl-C; "
              f"try: BALLOONCTL_DIR={where} balloonctl status")
 
     try:
-        run(run_fleet_forever(vms, ram, where, workload.fake_name(), out=sys.stdout,
-                               ready=ready, prefix=prefix, overrides=overrides,
-                               hint_device=hint_device, agent=not no_agent,
-                               host_mem=None if host_mem is None else parse_size(host_mem)))
-    except ValueError as exc:  # the fake refuses what it cannot simulate (--mem 1)
-        raise UsageError(f"cannot simulate that fleet: {exc}") from None
+        run(serve_fleet(fleet, out=sys.stdout, ready=ready))
     except OSError as exc:  # includes a socket another fake or QEMU serves
         raise UsageError(f"cannot serve fake VMs in {where}: {exc.strerror or exc}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C before the fleet's own handler was installed
         pass
-    note("fake fleet stopped")
 
 
 def demo(
@@ -149,7 +189,8 @@ def demo(
     fmt = output_format(fmt, as_json)
     with (tempfile.TemporaryDirectory(prefix="balloonctl-demo-") as tmp,
           private_state(Path(tmp) / "state.json")):
-        fleet = FakeFleet(vms, Path(tmp), ram=ram, workload=workload.fake_name())
+        with _refusals("TMPDIR"):
+            fleet = FakeFleet(vms, Path(tmp), ram=ram, workload=workload.fake_name())
         with run_in_thread(fleet):
             refs = scan_dir(tmp)
 

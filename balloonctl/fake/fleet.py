@@ -61,8 +61,12 @@ class FakeFleet(Service):
         clock: SimClock | None = None,
         **vm_kwargs: Any,
     ) -> None:
-        """Raises: ValueError: as FakeVM or HostSim, or ``overrides`` names a VM not in the
-        fleet."""
+        """Nothing is created until ``start``.
+
+        Raises:
+            ValueError: as FakeVM or HostSim, or ``overrides`` names a VM not in the fleet.
+            SocketPathTooLong: (an OSError) a VM's socket path is too long for AF_UNIX.
+        """
         self.directory = Path(directory)
         seed = int(vm_kwargs.pop("seed", 0))
         names = [f"{prefix}{i}" for i in range(1, n + 1)]

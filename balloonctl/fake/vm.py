@@ -13,6 +13,7 @@ from balloonctl.fake.device import BalloonDevice
 from balloonctl.fake.faults import Faults
 from balloonctl.fake.guest import WORKLOAD_QUANTUM, GuestSim
 from balloonctl.fake.machine import Machine
+from balloonctl.fake.paths import check_socket_path, check_vm_name
 from balloonctl.fake.qmp_server import QMPServer
 from balloonctl.fake.service import Service
 from balloonctl.fake.simclock import SimClock
@@ -65,11 +66,21 @@ class FakeVM(Service):
         image: str = "debian-12",
         clock: SimClock | None = None,
     ) -> None:
-        """Raises: ValueError: an unknown workload or an impossible memory size."""
+        """Nothing is created until ``start``.
+
+        Raises:
+            ValueError: an unknown workload, an impossible memory size, or a name that is not
+                one file name (empty, ``/``, NUL).
+            SocketPathTooLong: (an OSError) a socket path too long for AF_UNIX.
+        """
+        check_vm_name(name)
         self.name = name
         self.directory = Path(directory)
         self.qmp_path = self.directory / f"{name}.qmp"
         self.qga_path = self.directory / f"{name}.qga"
+        check_socket_path(self.qmp_path)
+        if agent:
+            check_socket_path(self.qga_path)
         self.ram = ram
         self.tick = tick
         self.agent = agent
@@ -122,7 +133,7 @@ class FakeVM(Service):
         """Boot: listen on the sockets and start the guest.
 
         Raises:
-            OSError: a socket cannot be created (directory missing, path too long).
+            OSError: a socket cannot be created.
         """
         if self.running:
             return
