@@ -23,9 +23,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from balloonctl.errors import AgentError, AgentExecBlocked, HintUnsupported
 from balloonctl.model import HintMethod, HintMode, HintState
@@ -34,7 +34,6 @@ from balloonctl.reclaim import ReclaimReport, explain, parse_reclaim_output, rec
 from balloonctl.units import format_size
 
 if TYPE_CHECKING:
-    from balloonctl.qmp import BalloonClient
     from balloonctl.targets import RememberedTargets
 
 __all__ = [
@@ -43,6 +42,7 @@ __all__ = [
     "HINT_UNSUPPORTED_MESSAGE",
     "QGA_RECHECK",
     "CacheFirst",
+    "HintClient",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,46 @@ def _describe(method: HintMethod | None, why: str, remembered: dict[str, Any]) -
     return text
 
 
+class QgaFacts(Protocol):
+    """The guest agent's last answer to the probe, kept with the run's facts."""
+
+    qga_checked: float | None
+    qga_error: AgentExecBlocked | None
+
+
+class HintClient(Protocol):
+    """What ``CacheFirst`` needs of a VM's client: ``BalloonClient`` (the guest agent by its
+    socket, the device's QOM over QMP) and ``LibvirtClient`` (the guest agent through
+    libvirt, no QOM: never device mode) fit. ``qga`` says where the guest agent is (None:
+    nowhere) and ``qga_client`` makes a client for it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def qga(self) -> str | None: ...
+
+    @property
+    def run(self) -> QgaFacts: ...
+
+    @property
+    def connect_timeout(self) -> float: ...
+
+    @property
+    def command_timeout(self) -> float: ...
+
+    @property
+    def hint_mount_cgroup(self) -> bool: ...
+
+    def qga_client(self, *, timeout: float) -> QgaClient: ...
+
+    async def device_properties(self) -> Mapping[str, str]: ...
+
+    async def device_path(self) -> str: ...
+
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any: ...
+
+
 class CacheFirst:
     """The cache-first hint of ``client``'s VM. The guest agent's answer to the probe is
     kept with the run's other facts (``client.run``, ``RunFacts.qga_checked``); the agent-mode
@@ -93,11 +133,12 @@ class CacheFirst:
     while the hint is on).
     """
 
-    def __init__(self, client: BalloonClient, targets: RememberedTargets, *,
-                 vm: str | None) -> None:
+    def __init__(self, client: HintClient, targets: RememberedTargets, *,
+                 vm: str | None, unsupported: str = HINT_UNSUPPORTED_MESSAGE) -> None:
         self.client = client
         self.targets = targets
         self.vm = vm
+        self.unsupported = unsupported  # what would make the hint work, when nothing does
 
     def _qga(self, *, probe: bool = False) -> QgaClient:
         # A probe (hint status, in every snapshot) must not stall on a guest whose agent is
@@ -107,8 +148,7 @@ class CacheFirst:
         timeout = min(client.command_timeout, 5.0)
         if probe:
             timeout = min(timeout, client.connect_timeout, 2.0)
-        return QgaClient(client.qga, timeout=timeout, trace=client.trace,
-                         name=f"{client.name}/qga", vm=self.vm)
+        return client.qga_client(timeout=timeout)
 
     def budget(self) -> float:
         """Seconds the agent-mode step may add to an inflation (``HINT_BUDGET``, at most
@@ -209,13 +249,13 @@ class CacheFirst:
             return HintState(HintMode.DEVICE, enabled,
                              f"balloon device property {HINT_PROPERTY}"), None, {}
         if client.qga is None:
-            return HintState(HintMode.UNSUPPORTED, False, HINT_UNSUPPORTED_MESSAGE), None, {}
+            return HintState(HintMode.UNSUPPORTED, False, self.unsupported), None, {}
         remembered = await self.targets.remembered()
         refusal = await self._qga_refusal(fresh=fresh)
         if refusal is not None:
             why = "guest-exec is blocked" if isinstance(refusal, AgentExecBlocked) else (
                 "the guest agent is unreachable")
-            detail = f"{why} ({refusal}); {HINT_UNSUPPORTED_MESSAGE}"
+            detail = f"{why} ({refusal}); {self.unsupported}"
             if self.targets.hint_on(remembered):
                 detail = f"the hint is on in balloonctl's state but not honoured: {detail}"
             return HintState(HintMode.UNSUPPORTED, False, detail), refusal, remembered

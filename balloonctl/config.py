@@ -3,14 +3,19 @@
 Sources, merged in this order (a later source wins for the socket path of a name):
 
 1. well-known places that exist on this host: Proxmox's ``/var/run/qemu-server/<vmid>.qmp``
-   (with ``<vmid>.qga``); ``$BALLOONCTL_WELLKNOWN`` (colon-separated dirs) replaces the roots,
-   an empty value turns them off;
+   (with ``<vmid>.qga``), named by the ``name:`` of ``/etc/pve/qemu-server/<vmid>.conf`` where
+   it can be read (else by the vmid; the socket path keeps the id alongside);
+   ``$BALLOONCTL_WELLKNOWN`` (colon-separated dirs) replaces the roots, an empty value turns
+   them off;
 2. the TOML config at ``$BALLOONCTL_CONFIG`` or ``$XDG_CONFIG_HOME/balloonctl/config.toml``
    (``[defaults]`` and ``[vm.NAME]`` tables; ``[policy]`` holds the automatic-ballooning
    settings, docs/policy.md);
 3. a directory of sockets (``--dir`` or ``$BALLOONCTL_DIR``): ``*.qmp`` and ``*.sock``, the name
    from the file stem, a sibling ``<stem>.qga`` as the guest-agent socket;
-4. ``--qmp PATH`` (repeatable; ``NAME=PATH`` names it, otherwise the file stem).
+4. ``--qmp PATH`` (repeatable; ``NAME=PATH`` names it, otherwise the file stem);
+5. the running domains of every libvirt URI given (``--libvirt URI``, repeatable, and the
+   config's top-level ``libvirt = "URI"`` / ``["URI", ...]`` / ``true`` for qemu:///system),
+   named by the domain, with ``backend="libvirt"``.
 
 A ``[vm.NAME]`` table without ``qmp`` only adds limits to a VM found elsewhere.
 
@@ -19,9 +24,10 @@ The host whose memory ``plan``, ``auto``, ``status`` and the dashboard read
 sockets (3.) holds a fake fleet's simulated host: ``<dir>/host/proc/meminfo``
 (``balloonctl.host.host_root_for``).
 
-Discovery only lists directories and reads the config: it never connects to a socket, so shell
-completion can call it on every key press. This module imports only the standard library and
-the core.
+Discovery only lists directories and reads the config: it never connects to a QMP socket, so
+shell completion can call it on every key press. Listing libvirt's domains asks libvirtd (one
+local round trip), only when a libvirt URI is given. This module imports only the standard
+library and the core (and ``balloonctl.libvirt`` when a libvirt URI is given).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import fnmatch
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,8 +53,10 @@ __all__ = [
     "ENV_CONFIG",
     "ENV_DIR",
     "ENV_WELLKNOWN",
+    "LIBVIRT_DEFAULT_URI",
     "LIBVIRT_ROOTS",
     "PROXMOX_ROOTS",
+    "PVE_CONF_DIRS",
     "Config",
     "Defaults",
     "Inventory",
@@ -56,6 +64,7 @@ __all__ = [
     "check_dir",
     "config_path",
     "is_libvirt_socket",
+    "libvirt_domain_of",
     "load_config",
     "scan_dir",
     "scan_proxmox",
@@ -67,12 +76,16 @@ ENV_CONFIG = "BALLOONCTL_CONFIG"
 ENV_WELLKNOWN = "BALLOONCTL_WELLKNOWN"
 
 PROXMOX_ROOTS: tuple[Path, ...] = (Path("/var/run/qemu-server"),)
+# Where Proxmox keeps each VM's config (<vmid>.conf, with its "name:").
+PVE_CONF_DIRS: tuple[Path, ...] = (Path("/etc/pve/qemu-server"),)
+LIBVIRT_DEFAULT_URI = "qemu:///system"
 # libvirt keeps each domain's monitor socket here and holds it for the domain's lifetime.
 LIBVIRT_ROOTS: tuple[str, ...] = ("/var/lib/libvirt/qemu", "/run/libvirt", "/var/run/libvirt")
 
 _SOCKET_SUFFIXES = (".qmp", ".sock")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _LIBVIRT_DOMAIN_DIR = re.compile(r"^domain-\d+-(?P<name>.+)$")
+_PVE_NAME = re.compile(r"^name:\s*(?P<name>[A-Za-z0-9][A-Za-z0-9.-]*)\s*$", re.MULTILINE)
 # A connect or command timeout longer than a day is a typo, and far larger ones overflow
 # the event loop's timers.
 MAX_TIMEOUT = 24 * 3600.0
@@ -99,6 +112,7 @@ class Config:
     # the limits of every [vm.NAME] table (min, max, shares, hint), applied by name to the VM
     # wherever it was found; a table without qmp only adds limits to a VM found elsewhere
     overlays: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    libvirt: tuple[str, ...] = ()  # libvirt URIs whose running domains are VMs
     # [policy] with the per-VM reserves of the [vm.NAME] tables in ``policy.vms``
     policy: PolicySettings = field(default_factory=PolicySettings)
     journal: str | None = None  # [journal] path: where target changes are journaled
@@ -208,9 +222,10 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
 
 def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     """Raises: UsageError: a bad setting (named, without the file)."""
-    unknown = set(doc) - {"defaults", "vm", "policy", "journal"}
+    unknown = set(doc) - {"defaults", "vm", "policy", "journal", "libvirt"}
     if unknown:
         raise UsageError(f"unknown table(s) {', '.join(sorted(unknown))}")
+    libvirt = _libvirt_uris(doc.get("libvirt", False))
     raw_defaults = doc.get("defaults", {})
     if not isinstance(raw_defaults, dict):
         raise UsageError("[defaults] must be a table")
@@ -251,7 +266,7 @@ def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
             overlays[name]["qga"] = qga
     return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays,
                   policy=_policy(doc.get("policy", {}), reserves),
-                  journal=_journal(doc.get("journal", {})))
+                  journal=_journal(doc.get("journal", {})), libvirt=libvirt)
 
 
 def _journal(raw: Any) -> str | None:
@@ -269,6 +284,20 @@ def _journal(raw: Any) -> str | None:
     if path is not None and (not isinstance(path, str) or not path.strip() or "\0" in path):
         raise UsageError(f"journal.path: expected a file path, got {path!r}")
     return path
+
+
+def _libvirt_uris(value: Any) -> tuple[str, ...]:
+    """The config's ``libvirt``: true (qemu:///system), false, a URI or a list of URIs.
+
+    Raises: UsageError: any other shape."""
+    if value is True:
+        return (LIBVIRT_DEFAULT_URI,)
+    if value is False:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(u, str) and u for u in items):
+        raise UsageError(f"libvirt: expected true, a URI or a list of URIs, got {value!r}")
+    return tuple(items)
 
 
 def _check_range(settings: Mapping[str, Any], defaults: Defaults, name: str) -> None:
@@ -339,12 +368,36 @@ def wellknown_roots(env: Mapping[str, str] | None = None) -> list[Path]:
     return list(PROXMOX_ROOTS)
 
 
-def scan_proxmox(roots: Iterable[Path]) -> list[VmRef]:
-    """Proxmox keeps ``<vmid>.qmp`` and ``<vmid>.qga`` in /var/run/qemu-server."""
+def _pve_name(vmid: str, conf_dirs: Iterable[Path]) -> str | None:
+    """The ``name:`` of a Proxmox VM's config, when one can be read (root only, usually)."""
+    for conf_dir in conf_dirs:
+        try:
+            text = (conf_dir / f"{vmid}.conf").read_text(errors="replace")
+        except OSError:
+            continue
+        # the current config comes before any [snapshot] section
+        found = _PVE_NAME.search(text.split("\n[", 1)[0])
+        if found is not None:
+            return found.group("name")
+    return None
+
+
+def scan_proxmox(roots: Iterable[Path],
+                 conf_dirs: Iterable[Path] = PVE_CONF_DIRS) -> list[VmRef]:
+    """Proxmox keeps ``<vmid>.qmp`` and ``<vmid>.qga`` in /var/run/qemu-server. A VM is named
+    by the ``name:`` in ``<conf_dir>/<vmid>.conf`` where readable and unique, else by its
+    vmid; the socket path (``qmp``) keeps the vmid alongside."""
+    conf_dirs = list(conf_dirs)
     refs: list[VmRef] = []
     for root in roots:
         refs.extend(r for r in scan_dir(root, source="proxmox") if r.qmp.endswith(".qmp"))
-    return refs
+    named = [(r, _pve_name(r.name, conf_dirs)) for r in refs]
+    counts: dict[str, int] = {}
+    for _, name in named:
+        if name is not None:
+            counts[name] = counts.get(name, 0) + 1
+    return [replace(r, name=name) if name is not None and counts[name] == 1 else r
+            for r, name in named]
 
 
 def is_libvirt_socket(path: str) -> bool:
@@ -355,14 +408,21 @@ def is_libvirt_socket(path: str) -> bool:
     return any(real == root or real.startswith(root + os.sep) for root in roots)
 
 
+def libvirt_domain_of(path: str) -> str | None:
+    """The domain of a libvirt monitor socket (``.../domain-3-web1/monitor.sock``), if the
+    path says it (libvirt shortens long names in the directory)."""
+    p = Path(path)
+    found = _LIBVIRT_DOMAIN_DIR.match(p.parent.name)
+    return found.group("name") if found is not None else None
+
+
 def busy_advice(ref: VmRef) -> str | None:
     """What to tell an operator whose VM's socket is busy, when there is more to say."""
-    if is_libvirt_socket(ref.qmp):
+    if ref.backend == "qmp" and is_libvirt_socket(ref.qmp):
         return (
-            "libvirt owns this monitor socket and holds it while the domain runs; use "
-            f"`virsh qemu-monitor-command {escape_text(ref.name)} --pretty "
-            "'{\"execute\":\"query-balloon\"}'`"
-            " (or `virsh setmem`) instead"
+            "libvirt owns this monitor socket and holds it while the domain runs; reach it "
+            f"through libvirt: `balloonctl --libvirt {LIBVIRT_DEFAULT_URI} status "
+            f"{escape_text(ref.name)}`"
         )
     return None
 
@@ -371,9 +431,9 @@ def _name_for_path(path: str) -> str:
     if "/" not in path and ":" in path:
         return path  # host:port
     p = Path(path)
-    parent = _LIBVIRT_DOMAIN_DIR.match(p.parent.name)
-    if parent is not None and p.stem == "monitor":
-        return parent.group("name")  # libvirt: .../domain-3-web1/monitor.sock
+    domain = libvirt_domain_of(path)
+    if domain is not None and p.stem == "monitor":
+        return domain  # libvirt: .../domain-3-web1/monitor.sock
     return p.stem or path
 
 
@@ -411,6 +471,8 @@ class Inventory:
         config: Path | None = None,
         roots: Sequence[Path] | None = None,
         env: Mapping[str, str] | None = None,
+        libvirt: Sequence[str] = (),
+        list_domains: Callable[[str], list[str]] | None = None,
     ) -> Inventory:
         """Merge every source (see the module docstring); never connects to a socket.
 
@@ -418,6 +480,11 @@ class Inventory:
             UsageError: a bad config, a missing ``--config`` file, a ``directory`` (or
                 ``$BALLOONCTL_DIR``) that is not a directory, or ``qga`` given without
                 exactly one ``qmp``.
+            LibvirtUnavailable, LibvirtDenied: a libvirt URI cannot be listed.
+            BackendMissing: a libvirt URI is given and libvirt-python is not installed.
+
+        ``list_domains(uri)`` lists a URI's running domains (default:
+        ``balloonctl.libvirt.list_domains``, imported only when a URI is given).
         """
         env = os.environ if env is None else env
         if qga is not None and len(qmp) != 1:
@@ -449,6 +516,16 @@ class Inventory:
             VmRef(name=name, qmp=path, qga=os.path.expanduser(qga) if qga else None)
             for name, path in explicit
         )
+        uris = list(dict.fromkeys([*libvirt, *cfg.libvirt]))
+        if uris:
+            lister: Callable[[str], list[str]]
+            if list_domains is None:
+                from balloonctl.libvirt import list_domains as lister
+            else:
+                lister = list_domains
+            for uri in uris:
+                add(VmRef(name=domain, qmp=f"{uri}#{domain}", source="libvirt",
+                          backend="libvirt", uri=uri) for domain in lister(uri))
 
         inventory = cls(config=cfg, watched=watched)
         return cls([inventory._settled(ref) for ref in found.values()], config=cfg,

@@ -2,16 +2,21 @@
 
 Third-party failures (qemu.qmp, OSError, asyncio timeouts, JSON) are translated into this
 tree exactly once, at the boundary where they happen (``qmpsession.py`` for QMP, ``qga.py`` for
-the guest agent). ``asyncio.CancelledError`` is never wrapped.
+the guest agent, ``libvirt/parse.py`` for libvirt). ``asyncio.CancelledError`` is never wrapped.
 
     BalloonError                      anything balloonctl raises on purpose
     ├── UsageError                    the caller asked for something malformed
     │   ├── SizeError                 a size, percentage or duration that does not parse
-    │   └── UnknownVM                 no VM of that name in the inventory
+    │   ├── UnknownVM                 no VM of that name in the inventory
+    │   └── BackendMissing            an optional backend is not installed (balloonctl[libvirt])
     ├── UnsafeTarget                  a target refused before it was sent (above RAM, below floor)
     ├── ConnectFailed                 the QMP/QGA socket cannot be reached (missing, refused)
-    │   └── SocketBusy                connected, but no greeting: another client holds the socket
+    │   ├── SocketBusy                connected, but no greeting: another client holds the socket
+    │   ├── ManagedByLibvirt          a QMP socket libvirt holds: reach the VM with --libvirt
+    │   ├── LibvirtUnavailable        libvirtd is not running, or the URI cannot be opened
+    │   └── LibvirtDenied             libvirtd refuses this user the URI (permission denied)
     ├── Disconnected                  the peer went away (mid-command, or VM shut down)
+    │   └── DomainNotRunning          the libvirt domain is not running (or no longer exists)
     ├── QMPTimeout                    a reply did not arrive in time
     ├── QMPCommandError               QEMU answered a command with an error (keeps sent/received)
     │   └── NoBalloonDevice           the VM has no virtio-balloon device (DeviceNotActive)
@@ -36,13 +41,18 @@ from typing import Any
 __all__ = [
     "AgentError",
     "AgentExecBlocked",
+    "BackendMissing",
     "BalloonError",
     "ConnectFailed",
     "Disconnected",
+    "DomainNotRunning",
     "DriverNotReady",
     "HintUnsupported",
     "HostReadError",
     "JournalError",
+    "LibvirtDenied",
+    "LibvirtUnavailable",
+    "ManagedByLibvirt",
     "NoBalloonDevice",
     "QMPCommandError",
     "QMPTimeout",
@@ -89,6 +99,10 @@ class UnknownVM(UsageError):
     """No VM by that name in the inventory."""
 
 
+class BackendMissing(UsageError):
+    """An optional backend's Python package is not installed (the message names the extra)."""
+
+
 class UnsafeTarget(BalloonError):
     """A balloon target refused before it was sent to QEMU."""
 
@@ -107,8 +121,24 @@ class SocketBusy(ConnectFailed):
     """Connected, but QEMU sent no greeting: another QMP client holds the socket."""
 
 
+class ManagedByLibvirt(ConnectFailed):
+    """A QMP socket that libvirt holds for its domain's lifetime; ``--libvirt`` reaches it."""
+
+
+class LibvirtUnavailable(ConnectFailed):
+    """libvirtd is not running at the URI, or the URI cannot be opened."""
+
+
+class LibvirtDenied(ConnectFailed):
+    """libvirtd refuses this user the URI (socket permissions, polkit, ACLs)."""
+
+
 class Disconnected(BalloonError):
     """The peer went away (mid-command, or the VM shut down)."""
+
+
+class DomainNotRunning(Disconnected):
+    """The libvirt domain is not running, or no longer exists (destroyed, undefined)."""
 
 
 class QMPTimeout(BalloonError):

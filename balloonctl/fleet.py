@@ -26,9 +26,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
+from balloonctl.backend import VmClient, client_for
 from balloonctl.errors import BalloonError, QMPTimeout, UnknownVM, UsageError
 from balloonctl.model import BalloonState, HintState, TargetChange, VmRef
-from balloonctl.qmp import BalloonClient, BalloonEvent, RunFacts, Trace
+from balloonctl.qmp import BalloonEvent, RunFacts, Trace
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec
 
@@ -116,7 +117,7 @@ class Fleet(DataSource):
         self.trace = trace
         self.recorder = recorder
         self._sem = asyncio.Semaphore(concurrency)
-        self._clients: dict[str, BalloonClient] = {}  # hold mode only
+        self._clients: dict[str, VmClient] = {}  # hold mode only
         # Polite mode: what each VM's last connection learned about its current run; a
         # client uses it only after checking it reaches the same run (BalloonClient).
         self._facts: dict[str, RunFacts] = {}
@@ -135,17 +136,19 @@ class Fleet(DataSource):
     def names(self) -> Sequence[str]:
         return list(self.refs)
 
-    def client(self, name: str) -> BalloonClient:
-        """A new (unconnected) client for one VM, sharing the fleet's store and settings
-        and what earlier connections learned about the VM's current run.
+    def client(self, name: str) -> VmClient:
+        """A new (unconnected) client for one VM (``client_for``: QMP or libvirt), sharing
+        the fleet's store and settings and what earlier connections learned about the VM's
+        current run.
 
         Raises:
             UnknownVM: no VM by that name.
+            ManagedByLibvirt, BackendMissing: see ``client_for``.
         """
-        return BalloonClient.from_ref(self._ref(name), store=self.store,
-                                      connect_timeout=self.connect_timeout,
-                                      command_timeout=self.command_timeout, trace=self.trace,
-                                      facts=self._facts.get(name), recorder=self.recorder)
+        return client_for(self._ref(name), store=self.store,
+                          connect_timeout=self.connect_timeout,
+                          command_timeout=self.command_timeout, trace=self.trace,
+                          facts=self._facts.get(name), recorder=self.recorder)
 
     def _ref(self, name: str) -> VmRef:
         try:
@@ -155,7 +158,7 @@ class Fleet(DataSource):
             raise UnknownVM(f"no VM named {name!r} (known: {known})") from None
 
     @contextlib.asynccontextmanager
-    async def _session(self, name: str) -> AsyncIterator[BalloonClient]:
+    async def _session(self, name: str) -> AsyncIterator[VmClient]:
         if not self.hold:
             client = self.client(name)
             try:
@@ -171,7 +174,7 @@ class Fleet(DataSource):
             held = self._clients[name] = self.client(name)
         yield held
 
-    async def _run_one(self, name: str, fn: Callable[[BalloonClient], Awaitable[T]],
+    async def _run_one(self, name: str, fn: Callable[[VmClient], Awaitable[T]],
                        limit: float | None) -> T:
         async with self._sem, self._session(name) as client:
             if limit is None:
@@ -183,7 +186,7 @@ class Fleet(DataSource):
                 raise QMPTimeout(f"gave up after {limit:g}s", vm=name) from None
 
     async def run_each(self, names: Iterable[str] | None,
-                       fn: Callable[[BalloonClient], Awaitable[T]], *,
+                       fn: Callable[[VmClient], Awaitable[T]], *,
                        limit: float | None = None) -> dict[str, T | BalloonError]:
         """Run ``fn(client)`` on each VM concurrently (at most ``concurrency`` at once).
 
@@ -207,7 +210,7 @@ class Fleet(DataSource):
         results = await asyncio.gather(*(guarded(name) for name in chosen))
         return dict(zip(chosen, results, strict=True))
 
-    async def _one(self, name: str, fn: Callable[[BalloonClient], Awaitable[T]]) -> T:
+    async def _one(self, name: str, fn: Callable[[VmClient], Awaitable[T]]) -> T:
         self._ref(name)
         try:
             return await self._run_one(name, fn, None)

@@ -151,7 +151,10 @@ class VmRef:
     shares: int = 1000
     hint: bool | None = None  # preferred cache-first hint state, None = leave as is
     hint_mount_cgroup: bool | None = None  # the hint may mount cgroup2 in the guest
-    source: str = "cli"  # where this VM came from: cli, dir, config, proxmox
+    source: str = "cli"  # where this VM came from: cli, dir, config, proxmox, libvirt
+    backend: str = "qmp"  # how balloonctl reaches it: "qmp" (the socket) or "libvirt"
+    uri: str | None = None  # the libvirt connection URI (backend "libvirt"); qmp then names
+    # the domain as "URI#NAME" for display and balloonctl's state
 
 
 _STAT_FIELDS = {

@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from balloonctl import converge
 from balloonctl.errors import (
     BalloonError,
     ConnectFailed,
     Disconnected,
-    DriverNotReady,
     NoBalloonDevice,
     QMPCommandError,
     QMPTimeout,
-    StuckBalloon,
-    WaitTimeout,
 )
 from balloonctl.model import (
-    CONVERGED_TOLERANCE,
     BalloonState,
     DeviceFeatures,
     GuestStats,
@@ -39,8 +36,8 @@ from balloonctl.model import (
     TargetChange,
     VmRef,
     default_floor,
-    validate_target,
 )
+from balloonctl.qga import QgaClient
 from balloonctl.qmpsession import (
     NO_DEVICE_MESSAGE,
     BalloonEvent,
@@ -50,7 +47,7 @@ from balloonctl.qmpsession import (
 )
 from balloonctl.runfacts import KnownRun, RunFacts
 from balloonctl.store import MemoryStore, Store
-from balloonctl.units import TargetSpec, format_size
+from balloonctl.units import TargetSpec
 
 if TYPE_CHECKING:
     from balloonctl.cachefirst import CacheFirst
@@ -63,6 +60,8 @@ __all__ = [
     "BoundedEventListener",
     "RunFacts",
     "Trace",
+    "ref_settings",
+    "take_snapshot",
 ]
 
 BALLOON_TYPES: Final = frozenset(
@@ -75,8 +74,6 @@ BALLOON_TYPES: Final = frozenset(
         "virtio-balloon-device",
     )
 )
-# How often wait_for_target polls query-balloon.
-POLL_INTERVAL: Final = 0.05
 # A stored target that the VM has not reached this long after balloonctl set it is taken
 # as unknown: something else (virsh, qmp-shell, another tool) has probably changed it.
 TARGET_STALE_AFTER: Final = 120.0
@@ -149,13 +146,7 @@ class BalloonClient:
     @classmethod
     def from_ref(cls, ref: VmRef, **kw: Any) -> BalloonClient:
         """A client for an inventory entry (name, sockets and limits come from ``ref``)."""
-        kw.setdefault("name", ref.name)
-        kw.setdefault("qga", ref.qga)
-        kw.setdefault("minimum", ref.minimum)
-        kw.setdefault("maximum", ref.maximum)
-        kw.setdefault("hint", ref.hint)
-        kw.setdefault("hint_mount_cgroup", bool(ref.hint_mount_cgroup))
-        return cls(ref.qmp, **kw)
+        return cls(ref.qmp, **{**ref_settings(ref), **kw})
 
     def __repr__(self) -> str:
         return f"<BalloonClient {self.name} {self.address} {self.session.state}>"
@@ -167,6 +158,11 @@ class BalloonClient:
     @property
     def command_timeout(self) -> float:
         return self.session.command_timeout
+
+    @property
+    def vm(self) -> str | None:
+        """The name errors carry: the VM's own name, None when only its address is known."""
+        return self._vm
 
     # ---- connection -------------------------------------------------------------------
 
@@ -372,7 +368,8 @@ class BalloonClient:
 
         Relative targets count from the last target balloonctl set on this VM instance
         while it stands (``current_target``), else from ``actual``.
-        ``force`` allows going below the floor, never below ``HARD_MINIMUM``.
+        ``force`` allows going below the floor, never below ``HARD_MINIMUM``
+        (``RememberedTargets.resolve``).
 
         Raises:
             SizeError: a relative target would be zero or negative.
@@ -380,17 +377,8 @@ class BalloonClient:
             NoBalloonDevice, and what ``execute`` raises.
         """
         await self.instance_id()  # once per connection; last_target() knows the run after
-        ram = await self.guest_ram()
-        if isinstance(spec, int):
-            target = spec
-        else:
-            actual = await self.query_actual()
-            current = await self.current_target(actual=actual, guest_ram=ram)
-            if current is None:
-                current = actual
-            target = spec.resolve(guest_ram=ram, current=current)
-        return validate_target(target, guest_ram=ram, minimum=self.minimum,
-                               maximum=self.maximum, force=force, vm=self._vm)
+        return await self.targets.resolve(spec, minimum=self.minimum, maximum=self.maximum,
+                                          force=force)
 
     async def set_target(self, spec: TargetSpec | int, *, force: bool = False,
                          dry_run: bool = False, record: bool = True) -> int:
@@ -430,7 +418,8 @@ class BalloonClient:
                               timeout: float = 60.0,  # noqa: ASYNC109 - the contract's API
                               stall_timeout: float = 5.0,
                               progress: Callable[[int, int], None] | None = None) -> int:
-        """Poll ``query-balloon`` until ``actual`` is within ``CONVERGED_TOLERANCE`` of target.
+        """Poll ``query-balloon`` until ``actual`` is within ``CONVERGED_TOLERANCE`` of target
+        (``balloonctl.converge.wait_for_target``).
 
         ``progress(actual, target)`` is called after every poll. Returns the final actual.
 
@@ -440,45 +429,17 @@ class BalloonClient:
             WaitTimeout: not converged within ``timeout`` seconds.
             (and what ``execute`` raises)
         """
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + timeout
-        first_actual: int | None = None
-        last_actual: int | None = None
-        last_move = start
-        while True:
-            actual = await self.query_actual()
-            now = loop.time()
-            if progress is not None:
-                progress(actual, target)
-            if abs(actual - target) <= CONVERGED_TOLERANCE:
-                await self.current_target(actual=actual)  # notes a remembered target reached
-                return actual
-            if first_actual is None:
-                first_actual = actual
-            if actual != last_actual:
-                last_actual, last_move = actual, now
-            stalled = now - last_move >= stall_timeout
-            if stalled or now >= deadline:
-                stats = await self.stats()
-                if not stats.reported and actual == first_actual:
-                    raise DriverNotReady(
-                        "the guest has not loaded the virtio_balloon driver (no stats ever "
-                        f"reported) and actual stays at {format_size(actual)}", vm=self._vm)
-                left = format_size(abs(actual - target))
-                if stalled:
-                    raise StuckBalloon(
-                        f"balloon stuck at {format_size(actual)}, {left} short of the target "
-                        f"{format_size(target)}: no movement for {stall_timeout:g}s (the guest "
-                        "may be unable to free more memory)",
-                        vm=self._vm, actual=actual, target=target)
-                raise WaitTimeout(
-                    f"balloon did not reach {format_size(target)} within {timeout:g}s "
-                    f"(actual {format_size(actual)}, {left} to go)",
-                    vm=self._vm, actual=actual, target=target)
-            await asyncio.sleep(min(POLL_INTERVAL, max(0.0, deadline - now)))
+        return await converge.wait_for_target(self, target, vm=self._vm, timeout=timeout,
+                                              stall_timeout=stall_timeout, progress=progress)
 
     # ---- cache-first hint (see balloonctl.cachefirst) -----------------------------------
+
+    def qga_client(self, *, timeout: float) -> QgaClient:
+        """A new (unconnected) client for this VM's guest agent socket (``qga``, not None),
+        each reply awaited at most ``timeout`` seconds."""
+        assert self.qga is not None
+        return QgaClient(self.qga, timeout=timeout, trace=self.trace,
+                         name=f"{self.name}/qga", vm=self._vm)
 
     async def hint_status(self) -> HintState:
         """How the cache-first hint is honoured on this VM; see ``CacheFirst.status``.
@@ -506,14 +467,8 @@ class BalloonClient:
         ``previous`` (an earlier snapshot of this VM) helps tell another writer's move
         (``RememberedTargets.observe``).
         """
-        # The fields found so far: a failure part-way keeps them.
-        found: dict[str, Any] = {"name": self.name, "qmp": self.address,
-                                 "target": self.last_target()}
-        try:
-            await self.connect()
-        except BalloonError as exc:
-            return _failed(found, exc, reachable=False)
-        try:
+
+        async def fill(found: dict[str, Any]) -> None:
             # First, so that what an earlier connection to this run learned is used.
             await self.instance_id()
             ram = await self.guest_ram()
@@ -530,13 +485,8 @@ class BalloonClient:
             found["stats"], found["polling_interval"] = await asyncio.gather(
                 self.stats(), self.polling_interval())
             found["hint"] = await self.hint_status()
-        except NoBalloonDevice as exc:
-            return _failed(found, exc, reachable=True, has_device=False)
-        except (ConnectFailed, Disconnected, QMPTimeout) as exc:
-            return _failed(found, exc, reachable=False)
-        except BalloonError as exc:
-            return _failed(found, exc, reachable=True)
-        return BalloonState(**found, taken_at=time.time())
+
+        return await take_snapshot(self, fill)
 
     def events(self) -> AsyncIterator[BalloonEvent]:
         """QMP events (BALLOON_CHANGE, SHUTDOWN, ...) as they arrive; notifications only.
@@ -551,6 +501,50 @@ class BalloonClient:
             ConnectFailed, SocketBusy: connecting failed.
         """
         return self.session.events()
+
+
+def ref_settings(ref: VmRef) -> dict[str, Any]:
+    """A client's keyword arguments that an inventory entry gives (name, guest agent socket,
+    limits, hint preferences); ``from_ref`` of every client starts from them."""
+    return {"name": ref.name, "qga": ref.qga, "minimum": ref.minimum, "maximum": ref.maximum,
+            "hint": ref.hint, "hint_mount_cgroup": bool(ref.hint_mount_cgroup)}
+
+
+class Snapshotting(Protocol):
+    """What ``take_snapshot`` needs of a VM's client (``BalloonClient``, ``LibvirtClient``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    def last_target(self) -> int | None: ...
+
+    async def connect(self) -> None: ...
+
+
+async def take_snapshot(client: Snapshotting,
+                        fill: Callable[[dict[str, Any]], Awaitable[None]]) -> BalloonState:
+    """A ``BalloonState`` of ``client``'s VM: connect, then ``fill(found)`` adds the fields
+    it reads. Never raises ``BalloonError``: a failure part-way keeps the fields found so
+    far and becomes ``reachable``/``error``/``error_kind`` (``has_device`` False for
+    ``NoBalloonDevice``; a lost connection or a timeout is unreachable)."""
+    found: dict[str, Any] = {"name": client.name, "qmp": client.address,
+                             "target": client.last_target()}
+    try:
+        await client.connect()
+    except BalloonError as exc:
+        return _failed(found, exc, reachable=False)
+    try:
+        await fill(found)
+    except NoBalloonDevice as exc:
+        return _failed(found, exc, reachable=True, has_device=False)
+    except (ConnectFailed, Disconnected, QMPTimeout) as exc:
+        return _failed(found, exc, reachable=False)
+    except BalloonError as exc:
+        return _failed(found, exc, reachable=True)
+    return BalloonState(**found, taken_at=time.time())
 
 
 def _failed(found: dict[str, Any], exc: BalloonError, *, reachable: bool,

@@ -34,16 +34,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from balloonctl.model import CONVERGED_TOLERANCE, Owner
+from balloonctl.model import CONVERGED_TOLERANCE, Owner, validate_target
 from balloonctl.store import Store
-from balloonctl.units import MiB, format_size
+from balloonctl.units import MiB, TargetSpec, format_size
 
-if TYPE_CHECKING:
-    from balloonctl.qmp import BalloonClient
-
-__all__ = ["FOREIGN_MARGIN", "RememberedTargets", "foreign_change"]
+__all__ = ["FOREIGN_MARGIN", "RememberedTargets", "TargetsClient", "foreign_change"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +74,34 @@ def foreign_change(target: int, actual: int, *, reached: bool, set_from: int | N
     return None
 
 
+class KnowsRun(Protocol):
+    def known_instance_id(self) -> str | None: ...
+
+
+class TargetsClient(Protocol):
+    """What ``RememberedTargets`` needs of a VM's client (``BalloonClient`` and
+    ``LibvirtClient`` fit): the store key (``address``), the run's identity (``instance_id``;
+    ``run.known_instance_id`` without I/O) and the balloon's figures."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def vm(self) -> str | None: ...
+
+    @property
+    def run(self) -> KnowsRun: ...
+
+    async def instance_id(self) -> str | None: ...
+
+    async def guest_ram(self) -> int: ...
+
+    async def query_actual(self) -> int: ...
+
+
 class RememberedTargets:
     """The store entry of the run of the VM that ``client`` reaches.
 
@@ -85,7 +110,7 @@ class RememberedTargets:
     (``BalloonClient``'s ``target_stale_after``, default ``TARGET_STALE_AFTER``).
     """
 
-    def __init__(self, client: BalloonClient, store: Store, *, hint: bool | None,
+    def __init__(self, client: TargetsClient, store: Store, *, hint: bool | None,
                  stale_after: float) -> None:
         self.client = client
         self.store = store
@@ -288,6 +313,31 @@ class RememberedTargets:
 
         self.store.edit(self.client.address, take)
         return bool(adopted)
+
+    async def resolve(self, spec: TargetSpec | int, *, minimum: int | None,
+                      maximum: int | None, force: bool = False, granule: int = 1) -> int:
+        """``spec`` resolved against guest RAM and the current target, rounded up to a
+        multiple of ``granule`` bytes (what the VM's interface can set), and validated.
+
+        Relative targets count from the last target balloonctl set on this VM instance
+        while it stands (``current_target``), else from ``actual``. ``force`` allows going
+        below the floor (``minimum``, else ``default_floor``), never below ``HARD_MINIMUM``.
+
+        Raises:
+            SizeError: a relative target would be zero or negative.
+            UnsafeTarget: above guest RAM or ``maximum``, below the floor (or hard minimum).
+            NoBalloonDevice, and what the client's calls raise.
+        """
+        ram = await self.client.guest_ram()
+        if isinstance(spec, int):
+            target = spec
+        else:
+            actual = await self.client.query_actual()
+            current = await self.current_target(actual=actual, guest_ram=ram)
+            target = spec.resolve(guest_ram=ram, current=actual if current is None else current)
+        target = -(-target // granule) * granule
+        return validate_target(target, guest_ram=ram, minimum=minimum, maximum=maximum,
+                               force=force, vm=self.client.vm)
 
     def _edit_quietly(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         # Bookkeeping done while reading: a store that cannot be written (read-only state

@@ -173,9 +173,12 @@ def test_busy_socket_says_so_and_names_libvirt(
         assert r.stderr.startswith("balloonctl: error: vm1: ") and "vm1: vm1:" not in r.stderr
         assert r.stdout.splitlines()[1].split()[1] == "busy"
         monkeypatch.setattr(config, "LIBVIRT_ROOTS", (str(fake_dir),))
+        # a socket where libvirt keeps its monitors is not tried: the user is sent to --libvirt
         r = cli("--timeout", "0.3s", "set", "vm1", "1G")
         assert r.exit_code == ExitCode.UNREACHABLE
-        assert "libvirt" in r.stderr and "virsh qemu-monitor-command vm1" in r.stderr
+        assert "is libvirt's monitor socket" in r.stderr
+        assert "balloonctl --libvirt qemu:///system" in r.stderr
+        assert "another QMP client" not in r.stderr
     finally:
         holder.close()
 

@@ -66,7 +66,7 @@ def test_libvirt_monitor_is_named_after_the_domain(env: dict[str, str]) -> None:
     ref = inv.get("web1")
     assert is_libvirt_socket(ref.qmp)
     advice = busy_advice(ref)
-    assert advice is not None and "virsh qemu-monitor-command web1" in advice
+    assert advice is not None and "balloonctl --libvirt qemu:///system status web1" in advice
     assert not is_libvirt_socket("/run/vms/web1.qmp")
     assert not is_libvirt_socket("/run/libvirtish/x.qmp")
     assert is_libvirt_socket("/run/libvirt/qemu/x.monitor")

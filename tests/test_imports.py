@@ -130,7 +130,8 @@ CORE = frozenset({"units", "model", "errors", "store", "text"})
 PRIMITIVES = {
     "qmpsession": CORE,
     "runfacts": CORE | {"qmpsession"},
-    "qmp": CORE | {"qmpsession", "runfacts"},
+    "converge": CORE,
+    "qmp": CORE | {"qmpsession", "runfacts", "converge", "qga"},
     "qga": CORE,
     "host": CORE,
 }

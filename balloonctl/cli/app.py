@@ -60,6 +60,10 @@ def main(
     qga: Annotated[str | None, typer.Option(
         "--qga", metavar="PATH", help="The guest-agent socket of the single --qmp VM.",
     )] = None,
+    libvirt: Annotated[list[str] | None, typer.Option(
+        "--libvirt", metavar="URI",
+        help="The running domains of a libvirt URI, e.g. qemu:///system (repeatable).",
+    )] = None,
     directory: Annotated[str | None, typer.Option(
         "--dir", metavar="DIR",
         help="A directory of sockets (*.qmp, *.sock; <stem>.qga for the agent). "
@@ -88,12 +92,12 @@ def main(
 ) -> None:
     """See and steer QEMU/KVM guest memory through the virtio balloon.
 
-    VMs come from --qmp, --dir ($BALLOONCTL_DIR), the config file and Proxmox's
+    VMs come from --qmp, --dir ($BALLOONCTL_DIR), --libvirt, the config file and Proxmox's
     /var/run/qemu-server. Name them exactly or by glob ('web-*'); most commands take --all.
     """
     set_settings(Settings(
-        qmp=list(qmp or []), qga=qga, directory=directory, config=config,
-        timeout=duration(timeout, "--timeout"), verbose=verbose, journal=journal,
+        qmp=list(qmp or []), libvirt=list(libvirt or []), qga=qga, directory=directory,
+        config=config, timeout=duration(timeout, "--timeout"), verbose=verbose, journal=journal,
     ))
 
 

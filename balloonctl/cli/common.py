@@ -28,8 +28,8 @@ from balloonctl.model import BalloonState, TargetChange, VmRef
 from balloonctl.units import parse_duration
 
 if TYPE_CHECKING:
+    from balloonctl.backend import VmClient
     from balloonctl.fleet import Fleet
-    from balloonctl.qmp import BalloonClient
 
 __all__ = [
     "AllOpt",
@@ -64,6 +64,7 @@ class Settings:
     """The global options, and what the commands build from them."""
 
     qmp: list[str] = field(default_factory=list)
+    libvirt: list[str] = field(default_factory=list)
     qga: str | None = None
     directory: str | None = None
     config: Path | None = None
@@ -76,7 +77,8 @@ class Settings:
     def inventory(self) -> Inventory:
         if self._inventory is None:
             self._inventory = Inventory.load(
-                qmp=self.qmp, qga=self.qga, directory=self.directory, config=self.config
+                qmp=self.qmp, qga=self.qga, directory=self.directory, config=self.config,
+                libvirt=self.libvirt,
             )
         return self._inventory
 
@@ -136,15 +138,14 @@ class Settings:
                      command_timeout=command, trace=self.trace if self.verbose else None,
                      recorder=self.recorder)
 
-    def client(self, ref: VmRef) -> BalloonClient:
-        from balloonctl.qmp import BalloonClient
+    def client(self, ref: VmRef) -> VmClient:
+        from balloonctl.backend import client_for
         from balloonctl.store import FileStore
 
         connect, command = self._timeouts()
-        return BalloonClient.from_ref(ref, store=FileStore(), connect_timeout=connect,
-                                      command_timeout=command,
-                                      trace=self.trace if self.verbose else None,
-                                      recorder=self.recorder)
+        return client_for(ref, store=FileStore(), connect_timeout=connect,
+                          command_timeout=command, trace=self.trace if self.verbose else None,
+                          recorder=self.recorder)
 
 
 _STATE = Settings()
@@ -329,7 +330,7 @@ def report_states(states: Sequence[BalloonState], refs: Sequence[VmRef]) -> Exit
 
 
 async def each(
-    refs: Sequence[VmRef], fn: Callable[[BalloonClient], Awaitable[T]], *, hold: bool = False,
+    refs: Sequence[VmRef], fn: Callable[[VmClient], Awaitable[T]], *, hold: bool = False,
 ) -> dict[str, T | BalloonError]:
     fleet = settings().fleet(refs, hold=hold)
     try:

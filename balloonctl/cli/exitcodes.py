@@ -7,9 +7,11 @@ code  name             meaning
 1     FAILURE          an unexpected failure (a bug: please report it)
 2     USAGE            bad arguments: unknown command or option, bad size, unknown VM, config
 3     UNREACHABLE      a VM's socket is missing, refused, busy with another client, or dropped;
-                       or the host's memory files (meminfo, PSI, KSM) cannot be read
-4     QMP_ERROR        QEMU refused a command (no balloon device), the hint cannot be honoured,
-                       or the guest agent failed
+                       a socket libvirt holds; libvirtd not running or refusing the URI; the
+                       libvirt domain not running (or destroyed mid-command); or the host's
+                       memory files (meminfo, PSI, KSM) cannot be read
+4     QMP_ERROR        QEMU or libvirt refused a command (no balloon device), the hint cannot
+                       be honoured, or the guest agent failed (or does not respond)
 5     UNSAFE_TARGET    a target refused before it was sent (above RAM or max, below floor)
 6     TIMEOUT          a reply or the balloon did not arrive in time, the balloon is stuck, or
                        the guest has no balloon driver loaded (so it never moves)

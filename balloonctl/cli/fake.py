@@ -33,8 +33,8 @@ from balloonctl.text import escape_text
 from balloonctl.units import parse_size
 
 if TYPE_CHECKING:
+    from balloonctl.backend import VmClient
     from balloonctl.fake import FakeFleet
-    from balloonctl.qmp import BalloonClient
 
 __all__ = ["Workload", "demo", "fake"]
 
@@ -208,7 +208,7 @@ def demo(
             names = [r.name for r in refs]
 
             async def prepare() -> list[BalloonState]:
-                async def enable(c: BalloonClient) -> None:
+                async def enable(c: VmClient) -> None:
                     await c.enable_stats(1)
                     if names.index(c.name) % 2 == 0:
                         await c.set_hint(True)  # vm1, vm3, ...: cache first

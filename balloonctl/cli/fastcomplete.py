@@ -113,7 +113,7 @@ def _vm_names(p: _Parsed) -> list[str]:
     try:
         return Inventory.load(
             qmp=g.get("--qmp", []), directory=g.get("--dir", [None])[-1],
-            config=Path(config) if config else None,
+            config=Path(config) if config else None, libvirt=g.get("--libvirt", []),
         ).names
     except BalloonError:
         return []

@@ -24,7 +24,7 @@ from balloonctl.errors import UsageError
 from balloonctl.model import HintMode, HintState
 
 if TYPE_CHECKING:
-    from balloonctl.qmp import BalloonClient
+    from balloonctl.backend import VmClient
 
 __all__ = ["hint"]
 
@@ -72,7 +72,7 @@ def hint(
         refs = settings().select_to_change(args, all_vms=all_vms,
                                            what=f"turn the hint {action} for")
 
-    async def one(c: BalloonClient) -> HintState:
+    async def one(c: VmClient) -> HintState:
         if action == "status":
             return await c.hint_status()
         return await c.set_hint(action == "on")

@@ -28,8 +28,8 @@ from balloonctl.errors import BalloonError, JournalError, UsageError
 from balloonctl.journal import JournalEntry, JournalRead, qmp_address
 
 if TYPE_CHECKING:
+    from balloonctl.backend import VmClient
     from balloonctl.history import UndoStep
-    from balloonctl.qmp import BalloonClient
 
 __all__ = ["history", "undo"]
 
@@ -138,7 +138,7 @@ def undo(
     where.check_writable()  # refuse before anything is sent
     fleet = settings().fleet([inventory.get(n) for n in todo])
 
-    async def one(c: BalloonClient) -> tuple[str, JournalEntry]:
+    async def one(c: VmClient) -> tuple[str, JournalEntry]:
         step = todo[c.name]
         state = await c.snapshot()
         if not state.reachable:

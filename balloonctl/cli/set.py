@@ -30,7 +30,7 @@ from balloonctl.errors import DriverNotReady, UsageError
 from balloonctl.units import format_size, parse_target
 
 if TYPE_CHECKING:
-    from balloonctl.qmp import BalloonClient
+    from balloonctl.backend import VmClient
 
 __all__ = ["set_"]
 
@@ -146,7 +146,7 @@ def set_(
 
         record_targets("set", f"set to {size_text}")
 
-    async def one(c: BalloonClient) -> SetResult:
+    async def one(c: VmClient) -> SetResult:
         before = await c.query_actual()  # first: a VM without a balloon device fails here
         if not dry_run and not (await c.stats()).reported:
             # QEMU takes the target, but without the driver the balloon never moves

@@ -32,8 +32,8 @@ from balloonctl.cli.output import Format, note, render_records, size
 from balloonctl.units import format_duration
 
 if TYPE_CHECKING:
+    from balloonctl.backend import VmClient
     from balloonctl.model import BalloonState, VmRef
-    from balloonctl.qmp import BalloonClient
 
 __all__ = ["STATS_KEYS", "polling_seconds", "stats"]
 
@@ -123,7 +123,7 @@ def stats(
     refs = settings().select_to_change(vms or [], all_vms=all_vms,
                                        what="change the stats polling of")
 
-    async def one(c: BalloonClient) -> int:
+    async def one(c: VmClient) -> int:
         await c.enable_stats(seconds)
         return seconds
 

@@ -1,4 +1,4 @@
-"""The experiments on real VMs, in real time: the caller's ``BalloonClient``s, the host's
+"""The experiments on real VMs, in real time: the caller's ``VmClient``s, the host's
 own memory files, and (with a workload) a command run in each guest through qga and timed
 there, as the RFC timed kernbench.
 
@@ -27,7 +27,7 @@ from balloonctl.model import HintMode
 from balloonctl.qga import QgaClient
 
 if TYPE_CHECKING:
-    from balloonctl.qmp import BalloonClient
+    from balloonctl.backend import VmClient
 
 __all__ = ["RESET_WAIT", "WORKLOAD_POLL", "RealBench", "parse_elapsed", "real_benches",
            "workload_script"]
@@ -88,7 +88,7 @@ def _exec_status(reply: Any, vm: str) -> tuple[bool, int, bytes]:
 class RealBench:
     """Real VMs for one run (see the module docstring)."""
 
-    def __init__(self, clients: Mapping[str, BalloonClient], *, workload: str | None,
+    def __init__(self, clients: Mapping[str, VmClient], *, workload: str | None,
                  host_root: Path, clock: RealClock | None = None) -> None:
         self.clients = clients
         self.workload = workload
@@ -100,12 +100,11 @@ class RealBench:
         """Raises: HostReadError: the host's memory files are unreadable."""
         return read_host(self.host_root)
 
-    def _qga(self, c: BalloonClient) -> QgaClient:
+    def _qga(self, c: VmClient) -> QgaClient:
         assert c.qga is not None
-        return QgaClient(c.qga, timeout=min(c.command_timeout, 10.0), trace=c.trace,
-                         name=f"{c.name}/qga", vm=c.name)
+        return c.qga_client(timeout=min(c.command_timeout, 10.0))
 
-    async def _run_workload(self, c: BalloonClient, command: str) -> float:
+    async def _run_workload(self, c: VmClient, command: str) -> float:
         """Start ``command`` in the guest and wait for it; its run time (guest-measured,
         else measured here to within ``WORKLOAD_POLL``). Each request is a connection of
         its own: the hint's reclaim needs qga too meanwhile.
@@ -174,7 +173,7 @@ class RealBench:
         Raises:
             BalloonError: a target could not be set or reached.
         """
-        async def one(name: str, c: BalloonClient) -> None:
+        async def one(name: str, c: VmClient) -> None:
             await c.set_target(targets[name], force=True)
             await c.wait_for_target(targets[name], timeout=RESET_WAIT)
             if c.qga is not None:
@@ -189,7 +188,7 @@ class RealBench:
 
 
 def real_benches(
-    clients: Mapping[str, BalloonClient], *, workload: str | None, host_root: Path,
+    clients: Mapping[str, VmClient], *, workload: str | None, host_root: Path,
 ) -> tuple[Callable[[], AbstractAsyncContextManager[Bench]], Callable[[], Any]]:
     """A bench for each run over the same VMs, and a coroutine function that puts the hint
     back as it was (call it when the experiment ends, however it ends)."""
@@ -209,7 +208,7 @@ def real_benches(
         try:
             yield b
         finally:
-            async def back(name: str, c: BalloonClient) -> None:
+            async def back(name: str, c: VmClient) -> None:
                 with contextlib.suppress(BalloonError):
                     await c.set_target(original[name], force=True)
                     await c.wait_for_target(original[name], timeout=RESET_WAIT)

@@ -27,7 +27,7 @@ from balloonctl.policy import Decision, PolicySettings
 from balloonctl.wave import triangle_wave
 
 if TYPE_CHECKING:
-    from balloonctl.qmp import BalloonClient
+    from balloonctl.backend import VmClient
 
 __all__ = [
     "STATS_INTERVAL",
@@ -83,7 +83,7 @@ class Bench(Protocol):
     def clock(self) -> Clock: ...
 
     @property
-    def clients(self) -> Mapping[str, BalloonClient]: ...
+    def clients(self) -> Mapping[str, VmClient]: ...
 
     def read_host(self) -> HostMemory | None:
         """The host's memory now (None: not known). Raises: HostReadError."""
@@ -129,7 +129,7 @@ class WaveControl:
 
 
 async def policy_step(
-    clients: Mapping[str, BalloonClient],
+    clients: Mapping[str, VmClient],
     previous: Mapping[str, BalloonState],
     host: HostMemory,
     settings: PolicySettings,
@@ -174,7 +174,7 @@ class PolicyControl:
 
 
 async def _sample(bench: Bench) -> dict[str, tuple[GuestStats, int]]:
-    async def one(c: BalloonClient) -> tuple[GuestStats, int]:
+    async def one(c: VmClient) -> tuple[GuestStats, int]:
         return await c.stats(), await c.query_actual()
 
     names = list(bench.clients)

@@ -29,12 +29,15 @@ API_PREFIX = "/v1"
 # Most specific first: the first class the error is an instance of decides the status.
 _STATUS: tuple[tuple[type[BalloonError], int], ...] = (
     (errors.UnknownVM, 404),
+    # the service's installation lacks an optional backend (libvirt-python): not the request
+    (errors.BackendMissing, 503),
     (errors.UsageError, 400),
     (errors.UnsafeTarget, 422),
     (errors.HintUnsupported, 422),
     (errors.NoBalloonDevice, 409),
     (errors.DriverNotReady, 409),
     (errors.SocketBusy, 503),
+    (errors.ManagedByLibvirt, 503),  # held by libvirt, as a busy socket by another client
     (errors.ConnectFailed, 502),
     (errors.Disconnected, 502),
     (errors.QMPTimeout, 504),

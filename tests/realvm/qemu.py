@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -434,3 +435,14 @@ def _prop(value: str | bool | int) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
+
+
+def balloonctl_path() -> str:
+    # The console script installed next to this interpreter (the project's venv).
+    here = Path(sys.executable).parent / "balloonctl"
+    found = str(here) if here.is_file() else shutil.which("balloonctl")
+    if found is None:
+        import pytest  # this module is also the benches' (no pytest needed there)
+
+        pytest.fail("the balloonctl console script is not installed (pip install -e .)")
+    return found

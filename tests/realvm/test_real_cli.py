@@ -8,28 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .qemu import BALLOON_QOM_PATH, MiB, QemuVM
+from .qemu import BALLOON_QOM_PATH, MiB, QemuVM, balloonctl_path
 
 pytestmark = pytest.mark.realvm
 
 VM = "realvm"
-
-
-def balloonctl_path() -> str:
-    # The console script installed next to this interpreter (the project's venv).
-    here = Path(sys.executable).parent / "balloonctl"
-    found = str(here) if here.is_file() else shutil.which("balloonctl")
-    if found is None:
-        pytest.fail("the balloonctl console script is not installed (pip install -e .)")
-    return found
 
 
 class Cli:

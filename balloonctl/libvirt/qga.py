@@ -1,0 +1,84 @@
+"""The guest agent of a libvirt domain, reached through libvirt's API."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from balloonctl.errors import (
+    AgentError,
+    AgentExecBlocked,
+    BalloonError,
+    DomainNotRunning,
+    LibvirtUnavailable,
+)
+from balloonctl.libvirt import binding
+from balloonctl.qga import QgaClient
+
+if TYPE_CHECKING:
+    from balloonctl.libvirt.client import LibvirtClient
+
+__all__ = ["LibvirtQga"]
+
+
+class LibvirtQga(QgaClient):
+    """The guest agent of a libvirt domain, reached through ``virDomainQemuAgentCommand``
+    (libvirt owns the channel's socket and does the ``guest-sync`` itself). Everything
+    above ``execute`` (``require_exec``, ``exec``, ``drop_caches``) is ``QgaClient``'s.
+    """
+
+    def __init__(self, client: LibvirtClient, *, timeout: float) -> None:
+        super().__init__(f"{client.address} (libvirt)", timeout=timeout, trace=client.trace,
+                         name=f"{client.name}/qga", vm=client.vm)
+        self.client = client
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def connect(self) -> None:
+        await self.client.connect()
+
+    async def close(self) -> None:
+        return None
+
+    async def sync(self) -> None:
+        return None
+
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """Raises: AgentError (AgentExecBlocked for a refused guest-exec)."""
+        msg: dict[str, Any] = {"execute": cmd}
+        if args is not None:
+            msg["arguments"] = args
+        if self.trace is not None:
+            self.trace(self.name, "->", msg)
+        qemu = binding.qemu_module()
+        await self.client.connect()
+        dom = self.client.domain_object()
+        wait = max(1, math.ceil(self.timeout))
+        try:
+            text = await self.client.blocking(
+                lambda: qemu.qemuAgentCommand(dom, json.dumps(msg), wait, 0),
+                op="qemuAgentCommand", timeout=self.timeout + 1)
+        except (DomainNotRunning, LibvirtUnavailable):
+            raise
+        except BalloonError as exc:
+            text = exc.message.lower()
+            if cmd.startswith("guest-exec") and ("disabled" in text or "not found" in text):
+                raise AgentExecBlocked(
+                    f"the guest agent refuses {cmd} ({exc.message}): allow it in the guest's "
+                    "qemu-ga configuration", vm=self.vm) from None
+            if isinstance(exc, AgentError):
+                raise
+            raise AgentError(f"guest agent {cmd} failed: {exc.message}", vm=self.vm) from None
+        try:
+            reply = json.loads(text)
+        except (TypeError, ValueError):
+            raise AgentError(f"guest agent sent a bad reply to {cmd}: {text!r}",
+                             vm=self.vm) from None
+        if self.trace is not None:
+            self.trace(self.name, "<-", reply)
+        if not isinstance(reply, dict) or "return" not in reply:
+            raise AgentError(f"guest agent sent a bad reply to {cmd}: {text!r}", vm=self.vm)
+        return reply["return"]
