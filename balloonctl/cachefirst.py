@@ -21,9 +21,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Final
 
-from balloonctl.errors import AgentError, AgentExecBlocked, HintUnsupported
+from balloonctl.errors import AgentError, AgentExecBlocked, BadAgentReply, HintUnsupported
 from balloonctl.model import GuestStats, HintMode, HintState
 from balloonctl.qga import QgaClient
+from balloonctl.replies import empty, qom_bool
 from balloonctl.units import format_size
 
 if TYPE_CHECKING:
@@ -111,8 +112,8 @@ class CacheFirst:
         props = await client.device_properties()
         if HINT_PROPERTY in props:  # a patched device; its QOM type is "bool"
             path = await client.device_path()
-            enabled = bool(await client.execute("qom-get", {"path": path,
-                                                             "property": HINT_PROPERTY}))
+            enabled = await client.query("qom-get", {"path": path, "property": HINT_PROPERTY},
+                                         qom_bool)
             return HintState(HintMode.DEVICE, enabled,
                              f"balloon device property {HINT_PROPERTY}"), None
         if client.qga is None:
@@ -120,8 +121,12 @@ class CacheFirst:
         remembered = await self.targets.remembered()
         refusal = await self._qga_refusal(fresh=fresh)
         if refusal is not None:
-            why = "guest-exec is blocked" if isinstance(refusal, AgentExecBlocked) else (
-                "the guest agent is unreachable")
+            if isinstance(refusal, AgentExecBlocked):
+                why = "guest-exec is blocked"
+            elif isinstance(refusal, BadAgentReply):
+                why = "the guest agent answered nonsense"
+            else:
+                why = "the guest agent is unreachable"
             detail = f"{why} ({refusal}); {HINT_UNSUPPORTED_MESSAGE}"
             if self.targets.hint_on(remembered):
                 detail = f"the hint is on in balloonctl's state but not honoured: {detail}"
@@ -163,8 +168,8 @@ class CacheFirst:
         state, agent_error = await self.probe(fresh=True)
         if state.mode is HintMode.DEVICE:
             path = await self.client.device_path()
-            await self.client.execute("qom-set", {"path": path, "property": HINT_PROPERTY,
-                                           "value": bool(on)})
+            await self.client.query("qom-set", {"path": path, "property": HINT_PROPERTY,
+                                                 "value": bool(on)}, empty)
             return await self.status()
         if state.mode is HintMode.UNSUPPORTED:
             if on:

@@ -13,6 +13,8 @@ the guest agent). ``asyncio.CancelledError`` is never wrapped.
     │   └── SocketBusy                connected, but no greeting: another client holds the socket
     ├── Disconnected                  the peer went away (mid-command, or VM shut down)
     ├── QMPTimeout                    a reply did not arrive in time
+    ├── BadReply                      QEMU's reply (or event) has the wrong shape: a hypervisor
+    │                                 that answered nonsense (keeps sent/received)
     ├── QMPCommandError               QEMU answered a command with an error (keeps sent/received)
     │   └── NoBalloonDevice           the VM has no virtio-balloon device (DeviceNotActive)
     ├── DriverNotReady                the guest has not loaded virtio_balloon (no stats)
@@ -20,7 +22,9 @@ the guest agent). ``asyncio.CancelledError`` is never wrapped.
     │   └── StuckBalloon              ``actual`` stopped moving short of the target
     ├── HintUnsupported               no way to honour the cache-first hint on this VM
     ├── AgentError                    the guest agent failed or is unreachable
-    │   └── AgentExecBlocked          the guest agent refuses guest-exec
+    │   ├── AgentExecBlocked          the guest agent refuses guest-exec
+    │   └── BadAgentReply             the guest agent's reply has the wrong shape (keeps
+    │                                 sent/received)
     └── JournalError                  the journal cannot be written or read (names the file),
                                       or one of its lines has the wrong shape
 
@@ -34,6 +38,8 @@ from typing import Any
 __all__ = [
     "AgentError",
     "AgentExecBlocked",
+    "BadAgentReply",
+    "BadReply",
     "BalloonError",
     "ConnectFailed",
     "Disconnected",
@@ -111,6 +117,20 @@ class QMPTimeout(BalloonError):
     """A QMP reply did not arrive in time."""
 
 
+class BadReply(BalloonError):
+    """QEMU (or whatever serves the QMP socket) sent a reply or event of the wrong shape.
+
+    ``sent`` is the command as sent (None for an event), ``received`` what came back; the
+    message shows the latter with control characters escaped (``balloonctl.qmp_replies``).
+    """
+
+    def __init__(self, message: str, *, vm: str | None = None, sent: Any = None,
+                 received: Any = None) -> None:
+        super().__init__(message, vm=vm)
+        self.sent = sent
+        self.received = received
+
+
 class QMPCommandError(BalloonError):
     """QEMU answered a command with an error.
 
@@ -167,6 +187,19 @@ class AgentError(BalloonError):
 
 class AgentExecBlocked(AgentError):
     """The guest agent refuses guest-exec (blocked by its configuration)."""
+
+
+class BadAgentReply(AgentError):
+    """The guest agent sent a reply of the wrong shape (``balloonctl.qga_replies``).
+
+    ``sent`` is the command as sent, ``received`` what came back.
+    """
+
+    def __init__(self, message: str, *, vm: str | None = None, sent: Any = None,
+                 received: Any = None) -> None:
+        super().__init__(message, vm=vm)
+        self.sent = sent
+        self.received = received
 
 
 class JournalError(BalloonError):

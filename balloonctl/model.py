@@ -106,6 +106,7 @@ class VmStatus(enum.StrEnum):
     STALE = "stale"  # stats polling is on but the guest stopped reporting
     NO_DRIVER = "no-driver"  # balloon device present, guest driver not loaded
     NO_DEVICE = "no-device"
+    ERROR = "error"  # reachable, but QEMU answered nonsense or refused a read (see ``error``)
     BUSY = "busy"  # another QMP client holds the socket
     UNREACHABLE = "unreachable"
 
@@ -124,29 +125,10 @@ class VmRef:
     source: str = "cli"  # where this VM came from: cli, dir, config, proxmox
 
 
-_STAT_FIELDS = {
-    "stat-swap-in": "swap_in",
-    "stat-swap-out": "swap_out",
-    "stat-major-faults": "major_faults",
-    "stat-minor-faults": "minor_faults",
-    "stat-free-memory": "free_memory",
-    "stat-total-memory": "total_memory",
-    "stat-available-memory": "available_memory",
-    "stat-disk-caches": "disk_caches",
-    "stat-htlb-pgalloc": "htlb_pgalloc",
-    "stat-htlb-pgfail": "htlb_pgfail",
-}
-
-
-def _stat(value: Any) -> int | None:
-    if not isinstance(value, int) or value == STAT_NOT_REPORTED or value < 0:
-        return None
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class GuestStats:
-    """The balloon device's ``guest-stats`` QOM property. ``None`` means not reported.
+    """The balloon device's ``guest-stats`` QOM property (parsed by
+    ``balloonctl.replies.guest_stats``). ``None`` means not reported.
 
     Memory values and swap in/out are bytes (the Linux driver reports swap as
     ``pages_to_bytes(PSWPIN/PSWPOUT)``); faults are counts. ``last_update`` is host
@@ -165,23 +147,6 @@ class GuestStats:
     htlb_pgalloc: int | None = None
     htlb_pgfail: int | None = None
     extra: Mapping[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def from_qom(cls, value: Mapping[str, Any]) -> GuestStats:
-        """Build from ``qom-get guest-stats``; unknown (newer QEMU) stats land in ``extra``."""
-        stats = value.get("stats", {}) or {}
-        known: dict[str, int | None] = {}
-        extra: dict[str, int] = {}
-        for key, raw in stats.items():
-            name = _STAT_FIELDS.get(key)
-            if name is not None:
-                known[name] = _stat(raw)
-            else:
-                v = _stat(raw)
-                if v is not None:
-                    extra[key] = v
-        last = value.get("last-update", 0)
-        return cls(last_update=last if isinstance(last, int) else 0, extra=extra, **known)
 
     @property
     def reported(self) -> bool:
@@ -273,6 +238,8 @@ class BalloonState:
             return VmStatus.BUSY if self.error_kind == "SocketBusy" else VmStatus.UNREACHABLE
         if not self.has_device:
             return VmStatus.NO_DEVICE
+        if self.error is not None:
+            return VmStatus.ERROR
         if not self.driver_ready:
             return VmStatus.NO_DRIVER
         if self.converging:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from balloonctl.errors import (
     BalloonError,
@@ -47,6 +47,16 @@ from balloonctl.qmpsession import (
     QmpSession,
     Trace,
 )
+from balloonctl.replies import (
+    balloon_actual,
+    base_memory,
+    empty,
+    guest_stats,
+    parse_qmp,
+    polling_interval,
+    qom_bool,
+    qom_list,
+)
 from balloonctl.runfacts import KnownRun, RunFacts
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec, format_size
@@ -64,6 +74,8 @@ __all__ = [
     "Trace",
 ]
 
+T = TypeVar("T")
+
 BALLOON_TYPES: Final = frozenset(
     f"child<{t}>"
     for t in (
@@ -79,16 +91,6 @@ POLL_INTERVAL: Final = 0.05
 # A stored target that the VM has not reached this long after balloonctl set it is taken
 # as unknown: something else (virsh, qmp-shell, another tool) has probably changed it.
 TARGET_STALE_AFTER: Final = 120.0
-
-
-def _int_field(reply: Any, key: str, cmd: str, vm: str | None) -> int:
-    """``reply[key]`` as an int, or a QMPCommandError naming the malformed reply."""
-    value = reply.get(key) if isinstance(reply, dict) else None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise QMPCommandError(f"unexpected reply to {cmd}: no integer {key!r} in {reply!r}",
-                              vm=vm, error_class="BadReply", sent={"execute": cmd},
-                              received={"return": reply})
-    return value
 
 
 class BalloonClient:
@@ -211,8 +213,19 @@ class BalloonClient:
                 self.run.forget_device()
             raise
 
-    async def _qom_get(self, path: str, prop: str) -> Any:
-        return await self.execute("qom-get", {"path": path, "property": prop})
+    async def query(self, cmd: str, args: dict[str, Any] | None,
+                    parse: Callable[[Any], T]) -> T:
+        """Run one QMP command and parse its reply with ``parse`` (a ``balloonctl.replies``
+        parser): no other code looks inside QEMU's replies.
+
+        Raises:
+            BadReply: the reply has the wrong shape (a VM in the ``error`` state).
+            (and what ``execute`` raises)
+        """
+        return parse_qmp(parse, await self.execute(cmd, args), cmd=cmd, args=args, vm=self._vm)
+
+    async def _qom_get(self, path: str, prop: str, parse: Callable[[Any], T]) -> T:
+        return await self.query("qom-get", {"path": path, "property": prop}, parse)
 
     async def device_path(self) -> str:
         """The balloon device's QOM path (``/machine/peripheral/balloon0`` or an anon one).
@@ -225,14 +238,14 @@ class BalloonClient:
             return self.run.device
         for parent in ("/machine/peripheral", "/machine/peripheral-anon"):
             try:
-                children = await self.execute("qom-list", {"path": parent})
+                children = await self.query("qom-list", {"path": parent}, qom_list)
             except QMPCommandError as exc:
                 if exc.error_class == "DeviceNotFound":
                     continue  # no -device with(out) an id at all
                 raise
-            for child in children:
-                if child.get("type") in BALLOON_TYPES:
-                    self.run.device = f"{parent}/{child['name']}"
+            for child, kind in children.items():
+                if kind in BALLOON_TYPES:
+                    self.run.device = f"{parent}/{child}"
                     return self.run.device
         raise NoBalloonDevice(NO_DEVICE_MESSAGE, vm=self._vm, error_class="DeviceNotActive")
 
@@ -240,22 +253,20 @@ class BalloonClient:
         """The balloon device's QOM properties (name -> type), read once per run.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         if self.run.properties is None:
             path = await self.device_path()
-            props = await self.execute("qom-list", {"path": path})
-            self.run.properties = {p["name"]: p.get("type", "") for p in props}
+            self.run.properties = await self.query("qom-list", {"path": path}, qom_list)
         return self.run.properties
 
     async def query_actual(self) -> int:
         """Current guest RAM as the balloon leaves it (``query-balloon`` actual), in bytes.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
-        return _int_field(await self.execute("query-balloon"), "actual", "query-balloon",
-                          self._vm)
+        return await self.query("query-balloon", None, balloon_actual)
 
     async def guest_ram(self) -> int:
         """The VM's RAM size (``query-memory-size-summary`` base-memory), in bytes.
@@ -264,23 +275,22 @@ class BalloonClient:
             what ``execute`` raises.
         """
         if self.run.guest_ram is None:
-            reply = await self.execute("query-memory-size-summary")
-            self.run.guest_ram = _int_field(reply, "base-memory", "query-memory-size-summary",
-                                         self._vm)
+            self.run.guest_ram = await self.query("query-memory-size-summary", None,
+                                                  base_memory)
         return self.run.guest_ram
 
     async def features(self) -> DeviceFeatures:
         """The device's fixed properties; ``None`` for any this QEMU does not have.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         if self.run.features is None:
             path = await self.device_path()
             values: list[bool | None] = []
             for prop in ("deflate-on-oom", "free-page-reporting", "free-page-hint"):
                 try:
-                    values.append(bool(await self._qom_get(path, prop)))
+                    values.append(await self._qom_get(path, prop, qom_bool))
                 except QMPCommandError as exc:
                     if exc.error_class in ("DeviceNotFound", "DeviceNotActive"):
                         raise
@@ -292,30 +302,30 @@ class BalloonClient:
         """The guest's memory stats (``qom-get guest-stats``); unreported values are None.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         path = await self.device_path()
-        return GuestStats.from_qom(await self._qom_get(path, "guest-stats"))
+        return await self._qom_get(path, "guest-stats", guest_stats)
 
     async def polling_interval(self) -> int:
         """Seconds between guest stats updates; 0 means off.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         path = await self.device_path()
-        return int(await self._qom_get(path, "guest-stats-polling-interval"))
+        return await self._qom_get(path, "guest-stats-polling-interval", polling_interval)
 
     async def enable_stats(self, interval: int) -> None:
         """Ask the guest to push stats every ``interval`` seconds (0 turns polling off).
 
         Raises:
             QMPCommandError: QEMU refused the interval (e.g. negative).
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         path = await self.device_path()
-        await self.execute("qom-set", {"path": path, "property": "guest-stats-polling-interval",
-                                       "value": int(interval)})
+        await self.query("qom-set", {"path": path, "property": "guest-stats-polling-interval",
+                                     "value": int(interval)}, empty)
 
     # ---- the run's identity -------------------------------------------------------------
 
@@ -350,7 +360,7 @@ class BalloonClient:
         See ``RememberedTargets.current_target``.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         return await self.targets.current_target(actual=actual, guest_ram=guest_ram)
 
@@ -368,7 +378,7 @@ class BalloonClient:
         Raises:
             SizeError: a relative target would be zero or negative.
             UnsafeTarget: above guest RAM or the maximum, below the floor (or hard minimum).
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         await self.instance_id()  # once per connection; last_target() knows the run after
         ram = await self.guest_ram()
@@ -393,7 +403,7 @@ class BalloonClient:
 
         Raises:
             SizeError, UnsafeTarget: see ``resolve_target`` (nothing was sent).
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         target = await self.resolve_target(spec, force=force)
         if dry_run:
@@ -402,7 +412,7 @@ class BalloonClient:
         # without one fails before the guest agent does any work.
         if target < await self.query_actual():
             await self.cache_first.before_inflating()
-        await self.execute("balloon", {"value": target})
+        await self.query("balloon", {"value": target}, empty)
         await self.targets.remember(target=target, target_at=time.time(), target_reached=False)
         return target
 
@@ -464,7 +474,7 @@ class BalloonClient:
         """How the cache-first hint is honoured on this VM; see ``CacheFirst.status``.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         return await self.cache_first.status()
 
@@ -474,7 +484,7 @@ class BalloonClient:
         Raises:
             HintUnsupported: ``on`` and no way to honour it (the message says what would).
             AgentExecBlocked: the guest agent refuses guest-exec.
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         return await self.cache_first.set(on)
 

@@ -25,7 +25,7 @@ import os
 import socket
 import stat
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from qemu.qmp import (
@@ -49,6 +49,7 @@ from balloonctl.errors import (
     QMPTimeout,
     SocketBusy,
 )
+from balloonctl.replies import BalloonEvent, parse_event
 
 __all__ = [
     "EVENT_BUFFER",
@@ -71,26 +72,6 @@ NO_DEVICE_MESSAGE: Final = (
 )
 # Events kept per listener (queue) and in its history; older ones are dropped.
 EVENT_BUFFER: Final = 256
-
-
-@dataclass(frozen=True, slots=True)
-class BalloonEvent:
-    """A QMP event as balloonctl passes it on. ``timestamp`` is QEMU's, in seconds.
-
-    Events are notifications only: never state. BALLOON_CHANGE is rate-limited by QEMU.
-    """
-
-    name: str
-    data: Mapping[str, Any] = field(default_factory=dict)
-    timestamp: float = 0.0
-
-    @classmethod
-    def from_message(cls, msg: Mapping[str, Any]) -> BalloonEvent:
-        ts = msg.get("timestamp") or {}
-        stamp = float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
-        data = msg.get("data") or {}
-        return cls(str(msg.get("event", "")), dict(data), stamp)
-
 
 
 class BoundedEventListener(EventListener):
@@ -413,6 +394,7 @@ class QmpSession:
         Raises:
             Disconnected: the connection dropped (the next call reconnects).
             ConnectFailed, SocketBusy: connecting failed.
+            BadReply: an event of the wrong shape (the stream ends there).
         """
         await self.connect()
         qmp = self._qmp
@@ -422,7 +404,7 @@ class QmpSession:
         try:
             while True:
                 if not listener.empty():
-                    yield BalloonEvent.from_message(await listener.get())
+                    yield parse_event(await listener.get(), vm=self.vm)
                     continue
                 if qmp is not self._qmp or qmp.runstate is not Runstate.RUNNING:
                     break
@@ -435,7 +417,7 @@ class QmpSession:
                     if not getter.done():
                         getter.cancel()
                 if getter.done() and not getter.cancelled():
-                    yield BalloonEvent.from_message(getter.result())
+                    yield parse_event(getter.result(), vm=self.vm)
         finally:
             qmp.remove_listener(listener)
         if self._closes != closes:

@@ -9,7 +9,8 @@ import pytest
 from rawqmp import RawQMP, RawQMPError, poll_until
 
 from balloonctl.fake import FakeVM
-from balloonctl.model import STAT_NOT_REPORTED, GuestStats
+from balloonctl.model import STAT_NOT_REPORTED
+from balloonctl.replies import guest_stats
 from balloonctl.units import GiB, MiB
 
 BALLOON = "/machine/peripheral/balloon0"
@@ -160,7 +161,7 @@ async def test_stats_once_driver_loaded_are_real_values(fake_vm: FakeVM) -> None
     before = int(time.time())
     async with await RawQMP.open(fake_vm.qmp_path) as qmp:
         value = await _stats(qmp)
-    stats = GuestStats.from_qom(value)
+    stats = guest_stats(value)
     assert set(value["stats"]) >= {
         "stat-swap-in",
         "stat-swap-out",
