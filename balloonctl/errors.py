@@ -182,7 +182,13 @@ class HintUnsupported(BalloonError):
 
 
 class AgentError(BalloonError):
-    """The guest agent failed or is unreachable."""
+    """The guest agent failed or is unreachable. ``error_class`` is the agent's error class
+    when it answered with an error (``CommandNotFound``, ``GenericError``...), else None."""
+
+    def __init__(self, message: str, *, vm: str | None = None,
+                 error_class: str | None = None) -> None:
+        super().__init__(message, vm=vm)
+        self.error_class = error_class
 
 
 class AgentExecBlocked(AgentError):

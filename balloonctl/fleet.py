@@ -26,13 +26,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
-from balloonctl.errors import BalloonError, QMPTimeout, UnknownVM, UsageError
+from balloonctl.errors import BadReply, BalloonError, QMPTimeout, UnknownVM, UsageError
 from balloonctl.model import BalloonState, HintState, VmRef
 from balloonctl.qmp import BalloonClient, BalloonEvent, RunFacts, Trace
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec
 
-__all__ = ["CONNECTED", "DISCONNECTED", "Backoff", "DataSource", "Fleet"]
+__all__ = ["CONNECTED", "DISCONNECTED", "ERROR", "Backoff", "DataSource", "Fleet"]
 
 T = TypeVar("T")
 
@@ -40,6 +40,9 @@ T = TypeVar("T")
 # QEMU event names). CONNECTED carries the freshly queried state under "state".
 CONNECTED: Final = "BALLOONCTL_CONNECTED"
 DISCONNECTED: Final = "BALLOONCTL_DISCONNECTED"
+# QEMU sent a malformed event: that VM's stream ends here (it is reconnected and re-read
+# after a backoff). Data: "error", "error_kind" ("BadReply") and the VM's "state".
+ERROR: Final = "BALLOONCTL_ERROR"
 
 EVENT_QUEUE: Final = 1024
 
@@ -334,7 +337,9 @@ class Fleet(DataSource):
         connection, so this iterator ends at once). Starts the per-VM listeners; at most
         ``EVENT_QUEUE`` unread events are kept (oldest dropped, counted in
         ``events_dropped``). Besides QEMU's events, ``CONNECTED`` (with the state queried
-        right after connecting) and ``DISCONNECTED`` mark connection changes.
+        right after connecting) and ``DISCONNECTED`` mark connection changes; ``ERROR`` (with
+        ``error``, ``error_kind`` and the VM's ``state``) ends a VM's stream after a malformed
+        event.
         """
         if not self.hold:
             return
@@ -379,6 +384,17 @@ class Fleet(DataSource):
                 try:
                     async for event in client.events():
                         self._emit(name, event)
+                except BadReply as exc:
+                    # A hypervisor that sends nonsense: say so, drop the connection (the
+                    # stream cannot be trusted) and re-read everything after a backoff.
+                    state = self._last[name] = self._last[name].with_changes(
+                        error=exc.message, error_kind=type(exc).__name__, taken_at=time.time())
+                    self._emit(name, BalloonEvent(ERROR, {
+                        "error": exc.message, "error_kind": type(exc).__name__, "state": state,
+                    }, time.time()))
+                    await client.close()
+                    backoff.failed(loop.time())
+                    continue
                 except BalloonError as exc:
                     reason = str(exc)
                 self._last[name] = self._last[name].with_changes(

@@ -227,6 +227,12 @@ class BalloonState:
         return age > 3 * self.polling_interval + 2
 
     @property
+    def failed(self) -> bool:
+        """The VM could not be read: unreachable, busy, or in the ``error`` state (QEMU
+        answered nonsense or refused a read). ``error_kind`` says why."""
+        return not self.reachable or self.status is VmStatus.ERROR
+
+    @property
     def converging(self) -> bool:
         if self.target is None or self.actual is None:
             return False

@@ -74,8 +74,10 @@ def _translate(exc: Exception, *, path: str, cmd: str, timeout: float,
             exc.error_class == "CommandNotFound" or "disabled" in exc.desc)
         if blocked:
             return AgentExecBlocked(
-                f"the guest agent at {path} refuses {cmd} ({exc.desc}): {_BLOCKED_HINT}", vm=vm)
-        return AgentError(f"guest agent {cmd} failed: {exc.desc}", vm=vm)
+                f"the guest agent at {path} refuses {cmd} ({escape_text(exc.desc)}): "
+                f"{_BLOCKED_HINT}", vm=vm, error_class=exc.error_class)
+        return AgentError(f"guest agent {cmd} failed: {escape_text(exc.desc)}", vm=vm,
+                          error_class=exc.error_class)
     if isinstance(exc, TimeoutError):
         return AgentError(f"guest agent at {path} did not answer {cmd} within {timeout:g}s "
                           "(is qemu-ga running in the guest?)", vm=vm)
@@ -278,7 +280,7 @@ class QgaClient:
         except BadAgentReply:
             raise
         except AgentError as exc:
-            if "CommandNotFound" in str(exc) or "not found" in str(exc):
+            if exc.error_class == "CommandNotFound":
                 await self.ping()  # an agent without guest-info: assume exec is allowed
                 return
             raise

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from balloonctl.errors import (
+    BadReply,
     BalloonError,
     ConnectFailed,
     Disconnected,
@@ -499,8 +500,8 @@ class BalloonClient:
                                  "target": self.last_target()}
         try:
             await self.connect()
-        except BalloonError as exc:
-            return _failed(found, exc, reachable=False)
+        except BalloonError as exc:  # a bad qmp_capabilities reply is an answer, though
+            return _failed(found, exc, reachable=isinstance(exc, BadReply))
         try:
             # First, so that what an earlier connection to this run learned is used.
             await self.instance_id()

@@ -39,8 +39,10 @@ from qemu.qmp import (
     Runstate,
     StateError,
 )
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
 from balloonctl.errors import (
+    BadReply,
     BalloonError,
     ConnectFailed,
     Disconnected,
@@ -181,6 +183,13 @@ def _translate(exc: Exception, where: _Failure) -> BalloonError | None:
                 f"QMP socket {addr} did not accept the connection within {where.timeout:g}s: "
                 "its listen queue is full (other QMP clients are waiting)", vm=vm)
         root: BaseException = exc.exc if isinstance(exc, ConnectError) else exc
+        if isinstance(root, NegotiationError):
+            return BadReply(f"QEMU at {addr} sent a bad reply to qmp_capabilities: "
+                            f"{_describe_cause(root.exc)}", vm=vm,
+                            sent={"execute": "qmp_capabilities"})
+        if isinstance(root, GreetingError):
+            return BadReply(f"QMP socket {addr} greeted with something that is not a QMP "
+                            f"greeting: {_describe_cause(root.exc)}", vm=vm)
         if isinstance(root, FileNotFoundError):
             why = "no such socket (is the VM running with -qmp unix:PATH,server=on,wait=off?)"
         elif isinstance(root, ConnectionRefusedError):

@@ -367,11 +367,11 @@ def _report(results: Mapping[str, object], refs: Sequence[VmRef]) -> ExitCode:
 
 
 def _report_states(states: Sequence[BalloonState], refs: Sequence[VmRef]) -> ExitCode:
-    """Unreachable VMs in snapshots are failures (one stderr line each)."""
+    """Unreachable VMs and VMs in the error state are failures (one stderr line each)."""
     by_name = {r.name: r for r in refs}
     codes: list[ExitCode] = []
     for s in states:
-        if s.reachable:
+        if not s.failed:
             codes.append(ExitCode.OK)
             continue
         kind = s.error_kind or "ConnectFailed"

@@ -7,8 +7,8 @@ code  name             meaning
 1     FAILURE          an unexpected failure (a bug: please report it)
 2     USAGE            bad arguments: unknown command or option, bad size, unknown VM, config
 3     UNREACHABLE      a VM's socket is missing, refused, busy with another client, or dropped
-4     QMP_ERROR        QEMU refused a command (no balloon device), the hint cannot be honoured,
-                       or the guest agent failed
+4     QMP_ERROR        QEMU refused a command (no balloon device) or answered nonsense (a reply
+                       of the wrong shape), the hint cannot be honoured, or the guest agent failed
 5     UNSAFE_TARGET    a target refused before it was sent (above RAM or max, below floor)
 6     TIMEOUT          a reply or the balloon did not arrive in time, the balloon is stuck, or
                        the guest has no balloon driver loaded (so it never moves)
@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from balloonctl import errors
 from balloonctl.errors import (
     AgentError,
+    BadReply,
     BalloonError,
     ConnectFailed,
     Disconnected,
@@ -69,6 +70,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (QMPTimeout, ExitCode.TIMEOUT),
     (DriverNotReady, ExitCode.TIMEOUT),  # a balloon that cannot move is a stuck balloon
     (QMPCommandError, ExitCode.QMP_ERROR),
+    (BadReply, ExitCode.QMP_ERROR),
     (HintUnsupported, ExitCode.QMP_ERROR),
     (AgentError, ExitCode.QMP_ERROR),
     (JournalError, ExitCode.JOURNAL),

@@ -28,7 +28,20 @@ def main(argv: list[str] | None = None) -> int:
         help="guest workload (default compile)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fault", action="append", default=[], metavar="[VM=]FAULT",
+        help="inject a fault into every VM (or VM): bad-reply:CMD (a malformed reply to CMD, "
+             "e.g. bad-reply:query-balloon, bad-reply:qom-get:guest-stats, "
+             "bad-reply:guest-info), drop:CMD, garbage:CMD, never-greet; repeatable",
+    )
     args = parser.parse_args(argv)
+    from balloonctl.fake.faults import Faults
+
+    for spec in args.fault:
+        try:
+            Faults().add(spec.partition("=")[2] if "=" in spec else spec)
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         ram = parse_size(args.mem)
     except SizeError as exc:
@@ -43,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        serve(args.vms, ram, directory, workload, seed=args.seed)
-    except OSError as exc:
+        serve(args.vms, ram, directory, workload, seed=args.seed, faults=args.fault)
+    except (OSError, ValueError) as exc:
         print(f"balloonctl: error: {exc}", file=sys.stderr)
         return 1
     return 0

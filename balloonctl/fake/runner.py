@@ -7,14 +7,14 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from balloonctl.fake.fleet import FakeFleet
 from balloonctl.fake.vm import FakeVM
 
-__all__ = ["run_fleet_forever", "run_in_thread", "serve"]
+__all__ = ["apply_faults", "run_fleet_forever", "run_in_thread", "serve"]
 
 F = TypeVar("F", FakeVM, FakeFleet)
 
@@ -150,13 +150,35 @@ async def run_fleet_forever(
             loop.remove_signal_handler(sig)
 
 
+def apply_faults(fleet: FakeFleet, specs: Sequence[str]) -> None:
+    """Switch on faults named on a command line: ``FAULT`` for every VM, ``VM=FAULT`` for
+    one (see ``Faults.add``).
+
+    Raises:
+        ValueError: an unknown fault or VM name.
+    """
+    by_name = {vm.name: vm for vm in fleet.vms}
+    for spec in specs:
+        name, eq, fault = spec.partition("=")
+        if not eq:
+            for vm in fleet.vms:
+                vm.faults.add(spec)
+        elif name in by_name:
+            by_name[name].faults.add(fault)
+        else:
+            raise ValueError(f"--fault {spec!r}: no VM named {name!r}")
+
+
 def serve(
-    n: int, ram: int, directory: Path, workload: str | None = "compile", **vm_kwargs: Any
+    n: int, ram: int, directory: Path, workload: str | None = "compile", *,
+    faults: Sequence[str] = (), **vm_kwargs: Any
 ) -> None:
-    """Blocking ``run_fleet_forever`` (for ``balloonctl fake`` and ``python -m``).
+    """Blocking ``run_fleet_forever`` (for ``balloonctl fake`` and ``python -m``), with
+    ``faults`` switched on (``apply_faults``) once the VMs serve.
 
     Raises:
         OSError: a socket could not be created.
-        ValueError: an unknown workload.
+        ValueError: an unknown workload or fault.
     """
-    asyncio.run(run_fleet_forever(n, ram, directory, workload, **vm_kwargs))
+    asyncio.run(run_fleet_forever(n, ram, directory, workload,
+                                  ready=lambda fleet: apply_faults(fleet, faults), **vm_kwargs))

@@ -1,0 +1,83 @@
+"""balloonctl as a real process against a hostile fake (``python -m balloonctl.fake --fault``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_cli_process import read_lines, run
+
+from balloonctl.cli.exitcodes import ExitCode
+
+
+@pytest.fixture
+def env(fake_dir: Path, tmp_path: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("_BALLOONCTL")}
+    e.update({"BALLOONCTL_DIR": str(fake_dir), "BALLOONCTL_STATE": str(tmp_path / "state"),
+              "BALLOONCTL_CONFIG": str(tmp_path / "absent.toml"), "BALLOONCTL_WELLKNOWN": ""})
+    return e
+
+
+def start_fake(fake_dir: Path, *faults: str, vms: int = 2) -> subprocess.Popen[str]:
+    args = [sys.executable, "-m", "balloonctl.fake", "--vms", str(vms), "--dir", str(fake_dir),
+            "--workload", "none"]
+    for fault in faults:
+        args += ["--fault", fault]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready = read_lines(proc.stdout, vms)
+    assert len(ready) == vms, (ready, proc.stderr.read() if proc.stderr else "")
+    return proc
+
+
+@pytest.fixture
+def fake(fake_dir: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize("fault", ["bad-reply:query-balloon", "bad-reply:qom-list",
+                                   "bad-reply:qom-get:guest-stats",
+                                   "bad-reply:query-memory-size-summary"])
+def test_status_shows_the_vm_that_answered_nonsense_and_every_other(
+    env: dict[str, str], fake_dir: Path, fake: list[subprocess.Popen[str]], fault: str,
+) -> None:
+    fake.append(start_fake(fake_dir, f"vm1={fault}"))
+    r = run(env, "status", "--json")
+    assert r.returncode == ExitCode.PARTIAL, r.stderr  # one of two VMs failed
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["vm1"]["status"] == "error" and rows["vm1"]["error_kind"] == "BadReply"
+    assert rows["vm2"]["status"] == "ok" and rows["vm2"]["actual"] == 2 * 1024**3
+    assert r.stderr.count("\n") == 1 and "vm1: QEMU sent a bad reply to " in r.stderr
+    alone = run(env, "status", "vm1")
+    assert alone.returncode == ExitCode.QMP_ERROR
+    assert " error " in alone.stdout.splitlines()[1]
+
+
+def test_an_unknown_fault_is_one_line(fake_dir: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "balloonctl.fake", "--dir", str(fake_dir),
+                        "--fault", "bad-reply:nope"], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 2 and "unknown fault 'bad-reply:nope'" in r.stderr
+
+
+def test_a_bad_guest_agent_reply_still_sets_the_target(
+    env: dict[str, str], fake_dir: Path, fake: list[subprocess.Popen[str]],
+) -> None:
+    fake.append(start_fake(fake_dir, "vm1=bad-reply:guest-exec-status", vms=1))
+    on = run(env, "hint", "vm1", "on")
+    assert on.returncode == 0, on.stderr
+    r = run(env, "set", "vm1", "1G", "--wait")
+    assert r.returncode == 0, r.stderr
+    assert "reached 1 GiB" in r.stdout
+    hint = run(env, "hint", "vm1", "--json")
+    detail = json.loads(hint.stdout)[0]["hint_detail"]
+    assert "last drop failed" in detail and "'out-data' is not valid base64" in detail
