@@ -7,7 +7,9 @@ what it lacks for balloonctl:
 - timeouts on every wait (``connect_timeout`` covers the socket, the greeting and the
   capabilities negotiation; ``command_timeout`` covers each command);
 - a clear ``SocketBusy`` when QEMU accepts the connection but never greets, which is what a
-  QMP socket does while another client (libvirt, a dashboard, qmp-shell) holds it;
+  QMP socket does while another client (libvirt, a dashboard, qmp-shell) holds it, naming
+  the holder where the host lets us see it (``balloonctl.sockpeer``); a QEMU that greets but
+  never answers ``qmp_capabilities`` is a ``QMPTimeout`` saying so, not "busy";
 - recovery after the peer drops: the in-flight call raises ``Disconnected`` and the next
   call reconnects;
 - one translation of qemu.qmp's errors into ``balloonctl.errors`` (``_translate``);
@@ -52,6 +54,7 @@ from balloonctl.errors import (
     SocketBusy,
 )
 from balloonctl.replies import BalloonEvent, parse_event
+from balloonctl.sockpeer import describe_holders, socket_holders
 
 __all__ = [
     "EVENT_BUFFER",
@@ -156,6 +159,8 @@ class _Failure:
     args: Mapping[str, Any] | None = None
     timeout: float = 0.0
     accepted: bool = False  # connect: the socket accepted before the timeout
+    greeted: bool = False  # connect: QEMU sent its greeting before the timeout
+    holders: str | None = None  # connect: who holds a busy socket (sockpeer), if visible
     cause: BaseException | None = None  # what disconnect() re-raised after a drop
 
 
@@ -174,11 +179,17 @@ def _translate(exc: Exception, where: _Failure) -> BalloonError | None:
     addr, vm = where.address, where.vm
     if where.op == "connect":
         if isinstance(exc, TimeoutError):
+            if where.greeted:
+                return QMPTimeout(
+                    f"QEMU at {addr} greeted but did not answer qmp_capabilities within "
+                    f"{where.timeout:g}s (QEMU is hung or overloaded; no other client holds "
+                    "the socket)", vm=vm)
             if where.accepted:
+                who = where.holders or (
+                    "another QMP client (libvirt, a balloonctl dashboard or watch, qmp-shell)")
                 return SocketBusy(
                     f"QMP socket {addr} accepted the connection but sent no greeting within "
-                    f"{where.timeout:g}s: another QMP client (libvirt, a balloonctl dashboard, "
-                    "qmp-shell) is holding it", vm=vm)
+                    f"{where.timeout:g}s: it is held by {who}", vm=vm)
             return SocketBusy(
                 f"QMP socket {addr} did not accept the connection within {where.timeout:g}s: "
                 "its listen queue is full (other QMP clients are waiting)", vm=vm)
@@ -321,6 +332,10 @@ class QmpSession:
                 where.accepted = True
                 await self._qmp.connect(sock)
         except Exception as exc:
+            if isinstance(exc, TimeoutError) and where.accepted:
+                where.greeted = self._qmp.greeting is not None
+                if not where.greeted and isinstance(self.addr, str):
+                    where.holders = describe_holders(socket_holders(self.addr, mine=sock))
             if self._qmp.runstate is not Runstate.IDLE:
                 # e.g. qemu.qmp's bare AssertionError after a peer that negotiated and left
                 await self._reap()

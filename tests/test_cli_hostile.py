@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli_process import read_lines, run
+from test_cli_process import BALLOONCTL, read_lines, run
 
 from balloonctl.cli.exitcodes import ExitCode
 
@@ -81,3 +82,43 @@ def test_a_bad_guest_agent_reply_still_sets_the_target(
     hint = run(env, "hint", "vm1", "--json")
     detail = json.loads(hint.stdout)[0]["hint_detail"]
     assert "last drop failed" in detail and "'out-data' is not valid base64" in detail
+
+
+# ---- who holds a busy socket -----------------------------------------------------------
+
+
+def test_a_socket_held_by_a_balloonctl_watch_names_it(
+    env: dict[str, str], fake_dir: Path, fake: list[subprocess.Popen[str]],
+) -> None:
+    fake.append(start_fake(fake_dir, vms=1))
+    watch = subprocess.Popen([BALLOONCTL, "watch", "vm1", "--interval", "30s"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watch.stdout is not None
+        first = read_lines(watch.stdout, 1)  # it holds the socket once it has read it
+        assert first, watch.stderr.read() if watch.stderr else ""
+        r = run(env, "--timeout", "0.5", "status", "vm1")
+        assert r.returncode == ExitCode.UNREACHABLE
+        assert r.stderr.count("\n") == 1
+        assert "sent no greeting within 0.5s: it is held by another balloonctl, " in r.stderr
+        assert f"pid {watch.pid} (balloonctl watch vm1" in r.stderr
+        assert " busy " in r.stdout.splitlines()[1]
+    finally:
+        watch.terminate()
+        watch.wait(timeout=20)
+
+
+def test_a_socket_held_by_another_process_names_its_pid(
+    env: dict[str, str], fake_dir: Path, fake: list[subprocess.Popen[str]],
+) -> None:
+    fake.append(start_fake(fake_dir, vms=1))
+    holder = socket.socket(socket.AF_UNIX)
+    holder.connect(str(fake_dir / "vm1.qmp"))
+    try:
+        assert b"QMP" in holder.recv(4096)  # greeted: this connection is the one served
+        r = run(env, "--timeout", "0.5", "status", "vm1")
+        assert r.returncode == ExitCode.UNREACHABLE
+        assert f"it is held by another QMP client, pid {os.getpid()} (" in r.stderr
+        assert "another balloonctl" not in r.stderr
+    finally:
+        holder.close()
