@@ -77,6 +77,8 @@ class CacheFirst:
         timeout = min(client.command_timeout, 5.0)
         if probe:
             timeout = min(timeout, client.connect_timeout, 2.0)
+        if client.session.deadline is not None:  # the operation's overall limit
+            timeout = max(0.001, client.session.deadline.bound(timeout)[0])
         return QgaClient(client.qga, timeout=timeout, trace=client.trace,
                          name=f"{client.name}/qga", vm=self.vm)
 

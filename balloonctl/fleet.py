@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
+from balloonctl.deadline import Deadline
 from balloonctl.errors import BadReply, BalloonError, QMPTimeout, UnknownVM, UsageError
 from balloonctl.model import BalloonState, HintState, VmRef
 from balloonctl.qmp import BalloonClient, BalloonEvent, RunFacts, Trace
@@ -97,8 +98,12 @@ class Fleet(DataSource):
     def __init__(self, refs: Sequence[VmRef], *, store: Store | None = None,
                  hold: bool = False, connect_timeout: float = 3.0,
                  command_timeout: float = 10.0, concurrency: int = 32,
-                 trace: Trace | None = None) -> None:
-        """Raises: UsageError: two VMs share a name."""
+                 trace: Trace | None = None, budget: float | None = None) -> None:
+        """``budget`` (seconds, the CLI's ``--timeout``) bounds everything one call does
+        with one VM (connecting, every command, the guest agent), beyond the per-command
+        timeouts: see ``Deadline``.
+
+        Raises: UsageError: two VMs share a name."""
         self.refs: dict[str, VmRef] = {}
         for ref in refs:
             if ref.name in self.refs:
@@ -110,6 +115,7 @@ class Fleet(DataSource):
         self.command_timeout = command_timeout
         self.concurrency = concurrency
         self.trace = trace
+        self.budget = budget
         self._sem = asyncio.Semaphore(concurrency)
         self._clients: dict[str, BalloonClient] = {}  # hold mode only
         # Polite mode: what each VM's last connection learned about its current run; a
@@ -167,13 +173,19 @@ class Fleet(DataSource):
     async def _run_one(self, name: str, fn: Callable[[BalloonClient], Awaitable[T]],
                        limit: float | None) -> T:
         async with self._sem, self._session(name) as client:
-            if limit is None:
-                return await fn(client)
+            earlier = client.session.deadline
+            if self.budget is not None:
+                client.session.deadline = Deadline(self.budget)
             try:
-                async with asyncio.timeout(limit):
+                if limit is None:
                     return await fn(client)
-            except TimeoutError:
-                raise QMPTimeout(f"gave up after {limit:g}s", vm=name) from None
+                try:
+                    async with asyncio.timeout(limit):
+                        return await fn(client)
+                except TimeoutError:
+                    raise QMPTimeout(f"gave up after {limit:g}s", vm=name) from None
+            finally:
+                client.session.deadline = earlier
 
     async def run_each(self, names: Iterable[str] | None,
                        fn: Callable[[BalloonClient], Awaitable[T]], *,

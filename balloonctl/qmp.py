@@ -424,6 +424,8 @@ class BalloonClient:
         """Poll ``query-balloon`` until ``actual`` is within ``CONVERGED_TOLERANCE`` of target.
 
         ``progress(actual, target)`` is called after every poll. Returns the final actual.
+        ``timeout`` replaces the session's overall deadline while it waits (``set --wait``
+        waits on top of ``--timeout``); each poll keeps its command timeout.
 
         Raises:
             DriverNotReady: the guest driver never reported and ``actual`` does not move.
@@ -431,6 +433,16 @@ class BalloonClient:
             WaitTimeout: not converged within ``timeout`` seconds.
             (and what ``execute`` raises)
         """
+        earlier, self.session.deadline = self.session.deadline, None
+        try:
+            return await self._wait_for_target(target, timeout, stall_timeout, progress)
+        finally:
+            self.session.deadline = earlier
+
+    async def _wait_for_target(self, target: int,
+                               timeout: float,  # noqa: ASYNC109 - as wait_for_target's
+                               stall_timeout: float,
+                               progress: Callable[[int, int], None] | None) -> int:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + timeout

@@ -5,7 +5,8 @@ qemu.qmp supplies the transport (framing, ids, concurrent ``execute``). This mod
 what it lacks for balloonctl:
 
 - timeouts on every wait (``connect_timeout`` covers the socket, the greeting and the
-  capabilities negotiation; ``command_timeout`` covers each command);
+  capabilities negotiation; ``command_timeout`` covers each command; ``deadline``, when
+  set, bounds them all together);
 - a clear ``SocketBusy`` when QEMU accepts the connection but never greets, which is what a
   QMP socket does while another client (libvirt, a dashboard, qmp-shell) holds it, naming
   the holder where the host lets us see it (``balloonctl.sockpeer``); a QEMU that greets but
@@ -43,6 +44,7 @@ from qemu.qmp import (
 )
 from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
+from balloonctl.deadline import Deadline
 from balloonctl.errors import (
     BadReply,
     BalloonError,
@@ -160,6 +162,7 @@ class _Failure:
     timeout: float = 0.0
     accepted: bool = False  # connect: the socket accepted before the timeout
     greeted: bool = False  # connect: QEMU sent its greeting before the timeout
+    deadline: Deadline | None = None  # set when the overall deadline cut the wait short
     holders: str | None = None  # connect: who holds a busy socket (sockpeer), if visible
     cause: BaseException | None = None  # what disconnect() re-raised after a drop
 
@@ -216,6 +219,9 @@ def _translate(exc: Exception, where: _Failure) -> BalloonError | None:
         return ConnectFailed(f"cannot connect to QMP socket {addr}: {why}", vm=vm)
 
     cmd = where.op
+    if isinstance(exc, TimeoutError) and where.deadline is not None:
+        return QMPTimeout(f"QEMU at {addr} did not answer {cmd} within "
+                          f"{where.deadline.describe()}", vm=vm)
     if isinstance(exc, ExecuteError):
         sent, received = dict(exc.sent), dict(exc.received)
         if exc.error_class == "DeviceNotActive":
@@ -288,6 +294,9 @@ class QmpSession:
         self.command_timeout = command_timeout
         self.trace = trace
         self.on_connect = on_connect
+        # The overall limit of the operation under way (``Fleet`` sets it per call); every
+        # wait is bounded by what is left of it, as well as by its own timeout.
+        self.deadline: Deadline | None = None
         self.addr = parse_address(address)
         # The socket file this connection reached (QEMU re-creates it at every start); None
         # over TCP or when the file was gone.
@@ -322,9 +331,10 @@ class QmpSession:
             await self._connect()
 
     async def _connect(self) -> None:
-        where = _Failure(self.address, self.vm, "connect", timeout=self.connect_timeout)
+        limit, cut = self._bound(self.connect_timeout)
+        where = _Failure(self.address, self.vm, "connect", timeout=limit)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
+        deadline = loop.time() + limit
         sock: socket.socket | None = None
         try:
             async with asyncio.timeout_at(deadline):
@@ -332,6 +342,10 @@ class QmpSession:
                 where.accepted = True
                 await self._qmp.connect(sock)
         except Exception as exc:
+            if cut and isinstance(exc, TimeoutError) and not where.accepted:
+                assert self.deadline is not None
+                raise QMPTimeout(f"QMP socket {self.address} did not accept the connection "
+                                 f"within {self.deadline.describe()}", vm=self.vm) from exc
             if isinstance(exc, TimeoutError) and where.accepted:
                 where.greeted = self._qmp.greeting is not None
                 if not where.greeted and isinstance(self.addr, str):
@@ -348,6 +362,12 @@ class QmpSession:
         self.socket_id = None if isinstance(self.addr, tuple) else socket_identity(self.addr)
         if self.on_connect is not None:
             self.on_connect()
+
+    def _bound(self, timeout: float) -> tuple[float, bool]:
+        """``timeout`` cut to what is left of ``deadline``; whether the deadline limits it."""
+        if self.deadline is None:
+            return timeout, False
+        return self.deadline.bound(timeout)
 
     async def _open_socket(self) -> socket.socket:
         # The socket is opened here rather than by qemu.qmp so that a timeout can tell
@@ -398,11 +418,13 @@ class QmpSession:
         if not self.connected:
             await self.connect()
         qmp = self._qmp
+        limit, cut = self._bound(self.command_timeout)
         try:
-            async with asyncio.timeout(self.command_timeout):
+            async with asyncio.timeout(limit):
                 return await qmp.execute(cmd, args)
         except Exception as exc:
-            where = _Failure(self.address, self.vm, cmd, args, timeout=self.command_timeout)
+            where = _Failure(self.address, self.vm, cmd, args, timeout=limit,
+                             deadline=self.deadline if cut else None)
             if isinstance(exc, ExecInterruptedError | StateError):
                 async with self._lock:
                     if qmp is self._qmp and qmp.runstate is not Runstate.RUNNING:

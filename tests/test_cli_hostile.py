@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +123,26 @@ def test_a_socket_held_by_another_process_names_its_pid(
         assert "another balloonctl" not in r.stderr
     finally:
         holder.close()
+
+
+# ---- --timeout is a budget per VM ----------------------------------------------------------
+
+
+def test_timeout_cuts_off_a_vm_that_answers_each_command_just_in_time(
+    env: dict[str, str], fake_dir: Path, fake: list[subprocess.Popen[str]],
+) -> None:
+    # With --timeout 1s each command may take up to 1 s; three take 0.8 s each.
+    slow = [f"vm1=delay:{cmd}@0.8" for cmd in
+            ("query-cpus-fast", "query-memory-size-summary", "query-balloon")]
+    fake.append(start_fake(fake_dir, *slow))
+    started = time.monotonic()
+    r = run(env, "--timeout", "1s", "status", "--json")
+    took = time.monotonic() - started
+    assert r.returncode == ExitCode.PARTIAL, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["vm1"]["status"] == "unreachable" and rows["vm1"]["error_kind"] == "QMPTimeout"
+    assert "within the overall limit of 1s for this VM (--timeout)" in rows["vm1"]["error"]
+    assert rows["vm2"]["status"] == "ok"
+    assert took < 1.0 + 5.0  # the budget plus the process's start-up, not 2.4 s of replies
+    within = run(env, "--timeout", "4s", "status", "vm1", "--json")
+    assert within.returncode == 0 and json.loads(within.stdout)[0]["status"] == "ok"

@@ -212,8 +212,11 @@ class Settings:
         from balloonctl.store import FileStore
 
         connect, command = self._timeouts()
+        budget = self.timeout if self.timeout is not None else (
+            self.inventory().config.defaults.timeout)
         return Fleet(refs, store=FileStore(), hold=hold, connect_timeout=connect,
-                     command_timeout=command, trace=self.trace if self.verbose else None)
+                     command_timeout=command, trace=self.trace if self.verbose else None,
+                     budget=budget)
 
     def client(self, ref: VmRef) -> BalloonClient:
         from balloonctl.qmp import BalloonClient
@@ -268,7 +271,8 @@ def main(
     )] = None,
     timeout: Annotated[str | None, typer.Option(
         "--timeout", metavar="DURATION",
-        help="Timeout to connect to a VM and for each QMP command (e.g. 3s).",
+        help="How long a command may spend on each VM: connecting, QMP and guest-agent "
+             "commands together (e.g. 3s); set --wait waits on top.",
     )] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show the QMP and guest-agent messages on stderr.",

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         "--fault", action="append", default=[], metavar="[VM=]FAULT",
         help="inject a fault into every VM (or VM): bad-reply:CMD (a malformed reply to CMD, "
              "e.g. bad-reply:query-balloon, bad-reply:qom-get:guest-stats, "
-             "bad-reply:guest-info), drop:CMD, garbage:CMD, never-greet; repeatable",
+             "bad-reply:guest-info), drop:CMD, garbage:CMD, delay:CMD@SECONDS, never-greet; "
+             "repeatable",
     )
     args = parser.parse_args(argv)
     from balloonctl.fake.faults import Faults

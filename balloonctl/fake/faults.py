@@ -46,6 +46,14 @@ BAD_REPLIES: Final[Mapping[str, Any]] = {
 }
 
 
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value < 3600 else None
+
+
 def fault_key(command: str, args: Mapping[str, Any]) -> list[str]:
     """The keys a reply fault may be set under, most specific first: ``qom-get:PROP`` (and
     ``qom-set:PROP``) before the command name."""
@@ -107,7 +115,7 @@ class Faults:
 
     def add(self, spec: str) -> None:
         """Switch on a fault named on a command line: ``bad-reply:KEY`` (a ``BAD_REPLIES``
-        key), ``drop:CMD``, ``garbage:CMD`` or ``never-greet``.
+        key), ``drop:CMD``, ``garbage:CMD``, ``delay:CMD@SECONDS`` or ``never-greet``.
 
         Raises:
             ValueError: an unknown fault or key (the message lists the known ones).
@@ -121,10 +129,13 @@ class Faults:
             self.drop_on.add(key)
         elif kind == "garbage" and key:
             self.garbage_on.add(key)
+        elif kind == "delay" and "@" in key and _seconds(key.partition("@")[2]) is not None:
+            cmd, _, seconds = key.partition("@")
+            self.delay[cmd] = float(seconds)
         else:
             known = ", ".join(f"bad-reply:{k}" for k in BAD_REPLIES)
-            raise ValueError(f"unknown fault {spec!r}: use never-greet, drop:CMD, garbage:CMD "
-                             f"or one of {known}")
+            raise ValueError(f"unknown fault {spec!r}: use never-greet, drop:CMD, garbage:CMD, "
+                             f"delay:CMD@SECONDS or one of {known}")
 
     def clear(self) -> None:
         """Switch every fault off."""
