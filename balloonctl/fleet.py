@@ -21,19 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from balloonctl.deadline import Deadline
 from balloonctl.errors import BadReply, BalloonError, QMPTimeout, UnknownVM, UsageError
-from balloonctl.model import BalloonState, HintState, VmRef
+from balloonctl.model import SCHEMA, BalloonState, HintState, VmRef, derive
 from balloonctl.qmp import BalloonClient, BalloonEvent, RunFacts, Trace
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec
 
-__all__ = ["CONNECTED", "DISCONNECTED", "ERROR", "Backoff", "DataSource", "Fleet"]
+__all__ = ["CONNECTED", "DISCONNECTED", "ERROR", "Backoff", "DataSource", "Fleet",
+           "event_record"]
 
 T = TypeVar("T")
 
@@ -46,6 +48,23 @@ DISCONNECTED: Final = "BALLOONCTL_DISCONNECTED"
 ERROR: Final = "BALLOONCTL_ERROR"
 
 EVENT_QUEUE: Final = 1024
+
+
+def event_record(vm: str, event: BalloonEvent) -> dict[str, Any]:
+    """One event as a JSON line (``watch``, ``GET /v1/events``), documented in docs/cli.md:
+    ``{"schema", "time", "name", "event", "data"}``. ``time`` is when it happened (QEMU's
+    timestamp for its events), like a snapshot's ``time``; ``name`` the VM. balloonctl's own
+    events are ``CONNECTED`` (no ``data``: a snapshot line follows), ``DISCONNECTED``
+    (``data.error``) and ``ERROR`` (``data.error``, ``data.error_kind``)."""
+    label = {CONNECTED: "CONNECTED", DISCONNECTED: "DISCONNECTED", ERROR: "ERROR"}.get(
+        event.name, event.name)
+    record: dict[str, Any] = {"schema": SCHEMA, "time": round(event.timestamp, 6),
+                              "name": vm, "event": label}
+    if event.name == CONNECTED:
+        return record
+    data = {k: v for k, v in event.data.items() if not (event.name == ERROR and k == "state")}
+    record["data"] = json.loads(json.dumps(data, default=str))
+    return record
 
 
 class DataSource(Protocol):
@@ -247,6 +266,7 @@ class Fleet(DataSource):
             ref = self.refs[name]
             state = BalloonState(name=name, qmp=ref.qmp, error=exc.message,
                                  error_kind=type(exc).__name__)
+        state = derive(self._last.get(name), state)
         if state.reachable:
             backoff.succeeded()
         else:
@@ -385,8 +405,7 @@ class Fleet(DataSource):
             while not self._closed:
                 await asyncio.sleep(backoff.wait(loop.time()))
                 # Never trust events alone: re-read everything after each (re)connect.
-                state = await client.snapshot()
-                self._last[name] = state
+                state = self._last[name] = derive(self._last.get(name), await client.snapshot())
                 if not state.reachable:
                     backoff.failed(loop.time())
                     continue

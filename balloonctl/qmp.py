@@ -521,6 +521,9 @@ class BalloonClient:
             found.update(reachable=True, guest_ram=ram, floor=self.floor(ram), maximum=self.maximum)
             actual = found["actual"] = await self.query_actual()
             found["target"] = await self.current_target(actual=actual, guest_ram=ram)
+            set_at = self.targets.entry(self.run.known_instance_id()).get("target_at")
+            if isinstance(set_at, int | float) and not isinstance(set_at, bool):
+                found["moved_at"] = float(set_at)  # the balloon moves from when it was set
             await self.device_path()  # once, not by both reads below
             found["stats"], found["polling_interval"] = await asyncio.gather(
                 self.stats(), self.polling_interval())

@@ -332,7 +332,7 @@ class QmpSession:
 
     async def _connect(self) -> None:
         limit, cut = self._bound(self.connect_timeout)
-        where = _Failure(self.address, self.vm, "connect", timeout=limit)
+        where = _Failure(self.address, self.vm, "connect", timeout=round(limit, 2))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         sock: socket.socket | None = None

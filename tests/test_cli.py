@@ -27,7 +27,7 @@ from balloonctl.model import JSON_KEYS
 from balloonctl.policy import triangle_wave
 from balloonctl.units import GiB, MiB
 
-FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB}
+FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB, "stats_interval": 2}
 
 Start = Callable[..., FakeVM]
 Cli = Callable[..., Result]

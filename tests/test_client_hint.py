@@ -59,8 +59,9 @@ async def test_unsupported_without_device_property_or_agent(
 
 
 async def test_agent_mode_drops_cache_before_inflating_and_persists(
-    fake_vm: FakeVM, tmp_path: Path, client_for: ClientFactory,
+    fake_vm_factory: Any, tmp_path: Path, client_for: ClientFactory,
 ) -> None:
+    fake_vm: FakeVM = await fake_vm_factory(stats_interval=0)  # polling off: set to 1 s
     state_file = tmp_path / "state.json"
     async with client_for(fake_vm, agent=True, store=FileStore(state_file)) as client:
         status = await client.hint_status()

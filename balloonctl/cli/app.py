@@ -783,16 +783,6 @@ class WatchFormat(enum.StrEnum):
     CSV = "csv"
 
 
-def _event_record(vm: str, name: str, data: Mapping[str, Any], ts: float) -> dict[str, Any]:
-    from balloonctl.fleet import CONNECTED, DISCONNECTED
-
-    label = {CONNECTED: "CONNECTED", DISCONNECTED: "DISCONNECTED"}.get(name, name)
-    record: dict[str, Any] = {"event": label, "name": vm, "timestamp": round(ts, 6)}
-    if name != CONNECTED:
-        record["data"] = json.loads(json.dumps(dict(data), default=str))
-    return record
-
-
 @app.command()
 def watch(
     vms: VmsArg = None,
@@ -822,9 +812,10 @@ def watch(
         fleet = _STATE.fleet(refs, hold=hold)
 
         async def pump_events() -> None:
+            from balloonctl.fleet import event_record
+
             async for vm, ev in fleet.events():
-                _out(json.dumps(_event_record(vm, ev.name, ev.data, ev.timestamp),
-                                separators=(",", ":")))
+                _out(json.dumps(event_record(vm, ev), separators=(",", ":")))
 
         pump = asyncio.create_task(pump_events()) if hold else None
         n = 0

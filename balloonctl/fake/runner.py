@@ -123,7 +123,8 @@ async def run_fleet_forever(
     """Serve ``n`` fake VMs in ``directory`` until SIGINT/SIGTERM (or ``stop`` is set).
 
     Prints one line per VM when ready: ``NAME qmp=PATH qga=PATH``, then calls ``ready``.
-    ``vm_kwargs`` go to ``FakeFleet`` (``overrides`` too).
+    ``vm_kwargs`` go to ``FakeFleet`` (``overrides`` too); the guests' stats polling is on
+    (2 s) unless ``stats_interval`` says otherwise.
 
     Raises:
         OSError: a socket could not be created.
@@ -131,6 +132,7 @@ async def run_fleet_forever(
     """
     out = sys.stdout if out is None else out
     stop = asyncio.Event() if stop is None else stop
+    vm_kwargs.setdefault("stats_interval", 2)  # like Proxmox: the stats are fresh
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     if threading.current_thread() is threading.main_thread():

@@ -53,14 +53,19 @@ class FakeVM(Service):
         workload: str | None = None,
         tick: float = 0.05,
         seed: int = 0,
+        stats_interval: int = 0,
     ) -> None:
-        """Raises: ValueError: an unknown workload or an impossible memory size."""
+        """``stats_interval``: the guest-stats polling interval the VM starts with (QEMU's
+        default is 0, off; Proxmox starts its VMs with 2).
+
+        Raises: ValueError: an unknown workload or an impossible memory size."""
         self.name = name
         self.directory = Path(directory)
         self.qmp_path = self.directory / f"{name}.qmp"
         self.qga_path = self.directory / f"{name}.qga"
         self.ram = ram
         self.tick = tick
+        self.stats_interval = stats_interval
         self.agent = agent
         self.faults = Faults()
         self.guest = GuestSim(ram, deflate_on_oom=deflate_on_oom, workload=workload, seed=seed)
@@ -118,6 +123,8 @@ class FakeVM(Service):
         self.machine.boot()
         if self.device is not None:
             self.device.start(now)
+            if self.stats_interval:  # as set on QEMU's command line
+                self.device.set_polling_interval(self.stats_interval, now)
         try:
             await self.qmp.start()
             if self.qga is not None:

@@ -23,18 +23,20 @@ Cell = str | Text
 _STATUS_STYLE = {
     VmStatus.OK: "green",
     VmStatus.CONVERGING: "cyan",
+    VmStatus.PRESSURE: "bold magenta",
     VmStatus.STALE: "yellow",
     VmStatus.NO_DRIVER: "yellow",
     VmStatus.NO_DEVICE: "yellow",
     VmStatus.BUSY: "bold red",
     VmStatus.UNREACHABLE: "bold red",
+    VmStatus.ERROR: "bold red",
 }
 
 
 def _state(row: VmRow) -> Text:
     status = row.state.status
     text = Text(status.value, style=_STATUS_STYLE[status])
-    if status in (VmStatus.UNREACHABLE, VmStatus.BUSY) and row.state.error:
+    if status in (VmStatus.UNREACHABLE, VmStatus.BUSY, VmStatus.ERROR) and row.state.error:
         text.append(f": {reason(row.state)}", style="red")
     elif row.stats_outdated:
         text.append(", stats outdated", style="dim")
