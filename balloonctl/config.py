@@ -6,12 +6,18 @@ Sources, merged in this order (a later source wins for the socket path of a name
    (with ``<vmid>.qga``); ``$BALLOONCTL_WELLKNOWN`` (colon-separated dirs) replaces the roots,
    an empty value turns them off;
 2. the TOML config at ``$BALLOONCTL_CONFIG`` or ``$XDG_CONFIG_HOME/balloonctl/config.toml``
-   (``[defaults]`` and ``[vm.NAME]`` tables);
+   (``[defaults]`` and ``[vm.NAME]`` tables; ``[policy]`` holds the automatic-ballooning
+   settings, docs/policy.md);
 3. a directory of sockets (``--dir`` or ``$BALLOONCTL_DIR``): ``*.qmp`` and ``*.sock``, the name
    from the file stem, a sibling ``<stem>.qga`` as the guest-agent socket;
 4. ``--qmp PATH`` (repeatable; ``NAME=PATH`` names it, otherwise the file stem).
 
 A ``[vm.NAME]`` table without ``qmp`` only adds limits to a VM found elsewhere.
+
+The host whose memory ``plan``, ``auto``, ``status`` and the dashboard read
+(``Inventory.host_root``, for ``balloonctl.host.read_host``) is ``/``, unless the directory of
+sockets (3.) holds a fake fleet's simulated host: ``<dir>/host/proc/meminfo``
+(``balloonctl.host.host_root_for``).
 
 Discovery only lists directories and reads the config: it never connects to a socket, so shell
 completion can call it on every key press. This module imports only the standard library and
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,8 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from balloonctl.errors import SizeError, UnknownVM, UsageError
+from balloonctl.host import host_root_for
 from balloonctl.model import VmRef
-from balloonctl.units import parse_duration, parse_size
+from balloonctl.policy.settings import PolicySettings, VmPolicy
+from balloonctl.text import escape_text
+from balloonctl.units import MAX_BYTES, format_size, parse_duration, parse_size
 
 __all__ = [
     "ENV_CONFIG",
@@ -63,6 +73,9 @@ LIBVIRT_ROOTS: tuple[str, ...] = ("/var/lib/libvirt/qemu", "/run/libvirt", "/var
 _SOCKET_SUFFIXES = (".qmp", ".sock")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _LIBVIRT_DOMAIN_DIR = re.compile(r"^domain-\d+-(?P<name>.+)$")
+# A connect or command timeout longer than a day is a typo, and far larger ones overflow
+# the event loop's timers.
+MAX_TIMEOUT = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,7 @@ class Defaults:
     maximum: int | None = None
     shares: int | None = None
     hint: bool | None = None
+    hint_mount_cgroup: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +99,8 @@ class Config:
     # the limits of every [vm.NAME] table (min, max, shares, hint), applied by name to the VM
     # wherever it was found; a table without qmp only adds limits to a VM found elsewhere
     overlays: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # [policy] with the per-VM reserves of the [vm.NAME] tables in ``policy.vms``
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
@@ -103,6 +119,8 @@ def _size(value: Any, where: str) -> int:
     if isinstance(value, int):
         if value <= 0:
             raise UsageError(f"{where}: a size must be greater than zero")
+        if value > MAX_BYTES:  # what QEMU's int64 takes; TOML readers may give more
+            raise UsageError(f"{where}: {value} bytes is too large (at most {MAX_BYTES})")
         return value
     if isinstance(value, str):
         try:
@@ -125,23 +143,30 @@ def _limits(table: Mapping[str, Any], where: str) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UsageError(f"{here}: expected a positive integer, got {value!r}")
             out["shares"] = value
-        elif key == "hint":
+        elif key in ("hint", "hint_mount_cgroup"):
             if not isinstance(value, bool):
                 raise UsageError(f"{here}: expected true or false, got {value!r}")
-            out["hint"] = value
+            out[key] = value
         elif key in ("qmp", "qga", "dir"):
             if not isinstance(value, str) or not value:
                 raise UsageError(f"{here}: expected a path, got {value!r}")
             out[key] = os.path.expanduser(value)
         elif key == "timeout":
             try:
-                out["timeout"] = (
+                seconds = (
                     float(value)
                     if isinstance(value, int | float) and not isinstance(value, bool)
                     else parse_duration(str(value))
                 )
             except SizeError as exc:
                 raise UsageError(f"{here}: {exc}") from None
+            except OverflowError:  # an int too large for a float
+                seconds = math.inf
+            # TOML has nan, inf and negative numbers; none of them is a timeout
+            if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT):
+                raise UsageError(f"{here}: expected a duration above 0 and at most 24h "
+                                 f"(e.g. 5 or \"5s\"), got {value!r}")
+            out["timeout"] = seconds
         else:
             raise UsageError(f"{here}: unknown setting {key!r}")
     if "minimum" in out and "maximum" in out and out["minimum"] > out["maximum"]:
@@ -182,7 +207,7 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
 
 def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     """Raises: UsageError: a bad setting (named, without the file)."""
-    unknown = set(doc) - {"defaults", "vm"}
+    unknown = set(doc) - {"defaults", "vm", "policy"}
     if unknown:
         raise UsageError(f"unknown table(s) {', '.join(sorted(unknown))}")
     raw_defaults = doc.get("defaults", {})
@@ -198,26 +223,47 @@ def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
         maximum=d.get("maximum"),
         shares=d.get("shares"),
         hint=d.get("hint"),
+        hint_mount_cgroup=d.get("hint_mount_cgroup"),
     )
     vms: list[VmRef] = []
     overlays: dict[str, dict[str, Any]] = {}
+    reserves: dict[str, VmPolicy] = {}
     raw_vms = doc.get("vm", {})
     if not isinstance(raw_vms, dict):
         raise UsageError("[vm.NAME] entries must be tables")
     for name, table in raw_vms.items():
         if not isinstance(table, dict):
             raise UsageError(f"vm.{name} must be a table")
+        table, reserve = _vm_reserves(table, f"vm.{name}")
+        if reserve is not None:
+            reserves[name] = reserve
         settings = _limits(table, f"vm.{name}")
         if "dir" in settings or "timeout" in settings:
             raise UsageError(f"vm.{name} cannot set dir or timeout")
         qmp = settings.pop("qmp", None)
         qga = settings.pop("qga", None)
+        _check_range(settings, defaults, name)
         overlays[name] = settings
         if qmp is not None:
             vms.append(VmRef(name=name, qmp=qmp, qga=qga, source="config"))
         elif qga is not None:
             overlays[name]["qga"] = qga
-    return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays)
+    return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays,
+                  policy=_policy(doc.get("policy", {}), reserves))
+
+
+def _check_range(settings: Mapping[str, Any], defaults: Defaults, name: str) -> None:
+    """A VM's floor above its maximum once ``[defaults]`` fill in what it does not set.
+
+    Raises: UsageError naming both settings.
+    """
+    low, high = settings.get("minimum", defaults.minimum), settings.get("maximum",
+                                                                          defaults.maximum)
+    if low is not None and high is not None and low > high:
+        low_from = f"vm.{name}.min" if "minimum" in settings else "defaults.min"
+        high_from = f"vm.{name}.max" if "maximum" in settings else "defaults.max"
+        raise UsageError(f"{low_from} ({format_size(low)}) is above {high_from} "
+                         f"({format_size(high)}): vm.{name} could never be given a target")
 
 
 def check_dir(directory: str, given_as: str) -> str:
@@ -295,7 +341,8 @@ def busy_advice(ref: VmRef) -> str | None:
     if is_libvirt_socket(ref.qmp):
         return (
             "libvirt owns this monitor socket and holds it while the domain runs; use "
-            f"`virsh qemu-monitor-command {ref.name} --pretty '{{\"execute\":\"query-balloon\"}}'`"
+            f"`virsh qemu-monitor-command {escape_text(ref.name)} --pretty "
+            "'{\"execute\":\"query-balloon\"}'`"
             " (or `virsh setmem`) instead"
         )
     return None
@@ -319,10 +366,18 @@ def _parse_qmp_arg(arg: str) -> tuple[str, str]:
 
 
 class Inventory:
-    """The VMs known from every source, in a stable order, selectable by name or glob."""
+    """The VMs known from every source, in a stable order, selectable by name or glob.
 
-    def __init__(self, refs: Iterable[VmRef] = (), *, config: Config | None = None) -> None:
+    ``host_root`` is the root of the host they run on (``balloonctl.host.host_root_for``).
+    """
+
+    def __init__(
+        self, refs: Iterable[VmRef] = (), *, config: Config | None = None,
+        host_root: Path = Path("/"), watched: str | None = None,
+    ) -> None:
         self.config = config or Config()
+        self.host_root = host_root
+        self.watched = watched  # the directory of sockets it was loaded from, if any
         self._refs: dict[str, VmRef] = {}
         for ref in refs:
             self._refs[ref.name] = ref
@@ -361,28 +416,48 @@ class Inventory:
         add(scan_proxmox(wellknown_roots(env) if roots is None else roots))
         add(cfg.vms)
         # a directory the user named must exist; the config's standing default may not yet
+        watched: str | None = None
         if directory:
-            add(scan_dir(check_dir(directory, "--dir")))
+            watched = check_dir(directory, "--dir")
         elif env.get(ENV_DIR):
-            add(scan_dir(check_dir(env[ENV_DIR], ENV_DIR)))
+            watched = check_dir(env[ENV_DIR], ENV_DIR)
         elif cfg.defaults.directory:
-            add(scan_dir(os.path.expanduser(cfg.defaults.directory)))
+            watched = os.path.expanduser(cfg.defaults.directory)
+        if watched is not None:
+            add(scan_dir(watched))
         explicit = [_parse_qmp_arg(a) for a in qmp]
         add(
             VmRef(name=name, qmp=path, qga=os.path.expanduser(qga) if qga else None)
             for name, path in explicit
         )
 
-        d = cfg.defaults
-        refs: list[VmRef] = []
-        for ref in found.values():
-            settings: dict[str, Any] = {
-                "minimum": d.minimum, "maximum": d.maximum, "hint": d.hint,
-                "shares": d.shares or ref.shares,
-            }
-            settings.update(cfg.overlays.get(ref.name, {}))
-            refs.append(replace(ref, **settings))
-        return cls(refs, config=cfg)
+        inventory = cls(config=cfg, watched=watched)
+        return cls([inventory._settled(ref) for ref in found.values()], config=cfg,
+                   watched=watched, host_root=host_root_for(watched))
+
+    def _settled(self, ref: VmRef) -> VmRef:
+        """``ref`` with the config's defaults and its ``[vm.NAME]`` settings."""
+        d = self.config.defaults
+        settings: dict[str, Any] = {
+            "minimum": d.minimum, "maximum": d.maximum, "hint": d.hint,
+            "hint_mount_cgroup": d.hint_mount_cgroup,
+            "shares": d.shares or ref.shares,
+        }
+        settings.update(self.config.overlays.get(ref.name, {}))
+        return replace(ref, **settings)
+
+    def rescan(self, patterns: Sequence[str] = ()) -> list[VmRef]:
+        """The VMs of the watched directory as it is now (a socket may have appeared since
+        the inventory was loaded), with the config's settings, that match ``patterns``
+        (names or globs; every VM when empty). Known VMs keep their inventory entry. An
+        inventory without a watched directory returns its own VMs."""
+        found = [] if self.watched is None else scan_dir(self.watched)
+        refs = [self._refs.get(ref.name) or self._settled(ref) for ref in found]
+        refs += [ref for ref in self._refs.values() if ref.name not in {r.name for r in refs}]
+        if not patterns:
+            return refs
+        return [ref for ref in refs
+                if any(fnmatch.fnmatchcase(ref.name, p) for p in patterns)]
 
     @property
     def names(self) -> list[str]:
@@ -444,7 +519,8 @@ class Inventory:
         refs = self.select([pattern])
         if len(refs) > 1:
             names = ", ".join(r.name for r in refs)
-            raise UsageError(f"{command} takes one VM; {pattern!r} matches {names}")
+            raise UsageError(f"{command} takes one VM; {pattern!r} matches "
+                             f"{escape_text(names)}")
         return refs[0]
 
     def matches(self, pattern: str) -> bool:
@@ -470,4 +546,113 @@ class Inventory:
         close = self.suggestions(name)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         known = ", ".join(list(self._refs)[:8]) + (", ..." if len(self._refs) > 8 else "")
-        return UnknownVM(f"unknown VM {name!r}{hint} (known: {known})")
+        return UnknownVM(escape_text(f"unknown VM {name!r}{hint} (known: {known})"))
+
+
+# ---- the policy's settings: the [policy] table and the reserves of [vm.NAME] ----------------
+
+_VM_RESERVES = ("free_reserve", "cache_reserve")
+
+
+def _percent(value: Any, where: str, *, of: float = 1.0) -> float:
+    """A number, or ``"N%"`` as N/``of`` (``of=100`` for a fraction of host RAM: ``"15%"``
+    is 0.15). Range checks (and NaN) are PolicySettings'."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / of
+        except ValueError:
+            pass
+    example = "0.15 or \"15%\"" if of == 100 else "10 or \"10%\""
+    raise UsageError(f"{where}: expected a number such as {example}, got {value!r}")
+
+
+def _fraction(value: Any, where: str) -> float:
+    return _percent(value, where, of=100)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise UsageError(f"{where}: expected a number, got {value!r}")
+
+
+def _size_or_zero(value: Any, where: str) -> int:
+    if (isinstance(value, int) and not isinstance(value, bool) and value == 0) or value == "0":
+        return 0
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise UsageError(f"{where}: must be zero or more, got {value!r}")
+    return _size(value, where)
+
+
+def _rate(value: Any, where: str) -> int:
+    """Bytes per second: ``"1M"``, ``"1M/s"`` or an integer."""
+    if isinstance(value, str):
+        value = value.strip().removesuffix("/s")
+    return _size_or_zero(value, where)
+
+
+def _seconds(value: Any, where: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)  # range (and NaN) checked by PolicySettings
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: expected a duration such as \"10s\", got {value!r}")
+    try:
+        return parse_duration(value)
+    except SizeError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+_POLICY_KEYS: dict[str, Any] = {
+    "target_available": _fraction,
+    "hysteresis": _fraction,
+    "deadband": _size_or_zero,
+    "max_step": _size,
+    "cycle": _seconds,
+    "stale_after": _seconds,
+    "emergency_free": _size,
+    "free_reserve": _size,
+    "cache_reserve": _size_or_zero,
+    "swap_in_rate": _rate,
+    "fault_rate": _number,
+    "psi_threshold": _percent,
+}
+
+
+def _vm_reserves(table: Mapping[str, Any], where: str) -> tuple[dict[str, Any], VmPolicy | None]:
+    """Split a ``[vm.NAME]`` table into its inventory settings and its policy reserves.
+
+    Raises:
+        UsageError: a reserve that is not a size (named ``vm.NAME.KEY``).
+    """
+    rest = {k: v for k, v in table.items() if k not in _VM_RESERVES}
+    if len(rest) == len(table):
+        return rest, None
+    parsed = {k: (_size if k == "free_reserve" else _size_or_zero)(table[k], f"{where}.{k}")
+              for k in _VM_RESERVES if k in table}
+    return rest, VmPolicy(**parsed)
+
+
+def _policy(raw: Any, reserves: Mapping[str, VmPolicy]) -> PolicySettings:
+    """The ``[policy]`` table (every key optional) with the per-VM reserves.
+
+    Raises:
+        UsageError: not a table, an unknown key, or a wrong value (named ``policy.KEY`` or
+            ``vm.NAME.KEY``): wrong type, negative, zero where that means nothing, NaN or
+            infinite, or settings that contradict each other.
+    """
+    if not isinstance(raw, dict):
+        raise UsageError("[policy] must be a table")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        parse = _POLICY_KEYS.get(key)
+        if parse is None:
+            raise UsageError(f"policy.{key}: unknown setting {key!r}")
+        values[key] = parse(value, f"policy.{key}")
+    try:
+        return PolicySettings(**values, vms=dict(reserves))
+    except UsageError as exc:
+        if exc.message.startswith("vm."):
+            raise
+        raise UsageError(f"policy.{exc.message}") from None

@@ -21,12 +21,14 @@ the guest agent). ``asyncio.CancelledError`` is never wrapped.
     ├── WaitTimeout                   the balloon did not reach its target in time
     │   └── StuckBalloon              ``actual`` stopped moving short of the target
     ├── HintUnsupported               no way to honour the cache-first hint on this VM
+    ├── HostReadError                 the host's meminfo, PSI or KSM file is unreadable or malformed
     ├── AgentError                    the guest agent failed or is unreachable
     │   ├── AgentExecBlocked          the guest agent refuses guest-exec
     │   └── BadAgentReply             the guest agent's reply has the wrong shape (keeps
     │                                 sent/received)
-    └── JournalError                  the journal cannot be written or read (names the file),
-                                      or one of its lines has the wrong shape
+    ├── JournalError                  the journal cannot be written or read (names the file),
+    │                                 or one of its lines has the wrong shape
+    └── StateFileError                balloonctl's own state file cannot be read or written
 
 Every error's ``str()`` is one line meant for an operator; ``vm`` names the VM when known.
 """
@@ -45,12 +47,14 @@ __all__ = [
     "Disconnected",
     "DriverNotReady",
     "HintUnsupported",
+    "HostReadError",
     "JournalError",
     "NoBalloonDevice",
     "QMPCommandError",
     "QMPTimeout",
     "SizeError",
     "SocketBusy",
+    "StateFileError",
     "StuckBalloon",
     "UnknownVM",
     "UnsafeTarget",
@@ -181,6 +185,15 @@ class HintUnsupported(BalloonError):
     """The cache-first hint cannot be honoured on this VM."""
 
 
+class HostReadError(BalloonError):
+    """A host memory file (``/proc/meminfo``, ``/proc/pressure/memory``, KSM's files, or a
+    simulated host's) cannot be read or does not have the kernel's shape. ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
 class AgentError(BalloonError):
     """The guest agent failed or is unreachable. ``error_class`` is the agent's error class
     when it answered with an error (``CommandNotFound``, ``GenericError``...), else None."""
@@ -224,3 +237,13 @@ class JournalError(BalloonError):
     def __str__(self) -> str:
         text = super().__str__()
         return f"journal {self.path}: {text}" if self.path else text
+class StateFileError(BalloonError):
+    """balloonctl's state file (``store.py``) cannot be read or written; ``path`` names it.
+
+    The message is one line naming the file and what is wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"state file {path}: {problem}")
+        self.path = path
+        self.problem = problem

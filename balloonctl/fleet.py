@@ -117,10 +117,13 @@ class Fleet(DataSource):
     def __init__(self, refs: Sequence[VmRef], *, store: Store | None = None,
                  hold: bool = False, connect_timeout: float = 3.0,
                  command_timeout: float = 10.0, concurrency: int = 32,
-                 trace: Trace | None = None, budget: float | None = None) -> None:
+                 trace: Trace | None = None, budget: float | None = None,
+                 discover: Callable[[], Iterable[VmRef]] | None = None) -> None:
         """``budget`` (seconds, the CLI's ``--timeout``) bounds everything one call does
         with one VM (connecting, every command, the guest agent), beyond the per-command
-        timeouts: see ``Deadline``.
+        timeouts: see ``Deadline``. ``discover`` (optional) is asked at the start of every
+        snapshot round for the VMs there are now (e.g. a rescan of a directory of sockets);
+        the ones the fleet does not know yet join it (``discover_new``).
 
         Raises: UsageError: two VMs share a name."""
         self.refs: dict[str, VmRef] = {}
@@ -148,6 +151,8 @@ class Fleet(DataSource):
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self.events_dropped = 0
         self._closed = False
+        self.discover = discover
+        self._listening = False  # events() has started the per-VM listeners
 
     @property
     def names(self) -> Sequence[str]:
@@ -238,6 +243,24 @@ class Fleet(DataSource):
         except BalloonError as exc:
             raise exc.with_vm(name) from None
 
+    def discover_new(self) -> list[str]:
+        """Add the VMs ``discover`` reports that the fleet does not know yet (a socket that
+        appeared in a watched directory); returns their names. A VM whose socket went away
+        stays (it shows as unreachable). A failing ``discover`` adds nothing."""
+        if self.discover is None or self._closed:
+            return []
+        try:
+            found = list(self.discover())
+        except (OSError, BalloonError):  # a directory gone or unreadable: try next round
+            return []
+        added = [ref for ref in found if ref.name not in self.refs]
+        for ref in added:
+            self.refs[ref.name] = ref
+            self._backoff[ref.name] = Backoff()
+            if self._listening:  # hold mode's events() is running: listen to it too
+                self._ensure_pump(ref.name)
+        return [ref.name for ref in added]
+
     # ---- DataSource -------------------------------------------------------------------
 
     def _resting(self, name: str, now: float) -> BalloonState | None:
@@ -285,7 +308,9 @@ class Fleet(DataSource):
 
         A VM in backoff after a failure (or still being read by an earlier call) is not
         read again; its last state is returned, with the error that caused the backoff.
+        VMs that ``discover`` finds are added first.
         """
+        self.discover_new()
         now = asyncio.get_running_loop().time()
         pending: dict[str, asyncio.Task[BalloonState]] = {}
         for name in self.refs:
@@ -303,8 +328,10 @@ class Fleet(DataSource):
         VMs in backoff, or still being read by an earlier round, yield their last state at
         once. A VM that takes longer than ``patience`` seconds (and has a last state)
         yields that last state; its read goes on in the background and is seen by the
-        next round. Reads stay bounded by the connect and command timeouts.
+        next round. Reads stay bounded by the connect and command timeouts. VMs that
+        ``discover`` finds are added first.
         """
+        self.discover_new()
         loop = asyncio.get_running_loop()
         now = loop.time()
         pending: dict[asyncio.Task[BalloonState], str] = {}
@@ -375,6 +402,7 @@ class Fleet(DataSource):
         """
         if not self.hold:
             return
+        self._listening = True
         for name in self.refs:
             self._ensure_pump(name)
         while not self._closed:

@@ -24,6 +24,7 @@ __all__ = [
     "BalloonState",
     "DeviceFeatures",
     "GuestStats",
+    "HintMethod",
     "HintMode",
     "HintState",
     "VmRef",
@@ -113,6 +114,13 @@ class HintMode(enum.StrEnum):
     UNKNOWN = "unknown"  # not probed yet (or the VM is unreachable)
 
 
+class HintMethod(enum.StrEnum):
+    """How the guest agent reclaims page cache for the agent-mode hint."""
+
+    RECLAIM = "reclaim"  # cgroup v2 memory.reclaim: as much as the inflation needs
+    DROP = "drop"  # echo 1 > /proc/sys/vm/drop_caches: the whole clean page cache
+
+
 class VmStatus(enum.StrEnum):
     """One word for a VM's condition, as the dashboard and ``status`` show it."""
 
@@ -138,6 +146,7 @@ class VmRef:
     maximum: int | None = None
     shares: int = 1000
     hint: bool | None = None  # preferred cache-first hint state, None = leave as is
+    hint_mount_cgroup: bool | None = None  # the hint may mount cgroup2 in the guest
     source: str = "cli"  # where this VM came from: cli, dir, config, proxmox
 
 
@@ -189,13 +198,16 @@ class DeviceFeatures:
 class HintState:
     """The cache-first hint, reported honestly.
 
-    ``released`` is how much page cache the last agent-mode drop released (bytes), when known.
+    ``released`` is how much page cache the last agent-mode reclaim released (bytes), when
+    known; ``method`` how agent mode reclaims on this VM (None: not agent mode, or not known
+    yet), and ``detail`` says why.
     """
 
     mode: HintMode = HintMode.UNKNOWN
     enabled: bool = False
     detail: str = ""
     released: int | None = None
+    method: HintMethod | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +347,7 @@ class BalloonState:
             "hint_enabled": self.hint.enabled,
             "hint_detail": self.hint.detail,
             "hint_released": self.hint.released,
+            "hint_method": None if self.hint.method is None else self.hint.method.value,
             "swap_rate": None if self.swap_rate is None else round(self.swap_rate, 1),
             "major_fault_rate": (None if self.major_fault_rate is None
                                  else round(self.major_fault_rate, 1)),
@@ -384,6 +397,7 @@ class BalloonState:
                 enabled=bool(data.get("hint_enabled")),
                 detail=data.get("hint_detail") or "",
                 released=data.get("hint_released"),
+                method=HintMethod(data["hint_method"]) if data.get("hint_method") else None,
             ),
             taken_at=float(data.get("time", data.get("taken_at", time.time()))),
             moved_at=data.get("moved_at"),

@@ -304,21 +304,45 @@ class QgaClient:
             AgentError: the agent failed, or the process did not exit in time.
         """
         limit = self.timeout if timeout is None else timeout
-        pid = await self.query("guest-exec", {"path": path, "arg": list(args or []),
-                                              "capture-output": True}, exec_pid)
+        pid = await self.exec_start(path, args)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         while True:
-            status = await self.query("guest-exec-status", {"pid": pid}, exec_status)
-            if status.exited:
-                return ExecResult(
-                    # exitcode is absent when a signal killed the process
-                    exitcode=-1 if status.exitcode is None else status.exitcode,
-                    stdout=status.stdout, stderr=status.stderr)
+            result = await self.exec_status(pid)
+            if result is not None:
+                return result
             if loop.time() >= deadline:
                 raise AgentError(f"guest process {path} (pid {pid}) did not exit within "
                                  f"{limit:g}s", vm=self.vm)
             await asyncio.sleep(_EXEC_POLL)
+
+    async def exec_start(self, path: str, args: list[str] | None = None) -> int:
+        """Start a program in the guest with its output captured (``guest-exec``); return
+        its pid for ``exec_status``.
+
+        Raises:
+            AgentExecBlocked: the agent refuses guest-exec.
+            BadAgentReply: the reply has the wrong shape.
+            AgentError: the agent failed.
+        """
+        return await self.query("guest-exec", {"path": path, "arg": list(args or []),
+                                               "capture-output": True}, exec_pid)
+
+    async def exec_status(self, pid: int) -> ExecResult | None:
+        """What a process started by ``exec_start`` left behind (``guest-exec-status``), or
+        None while it runs.
+
+        Raises:
+            BadAgentReply: the reply has the wrong shape.
+            AgentError: the agent failed.
+        """
+        status = await self.query("guest-exec-status", {"pid": pid}, exec_status)
+        if not status.exited:
+            return None
+        return ExecResult(
+            # exitcode is absent when a signal killed the process
+            exitcode=-1 if status.exitcode is None else status.exitcode,
+            stdout=status.stdout, stderr=status.stderr)
 
     async def drop_caches(self) -> ExecResult:
         """Have the guest drop clean page cache: ``sync; echo 1 > /proc/sys/vm/drop_caches``.

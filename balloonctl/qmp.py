@@ -105,7 +105,7 @@ class BalloonClient:
     ``store`` remembers the last target and the agent-mode hint for this run of the VM
     (``targets``, a ``RememberedTargets``: see it for the rules; ``hint`` is the inventory's
     hint preference for a new run, ``target_stale_after`` when an unreached target stops
-    counting).
+    counting). ``hint_mount_cgroup`` lets the agent-mode hint mount cgroup2 in the guest.
 
     What stays fixed while the VM runs (device path and properties, guest RAM, features, the
     guest agent's answer) is read once per run and kept across reconnects; ``facts`` (from
@@ -117,7 +117,7 @@ class BalloonClient:
                  connect_timeout: float = 3.0, command_timeout: float = 10.0,
                  store: Store | None = None, minimum: int | None = None,
                  maximum: int | None = None, trace: Trace | None = None,
-                 hint: bool | None = None,
+                 hint: bool | None = None, hint_mount_cgroup: bool = False,
                  target_stale_after: float = TARGET_STALE_AFTER,
                  facts: RunFacts | None = None) -> None:
         # Built on this module, so imported here rather than at the top.
@@ -132,6 +132,7 @@ class BalloonClient:
         self.minimum = minimum
         self.maximum = maximum
         self.trace = trace
+        self.hint_mount_cgroup = hint_mount_cgroup
         self.session = QmpSession(address, name=self.name, vm=name,
                                   connect_timeout=connect_timeout,
                                   command_timeout=command_timeout, trace=trace,
@@ -149,6 +150,7 @@ class BalloonClient:
         kw.setdefault("minimum", ref.minimum)
         kw.setdefault("maximum", ref.maximum)
         kw.setdefault("hint", ref.hint)
+        kw.setdefault("hint_mount_cgroup", bool(ref.hint_mount_cgroup))
         return cls(ref.qmp, **kw)
 
     def __repr__(self) -> str:
@@ -399,8 +401,9 @@ class BalloonClient:
         """Resolve, validate and send a balloon target; return it in bytes.
 
         Nothing is sent when the target is unsafe or ``dry_run`` is set. With the
-        agent-mode cache-first hint on, an inflation first has the guest drop clean page
-        cache (a failure there is recorded in the hint state, and the inflation goes on).
+        agent-mode cache-first hint on, an inflation first has the guest reclaim as much clean
+        page cache as it needs, alongside the inflation (``CacheFirst.reclaiming``: bounded
+        in time; a failure is recorded in the hint state, and the inflation goes on).
 
         Raises:
             SizeError, UnsafeTarget: see ``resolve_target`` (nothing was sent).
@@ -411,9 +414,9 @@ class BalloonClient:
             return target
         # QEMU answers DeviceNotActive here when there is no balloon; query first so a VM
         # without one fails before the guest agent does any work.
-        if target < await self.query_actual():
-            await self.cache_first.before_inflating()
-        await self.query("balloon", {"value": target}, empty)
+        actual = await self.query_actual()
+        async with self.cache_first.reclaiming(actual - target):
+            await self.query("balloon", {"value": target}, empty)
         await self.targets.remember(target=target, target_at=time.time(), target_reached=False)
         return target
 

@@ -1,5 +1,9 @@
-"""Text from outside (VM and socket names, guest strings, journal reasons) made safe to show
-in a terminal."""
+"""Text from outside (socket file names, guest strings) made safe to print on a terminal.
+
+A name that carries ESC can recolour or rewrite the operator's terminal, a newline can forge
+an extra output line, and a bidi control (U+202E...) can make text read in another order
+than it is stored. ``escape_text`` shows each such character as a visible escape.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,32 @@ import unicodedata
 
 __all__ = ["escape_text"]
 
+# Cc: C0/C1 controls (ESC, newline, DEL); Cf: format characters, among them the bidi
+# embeddings, overrides and isolates and the zero-width ones; Zl/Zp: line and paragraph
+# separators, which some terminals break lines on.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _SHORT:
+        return _SHORT[ch]
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
 
 def escape_text(text: str) -> str:
-    """``text`` with control and format characters (ESC, newlines, bidi overrides...) shown
-    as ``\\xNN``/``\\uNNNN`` escapes, so a name from outside cannot drive the terminal."""
-    if text.isprintable():
+    """``text`` with every control, format (bidi, zero-width), separator, surrogate or
+    unassigned character shown as a Python-style escape (``\\x1b``, ``\\n``, ``\\u202e``);
+    printable text, spaces included, is unchanged."""
+    if text.isprintable():  # the common case: nothing to do (space is printable)
         return text
-    out: list[str] = []
-    for ch in text:
-        if ch.isprintable() or unicodedata.category(ch) == "Zs":  # spaces are harmless
-            out.append(ch)
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else
-                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    return "".join(out)
-
+    return "".join(
+        _escape_char(ch) if unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch
+        for ch in text
+    )

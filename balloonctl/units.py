@@ -17,6 +17,7 @@ from fractions import Fraction
 from balloonctl.errors import SizeError
 
 __all__ = [
+    "MAX_BYTES",
     "GiB",
     "KiB",
     "MiB",
@@ -25,7 +26,9 @@ __all__ = [
     "TargetSpec",
     "TiB",
     "format_duration",
+    "format_exact",
     "format_size",
+    "format_size_aligned",
     "parse_duration",
     "parse_size",
     "parse_target",
@@ -38,7 +41,8 @@ TiB = 1024**4
 PiB = 1024**5
 
 # Larger sizes than this cannot be a guest's memory and would overflow QEMU's int64 'value'.
-_MAX_BYTES = 2**63 - 1
+MAX_BYTES = 2**63 - 1
+_MAX_BYTES = MAX_BYTES
 
 _MULTIPLIERS: dict[str, int] = {
     "": 1,
@@ -60,9 +64,11 @@ _MULTIPLIERS: dict[str, int] = {
     "pb": 1000**5,
 }
 
-_SIZE_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)$")
-_PERCENT_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*%$")
-_DURATION_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|)$")
+# ASCII digits only: Python's \d, int(), float() and Fraction() also take '１' (fullwidth),
+# '٣' (Arabic-Indic) and the like, which no operator means as a size.
+_SIZE_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)[ \t]*(?P<unit>[a-zA-Z]*)$")
+_PERCENT_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)[ \t]*%$")
+_DURATION_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)[ \t]*(?P<unit>ms|s|m|h|)$")
 _DURATION_UNITS: dict[str, Fraction] = {
     "ms": Fraction(1, 1000),
     "": Fraction(1),
@@ -72,28 +78,49 @@ _DURATION_UNITS: dict[str, Fraction] = {
 }
 
 
+_SIZE_EXAMPLES = "a positive number with an optional unit (e.g. 1073741824, 512M, 512MiB, " \
+                 "1.5G, 2GB)"
+_DURATION_EXAMPLES = "e.g. 30s, 2m, 1h, 500ms"
+
+
+def _blank(text: str, what: str, expected: str) -> None:
+    """Raise SizeError for text with nothing in it, saying which kind of nothing."""
+    if not text:
+        raise SizeError(f"empty {what} {text!r}: expected {expected}")
+    if not text.strip():
+        raise SizeError(f"invalid {what} {text!r}: whitespace only; expected {expected}")
+
+
+def _invalid(text: str, what: str, expected: str) -> str:
+    """Why ``text`` is not a ``what``: a non-ASCII digit in it (Unicode has hundreds, and
+    superscripts and fractions besides), else what was expected."""
+    digit = next((ch for ch in text if ch.isnumeric() and not ch.isascii()), None)
+    if digit is not None:
+        return (f"invalid {what} {text!r}: {digit!r} (U+{ord(digit):04X}) is not an ASCII "
+                f"digit; write {what}s with 0-9")
+    return f"invalid {what} {text!r}: expected {expected}"
+
+
 def _explain(text: str) -> str:
-    return (
-        f"invalid size {text!r}: expected a positive number with an optional unit "
-        "(e.g. 1073741824, 512M, 512MiB, 1.5G, 2GB)"
-    )
+    return _invalid(text, "size", _SIZE_EXAMPLES)
 
 
 def parse_size(text: str) -> int:
     """Parse an absolute, positive size such as ``512M``, ``1.5G`` or ``2GB`` into bytes.
 
-    Fractions of a byte from a unit are rounded down (``0.3K`` is 307 bytes); a fraction
-    without a unit (``1.5``, ``1.5B``) is refused.
+    Digits are ASCII only. Fractions of a byte from a unit are rounded down (``0.3K`` is
+    307 bytes); a fraction without a unit (``1.5``, ``1.5B``) is refused.
 
     Raises:
-        SizeError: the text is not a size, is zero, is negative, is a fraction of a byte
-            or is absurdly large.
+        SizeError: the text is empty or whitespace only (and says which), is not a size,
+            is zero, is negative, is a fraction of a byte or is absurdly large.
     """
     return _size_bytes(text, text)
 
 
 def _size_bytes(text: str, shown: str) -> int:
     """``parse_size`` of ``text``; errors quote ``shown``, what the user typed."""
+    _blank(shown, "size", _SIZE_EXAMPLES)
     m = _SIZE_RE.match(text.strip())
     if m is None:
         raise SizeError(_explain(shown))
@@ -158,6 +185,7 @@ def parse_target(text: str) -> TargetSpec:
     Raises:
         SizeError: the text is none of these.
     """
+    _blank(text, "size", _SIZE_EXAMPLES)
     stripped = text.strip()
     if stripped.startswith(("+", "-")):
         sign = -1 if stripped[0] == "-" else 1
@@ -170,7 +198,7 @@ def parse_target(text: str) -> TargetSpec:
             raise SizeError(f"invalid size {text!r}: a percentage must be above 0 and at most 100")
         return TargetSpec(SizeKind.PERCENT, pct, stripped)
     if stripped.endswith("%"):
-        raise SizeError(f"invalid size {text!r}: expected a percentage such as 75%")
+        raise SizeError(_invalid(text, "size", "a percentage such as 75%"))
     return TargetSpec(SizeKind.ABSOLUTE, parse_size(stripped), stripped)
 
 
@@ -200,15 +228,64 @@ def format_size(n: int | None, *, compact: bool = False) -> str:
     return f"{sign}{text} {units[idx]}"
 
 
+def format_size_aligned(n: int | None) -> str:
+    """The compact size with three significant digits (``2.00G``, ``1.75G``, ``237M``,
+    ``12.0G``, ``512B``), at most five characters: a right-aligned column of them lines up
+    and every value has the same precision. ``None`` gives ``-``.
+    """
+    if n is None:
+        return "-"
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    value, idx = float(n), 0
+    while value >= 1024 and idx < 5:
+        value /= 1024
+        idx += 1
+    if idx == 0:
+        return f"{sign}{n}B"
+    # Round first: 9.996 would print as 10.00 with two decimals.
+    for decimals in (2, 1, 0):
+        text = f"{value:.{decimals}f}"
+        if decimals == 0 or len(text.split(".")[0]) + decimals <= 3:
+            break
+    return f"{sign}{text}{'BKMGTP'[idx]}"
+
+
+def format_exact(n: int | None, *, with_bytes: bool = True) -> str:
+    """A size exactly, for a value about to be sent: ``1.75 GiB (1879048192 bytes)``
+    (``with_bytes=False``: ``1.75 GiB``; ``None``: ``-``).
+    The human part is in the largest unit that shows it exactly with at most three
+    decimals (``1800 MiB``); failing that it is rounded and marked ``~``. Below 1 KiB:
+    ``512 B``."""
+    if n is None:
+        return "-"
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    sign, size = ("-" if n < 0 else ""), abs(n)
+    exact = f" ({n} bytes)" if with_bytes else ""
+    biggest = 0
+    while biggest < len(units) - 1 and size >= 1024 ** (biggest + 1):
+        biggest += 1
+    for idx in range(biggest, 0, -1):
+        value = Fraction(size, 1024**idx)
+        if (value * 1000).denominator == 1:
+            text = f"{float(value):.3f}".rstrip("0").rstrip(".")
+            return f"{sign}{text} {units[idx]}{exact}"
+    if biggest == 0:
+        return f"{n} B"
+    text = f"{size / 1024**biggest:.3f}".rstrip("0").rstrip(".")
+    return f"~{sign}{text} {units[biggest]}{exact}"
+
+
 def parse_duration(text: str) -> float:
-    """Parse ``60s``, ``2m``, ``1h``, ``250ms`` or a bare number of seconds.
+    """Parse ``60s``, ``2m``, ``1h``, ``250ms`` or a bare number of seconds (ASCII digits).
 
     Raises:
-        SizeError: not a positive duration.
+        SizeError: not a positive duration (an empty or whitespace-only text says so).
     """
+    _blank(text, "duration", _DURATION_EXAMPLES)
     m = _DURATION_RE.match(text.strip().lower())
     if m is None:
-        raise SizeError(f"invalid duration {text!r}: expected e.g. 30s, 2m, 1h, 500ms")
+        raise SizeError(_invalid(text, "duration", _DURATION_EXAMPLES))
     seconds = Fraction(m.group("num")) * _DURATION_UNITS[m.group("unit")]
     if seconds <= 0:
         raise SizeError(f"invalid duration {text!r}: must be greater than zero")

@@ -12,6 +12,19 @@ import pytest
 
 from balloonctl.units import GiB
 
+# --- isolation ----------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def private_state_file(tmp_path_factory: pytest.TempPathFactory,
+                       monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test remembers into a state file of its own, never the user's real one
+    (``$BALLOONCTL_STATE`` is inherited by the CLI processes tests start, too)."""
+    path = tmp_path_factory.mktemp("state") / "state.json"
+    monkeypatch.setenv("BALLOONCTL_STATE", str(path))
+    return path
+
+
 # --- the fake QEMU (balloonctl.fake) ----------------------------------------------------
 
 

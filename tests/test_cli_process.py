@@ -136,6 +136,35 @@ def test_fake_serves_until_interrupted(env: dict[str, str], fake_dir: Path) -> N
     assert "Traceback" not in err
 
 
+def test_fake_host_mem_simulates_a_host_read_like_a_real_one(
+    env: dict[str, str], fake_dir: Path
+) -> None:
+    from balloonctl.host import host_root_for, read_host
+
+    where = fake_dir / "hosted"
+    child = subprocess.Popen(
+        [BALLOONCTL, "fake", "--vms", "2", "--mem", "1G", "--dir", str(where),
+         "--host-mem", "3G"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert len(read_lines(child.stdout, 2)) == 2
+        assert host_root_for(where) == where / "host"
+        host = read_host(where / "host")
+        assert host.total == 3 * GiB
+        assert 0 < host.available < host.total and host.ksm is not None and host.psi is not None
+        r = run({**env, "BALLOONCTL_DIR": str(where)}, "status", "--json")
+        assert r.returncode == 0, r.stderr
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    assert not (where / "host").exists()  # gone with the fleet: no stale host left behind
+
+
 def test_fake_sets_up_the_fault_scenarios(env: dict[str, str], fake_dir: Path) -> None:
     where = fake_dir / "faulty"
     child = subprocess.Popen(
@@ -186,3 +215,31 @@ def test_a_closed_pipe_ends_watch_quietly(env: dict[str, str], vm1: FakeVM) -> N
         if child.poll() is None:
             child.kill()
     assert child.returncode == 0 and err == ""
+
+
+@pytest.mark.parametrize("args", [
+    ["watch"],  # events mode: holds every VM's socket
+    ["watch", "--no-events"],
+    ["watch", "--format", "csv"],
+    ["status", "--watch"],
+])
+def test_a_reader_that_goes_away_ends_the_stream_at_once(
+    env: dict[str, str], vm1: FakeVM, args: list[str],
+) -> None:
+    """`balloonctl watch | head -1`: with a minute between rounds, the command still ends as
+    soon as the reader closes the pipe (not at its next write), exit 0, nothing on stderr,
+    and the VM's socket is free again."""
+    child = subprocess.Popen([BALLOONCTL, *args, "--interval", "60s"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stderr is not None
+        assert read_lines(child.stdout, 1)
+        child.stdout.close()  # as `| head -1` does
+        child.wait(timeout=15)
+        err = child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert (child.returncode, err) == (0, "")
+    assert run(env, "status", "vm1").returncode == ExitCode.OK

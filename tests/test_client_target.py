@@ -157,8 +157,8 @@ async def test_stuck_balloon(fake_vm: FakeVM, client_for: ClientFactory) -> None
         await client.set_target(GiB)
         started = time.monotonic()
         with pytest.raises(StuckBalloon) as err:
-            await client.wait_for_target(GiB, timeout=5, stall_timeout=0.3)
-        assert time.monotonic() - started < 2
+            await client.wait_for_target(GiB, timeout=60, stall_timeout=0.3)
+        assert time.monotonic() - started < 30  # the stall ended it, not the 60 s wait
         assert err.value.actual == 2 * GiB and err.value.target == GiB
         assert "no movement for 0.3s" in str(err.value)
 

@@ -208,3 +208,131 @@ def test_unknown_vm_suggests_close_matches() -> None:
 def test_empty_inventory_says_how_to_add_vms(tmp_path: Path) -> None:
     with pytest.raises(UnknownVM, match="--qmp PATH or --dir DIR"):
         Inventory().select([])
+
+
+# ---- numbers out of range, each named with its file --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "setting"),
+    [
+        ("[defaults]\ntimeout = -1\n", "defaults.timeout"),
+        ("[defaults]\ntimeout = 0\n", "defaults.timeout"),
+        ("[defaults]\ntimeout = 0.0\n", "defaults.timeout"),
+        ("[defaults]\ntimeout = nan\n", "defaults.timeout"),
+        ("[defaults]\ntimeout = inf\n", "defaults.timeout"),
+        ("[defaults]\ntimeout = -inf\n", "defaults.timeout"),
+        ("[defaults]\ntimeout = 86401\n", "defaults.timeout"),
+        ('[defaults]\ntimeout = "25h"\n', "defaults.timeout"),
+        ("[defaults]\ntimeout = 99999999999999999999999999\n", "defaults.timeout"),
+        ("[vm.a]\nmin = 9223372036854775808\n", "vm.a.min"),
+        ("[vm.a]\nmax = 9223372036854775808\n", "vm.a.max"),
+        ("[defaults]\nmax = 99999999999999999999999999999\n", "defaults.max"),
+        ('[defaults]\nmin = "1G"\n[vm.a]\nmax = "512M"\n',
+         "defaults.min (1 GiB) is above vm.a.max"),
+        ('[defaults]\nmax = "1G"\n[vm.a]\nmin = "2G"\n', "vm.a.min (2 GiB) is above defaults.max"),
+    ],
+)
+def test_numbers_out_of_range_name_the_setting_and_file(
+    tmp_path: Path, text: str, setting: str
+) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError) as info:
+        load_config(cfg)
+    assert str(info.value).startswith(f"config {cfg}: {setting}")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "timeout"),
+    [("[defaults]\ntimeout = 86400\n", 86400.0), ('[defaults]\ntimeout = "24h"\n', 86400.0),
+     ("[defaults]\ntimeout = 0.001\n", 0.001), ('[defaults]\ntimeout = "1ms"\n', 0.001)],
+)
+def test_timeouts_at_the_edges_are_taken(tmp_path: Path, text: str, timeout: float) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    assert load_config(cfg).defaults.timeout == timeout
+
+
+def test_the_largest_size_is_taken_and_min_may_equal_a_defaults_max(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[defaults]\nmax = 9223372036854775807\n[vm.a]\nmin = "1G"\n'
+                   '[vm.b]\nmin = 9223372036854775807\n')
+    loaded = load_config(cfg)
+    assert loaded.defaults.maximum == 2**63 - 1
+    assert loaded.overlays["b"]["minimum"] == 2**63 - 1
+
+
+# ---- names from socket files are escaped in messages -------------------------------------
+
+HOSTILE = ["evil\x1b[2J\x1b[31m", "two\nlines", "gnp.exe\u202e", "iso\u2066late\u2069"]
+
+
+def test_unknown_vm_and_busy_advice_escape_socket_names(tmp_path: Path) -> None:
+    inv = Inventory([VmRef(n, f"/run/{n}.qmp") for n in HOSTILE])
+    with pytest.raises(UnknownVM) as info:
+        inv.get("zzz")
+    message = str(info.value)
+    assert message.isprintable()
+    assert "evil\\x1b[2J\\x1b[31m" in message and "two\\nlines" in message
+    assert "gnp.exe\\u202e" in message and "iso\\u2066late\\u2069" in message
+    with pytest.raises(UsageError) as info2:
+        inv.select_one("*", command="wave")
+    assert str(info2.value).isprintable() and "two\\nlines" in str(info2.value)
+    ref = VmRef("web\x1b]0;pwned\x07", "/var/lib/libvirt/qemu/domain-3-web/monitor.sock")
+    advice = busy_advice(ref)
+    assert advice is not None and advice.isprintable() and "web\\x1b]0;pwned\\x07" in advice
+
+
+def test_socket_files_with_control_characters_in_their_names(tmp_path: Path) -> None:
+    d = touch(tmp_path / "socks", *(f"{n}.qmp" for n in HOSTILE))
+    names = [r.name for r in scan_dir(d)]
+    assert sorted(names) == sorted(HOSTILE)  # the names are kept as they are...
+    with pytest.raises(UnknownVM) as info:
+        Inventory(scan_dir(d)).get("nope")
+    assert str(info.value).isprintable()  # ...and escaped where they are printed
+
+
+def test_a_rescan_finds_sockets_that_appeared_with_the_configs_settings(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    d = touch(tmp_path / "run", "web-1.qmp")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[defaults]\nmin = "512M"\n[vm.web-2]\nmax = "3G"\n')
+    inv = Inventory.load(directory=str(d), config=cfg, env=env)
+    assert [r.name for r in inv.rescan()] == ["web-1"]
+    touch(d, "web-2.qmp", "web-2.qga", "db.sock")
+    found = {r.name: r for r in inv.rescan()}
+    assert sorted(found) == ["db", "web-1", "web-2"]
+    assert found["web-2"].qga == str(d / "web-2.qga")
+    assert found["web-2"].minimum == 512 * 2**20 and found["web-2"].maximum == 3 * 2**30
+    assert [r.name for r in inv.rescan(["web-*"])] == ["web-1", "web-2"]
+    assert inv.rescan(["nothing"]) == []
+    # Without a directory there is nothing to rescan: its own VMs only.
+    assert [r.name for r in Inventory.load(qmp=["/run/x.qmp"], env=env).rescan()] == ["x"]
+
+
+def test_hint_mount_cgroup_from_defaults_and_per_vm(tmp_path: Path, env: dict[str, str]) -> None:
+    from balloonctl.qmp import BalloonClient
+
+    d = touch(tmp_path / "run", "a.qmp", "b.qmp", "c.qmp")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[defaults]\nhint_mount_cgroup = true\n\n[vm.b]\nhint_mount_cgroup = false\n")
+    inv = Inventory.load(directory=str(d), config=cfg, env=env)
+    assert [inv.get(n).hint_mount_cgroup for n in ("a", "b", "c")] == [True, False, True]
+    assert BalloonClient.from_ref(inv.get("a")).hint_mount_cgroup is True
+    assert BalloonClient.from_ref(inv.get("b")).hint_mount_cgroup is False
+    # Not set anywhere: balloonctl never mounts anything in a guest.
+    cfg.write_text("[vm.b]\nshares = 2\n")
+    plain = Inventory.load(directory=str(d), config=cfg, env=env)
+    assert BalloonClient.from_ref(plain.get("a")).hint_mount_cgroup is False
+
+
+@pytest.mark.parametrize("text", ['[defaults]\nhint_mount_cgroup = "yes"\n',
+                                  "[vm.a]\nhint_mount_cgroup = 1\n"])
+def test_hint_mount_cgroup_must_be_a_boolean(tmp_path: Path, text: str) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError, match="hint_mount_cgroup: expected true or false"):
+        load_config(cfg)

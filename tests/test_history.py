@@ -82,7 +82,7 @@ def test_history_row_escapes_control_characters() -> None:
                    host="h\x07")
     row = history_row(entry, tz=UTC)
     assert row.vm == "vm\\x1b[2J1"
-    assert row.reason == "line\\x0abreak\\u202eevil"
+    assert row.reason == "line\\nbreak\\u202eevil"
     assert row.origin == "set (pid 100 on h\\x07)"
     assert all(c.isprintable() for cell in row.cells() for c in cell)
 
@@ -93,7 +93,7 @@ def test_local_time_defaults_to_the_local_zone() -> None:
 
 
 @pytest.mark.parametrize(("text", "shown"), [
-    ("plain name", "plain name"), ("tab\there", "tab\\x09here"), ("\x7f", "\\x7f"),
+    ("plain name", "plain name"), ("tab\there", "tab\\there"), ("\x7f", "\\x7f"),
     ("nb\u00a0sp", "nb\u00a0sp"), ("é ü 漢", "é ü 漢"), ("\u2028", "\\u2028"),
     ("\U000e0001", "\\U000e0001"),
 ])

@@ -1,4 +1,4 @@
-"""The dashboard's rules without a screen: rows, sorting, filtering, targets, bars, host memory."""
+"""The dashboard's rules without a screen: rows, sorting, filtering, targets, bars."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from balloonctl.model import GuestStats
 from balloonctl.units import GiB, MiB, SizeKind, TargetSpec
 from tui.fleetview import FleetView
 from tui.history import Ring
-from tui.hostmem import parse_meminfo
 from tui.targets import plan_targets, plan_text
 from tui.testing import FIXED_TIME, sample_states
 from tui.widgets.fleet_table import COLUMNS, row_cells
@@ -39,7 +38,7 @@ def test_swap_rates_are_bytes_per_second_between_the_guests_reports() -> None:
     assert (row.swap_in_rate, row.swap_out_rate) == (4 * MiB, 12 * MiB)
     cells = dict(zip(["sel", *(c.key for c in COLUMNS)], row_cells(row, False), strict=True))
     swap = cells["swap"]
-    assert isinstance(swap, Text) and swap.plain == "4M/12M"
+    assert isinstance(swap, Text) and swap.plain == "4.00M/12.0M"
     assert len(swap.plain) <= next(c.width for c in COLUMNS if c.key == "swap")
 
 
@@ -127,12 +126,6 @@ def test_ring_keeps_the_newest_values_in_fixed_memory() -> None:
     assert len(ring) == 3
 
 
-def test_meminfo_is_parsed_into_bytes() -> None:
-    host = parse_meminfo("MemTotal:  16384 kB\nMemFree:   1024 kB\nMemAvailable: 8192 kB\n"
-                         "HugePages_Total:       0\n")
-    assert (host.total, host.free, host.available) == (16 * MiB, MiB, 8 * MiB)
-
-
 def test_stats_older_than_the_balloons_size_are_marked_and_not_counted_beyond_it() -> None:
     vm1 = sample_states(1)[0]  # actual 1.75G; polling off, the guest reported once
     stats = GuestStats(last_update=int(FIXED_TIME) - 5, free_memory=1600 * MiB,
@@ -152,7 +145,7 @@ def test_stats_older_than_the_balloons_size_are_marked_and_not_counted_beyond_it
     assert parts is not None and parts["free"] == GiB and parts["used"] == 0
     cells = dict(zip(["sel", *(c.key for c in COLUMNS)], row_cells(row, False), strict=True))
     free = cells["free"]
-    assert isinstance(free, Text) and free.plain == "1.6G" and "dim" in str(free.style)
+    assert isinstance(free, Text) and free.plain == "1.56G" and "dim" in str(free.style)
     state = cells["state"]
     # polling is off: the stats are frozen, so the VM is stale as well
     assert isinstance(state, Text) and state.plain == "stale, stats outdated"
@@ -168,3 +161,15 @@ def test_stats_claiming_more_than_actual_are_outdated_from_the_first_snapshot() 
     view = FleetView(["vm1"])
     view.apply([vm1.with_changes(stats=dataclasses.replace(vm1.stats, free_memory=GiB))])
     assert view.rows["vm1"].stats_outdated
+
+
+def test_the_detail_pane_says_which_method_the_hint_uses_and_why() -> None:
+    from balloonctl.model import HintMethod, HintMode, HintState
+    from tui.widgets.detail import describe
+
+    state = sample_states(1)[0].with_changes(hint=HintState(
+        HintMode.AGENT, True, "memory.reclaim missing (kernel < 5.19)", None, HintMethod.DROP))
+    text = describe(state).plain
+    assert "hint agent on, method drop (memory.reclaim missing (kernel < 5.19))" in text
+    unknown = sample_states(1)[0].with_changes(hint=HintState(HintMode.AGENT, False, "x"))
+    assert "method" not in describe(unknown).plain

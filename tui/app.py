@@ -10,22 +10,23 @@ sources plug in alike.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.timer import Timer
 
-from balloonctl.errors import BalloonError
+from balloonctl.errors import BalloonError, HostReadError
+from balloonctl.host import read_meminfo
 from balloonctl.model import BalloonState
 from balloonctl.units import MiB, format_size
 from tui.commands import FleetCommands
-from tui.fleetview import FleetView
-from tui.hostmem import DEFAULT_MEMINFO, read_meminfo
+from tui.fleetview import FleetView, StateChange
 from tui.messages import (
     ActionDone,
     EnableStats,
@@ -39,6 +40,8 @@ from tui.messages import (
 )
 from tui.screens.main import MainScreen
 from tui.targets import absolute
+
+DEFAULT_MEMINFO = Path("/proc/meminfo")
 
 if TYPE_CHECKING:
     from balloonctl.fleet import DataSource
@@ -57,13 +60,20 @@ class DashboardApp(App[None]):
     ``interval`` is seconds between polls; ``step`` the bytes the +/- keys move a target;
     ``stats_interval`` what the stats key sets; ``history`` samples kept per VM for the
     sparklines; ``meminfo`` the host's meminfo file (None: do not show host memory);
-    ``clock`` stamps the event log; ``close_source`` closes the source when the App exits.
+    ``clock`` stamps the event log; ``close_source`` closes the source when the App exits;
+    ``handle_signals`` makes SIGTERM and SIGHUP quit like ``q`` (restoring the terminal)
+    instead of killing the process with the terminal still in the dashboard's mode.
     """
 
     CSS_PATH = "dashboard.tcss"
     TITLE = "balloonctl dashboard"
     COMMANDS = App.COMMANDS | {FleetCommands}
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit")]
+    # Ctrl-C quits (Textual's default only says how to quit), over every widget's own
+    # ctrl+c (copy); F10 quits as in htop and mc. ``q`` is in the screen's bindings.
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+c,f10", "quit", "Quit", show=False, priority=True),
+    ]
+    QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
     def __init__(
         self,
@@ -78,8 +88,12 @@ class DashboardApp(App[None]):
         snapshot_timeout: float = 30.0,
         events: bool = True,
         close_source: bool = False,
+        handle_signals: bool = False,
     ) -> None:
         super().__init__()
+        self.handle_signals = handle_signals
+        self.quit_signal: signal.Signals | None = None  # the signal that ended the App
+        self._previous_handlers: dict[signal.Signals, Any] = {}
         self.source = source
         self.interval = interval
         self.meminfo = meminfo
@@ -97,10 +111,15 @@ class DashboardApp(App[None]):
         self.batch_delay = 0.25
         self.main = MainScreen(
             self.view, step=step, stats_interval=stats_interval, clock=clock,
-            refresh_now=self._wake.set,
+            refresh_now=self._wake.set, sample_every=interval,
         )
 
     def on_mount(self) -> None:
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in self.QUIT_SIGNALS:
+                self._previous_handlers[signum] = signal.getsignal(signum)
+                loop.add_signal_handler(signum, self._signalled, signum)
         self.push_screen(self.main)
         self._poll()
         if self.watch_events:
@@ -108,7 +127,16 @@ class DashboardApp(App[None]):
         if self.meminfo is not None:
             self._host_memory(self.meminfo)
 
+    def _signalled(self, signum: signal.Signals) -> None:
+        self.quit_signal = signum
+        self.exit()
+
     async def on_unmount(self) -> None:
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum, handler in self._previous_handlers.items():
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, handler)  # e.g. ``demo``'s clean-up of its fake VMs
         if self.close_source:
             await self.source.close()
 
@@ -199,8 +227,8 @@ class DashboardApp(App[None]):
         while True:
             try:
                 host = await asyncio.to_thread(read_meminfo, path)
-            except OSError as exc:
-                self.post_message(HostMemoryRead(None, exc.strerror or str(exc)))
+            except HostReadError as exc:
+                self.post_message(HostMemoryRead(None, exc.message))
             else:
                 self.post_message(HostMemoryRead(host))
             await asyncio.sleep(self.interval)
@@ -225,7 +253,7 @@ class DashboardApp(App[None]):
     # -- results ----------------------------------------------------------------------------
     @on(SnapshotReady)
     def _snapshot(self, message: SnapshotReady) -> None:
-        self.view.apply(message.states, poll_round=message.poll_round)
+        self._log_changes(self.view.apply(message.states, poll_round=message.poll_round))
         self.polls += 1
         self.main.show_source_error(None)
         self._redraw()  # once per round, whatever arrived before it
@@ -234,8 +262,14 @@ class DashboardApp(App[None]):
     def _state(self, message: StateReady) -> None:
         # Shown with the round's end (one redraw per round); only a round still going
         # after an interval (a slow or dead VM) shows what has arrived before it ends.
-        self.view.apply(message.states, poll_round=message.poll_round)
+        self._log_changes(self.view.apply(message.states, poll_round=message.poll_round))
         self._redraw_soon(max(self.redraw_delay, self.interval))
+
+    def _log_changes(self, changes: list[StateChange]) -> None:
+        for change in changes:
+            self.view.note(change.name, change.text)
+            self.main.log_line(f"{change.name}: {change.text}",
+                               style="red" if change.bad else "green")
 
     def _redraw_soon(self, delay: float | None = None) -> None:
         """Events come in bursts (a whole fleet reconnecting): redraw once per burst."""
@@ -262,7 +296,7 @@ class DashboardApp(App[None]):
         name, event = message.name, message.event
         state = event.data.get("state")
         if isinstance(state, BalloonState):  # the source re-read the VM after connecting
-            self.view.apply([state])
+            self._log_changes(self.view.apply([state]))
             self._redraw_soon()
         text = event.name
         actual = event.data.get("actual")
@@ -337,8 +371,7 @@ class DashboardApp(App[None]):
         self._start("stats", {n: call(n) for n in message.names})
 
     def _start(self, action: str, calls: Mapping[str, Callable[[], Awaitable[str]]]) -> None:
-        for name in calls:
-            self.main.log_line(f"{name}: {action} requested", style="dim")
+        # One log line per action and VM: its result, when it is in (ActionDone).
         self._act(action, calls)
 
 
@@ -352,9 +385,10 @@ def run_dashboard(
     meminfo: Path | None = DEFAULT_MEMINFO,
     headless: bool = False,
 ) -> None:
-    """Run the dashboard on ``source`` until the user quits; the source is closed on exit."""
+    """Run the dashboard on ``source`` until the user quits (``q``, ctrl+c, f10) or the
+    process gets SIGTERM or SIGHUP; the terminal is restored and the source closed."""
     app = DashboardApp(
         source, interval=interval, step=step, stats_interval=stats_interval,
-        history=history, meminfo=meminfo, close_source=True,
+        history=history, meminfo=meminfo, close_source=True, handle_signals=True,
     )
     app.run(headless=headless)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from textual.message import Message
 
+from balloonctl.host import HostMemory
 from balloonctl.model import BalloonState
-from tui.hostmem import HostMemory
 
 if TYPE_CHECKING:
     from balloonctl.qmp import BalloonEvent

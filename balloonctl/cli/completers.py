@@ -31,6 +31,7 @@ KIND_BY_PARAM: dict[str, str] = {
     "minimum": "size",
     "maximum": "size",
     "mem": "size",
+    "host_mem": "size",
     "step_size": "size",
 }
 

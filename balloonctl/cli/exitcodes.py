@@ -6,7 +6,8 @@ code  name             meaning
 0     OK               everything asked for was done
 1     FAILURE          an unexpected failure (a bug: please report it)
 2     USAGE            bad arguments: unknown command or option, bad size, unknown VM, config
-3     UNREACHABLE      a VM's socket is missing, refused, busy with another client, or dropped
+3     UNREACHABLE      a VM's socket is missing, refused, busy with another client, or dropped;
+                       or the host's memory files (meminfo, PSI, KSM) cannot be read
 4     QMP_ERROR        QEMU refused a command (no balloon device) or answered nonsense (a reply
                        of the wrong shape), the hint cannot be honoured, or the guest agent failed
 5     UNSAFE_TARGET    a target refused before it was sent (above RAM or max, below floor)
@@ -14,6 +15,8 @@ code  name             meaning
                        the guest has no balloon driver loaded (so it never moves)
 7     PARTIAL          several VMs were asked and some, not all, failed
 8     JOURNAL          the journal cannot be written or read (a change made may be unrecorded)
+74    STATE_FILE       balloonctl's state file cannot be read or written (as sysexits'
+                       EX_IOERR); the CLI itself only warns and goes on without it
 130   INTERRUPTED      stopped by Ctrl-C (SIGINT)
 143   TERMINATED       stopped by SIGTERM (``wave``, after setting the original target again)
 ====  ===============  ======================================================================
@@ -35,9 +38,11 @@ from balloonctl.errors import (
     Disconnected,
     DriverNotReady,
     HintUnsupported,
+    HostReadError,
     JournalError,
     QMPCommandError,
     QMPTimeout,
+    StateFileError,
     UnsafeTarget,
     UsageError,
     WaitTimeout,
@@ -56,6 +61,7 @@ class ExitCode(enum.IntEnum):
     TIMEOUT = 6
     PARTIAL = 7
     JOURNAL = 8
+    STATE_FILE = 74  # sysexits.h EX_IOERR: an I/O error on a file balloonctl owns
     INTERRUPTED = 130
     TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
 
@@ -66,6 +72,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (UnsafeTarget, ExitCode.UNSAFE_TARGET),
     (ConnectFailed, ExitCode.UNREACHABLE),
     (Disconnected, ExitCode.UNREACHABLE),
+    (HostReadError, ExitCode.UNREACHABLE),
     (WaitTimeout, ExitCode.TIMEOUT),
     (QMPTimeout, ExitCode.TIMEOUT),
     (DriverNotReady, ExitCode.TIMEOUT),  # a balloon that cannot move is a stuck balloon
@@ -74,6 +81,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (HintUnsupported, ExitCode.QMP_ERROR),
     (AgentError, ExitCode.QMP_ERROR),
     (JournalError, ExitCode.JOURNAL),
+    (StateFileError, ExitCode.STATE_FILE),
     (KeyboardInterrupt, ExitCode.INTERRUPTED),
 )
 

@@ -1,6 +1,8 @@
 """Rendering for the CLI: tables, JSON, NDJSON and CSV on stdout; one-line errors on stderr.
 
 stdout is data. stderr gets ``balloonctl: error: ...`` lines, colored only on a terminal.
+Names from outside (socket file names, guest strings) reach the terminal through
+``escape_text``: in tables and in every stderr line.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ import csv
 import enum
 import io
 import json
+import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from balloonctl.model import JSON_KEYS, BalloonState, HintMode
+from balloonctl.text import escape_text
 from balloonctl.units import format_duration, format_size
 
 __all__ = [
     "Format",
+    "WarningLines",
     "error",
     "note",
     "render_records",
@@ -46,19 +51,35 @@ def _isatty(stream: TextIO) -> bool:
 def error(message: str, *, stream: TextIO | None = None) -> None:
     """One line on stderr: ``balloonctl: error: message`` (never more than one line)."""
     stream = stream or sys.stderr
-    text = " ".join(str(message).split())
+    text = escape_text(" ".join(str(message).split()))
     label = "\x1b[1;31merror\x1b[0m" if _isatty(stream) else "error"
     print(f"{PROG}: {label}: {text}", file=stream, flush=True)
 
 
 def note(message: str, *, stream: TextIO | None = None) -> None:
-    """A diagnostic line on stderr that is not an error."""
-    print(f"{PROG}: {message}", file=stream or sys.stderr, flush=True)
+    """A diagnostic line on stderr that is not an error (control characters escaped)."""
+    print(f"{PROG}: {escape_text(message)}", file=stream or sys.stderr, flush=True)
+
+
+class WarningLines(logging.Handler):
+    """The library's warnings (logger ``balloonctl``) as ``balloonctl: warning: ...`` lines
+    on whatever ``sys.stderr`` is when they happen."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = " ".join(record.getMessage().split())
+        except Exception:  # a bad format string in a log call must not end the command
+            self.handleError(record)
+            return
+        note(f"warning: {text}")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A plain aligned text table (no box drawing, no color: it is piped as often as read)."""
-    rows = [list(r) for r in rows]
+    rows = [[escape_text(c) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in rows:
         for i, cell in enumerate(r):

@@ -1,19 +1,23 @@
 """A fake QEMU 7.2 for tests and demos: QMP and guest-agent sockets over a simulated guest.
 
     FakeVM          one VM: ``qmp_path``, ``qga_path``, ``guest`` (GuestSim), ``faults``
-    FakeFleet       n VMs sharing one timer (the demo fleet, the dashboard benchmark)
+    FakeFleet       n VMs sharing one timer (the demo fleet, the dashboard benchmark), with a
+                    simulated host under ``<dir>/host`` when given ``host_mem``
+    HostSim         the simulated host's memory: guests' resident memory, page cache, KSM, PSI
     GuestSim        the simulated guest memory (free, cache, anon, balloon, swap)
     Faults          fault injection switches, settable while the VM runs
     run_in_thread   run a VM or fleet on its own loop in a thread (for CLI tests)
     serve           run a fleet until SIGINT/SIGTERM (``python -m balloonctl.fake``)
     SocketInUse     (an OSError) another fake or QEMU already serves a socket path
 
-The fake depends only on ``balloonctl.units`` and the wire format.
+The fake depends only on ``balloonctl.units``, the wire format and ``balloonctl.host`` (the
+formats of the files its simulated host writes).
 """
 
 from balloonctl.fake.faults import Faults
 from balloonctl.fake.fleet import FakeFleet
 from balloonctl.fake.guest import WORKLOADS, GuestSim
+from balloonctl.fake.hostsim import HostSim, SimulatedHost
 from balloonctl.fake.runner import run_fleet_forever, run_in_thread, serve
 from balloonctl.fake.server import SocketInUse
 from balloonctl.fake.vm import FakeVM
@@ -24,6 +28,8 @@ __all__ = [
     "FakeVM",
     "Faults",
     "GuestSim",
+    "HostSim",
+    "SimulatedHost",
     "SocketInUse",
     "run_fleet_forever",
     "run_in_thread",

@@ -1,4 +1,5 @@
-"""``python -m balloonctl.fake --vms N --mem 2G --dir DIR``: serve a fake fleet until Ctrl-C."""
+"""``python -m balloonctl.fake --vms N --mem 2G --dir DIR [--host-mem 8G]``: serve a fake fleet
+until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
              "bad-reply:guest-info), drop:CMD, garbage:CMD, delay:CMD@SECONDS, never-greet; "
              "repeatable",
     )
+    parser.add_argument("--host-mem", default=None,
+                        help="simulate a host with this much RAM (figures in DIR/host)")
+    parser.add_argument("--qga-no-memory-reclaim", action="store_true",
+                        help="guest kernels without cgroup v2 memory.reclaim (before 5.19): "
+                             "the cache-first hint falls back to drop_caches")
+    parser.add_argument("--qga-no-cgroup2", action="store_true",
+                        help="guests without cgroup2 mounted at /sys/fs/cgroup")
     args = parser.parse_args(argv)
     from balloonctl.fake.faults import Faults
 
@@ -45,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
     try:
         ram = parse_size(args.mem)
+        host_mem = None if args.host_mem is None else parse_size(args.host_mem)
     except SizeError as exc:
         parser.error(str(exc))
     if args.vms < 1:
@@ -57,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        serve(args.vms, ram, directory, workload, seed=args.seed, faults=args.fault)
+        serve(args.vms, ram, directory, workload, seed=args.seed, faults=args.fault,
+              host_mem=host_mem, qga_memory_reclaim=not args.qga_no_memory_reclaim,
+              qga_cgroup2=not args.qga_no_cgroup2)
     except (OSError, ValueError) as exc:
         print(f"balloonctl: error: {exc}", file=sys.stderr)
         return 1

@@ -41,6 +41,10 @@ _STATUS: tuple[tuple[type[BalloonError], int], ...] = (
     (errors.WaitTimeout, 504),
     (errors.QMPCommandError, 502),
     (errors.AgentError, 502),
+    # the service's own files (host figures, journal, state): it cannot serve the request now
+    (errors.HostReadError, 503),
+    (errors.JournalError, 503),
+    (errors.StateFileError, 503),
 )
 
 
@@ -66,7 +70,13 @@ def error_from_body(body: Mapping[str, Any], status: int) -> BalloonError:
     if not isinstance(message, str):
         message = f"HTTP {status} without an error message"
     vm = body.get("vm")
-    return cls(message, vm=vm if isinstance(vm, str) else None)
+    vm = vm if isinstance(vm, str) else None
+    try:
+        return cls(message, vm=vm)
+    except TypeError:  # a class whose constructor wants more (a path): keep class and text
+        exc = cls.__new__(cls)
+        BalloonError.__init__(exc, message, vm=vm)
+        return exc
 
 
 def spec_text(spec: TargetSpec) -> str:

@@ -1,4 +1,5 @@
-"""Pure balloon policies: numbers in, targets out. No I/O, no clocks, no sockets.
+"""Target shapes for the ``wave`` command and scripted splits: numbers in, targets out.
+No I/O, no clocks, no sockets. (The automatic-ballooning policy is ``balloonctl.policy``.)
 
 - ``triangle_wave``: the RFC's first experiment, a target that sweeps between two sizes.
 - ``clamp_step``: limit how far one step may move a target.
@@ -15,7 +16,7 @@ from balloonctl.model import BalloonState, VmRef, default_floor
 from balloonctl.units import MiB, format_size
 
 __all__ = [
-    "Decision",
+    "ShareTarget",
     "check_wave",
     "clamp_step",
     "share_targets",
@@ -98,8 +99,8 @@ def clamp_step(current: int, target: int, max_step: int | None) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    """A policy's proposed target for one VM, with the reason in words."""
+class ShareTarget:
+    """``share_targets``' proposed target for one VM, with the reason in words."""
 
     name: str
     target: int | None
@@ -112,21 +113,21 @@ def share_targets(
     *,
     budget: int,
     max_step: int | None = None,
-) -> list[Decision]:
+) -> list[ShareTarget]:
     """Split ``budget`` bytes of guest memory across the reachable VMs in proportion to
     their shares, each kept within ``[floor, min(maximum, guest RAM)]`` (water-filling: what
     a clamped VM cannot take is shared by the others). A VM that is unreachable, has no
     driver or unknown RAM gets ``target=None``. ``max_step`` limits each move from ``actual``.
     """
-    decisions: dict[str, Decision] = {}
+    decisions: dict[str, ShareTarget] = {}
     bounds: dict[str, tuple[int, int]] = {}
     shares: dict[str, int] = {}
     for s in states:
         if not s.reachable or s.guest_ram is None or s.actual is None:
-            decisions[s.name] = Decision(s.name, None, "unreachable or unknown RAM: left alone")
+            decisions[s.name] = ShareTarget(s.name, None, "unreachable or unknown RAM: left alone")
             continue
         if not s.driver_ready:
-            decisions[s.name] = Decision(s.name, None, "guest balloon driver not ready")
+            decisions[s.name] = ShareTarget(s.name, None, "guest balloon driver not ready")
             continue
         ref = refs.get(s.name)
         floor = (
@@ -173,5 +174,5 @@ def share_targets(
             why = f"{shares[name]} shares of {format_size(budget)}"
         if stepped != target:
             why += f"; step limited toward {format_size(target)}"
-        decisions[name] = Decision(name, stepped, why)
+        decisions[name] = ShareTarget(name, stepped, why)
     return [decisions[s.name] for s in states]
