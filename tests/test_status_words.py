@@ -112,17 +112,19 @@ async def test_a_fleet_sees_a_swapping_guest_as_pressure(fake_vm_factory: Any) -
     async with Fleet([VmRef(name=v.name, qmp=str(v.qmp_path)) for v in (vm, calm)],
                      store=MemoryStore()) as fleet:
         (first, _) = await fleet.snapshot()
-        assert first.stats is not None
+        assert first.stats is not None and first.stats.swap_in is not None
+        swapped = first.stats.swap_in + 64 * MiB
         vm.guest.swap_in += 64 * MiB  # the guest pages in 64 MiB before its next report
 
+        # The first sample that carries the swap-in (a sample the guest sent while the first
+        # snapshot was still reading vm2 does not: waiting for "any newer sample" raced).
         async def next_sample() -> dict[str, BalloonState] | None:
             got = {s.name: s for s in await fleet.snapshot()}
             stats = got["vm1"].stats
-            assert first.stats is not None
-            return got if stats and stats.last_update > first.stats.last_update else None
+            return got if stats and (stats.swap_in or 0) >= swapped else None
 
         states = await poll_until(next_sample, within=5.0, interval=0.05,
-                                  what="the guest's next stats sample")
+                                  what="the guest's sample with the swap-in")
     assert states["vm1"].status is VmStatus.PRESSURE, states["vm1"]
     assert states["vm2"].status is VmStatus.OK
 
