@@ -111,7 +111,14 @@ async def test_a_fleet_sees_a_swapping_guest_as_pressure(fake_vm_factory: Any) -
     calm: FakeVM = await fake_vm_factory("vm2", stats_interval=1)
     async with Fleet([VmRef(name=v.name, qmp=str(v.qmp_path)) for v in (vm, calm)],
                      store=MemoryStore()) as fleet:
-        (first, _) = await fleet.snapshot()
+        # A rate needs two reported samples: start from the guest's first report (a fresh
+        # fake VM may not have sent one yet when the fleet first reads it).
+        async def reported() -> BalloonState | None:
+            (state, _) = await fleet.snapshot()
+            return state if state.stats is not None and state.stats.reported else None
+
+        first = await poll_until(reported, within=5.0, interval=0.05,
+                                 what="the guest's first stats report")
         assert first.stats is not None and first.stats.swap_in is not None
         swapped = first.stats.swap_in + 64 * MiB
         vm.guest.swap_in += 64 * MiB  # the guest pages in 64 MiB before its next report
