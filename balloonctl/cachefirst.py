@@ -23,14 +23,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
-from balloonctl.errors import AgentError, AgentExecBlocked, HintUnsupported
+from balloonctl.errors import AgentError, AgentExecBlocked, BadAgentReply, HintUnsupported
 from balloonctl.model import HintMethod, HintMode, HintState
 from balloonctl.qga import ExecResult, QgaClient
 from balloonctl.reclaim import ReclaimReport, explain, parse_reclaim_output, reclaim_argv
+from balloonctl.replies import empty, qom_bool
 from balloonctl.units import format_size
 
 if TYPE_CHECKING:
@@ -92,6 +93,9 @@ class QgaFacts(Protocol):
     qga_error: AgentExecBlocked | None
 
 
+_T = TypeVar("_T")
+
+
 class HintClient(Protocol):
     """What ``CacheFirst`` needs of a VM's client: ``BalloonClient`` (the guest agent by its
     socket, the device's QOM over QMP) and ``LibvirtClient`` (the guest agent through
@@ -122,7 +126,8 @@ class HintClient(Protocol):
 
     async def device_path(self) -> str: ...
 
-    async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any: ...
+    async def query(self, cmd: str, args: dict[str, Any] | None,
+                    parse: Callable[[Any], _T]) -> _T: ...
 
 
 class CacheFirst:
@@ -148,6 +153,9 @@ class CacheFirst:
         timeout = min(client.command_timeout, 5.0)
         if probe:
             timeout = min(timeout, client.connect_timeout, 2.0)
+        session = getattr(client, "session", None)  # a QMP client: the overall limit
+        if session is not None and session.deadline is not None:
+            timeout = max(0.001, session.deadline.bound(timeout)[0])
         return client.qga_client(timeout=timeout)
 
     def budget(self) -> float:
@@ -244,8 +252,8 @@ class CacheFirst:
         props = await client.device_properties()
         if HINT_PROPERTY in props:  # a patched device; its QOM type is "bool"
             path = await client.device_path()
-            enabled = bool(await client.execute("qom-get", {"path": path,
-                                                             "property": HINT_PROPERTY}))
+            enabled = await client.query("qom-get", {"path": path, "property": HINT_PROPERTY},
+                                         qom_bool)
             return HintState(HintMode.DEVICE, enabled,
                              f"balloon device property {HINT_PROPERTY}"), None, {}
         if client.qga is None:
@@ -253,8 +261,12 @@ class CacheFirst:
         remembered = await self.targets.remembered()
         refusal = await self._qga_refusal(fresh=fresh)
         if refusal is not None:
-            why = "guest-exec is blocked" if isinstance(refusal, AgentExecBlocked) else (
-                "the guest agent is unreachable")
+            if isinstance(refusal, AgentExecBlocked):
+                why = "guest-exec is blocked"
+            elif isinstance(refusal, BadAgentReply):
+                why = "the guest agent answered nonsense"
+            else:
+                why = "the guest agent is unreachable"
             detail = f"{why} ({refusal}); {self.unsupported}"
             if self.targets.hint_on(remembered):
                 detail = f"the hint is on in balloonctl's state but not honoured: {detail}"
@@ -303,8 +315,8 @@ class CacheFirst:
         state, agent_error = await self.probe(fresh=True)
         if state.mode is HintMode.DEVICE:
             path = await self.client.device_path()
-            await self.client.execute("qom-set", {"path": path, "property": HINT_PROPERTY,
-                                           "value": bool(on)})
+            await self.client.query("qom-set", {"path": path, "property": HINT_PROPERTY,
+                                                 "value": bool(on)}, empty)
             return await self.status()
         if state.mode is HintMode.UNSUPPORTED:
             if on:

@@ -18,6 +18,8 @@ the guest agent, ``libvirt/parse.py`` for libvirt). ``asyncio.CancelledError`` i
     ├── Disconnected                  the peer went away (mid-command, or VM shut down)
     │   └── DomainNotRunning          the libvirt domain is not running (or no longer exists)
     ├── QMPTimeout                    a reply did not arrive in time
+    ├── BadReply                      QEMU's reply (or event) has the wrong shape: a hypervisor
+    │                                 that answered nonsense (keeps sent/received)
     ├── QMPCommandError               QEMU answered a command with an error (keeps sent/received)
     │   └── NoBalloonDevice           the VM has no virtio-balloon device (DeviceNotActive)
     ├── DriverNotReady                the guest has not loaded virtio_balloon (no stats)
@@ -26,7 +28,9 @@ the guest agent, ``libvirt/parse.py`` for libvirt). ``asyncio.CancelledError`` i
     ├── HintUnsupported               no way to honour the cache-first hint on this VM
     ├── HostReadError                 the host's meminfo, PSI or KSM file is unreadable or malformed
     ├── AgentError                    the guest agent failed or is unreachable
-    │   └── AgentExecBlocked          the guest agent refuses guest-exec
+    │   ├── AgentExecBlocked          the guest agent refuses guest-exec
+    │   └── BadAgentReply             the guest agent's reply has the wrong shape (keeps
+    │                                 sent/received)
     ├── JournalError                  the journal cannot be written or read (names the file),
     │                                 or one of its lines has the wrong shape
     └── StateFileError                balloonctl's own state file cannot be read or written
@@ -42,6 +46,8 @@ __all__ = [
     "AgentError",
     "AgentExecBlocked",
     "BackendMissing",
+    "BadAgentReply",
+    "BadReply",
     "BalloonError",
     "ConnectFailed",
     "Disconnected",
@@ -145,6 +151,20 @@ class QMPTimeout(BalloonError):
     """A QMP reply did not arrive in time."""
 
 
+class BadReply(BalloonError):
+    """QEMU (or whatever serves the QMP socket) sent a reply or event of the wrong shape.
+
+    ``sent`` is the command as sent (None for an event), ``received`` what came back; the
+    message shows the latter with control characters escaped (``balloonctl.qmp_replies``).
+    """
+
+    def __init__(self, message: str, *, vm: str | None = None, sent: Any = None,
+                 received: Any = None) -> None:
+        super().__init__(message, vm=vm)
+        self.sent = sent
+        self.received = received
+
+
 class QMPCommandError(BalloonError):
     """QEMU answered a command with an error.
 
@@ -205,11 +225,30 @@ class HostReadError(BalloonError):
 
 
 class AgentError(BalloonError):
-    """The guest agent failed or is unreachable."""
+    """The guest agent failed or is unreachable. ``error_class`` is the agent's error class
+    when it answered with an error (``CommandNotFound``, ``GenericError``...), else None."""
+
+    def __init__(self, message: str, *, vm: str | None = None,
+                 error_class: str | None = None) -> None:
+        super().__init__(message, vm=vm)
+        self.error_class = error_class
 
 
 class AgentExecBlocked(AgentError):
     """The guest agent refuses guest-exec (blocked by its configuration)."""
+
+
+class BadAgentReply(AgentError):
+    """The guest agent sent a reply of the wrong shape (``balloonctl.qga_replies``).
+
+    ``sent`` is the command as sent, ``received`` what came back.
+    """
+
+    def __init__(self, message: str, *, vm: str | None = None, sent: Any = None,
+                 received: Any = None) -> None:
+        super().__init__(message, vm=vm)
+        self.sent = sent
+        self.received = received
 
 
 class JournalError(BalloonError):

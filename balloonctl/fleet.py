@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from balloonctl.backend import VmClient, client_for
-from balloonctl.errors import BalloonError, QMPTimeout, UnknownVM, UsageError
-from balloonctl.model import BalloonState, HintState, TargetChange, VmRef
+from balloonctl.deadline import Deadline
+from balloonctl.errors import BadReply, BalloonError, QMPTimeout, UnknownVM, UsageError
+from balloonctl.model import SCHEMA, BalloonState, HintState, TargetChange, VmRef, derive
 from balloonctl.qmp import BalloonEvent, RunFacts, Trace
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec
 
-__all__ = ["CONNECTED", "DISCONNECTED", "Backoff", "DataSource", "Fleet"]
+__all__ = ["CONNECTED", "DISCONNECTED", "ERROR", "Backoff", "DataSource", "Fleet",
+           "event_record"]
 
 T = TypeVar("T")
 
@@ -41,8 +44,28 @@ T = TypeVar("T")
 # QEMU event names). CONNECTED carries the freshly queried state under "state".
 CONNECTED: Final = "BALLOONCTL_CONNECTED"
 DISCONNECTED: Final = "BALLOONCTL_DISCONNECTED"
+# QEMU sent a malformed event: that VM's stream ends here (it is reconnected and re-read
+# after a backoff). Data: "error", "error_kind" ("BadReply") and the VM's "state".
+ERROR: Final = "BALLOONCTL_ERROR"
 
 EVENT_QUEUE: Final = 1024
+
+
+def event_record(vm: str, event: BalloonEvent) -> dict[str, Any]:
+    """One event as a JSON line (``watch``, ``GET /v1/events``), documented in docs/cli.md:
+    ``{"schema", "time", "name", "event", "data"}``. ``time`` is when it happened (QEMU's
+    timestamp for its events), like a snapshot's ``time``; ``name`` the VM. balloonctl's own
+    events are ``CONNECTED`` (no ``data``: a snapshot line follows), ``DISCONNECTED``
+    (``data.error``) and ``ERROR`` (``data.error``, ``data.error_kind``)."""
+    label = {CONNECTED: "CONNECTED", DISCONNECTED: "DISCONNECTED", ERROR: "ERROR"}.get(
+        event.name, event.name)
+    record: dict[str, Any] = {"schema": SCHEMA, "time": round(event.timestamp, 6),
+                              "name": vm, "event": label}
+    if event.name == CONNECTED:
+        return record
+    data = {k: v for k, v in event.data.items() if not (event.name == ERROR and k == "state")}
+    record["data"] = json.loads(json.dumps(data, default=str))
+    return record
 
 
 class DataSource(Protocol):
@@ -95,13 +118,15 @@ class Fleet(DataSource):
     def __init__(self, refs: Sequence[VmRef], *, store: Store | None = None,
                  hold: bool = False, connect_timeout: float = 3.0,
                  command_timeout: float = 10.0, concurrency: int = 32,
-                 trace: Trace | None = None,
+                 trace: Trace | None = None, budget: float | None = None,
                  discover: Callable[[], Iterable[VmRef]] | None = None,
                  recorder: Callable[[TargetChange], None] | None = None) -> None:
-        """``discover`` (optional) is asked at the start of every snapshot round for the
-        VMs there are now (e.g. a rescan of a directory of sockets); the ones the fleet does
-        not know yet join it (``discover_new``). ``recorder`` is given to every client
-        (``BalloonClient``): it sees each target sent through the fleet.
+        """``budget`` (seconds, the CLI's ``--timeout``) bounds everything one call does
+        with one VM (connecting, every command, the guest agent), beyond the per-command
+        timeouts: see ``Deadline``. ``discover`` (optional) is asked at the start of every
+        snapshot round for the VMs there are now (e.g. a rescan of a directory of sockets);
+        the ones the fleet does not know yet join it (``discover_new``). ``recorder`` is
+        given to every client: it sees each target sent through the fleet.
 
         Raises: UsageError: two VMs share a name."""
         self.refs: dict[str, VmRef] = {}
@@ -116,6 +141,7 @@ class Fleet(DataSource):
         self.concurrency = concurrency
         self.trace = trace
         self.recorder = recorder
+        self.budget = budget
         self._sem = asyncio.Semaphore(concurrency)
         self._clients: dict[str, VmClient] = {}  # hold mode only
         # Polite mode: what each VM's last connection learned about its current run; a
@@ -177,13 +203,22 @@ class Fleet(DataSource):
     async def _run_one(self, name: str, fn: Callable[[VmClient], Awaitable[T]],
                        limit: float | None) -> T:
         async with self._sem, self._session(name) as client:
-            if limit is None:
-                return await fn(client)
+            # a QMP client's session carries the overall budget; libvirt's calls have their own
+            session = getattr(client, "session", None)
+            earlier = None if session is None else session.deadline
+            if session is not None and self.budget is not None:
+                session.deadline = Deadline(self.budget)
             try:
-                async with asyncio.timeout(limit):
+                if limit is None:
                     return await fn(client)
-            except TimeoutError:
-                raise QMPTimeout(f"gave up after {limit:g}s", vm=name) from None
+                try:
+                    async with asyncio.timeout(limit):
+                        return await fn(client)
+                except TimeoutError:
+                    raise QMPTimeout(f"gave up after {limit:g}s", vm=name) from None
+            finally:
+                if session is not None:
+                    session.deadline = earlier
 
     async def run_each(self, names: Iterable[str] | None,
                        fn: Callable[[VmClient], Awaitable[T]], *,
@@ -264,6 +299,7 @@ class Fleet(DataSource):
             ref = self.refs[name]
             state = BalloonState(name=name, qmp=ref.qmp, error=exc.message,
                                  error_kind=type(exc).__name__)
+        state = derive(self._last.get(name), state)
         if state.reachable:
             backoff.succeeded()
         else:
@@ -371,7 +407,9 @@ class Fleet(DataSource):
         connection, so this iterator ends at once). Starts the per-VM listeners; at most
         ``EVENT_QUEUE`` unread events are kept (oldest dropped, counted in
         ``events_dropped``). Besides QEMU's events, ``CONNECTED`` (with the state queried
-        right after connecting) and ``DISCONNECTED`` mark connection changes.
+        right after connecting) and ``DISCONNECTED`` mark connection changes; ``ERROR`` (with
+        ``error``, ``error_kind`` and the VM's ``state``) ends a VM's stream after a malformed
+        event.
         """
         if not self.hold:
             return
@@ -406,8 +444,7 @@ class Fleet(DataSource):
             while not self._closed:
                 await asyncio.sleep(backoff.wait(loop.time()))
                 # Never trust events alone: re-read everything after each (re)connect.
-                state = await client.snapshot()
-                self._last[name] = state
+                state = self._last[name] = derive(self._last.get(name), await client.snapshot())
                 if not state.reachable:
                     backoff.failed(loop.time())
                     continue
@@ -417,6 +454,17 @@ class Fleet(DataSource):
                 try:
                     async for event in client.events():
                         self._emit(name, event)
+                except BadReply as exc:
+                    # A hypervisor that sends nonsense: say so, drop the connection (the
+                    # stream cannot be trusted) and re-read everything after a backoff.
+                    state = self._last[name] = self._last[name].with_changes(
+                        error=exc.message, error_kind=type(exc).__name__, taken_at=time.time())
+                    self._emit(name, BalloonEvent(ERROR, {
+                        "error": exc.message, "error_kind": type(exc).__name__, "state": state,
+                    }, time.time()))
+                    await client.close()
+                    backoff.failed(loop.time())
+                    continue
                 except BalloonError as exc:
                     reason = str(exc)
                 self._last[name] = self._last[name].with_changes(

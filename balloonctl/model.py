@@ -17,6 +17,9 @@ from balloonctl.units import MiB, format_size
 __all__ = [
     "HARD_MINIMUM",
     "JSON_KEYS",
+    "PRESSURE_MAJOR_FAULTS",
+    "PRESSURE_SWAP",
+    "SCHEMA",
     "STAT_NOT_REPORTED",
     "BalloonState",
     "DeviceFeatures",
@@ -29,6 +32,7 @@ __all__ = [
     "VmRef",
     "VmStatus",
     "default_floor",
+    "derive",
     "validate_target",
 ]
 
@@ -38,6 +42,17 @@ STAT_NOT_REPORTED = 2**64 - 1
 # Even a forced target never goes below this: a Linux guest squeezed further thrashes or
 # OOM-kills its own init.
 HARD_MINIMUM = 128 * MiB
+
+# The version of the snapshot and event JSON (``BalloonState.to_json``, ``watch``'s event
+# lines): raised when a key changes meaning or goes away.
+SCHEMA = 1
+
+# A guest is under memory pressure when, between two stats samples, it swaps (in + out) at
+# least this many bytes per second, or takes at least this many major faults per second.
+# 1 MiB/s is 256 pages/s: sustained, a guest that pages like that is short of memory; a
+# major fault is a read from disk (swap or an evicted file page) that a process waited for.
+PRESSURE_SWAP = 1 * MiB
+PRESSURE_MAJOR_FAULTS = 100
 
 # How far from the target ``actual`` may sit and still count as converged. The guest moves
 # in 1 MiB steps (4 KiB pages batched by the driver) and may stop a few pages short.
@@ -132,9 +147,11 @@ class VmStatus(enum.StrEnum):
 
     OK = "ok"
     CONVERGING = "converging"
-    STALE = "stale"  # stats polling is on but the guest stopped reporting
+    PRESSURE = "pressure"  # the guest swaps or faults heavily (see PRESSURE_SWAP)
+    STALE = "stale"  # the guest's stats are frozen: polling off, or no report lately
     NO_DRIVER = "no-driver"  # balloon device present, guest driver not loaded
     NO_DEVICE = "no-device"
+    ERROR = "error"  # reachable, but QEMU answered nonsense or refused a read (see ``error``)
     BUSY = "busy"  # another QMP client holds the socket
     UNREACHABLE = "unreachable"
 
@@ -157,29 +174,10 @@ class VmRef:
     # the domain as "URI#NAME" for display and balloonctl's state
 
 
-_STAT_FIELDS = {
-    "stat-swap-in": "swap_in",
-    "stat-swap-out": "swap_out",
-    "stat-major-faults": "major_faults",
-    "stat-minor-faults": "minor_faults",
-    "stat-free-memory": "free_memory",
-    "stat-total-memory": "total_memory",
-    "stat-available-memory": "available_memory",
-    "stat-disk-caches": "disk_caches",
-    "stat-htlb-pgalloc": "htlb_pgalloc",
-    "stat-htlb-pgfail": "htlb_pgfail",
-}
-
-
-def _stat(value: Any) -> int | None:
-    if not isinstance(value, int) or value == STAT_NOT_REPORTED or value < 0:
-        return None
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class GuestStats:
-    """The balloon device's ``guest-stats`` QOM property. ``None`` means not reported.
+    """The balloon device's ``guest-stats`` QOM property (parsed by
+    ``balloonctl.replies.guest_stats``). ``None`` means not reported.
 
     Memory values and swap in/out are bytes (the Linux driver reports swap as
     ``pages_to_bytes(PSWPIN/PSWPOUT)``); faults are counts. ``last_update`` is host
@@ -198,23 +196,6 @@ class GuestStats:
     htlb_pgalloc: int | None = None
     htlb_pgfail: int | None = None
     extra: Mapping[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def from_qom(cls, value: Mapping[str, Any]) -> GuestStats:
-        """Build from ``qom-get guest-stats``; unknown (newer QEMU) stats land in ``extra``."""
-        stats = value.get("stats", {}) or {}
-        known: dict[str, int | None] = {}
-        extra: dict[str, int] = {}
-        for key, raw in stats.items():
-            name = _STAT_FIELDS.get(key)
-            if name is not None:
-                known[name] = _stat(raw)
-            else:
-                v = _stat(raw)
-                if v is not None:
-                    extra[key] = v
-        last = value.get("last-update", 0)
-        return cls(last_update=last if isinstance(last, int) else 0, extra=extra, **known)
 
     @property
     def reported(self) -> bool:
@@ -274,6 +255,13 @@ class BalloonState:
     hint: HintState = field(default_factory=HintState)
     taken_at: float = field(default_factory=time.time)
     owner: Owner | None = None  # who set the target (balloonctl.targets); None: nobody known
+    # When the balloon last moved, as far as balloonctl knows (it set a target, or saw
+    # ``actual`` change between two snapshots); wall-clock seconds.
+    moved_at: float | None = None
+    # Between the guest's last two stats samples (``derive``): swap in + out, bytes per
+    # second, and major faults per second; None with fewer than two samples.
+    swap_rate: float | None = None
+    major_fault_rate: float | None = None
 
     @property
     def driver_ready(self) -> bool:
@@ -292,12 +280,34 @@ class BalloonState:
 
     @property
     def stale(self) -> bool:
-        """Polling is on but the guest's last report is older than three polling intervals
-        plus 2 s (``last-update`` has whole-second resolution), as docs/cli.md states."""
-        age = self.stats_age
-        if not self.polling_interval or age is None:
+        """The guest's stats are frozen: polling is off; or the last report is older than
+        three polling intervals (+2 s); or it predates the balloon's last move although
+        the guest has had a polling interval (+2 s) to report since."""
+        stats = self.stats
+        if stats is None or not stats.reported or self.polling_interval is None:
             return False
-        return age > 3 * self.polling_interval + 2
+        if self.polling_interval == 0:
+            return True
+        slack = self.polling_interval + 2
+        age = self.taken_at - stats.last_update
+        if age > 3 * self.polling_interval + 2:
+            return True
+        moved = self.moved_at
+        return moved is not None and stats.last_update < moved and (
+            self.taken_at - moved > slack)
+
+    @property
+    def pressure(self) -> bool:
+        """The guest swaps at least ``PRESSURE_SWAP`` bytes/s or takes at least
+        ``PRESSURE_MAJOR_FAULTS`` major faults/s (between its last two samples)."""
+        return (self.swap_rate or 0.0) >= PRESSURE_SWAP or (
+            self.major_fault_rate or 0.0) >= PRESSURE_MAJOR_FAULTS
+
+    @property
+    def failed(self) -> bool:
+        """The VM could not be read: unreachable, busy, or in the ``error`` state (QEMU
+        answered nonsense or refused a read). ``error_kind`` says why."""
+        return not self.reachable or self.status is VmStatus.ERROR
 
     @property
     def converging(self) -> bool:
@@ -311,8 +321,12 @@ class BalloonState:
             return VmStatus.BUSY if self.error_kind == "SocketBusy" else VmStatus.UNREACHABLE
         if not self.has_device:
             return VmStatus.NO_DEVICE
+        if self.error is not None:
+            return VmStatus.ERROR
         if not self.driver_ready:
             return VmStatus.NO_DRIVER
+        if self.pressure:
+            return VmStatus.PRESSURE
         if self.converging:
             return VmStatus.CONVERGING
         if self.stale:
@@ -347,7 +361,7 @@ class BalloonState:
             "swap_out": s.swap_out,
             "major_faults": s.major_faults,
             "minor_faults": s.minor_faults,
-            "last_update": s.last_update if self.stats is not None else None,
+            "last_update": s.last_update if s.reported else None,
             "stats_age": None if age is None else round(age, 1),
             "driver_ready": self.driver_ready,
             "polling_interval": self.polling_interval,
@@ -360,12 +374,18 @@ class BalloonState:
             "hint_released": self.hint.released,
             "hint_method": None if self.hint.method is None else self.hint.method.value,
             "owner": None if self.owner is None else self.owner.value,
-            "taken_at": round(self.taken_at, 3),
+            "swap_rate": None if self.swap_rate is None else round(self.swap_rate, 1),
+            "major_fault_rate": (None if self.major_fault_rate is None
+                                 else round(self.major_fault_rate, 1)),
+            "moved_at": None if self.moved_at is None else round(self.moved_at, 3),
+            "time": round(self.taken_at, 3),
+            "schema": SCHEMA,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BalloonState:
-        """Inverse of ``to_json`` (used by the HTTP client)."""
+        """Inverse of ``to_json`` (used by the HTTP client). Reads ``taken_at`` for ``time``
+        from a server older than schema 1."""
         stats = None
         if data.get("last_update") is not None:
             stats = GuestStats(
@@ -405,9 +425,47 @@ class BalloonState:
                 released=data.get("hint_released"),
                 method=HintMethod(data["hint_method"]) if data.get("hint_method") else None,
             ),
-            taken_at=float(data.get("taken_at", time.time())),
+            taken_at=float(data.get("time", data.get("taken_at", time.time()))),
+            moved_at=data.get("moved_at"),
+            swap_rate=data.get("swap_rate"),
+            major_fault_rate=data.get("major_fault_rate"),
             owner=Owner(data["owner"]) if data.get("owner") in ("balloonctl", "foreign") else None,
         )
 
 
 JSON_KEYS: tuple[str, ...] = tuple(BalloonState(name="", qmp="").to_json())
+
+
+def derive(previous: BalloonState | None, state: BalloonState) -> BalloonState:
+    """``state`` with what only two snapshots of the same VM tell (pure): ``moved_at``
+    (``actual`` changed since ``previous``, or carried over) and the swap and major fault
+    rates between the guest's last two stats samples (kept while no new sample came)."""
+    if previous is None or not state.reachable:
+        return state
+    changes: dict[str, Any] = {}
+    moved = [t for t in (state.moved_at, previous.moved_at) if t is not None]
+    if previous.actual is not None and state.actual is not None and (
+            previous.actual != state.actual):
+        moved.append(state.taken_at)
+    if moved:
+        changes["moved_at"] = max(moved)
+    old, new = previous.stats, state.stats
+    if old is not None and new is not None and old.reported and new.reported:
+        dt = new.last_update - old.last_update
+        if dt > 0:
+            changes["swap_rate"] = _rate(old.swap_in, old.swap_out, new.swap_in,
+                                         new.swap_out, dt)
+            changes["major_fault_rate"] = _rate(old.major_faults, 0, new.major_faults, 0, dt)
+        elif dt == 0:  # the same sample: the rates of the last two still hold
+            changes["swap_rate"] = previous.swap_rate
+            changes["major_fault_rate"] = previous.major_fault_rate
+    return replace(state, **changes) if changes else state
+
+
+def _rate(a0: int | None, b0: int | None, a1: int | None, b1: int | None,
+          dt: int) -> float | None:
+    if a0 is None or b0 is None or a1 is None or b1 is None:
+        return None
+    # Counters restart from zero when the guest reboots: no rate across that.
+    delta = (a1 + b1) - (a0 + b0)
+    return None if delta < 0 else delta / dt

@@ -6,22 +6,37 @@ every session starts with ``guest-sync`` and a random id, discarding lines until
 matching reply. Commands then run one at a time. Every wait has a timeout.
 
 Failures are translated once, in ``_translate``, into ``AgentError`` (or
-``AgentExecBlocked`` when the agent refuses ``guest-exec``).
+``AgentExecBlocked`` when the agent refuses ``guest-exec``, ``BadAgentReply`` for a reply
+that is not JSON); replies are parsed in ``balloonctl.replies`` (``BadAgentReply``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from balloonctl.errors import AgentError, AgentExecBlocked
+from balloonctl.errors import AgentError, AgentExecBlocked, BadAgentReply
+from balloonctl.replies import (
+    ErrorReply,
+    GuestInfo,
+    describe,
+    empty,
+    envelope,
+    exec_pid,
+    exec_status,
+    guest_info,
+    parse_qga,
+    sync_id,
+)
+from balloonctl.text import escape_text
 
 __all__ = ["DROP_CACHES", "ExecResult", "QgaClient"]
+
+T = TypeVar("T")
 
 # Clean, unmapped page cache only (1 = pagecache); sync first so dirty pages become clean.
 DROP_CACHES: Final = "sync; echo 1 > /proc/sys/vm/drop_caches"
@@ -59,8 +74,10 @@ def _translate(exc: Exception, *, path: str, cmd: str, timeout: float,
             exc.error_class == "CommandNotFound" or "disabled" in exc.desc)
         if blocked:
             return AgentExecBlocked(
-                f"the guest agent at {path} refuses {cmd} ({exc.desc}): {_BLOCKED_HINT}", vm=vm)
-        return AgentError(f"guest agent {cmd} failed: {exc.desc}", vm=vm)
+                f"the guest agent at {path} refuses {cmd} ({escape_text(exc.desc)}): "
+                f"{_BLOCKED_HINT}", vm=vm, error_class=exc.error_class)
+        return AgentError(f"guest agent {cmd} failed: {escape_text(exc.desc)}", vm=vm,
+                          error_class=exc.error_class)
     if isinstance(exc, TimeoutError):
         return AgentError(f"guest agent at {path} did not answer {cmd} within {timeout:g}s "
                           "(is qemu-ga running in the guest?)", vm=vm)
@@ -71,8 +88,9 @@ def _translate(exc: Exception, *, path: str, cmd: str, timeout: float,
                           vm=vm)
     if isinstance(exc, EOFError | ConnectionError):
         return AgentError(f"guest agent at {path} closed the connection during {cmd}", vm=vm)
-    if isinstance(exc, ValueError):  # JSON that does not parse, or a reply of the wrong shape
-        return AgentError(f"guest agent at {path} sent a bad reply to {cmd}: {exc}", vm=vm)
+    if isinstance(exc, ValueError):  # JSON that does not parse (or not UTF-8)
+        return BadAgentReply(f"guest agent at {escape_text(path)} sent a bad reply to {cmd}: "
+                             f"{exc}", vm=vm, sent={"execute": cmd})
     return AgentError(f"guest agent {cmd} at {path} failed: {exc}", vm=vm)
 
 
@@ -158,9 +176,11 @@ class QgaClient:
         """``guest-sync`` with a random id; discards stale lines until the matching reply.
 
         Raises:
-            AgentError: no matching reply within the timeout.
+            AgentError: no matching reply within the timeout (the message shows the last
+                line that did not match, if any).
         """
         token = random.randrange(1, 2**31)
+        last: list[Any] = []
         try:
             async with self._lock, asyncio.timeout(self.timeout):
                 # 0xFF resets qemu-ga's JSON parser in case an earlier client left half a
@@ -173,18 +193,28 @@ class QgaClient:
                         reply = await self._recv()
                     except ValueError:
                         continue  # a partial or garbled leftover line
-                    if isinstance(reply, dict) and reply.get("return") == token:
+                    if sync_id(reply) == token:
                         return
+                    last[:] = [reply]
         except Exception as exc:
-            raise _translate(exc, path=self.path, cmd="guest-sync", timeout=self.timeout,
-                             vm=self.vm) from exc
+            error = _translate(exc, path=self.path, cmd="guest-sync", timeout=self.timeout,
+                               vm=self.vm)
+            if last and isinstance(exc, TimeoutError):
+                error = BadAgentReply(
+                    f"{error.message}; the last line was not the reply to guest-sync id "
+                    f"{token}: {describe(last[0])}", vm=self.vm,
+                    sent={"execute": "guest-sync", "arguments": {"id": token}},
+                    received=last[0])
+            raise error from exc
 
     async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        """Run one agent command and return its ``return`` value. Connects when needed.
+        """Run one agent command and return its ``return`` value, unparsed (``query``
+        parses it). Connects when needed.
 
         Raises:
             AgentError: the agent is unreachable, timed out, or answered with an error.
             AgentExecBlocked: a guest-exec command the agent refuses.
+            BadAgentReply: the reply is not JSON, or neither a return nor a well-formed error.
         """
         await self.connect()
         msg: dict[str, Any] = {"execute": cmd}
@@ -194,20 +224,31 @@ class QgaClient:
             async with self._lock, asyncio.timeout(self.timeout):
                 self._send(msg)
                 reply = await self._recv()
-            if not isinstance(reply, dict):
-                raise ValueError(f"not a JSON object: {reply!r}")
-            if "error" in reply:
-                err = reply["error"] or {}
-                raise _AgentFailure(str(err.get("class", "GenericError")),
-                                    str(err.get("desc", "")))
-            if "return" not in reply:
-                raise ValueError(f"no 'return' in {reply!r}")
-            return reply["return"]
         except Exception as exc:
-            if not isinstance(exc, _AgentFailure):
-                await self.close()  # the stream is out of step; the next call resyncs
+            await self.close()  # the stream is out of step; the next call resyncs
             raise _translate(exc, path=self.path, cmd=cmd, timeout=self.timeout,
                              vm=self.vm) from exc
+        try:
+            result = parse_qga(envelope, reply, cmd=cmd, args=args, vm=self.vm, path=self.path)
+        except BadAgentReply:
+            await self.close()
+            raise
+        if isinstance(result, ErrorReply):
+            failure = _AgentFailure(result.error_class, result.desc)
+            raise _translate(failure, path=self.path, cmd=cmd, timeout=self.timeout,
+                             vm=self.vm) from failure
+        return result.value
+
+    async def query(self, cmd: str, args: dict[str, Any] | None,
+                    parse: Callable[[Any], T]) -> T:
+        """Run one agent command and parse its ``return`` value with ``parse`` (a
+        ``balloonctl.replies`` parser).
+
+        Raises:
+            BadAgentReply: the reply has the wrong shape; and what ``execute`` raises.
+        """
+        value = await self.execute(cmd, args)
+        return parse_qga(parse, value, cmd=cmd, args=args, vm=self.vm, path=self.path)
 
     async def ping(self) -> None:
         """``guest-ping``.
@@ -215,36 +256,37 @@ class QgaClient:
         Raises:
             AgentError: the agent did not answer.
         """
-        await self.execute("guest-ping")
+        await self.query("guest-ping", None, empty)
 
-    async def info(self) -> dict[str, Any]:
+    async def info(self) -> GuestInfo:
         """``guest-info``: the agent version and its commands (with ``enabled`` flags).
 
         Raises:
             AgentError: the agent did not answer.
+            BadAgentReply: the reply has the wrong shape.
         """
-        result = await self.execute("guest-info")
-        return dict(result) if isinstance(result, dict) else {}
+        return await self.query("guest-info", None, guest_info)
 
     async def require_exec(self) -> None:
         """Check that the agent allows guest-exec (from ``guest-info``).
 
         Raises:
             AgentExecBlocked: guest-exec is disabled or absent.
+            BadAgentReply: guest-info's reply has the wrong shape.
             AgentError: the agent did not answer.
         """
         try:
             info = await self.info()
+        except BadAgentReply:
+            raise
         except AgentError as exc:
-            if "CommandNotFound" in str(exc) or "not found" in str(exc):
+            if exc.error_class == "CommandNotFound":
                 await self.ping()  # an agent without guest-info: assume exec is allowed
                 return
             raise
-        commands = {c.get("name"): c for c in info.get("supported_commands", [])
-                    if isinstance(c, dict)}
+        commands = info.commands
         for cmd in ("guest-exec", "guest-exec-status"):
-            entry = commands.get(cmd)
-            if commands and (entry is None or entry.get("enabled") is False):
+            if commands and not commands.get(cmd, False):
                 raise AgentExecBlocked(
                     f"the guest agent at {self.path} has {cmd} disabled: {_BLOCKED_HINT}",
                     vm=self.vm)
@@ -258,6 +300,7 @@ class QgaClient:
 
         Raises:
             AgentExecBlocked: the agent refuses guest-exec.
+            BadAgentReply: guest-exec or guest-exec-status answered with the wrong shape.
             AgentError: the agent failed, or the process did not exit in time.
         """
         limit = self.timeout if timeout is None else timeout
@@ -279,36 +322,27 @@ class QgaClient:
 
         Raises:
             AgentExecBlocked: the agent refuses guest-exec.
-            AgentError: the agent failed or sent a reply of the wrong shape.
+            BadAgentReply: the reply has the wrong shape.
+            AgentError: the agent failed.
         """
-        started = await self.execute("guest-exec", {"path": path, "arg": list(args or []),
-                                                    "capture-output": True})
-        pid = started.get("pid") if isinstance(started, dict) else None
-        if not isinstance(pid, int) or isinstance(pid, bool):
-            raise AgentError(f"guest agent at {self.path} sent a bad reply to guest-exec: "
-                             f"{started!r:.100}", vm=self.vm)
-        return pid
+        return await self.query("guest-exec", {"path": path, "arg": list(args or []),
+                                               "capture-output": True}, exec_pid)
 
     async def exec_status(self, pid: int) -> ExecResult | None:
         """What a process started by ``exec_start`` left behind (``guest-exec-status``), or
         None while it runs.
 
         Raises:
-            AgentError: the agent failed or sent a reply of the wrong shape.
+            BadAgentReply: the reply has the wrong shape.
+            AgentError: the agent failed.
         """
-        status = await self.execute("guest-exec-status", {"pid": pid})
-        try:
-            if not status.get("exited"):
-                return None
-            code = status.get("exitcode")  # absent when a signal killed it
-            return ExecResult(
-                exitcode=code if isinstance(code, int) else -1,
-                stdout=base64.b64decode(status.get("out-data", ""), validate=True),
-                stderr=base64.b64decode(status.get("err-data", ""), validate=True),
-            )
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise AgentError(f"guest agent at {self.path} sent a bad reply to "
-                             f"guest-exec-status: {status!r:.100}", vm=self.vm) from exc
+        status = await self.query("guest-exec-status", {"pid": pid}, exec_status)
+        if not status.exited:
+            return None
+        return ExecResult(
+            # exitcode is absent when a signal killed the process
+            exitcode=-1 if status.exitcode is None else status.exitcode,
+            stdout=status.stdout, stderr=status.stderr)
 
     async def drop_caches(self) -> ExecResult:
         """Have the guest drop clean page cache: ``sync; echo 1 > /proc/sys/vm/drop_caches``.

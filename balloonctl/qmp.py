@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from balloonctl import converge
 from balloonctl.errors import (
+    BadReply,
     BalloonError,
     ConnectFailed,
     Disconnected,
@@ -45,6 +46,16 @@ from balloonctl.qmpsession import (
     QmpSession,
     Trace,
 )
+from balloonctl.replies import (
+    balloon_actual,
+    base_memory,
+    empty,
+    guest_stats,
+    parse_qmp,
+    polling_interval,
+    qom_bool,
+    qom_list,
+)
 from balloonctl.runfacts import KnownRun, RunFacts
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec
@@ -64,6 +75,8 @@ __all__ = [
     "take_snapshot",
 ]
 
+T = TypeVar("T")
+
 BALLOON_TYPES: Final = frozenset(
     f"child<{t}>"
     for t in (
@@ -77,16 +90,6 @@ BALLOON_TYPES: Final = frozenset(
 # A stored target that the VM has not reached this long after balloonctl set it is taken
 # as unknown: something else (virsh, qmp-shell, another tool) has probably changed it.
 TARGET_STALE_AFTER: Final = 120.0
-
-
-def _int_field(reply: Any, key: str, cmd: str, vm: str | None) -> int:
-    """``reply[key]`` as an int, or a QMPCommandError naming the malformed reply."""
-    value = reply.get(key) if isinstance(reply, dict) else None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise QMPCommandError(f"unexpected reply to {cmd}: no integer {key!r} in {reply!r}",
-                              vm=vm, error_class="BadReply", sent={"execute": cmd},
-                              received={"return": reply})
-    return value
 
 
 class BalloonClient:
@@ -216,8 +219,19 @@ class BalloonClient:
                 self.run.forget_device()
             raise
 
-    async def _qom_get(self, path: str, prop: str) -> Any:
-        return await self.execute("qom-get", {"path": path, "property": prop})
+    async def query(self, cmd: str, args: dict[str, Any] | None,
+                    parse: Callable[[Any], T]) -> T:
+        """Run one QMP command and parse its reply with ``parse`` (a ``balloonctl.replies``
+        parser): no other code looks inside QEMU's replies.
+
+        Raises:
+            BadReply: the reply has the wrong shape (a VM in the ``error`` state).
+            (and what ``execute`` raises)
+        """
+        return parse_qmp(parse, await self.execute(cmd, args), cmd=cmd, args=args, vm=self._vm)
+
+    async def _qom_get(self, path: str, prop: str, parse: Callable[[Any], T]) -> T:
+        return await self.query("qom-get", {"path": path, "property": prop}, parse)
 
     async def device_path(self) -> str:
         """The balloon device's QOM path (``/machine/peripheral/balloon0`` or an anon one).
@@ -230,14 +244,14 @@ class BalloonClient:
             return self.run.device
         for parent in ("/machine/peripheral", "/machine/peripheral-anon"):
             try:
-                children = await self.execute("qom-list", {"path": parent})
+                children = await self.query("qom-list", {"path": parent}, qom_list)
             except QMPCommandError as exc:
                 if exc.error_class == "DeviceNotFound":
                     continue  # no -device with(out) an id at all
                 raise
-            for child in children:
-                if child.get("type") in BALLOON_TYPES:
-                    self.run.device = f"{parent}/{child['name']}"
+            for child, kind in children.items():
+                if kind in BALLOON_TYPES:
+                    self.run.device = f"{parent}/{child}"
                     return self.run.device
         raise NoBalloonDevice(NO_DEVICE_MESSAGE, vm=self._vm, error_class="DeviceNotActive")
 
@@ -245,22 +259,20 @@ class BalloonClient:
         """The balloon device's QOM properties (name -> type), read once per run.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         if self.run.properties is None:
             path = await self.device_path()
-            props = await self.execute("qom-list", {"path": path})
-            self.run.properties = {p["name"]: p.get("type", "") for p in props}
+            self.run.properties = await self.query("qom-list", {"path": path}, qom_list)
         return self.run.properties
 
     async def query_actual(self) -> int:
         """Current guest RAM as the balloon leaves it (``query-balloon`` actual), in bytes.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
-        return _int_field(await self.execute("query-balloon"), "actual", "query-balloon",
-                          self._vm)
+        return await self.query("query-balloon", None, balloon_actual)
 
     async def guest_ram(self) -> int:
         """The VM's RAM size (``query-memory-size-summary`` base-memory), in bytes.
@@ -269,23 +281,22 @@ class BalloonClient:
             what ``execute`` raises.
         """
         if self.run.guest_ram is None:
-            reply = await self.execute("query-memory-size-summary")
-            self.run.guest_ram = _int_field(reply, "base-memory", "query-memory-size-summary",
-                                         self._vm)
+            self.run.guest_ram = await self.query("query-memory-size-summary", None,
+                                                  base_memory)
         return self.run.guest_ram
 
     async def features(self) -> DeviceFeatures:
         """The device's fixed properties; ``None`` for any this QEMU does not have.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         if self.run.features is None:
             path = await self.device_path()
             values: list[bool | None] = []
             for prop in ("deflate-on-oom", "free-page-reporting", "free-page-hint"):
                 try:
-                    values.append(bool(await self._qom_get(path, prop)))
+                    values.append(await self._qom_get(path, prop, qom_bool))
                 except QMPCommandError as exc:
                     if exc.error_class in ("DeviceNotFound", "DeviceNotActive"):
                         raise
@@ -297,30 +308,30 @@ class BalloonClient:
         """The guest's memory stats (``qom-get guest-stats``); unreported values are None.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         path = await self.device_path()
-        return GuestStats.from_qom(await self._qom_get(path, "guest-stats"))
+        return await self._qom_get(path, "guest-stats", guest_stats)
 
     async def polling_interval(self) -> int:
         """Seconds between guest stats updates; 0 means off.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         path = await self.device_path()
-        return int(await self._qom_get(path, "guest-stats-polling-interval"))
+        return await self._qom_get(path, "guest-stats-polling-interval", polling_interval)
 
     async def enable_stats(self, interval: int) -> None:
         """Ask the guest to push stats every ``interval`` seconds (0 turns polling off).
 
         Raises:
             QMPCommandError: QEMU refused the interval (e.g. negative).
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         path = await self.device_path()
-        await self.execute("qom-set", {"path": path, "property": "guest-stats-polling-interval",
-                                       "value": int(interval)})
+        await self.query("qom-set", {"path": path, "property": "guest-stats-polling-interval",
+                                     "value": int(interval)}, empty)
 
     # ---- the run's identity -------------------------------------------------------------
 
@@ -355,7 +366,7 @@ class BalloonClient:
         See ``RememberedTargets.current_target``.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         return await self.targets.current_target(actual=actual, guest_ram=guest_ram)
 
@@ -374,7 +385,7 @@ class BalloonClient:
         Raises:
             SizeError: a relative target would be zero or negative.
             UnsafeTarget: above guest RAM or the maximum, below the floor (or hard minimum).
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         await self.instance_id()  # once per connection; last_target() knows the run after
         return await self.targets.resolve(spec, minimum=self.minimum, maximum=self.maximum,
@@ -393,7 +404,7 @@ class BalloonClient:
 
         Raises:
             SizeError, UnsafeTarget: see ``resolve_target`` (nothing was sent).
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
             what ``recorder`` raises (the target was sent).
         """
         target = await self.resolve_target(spec, force=force)
@@ -407,7 +418,7 @@ class BalloonClient:
             previous = await self.current_target(actual=actual)
             previous = actual if previous is None else previous
         async with self.cache_first.reclaiming(actual - target):
-            await self.execute("balloon", {"value": target})
+            await self.query("balloon", {"value": target}, empty)
         await self.targets.remember(target=target, target_at=time.time(), target_reached=False,
                                     target_from=actual)
         if record and self.recorder is not None:
@@ -422,6 +433,8 @@ class BalloonClient:
         (``balloonctl.converge.wait_for_target``).
 
         ``progress(actual, target)`` is called after every poll. Returns the final actual.
+        ``timeout`` replaces the session's overall deadline while it waits (``set --wait``
+        waits on top of ``--timeout``); each poll keeps its command timeout.
 
         Raises:
             DriverNotReady: the guest driver never reported and ``actual`` does not move.
@@ -429,8 +442,14 @@ class BalloonClient:
             WaitTimeout: not converged within ``timeout`` seconds.
             (and what ``execute`` raises)
         """
-        return await converge.wait_for_target(self, target, vm=self._vm, timeout=timeout,
-                                              stall_timeout=stall_timeout, progress=progress)
+        # the wait has its own timeout; the command's budget covered sending the target
+        earlier, self.session.deadline = self.session.deadline, None
+        try:
+            return await converge.wait_for_target(self, target, vm=self._vm, timeout=timeout,
+                                                  stall_timeout=stall_timeout,
+                                                  progress=progress)
+        finally:
+            self.session.deadline = earlier
 
     # ---- cache-first hint (see balloonctl.cachefirst) -----------------------------------
 
@@ -445,7 +464,7 @@ class BalloonClient:
         """How the cache-first hint is honoured on this VM; see ``CacheFirst.status``.
 
         Raises:
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         return await self.cache_first.status()
 
@@ -455,7 +474,7 @@ class BalloonClient:
         Raises:
             HintUnsupported: ``on`` and no way to honour it (the message says what would).
             AgentExecBlocked: the guest agent refuses guest-exec.
-            NoBalloonDevice, and what ``execute`` raises.
+            NoBalloonDevice, BadReply, and what ``execute`` raises.
         """
         return await self.cache_first.set(on)
 
@@ -482,6 +501,9 @@ class BalloonClient:
             found["target"], found["owner"] = await self.targets.observe(
                 actual=actual, guest_ram=ram, seen=seen,
                 deflate_on_oom=features.deflate_on_oom)
+            set_at = self.targets.entry(self.run.known_instance_id()).get("target_at")
+            if isinstance(set_at, int | float) and not isinstance(set_at, bool):
+                found["moved_at"] = float(set_at)  # the balloon moves from when it was set
             found["stats"], found["polling_interval"] = await asyncio.gather(
                 self.stats(), self.polling_interval())
             found["hint"] = await self.hint_status()
@@ -534,8 +556,8 @@ async def take_snapshot(client: Snapshotting,
                              "target": client.last_target()}
     try:
         await client.connect()
-    except BalloonError as exc:
-        return _failed(found, exc, reachable=False)
+    except BalloonError as exc:  # a bad qmp_capabilities reply is an answer, though
+        return _failed(found, exc, reachable=isinstance(exc, BadReply))
     try:
         await fill(found)
     except NoBalloonDevice as exc:

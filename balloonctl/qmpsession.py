@@ -5,9 +5,12 @@ qemu.qmp supplies the transport (framing, ids, concurrent ``execute``). This mod
 what it lacks for balloonctl:
 
 - timeouts on every wait (``connect_timeout`` covers the socket, the greeting and the
-  capabilities negotiation; ``command_timeout`` covers each command);
+  capabilities negotiation; ``command_timeout`` covers each command; ``deadline``, when
+  set, bounds them all together);
 - a clear ``SocketBusy`` when QEMU accepts the connection but never greets, which is what a
-  QMP socket does while another client (libvirt, a dashboard, qmp-shell) holds it;
+  QMP socket does while another client (libvirt, a dashboard, qmp-shell) holds it, naming
+  the holder where the host lets us see it (``balloonctl.sockpeer``); a QEMU that greets but
+  never answers ``qmp_capabilities`` is a ``QMPTimeout`` saying so, not "busy";
 - recovery after the peer drops: the in-flight call raises ``Disconnected`` and the next
   call reconnects;
 - one translation of qemu.qmp's errors into ``balloonctl.errors`` (``_translate``);
@@ -25,7 +28,7 @@ import os
 import socket
 import stat
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from qemu.qmp import (
@@ -39,8 +42,11 @@ from qemu.qmp import (
     Runstate,
     StateError,
 )
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
+from balloonctl.deadline import Deadline
 from balloonctl.errors import (
+    BadReply,
     BalloonError,
     ConnectFailed,
     Disconnected,
@@ -49,6 +55,8 @@ from balloonctl.errors import (
     QMPTimeout,
     SocketBusy,
 )
+from balloonctl.replies import BalloonEvent, parse_event
+from balloonctl.sockpeer import describe_holders, socket_holders
 
 __all__ = [
     "EVENT_BUFFER",
@@ -71,26 +79,6 @@ NO_DEVICE_MESSAGE: Final = (
 )
 # Events kept per listener (queue) and in its history; older ones are dropped.
 EVENT_BUFFER: Final = 256
-
-
-@dataclass(frozen=True, slots=True)
-class BalloonEvent:
-    """A QMP event as balloonctl passes it on. ``timestamp`` is QEMU's, in seconds.
-
-    Events are notifications only: never state. BALLOON_CHANGE is rate-limited by QEMU.
-    """
-
-    name: str
-    data: Mapping[str, Any] = field(default_factory=dict)
-    timestamp: float = 0.0
-
-    @classmethod
-    def from_message(cls, msg: Mapping[str, Any]) -> BalloonEvent:
-        ts = msg.get("timestamp") or {}
-        stamp = float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
-        data = msg.get("data") or {}
-        return cls(str(msg.get("event", "")), dict(data), stamp)
-
 
 
 class BoundedEventListener(EventListener):
@@ -173,6 +161,9 @@ class _Failure:
     args: Mapping[str, Any] | None = None
     timeout: float = 0.0
     accepted: bool = False  # connect: the socket accepted before the timeout
+    greeted: bool = False  # connect: QEMU sent its greeting before the timeout
+    deadline: Deadline | None = None  # set when the overall deadline cut the wait short
+    holders: str | None = None  # connect: who holds a busy socket (sockpeer), if visible
     cause: BaseException | None = None  # what disconnect() re-raised after a drop
 
 
@@ -191,15 +182,28 @@ def _translate(exc: Exception, where: _Failure) -> BalloonError | None:
     addr, vm = where.address, where.vm
     if where.op == "connect":
         if isinstance(exc, TimeoutError):
+            if where.greeted:
+                return QMPTimeout(
+                    f"QEMU at {addr} greeted but did not answer qmp_capabilities within "
+                    f"{where.timeout:g}s (QEMU is hung or overloaded; no other client holds "
+                    "the socket)", vm=vm)
             if where.accepted:
+                who = where.holders or (
+                    "another QMP client (libvirt, a balloonctl dashboard or watch, qmp-shell)")
                 return SocketBusy(
                     f"QMP socket {addr} accepted the connection but sent no greeting within "
-                    f"{where.timeout:g}s: another QMP client (libvirt, a balloonctl dashboard, "
-                    "qmp-shell) is holding it", vm=vm)
+                    f"{where.timeout:g}s: it is held by {who}", vm=vm)
             return SocketBusy(
                 f"QMP socket {addr} did not accept the connection within {where.timeout:g}s: "
                 "its listen queue is full (other QMP clients are waiting)", vm=vm)
         root: BaseException = exc.exc if isinstance(exc, ConnectError) else exc
+        if isinstance(root, NegotiationError):
+            return BadReply(f"QEMU at {addr} sent a bad reply to qmp_capabilities: "
+                            f"{_describe_cause(root.exc)}", vm=vm,
+                            sent={"execute": "qmp_capabilities"})
+        if isinstance(root, GreetingError):
+            return BadReply(f"QMP socket {addr} greeted with something that is not a QMP "
+                            f"greeting: {_describe_cause(root.exc)}", vm=vm)
         if isinstance(root, FileNotFoundError):
             why = "no such socket (is the VM running with -qmp unix:PATH,server=on,wait=off?)"
         elif isinstance(root, ConnectionRefusedError):
@@ -215,6 +219,9 @@ def _translate(exc: Exception, where: _Failure) -> BalloonError | None:
         return ConnectFailed(f"cannot connect to QMP socket {addr}: {why}", vm=vm)
 
     cmd = where.op
+    if isinstance(exc, TimeoutError) and where.deadline is not None:
+        return QMPTimeout(f"QEMU at {addr} did not answer {cmd} within "
+                          f"{where.deadline.describe()}", vm=vm)
     if isinstance(exc, ExecuteError):
         sent, received = dict(exc.sent), dict(exc.received)
         if exc.error_class == "DeviceNotActive":
@@ -305,6 +312,9 @@ class QmpSession:
         self.command_timeout = command_timeout
         self.trace = trace
         self.on_connect = on_connect
+        # The overall limit of the operation under way (``Fleet`` sets it per call); every
+        # wait is bounded by what is left of it, as well as by its own timeout.
+        self.deadline: Deadline | None = None
         self.addr = parse_address(address)
         # The socket file this connection reached (QEMU re-creates it at every start); None
         # over TCP or when the file was gone.
@@ -339,9 +349,10 @@ class QmpSession:
             await self._connect()
 
     async def _connect(self) -> None:
-        where = _Failure(self.address, self.vm, "connect", timeout=self.connect_timeout)
+        limit, cut = self._bound(self.connect_timeout)
+        where = _Failure(self.address, self.vm, "connect", timeout=round(limit, 2))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
+        deadline = loop.time() + limit
         sock: socket.socket | None = None
         try:
             async with asyncio.timeout_at(deadline):
@@ -349,6 +360,14 @@ class QmpSession:
                 where.accepted = True
                 await self._qmp.connect(sock)
         except Exception as exc:
+            if cut and isinstance(exc, TimeoutError) and not where.accepted:
+                assert self.deadline is not None
+                raise QMPTimeout(f"QMP socket {self.address} did not accept the connection "
+                                 f"within {self.deadline.describe()}", vm=self.vm) from exc
+            if isinstance(exc, TimeoutError) and where.accepted:
+                where.greeted = self._qmp.greeting is not None
+                if not where.greeted and isinstance(self.addr, str):
+                    where.holders = describe_holders(socket_holders(self.addr, mine=sock))
             if self._qmp.runstate is not Runstate.IDLE:
                 # e.g. qemu.qmp's bare AssertionError after a peer that negotiated and left
                 await self._reap()
@@ -361,6 +380,12 @@ class QmpSession:
         self.socket_id = None if isinstance(self.addr, tuple) else socket_identity(self.addr)
         if self.on_connect is not None:
             self.on_connect()
+
+    def _bound(self, timeout: float) -> tuple[float, bool]:
+        """``timeout`` cut to what is left of ``deadline``; whether the deadline limits it."""
+        if self.deadline is None:
+            return timeout, False
+        return self.deadline.bound(timeout)
 
     async def _open_socket(self) -> socket.socket:
         # The socket is opened here rather than by qemu.qmp so that a timeout can tell
@@ -414,11 +439,13 @@ class QmpSession:
         if not self.connected:
             await self.connect()
         qmp = self._qmp
+        limit, cut = self._bound(self.command_timeout)
         try:
-            async with asyncio.timeout(self.command_timeout):
+            async with asyncio.timeout(limit):
                 return await qmp.execute(cmd, args)
         except Exception as exc:
-            where = _Failure(self.address, self.vm, cmd, args, timeout=self.command_timeout)
+            where = _Failure(self.address, self.vm, cmd, args, timeout=limit,
+                             deadline=self.deadline if cut else None)
             if isinstance(exc, ExecInterruptedError | StateError):
                 async with self._lock:
                     if qmp is self._qmp and qmp.runstate is not Runstate.RUNNING:
@@ -434,6 +461,7 @@ class QmpSession:
         Raises:
             Disconnected: the connection dropped (the next call reconnects).
             ConnectFailed, SocketBusy: connecting failed.
+            BadReply: an event of the wrong shape (the stream ends there).
         """
         await self.connect()
         qmp = self._qmp
@@ -443,7 +471,7 @@ class QmpSession:
         try:
             while True:
                 if not listener.empty():
-                    yield BalloonEvent.from_message(await listener.get())
+                    yield parse_event(await listener.get(), vm=self.vm)
                     continue
                 if qmp is not self._qmp or qmp.runstate is not Runstate.RUNNING:
                     break
@@ -456,7 +484,7 @@ class QmpSession:
                     if not getter.done():
                         getter.cancel()
                 if getter.done() and not getter.cancelled():
-                    yield BalloonEvent.from_message(getter.result())
+                    yield parse_event(getter.result(), vm=self.vm)
         finally:
             qmp.remove_listener(listener)
         if self._closes != closes:

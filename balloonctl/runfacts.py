@@ -16,6 +16,7 @@ from typing import Final
 from balloonctl.errors import AgentExecBlocked, QMPCommandError
 from balloonctl.model import DeviceFeatures
 from balloonctl.qmpsession import QmpSession
+from balloonctl.replies import parse_qmp, vcpu0_thread
 
 __all__ = ["RUN_RECHECK", "KnownRun", "RunFacts"]
 
@@ -150,7 +151,8 @@ class KnownRun:
         """See ``BalloonClient.instance_id``.
 
         Raises:
-            what ``QmpSession.execute`` raises (it connects when needed).
+            BadReply: query-cpus-fast's reply has the wrong shape.
+            (and what ``QmpSession.execute`` raises; it connects when needed)
         """
         if not self.session.connected:
             await self.session.connect()  # recalls the run when the socket file is the one seen
@@ -164,13 +166,11 @@ class KnownRun:
 
     async def _vcpu_thread_identity(self) -> str:
         try:
-            cpus = await self.session.execute("query-cpus-fast")
+            reply = await self.session.execute("query-cpus-fast")
         except QMPCommandError:
             return _UNKNOWN_THREAD
-        for cpu in cpus if isinstance(cpus, list) else []:
-            if isinstance(cpu, dict) and cpu.get("cpu-index") == 0 and "thread-id" in cpu:
-                return f"vcpu0-thread:{cpu['thread-id']}"
-        return _UNKNOWN_THREAD
+        thread = parse_qmp(vcpu0_thread, reply, cmd="query-cpus-fast", vm=self.session.vm)
+        return _UNKNOWN_THREAD if thread is None else f"vcpu0-thread:{thread}"
 
     def known_instance_id(self) -> str | None:
         """``instance_id`` without I/O: None when not connected, before a call on this

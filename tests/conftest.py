@@ -38,8 +38,9 @@ def fake_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# Fast defaults for tests: the balloon moves 4 GiB/s and the timer ticks every 10 ms.
-FAKE_FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB}
+# Fast defaults for tests: the balloon moves 4 GiB/s and the timer ticks every 10 ms; the
+# guest pushes stats every 2 s (a VM with polling off is `stale`).
+FAKE_FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB, "stats_interval": 2}
 
 
 @pytest.fixture

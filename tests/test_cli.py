@@ -27,7 +27,7 @@ from balloonctl.model import JSON_KEYS
 from balloonctl.units import GiB, MiB
 from balloonctl.wave import triangle_wave
 
-FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB}
+FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB, "stats_interval": 2}
 
 Start = Callable[..., FakeVM]
 Cli = Callable[..., Result]
@@ -791,7 +791,8 @@ def test_stats_interval_refuses_what_is_no_duration(start: Start, cli: Cli,
     start("vm1")
     r = cli("stats", "vm1", "--interval", interval)
     assert r.exit_code == ExitCode.USAGE and r.stderr.startswith("balloonctl: error: --interval")
-    assert states(cli("status", "--json"))["vm1"]["polling_interval"] == 0
+    # the VM keeps the interval it started with (FAST's)
+    assert states(cli("status", "--json"))["vm1"]["polling_interval"] == FAST["stats_interval"]
 
 
 def test_stats_without_an_option_shows_every_statistic(start: Start, cli: Cli) -> None:
@@ -859,14 +860,15 @@ def test_one_qmp_vm_needs_no_name(start: Start, cli: Cli, fake_dir: Path) -> Non
     assert r.exit_code == ExitCode.OK, r.stderr
     assert r.stdout.startswith("vm2: reached 1 GiB")
     assert cli(*one, "hint", "on").stdout.startswith("vm2: hint on")
-    assert cli(*one, "stats", "--interval", "2s").stdout == "vm2: guest stats every 2s\n"
+    assert cli(*one, "stats", "--interval", "5s").stdout == "vm2: guest stats every 5s\n"
     r = cli(*one, "wave", "--min", "1G", "--max", "1.5G", "--period", "1s", "--cycles", "1",
             "--speed", "50", "-f", "ndjson")
     assert r.exit_code == ExitCode.OK and all('"name":"vm2"' in line
                                               for line in r.stdout.splitlines())
     got = states(cli("status", "--json"))
-    assert got["vm1"]["target"] is None and got["vm1"]["polling_interval"] == 0
-    assert got["vm2"]["polling_interval"] == 2 and got["vm2"]["hint_enabled"] is True
+    assert got["vm1"]["target"] is None
+    assert got["vm1"]["polling_interval"] == FAST["stats_interval"] != 5  # untouched
+    assert got["vm2"]["polling_interval"] == 5 and got["vm2"]["hint_enabled"] is True
     # without the one --qmp, a lone size is still a usage error
     assert cli("set", "1G").exit_code == ExitCode.USAGE
     assert cli("wave", "--period", "1s").exit_code == ExitCode.USAGE

@@ -50,7 +50,7 @@ def read_lines(stream: IO[str], n: int, timeout: float = 20.0) -> list[str]:
 
 @pytest.fixture
 def vm1(fake_dir: Path) -> Iterator[FakeVM]:
-    with run_in_thread(FakeVM("vm1", fake_dir, tick=0.01, rate=4 * GiB)) as vm:
+    with run_in_thread(FakeVM("vm1", fake_dir, tick=0.01, rate=4 * GiB, stats_interval=2)) as vm:
         yield vm
 
 

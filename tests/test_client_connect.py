@@ -344,3 +344,17 @@ def test_addresses_are_unix_paths_or_host_port(address: str, parsed: object) -> 
     from balloonctl.qmpsession import parse_address
 
     assert parse_address(address) == parsed
+
+
+async def test_greeted_but_no_capabilities_answer_is_not_busy(
+    fake_vm: FakeVM, client_for: Any,
+) -> None:
+    from balloonctl.errors import QMPTimeout, SocketBusy
+
+    fake_vm.faults.delay["qmp_capabilities"] = 5.0
+    client = client_for(fake_vm, connect_timeout=0.3)
+    with pytest.raises(QMPTimeout) as err:
+        await client.connect()
+    assert not isinstance(err.value, SocketBusy)
+    assert "greeted but did not answer qmp_capabilities within 0.3s" in str(err.value)
+    assert "no other client holds the socket" in str(err.value)

@@ -197,7 +197,9 @@ async def test_driver_that_loads_late_converges(
         assert abs(await client.wait_for_target(GiB, timeout=5) - GiB) <= CONVERGED_TOLERANCE
 
 
-async def test_stats_and_polling_interval(fake_vm: FakeVM, client_for: ClientFactory) -> None:
+async def test_stats_and_polling_interval(fake_vm_factory: Any,
+                                          client_for: ClientFactory) -> None:
+    fake_vm: FakeVM = await fake_vm_factory(stats_interval=0)  # QEMU's default: off
     async with client_for(fake_vm) as client:
         stats = await client.stats()
         assert stats.reported

@@ -19,7 +19,8 @@ from balloonctl.fake import FakeVM, run_in_thread
 from balloonctl.units import GiB, MiB
 
 BALLOONCTL = str(Path(sys.executable).with_name("balloonctl"))
-FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB}
+# Stats polling on (every 2 s, as tests/conftest.py's fakes): with it off a VM is `stale`.
+FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB, "stats_interval": 2}
 
 
 def on_vm_loop(vm: FakeVM, fn: Any) -> None:

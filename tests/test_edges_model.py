@@ -20,12 +20,14 @@ from balloonctl.model import (
     BalloonState,
     DeviceFeatures,
     GuestStats,
+    HintMethod,
     HintMode,
     HintState,
     VmStatus,
     default_floor,
     validate_target,
 )
+from balloonctl.replies import ShapeError, guest_stats
 from balloonctl.units import (
     GiB,
     KiB,
@@ -191,11 +193,17 @@ def test_stale_after_three_intervals_and_two_seconds(interval: int) -> None:
     assert past.to_json()["status"] == "stale"
 
 
-def test_never_stale_when_polling_is_off_or_nothing_was_reported() -> None:
+def test_polling_off_freezes_the_stats_so_they_are_stale() -> None:
+    # docs/cli.md: stale when "polling is off" -- even a report from a second ago is frozen.
+    assert healthy(polling_interval=0).stale
+    assert healthy(polling_interval=0).status is VmStatus.STALE
+
+
+def test_never_stale_when_polling_is_unknown_or_nothing_was_reported() -> None:
     old = GuestStats(last_update=int(NOW) - 3600)
-    assert not healthy(stats=old, polling_interval=0).stale
     assert not healthy(stats=old, polling_interval=None).stale
     assert not healthy(stats=GuestStats(), polling_interval=2).stale
+    assert not healthy(stats=GuestStats(), polling_interval=0).stale
 
 
 def test_converging_wins_over_stale() -> None:
@@ -222,7 +230,8 @@ def test_status_words(changes: dict[str, object], status: VmStatus) -> None:
 
 def test_status_words_are_the_documented_ones() -> None:
     assert [s.value for s in VmStatus] == [
-        "ok", "converging", "stale", "no-driver", "no-device", "busy", "unreachable"]
+        "ok", "converging", "pressure", "stale", "no-driver", "no-device", "error", "busy",
+        "unreachable"]
 
 
 # --- derived values and the JSON keys (docs/cli.md: its keys are API) -------------------------
@@ -265,13 +274,19 @@ DOCUMENTED_KEYS = _documented_keys()
 
 def test_the_documented_keys_are_the_api_keys_we_know() -> None:
     # a garbled doc block must not pass by being empty or cut short
-    assert DOCUMENTED_KEYS[:2] == ["name", "qmp"] and DOCUMENTED_KEYS[-1] == "taken_at"
-    assert {"hint_method", "owner"} <= set(DOCUMENTED_KEYS)
+    assert DOCUMENTED_KEYS[:2] == ["name", "qmp"] and DOCUMENTED_KEYS[-1] == "schema"
+    assert {"hint_method", "owner", "time", "schema"} <= set(DOCUMENTED_KEYS)
 
 
 def test_json_keys_are_exactly_the_documented_ones_in_order() -> None:
     assert list(JSON_KEYS) == DOCUMENTED_KEYS
     assert list(healthy().to_json()) == DOCUMENTED_KEYS
+
+
+def test_docs_cli_md_lists_the_same_keys_in_the_same_order() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    block = doc.split("its keys are API:\n\n```\n", 1)[1].split("```", 1)[0]
+    assert block.split() == DOCUMENTED_KEYS
 
 
 def test_to_json_values() -> None:
@@ -280,7 +295,9 @@ def test_to_json_values() -> None:
                        disk_caches=8)
     state = healthy(stats=stats, maximum=3 * GiB, error=None,
                     features=DeviceFeatures(True, False, None),
-                    hint=HintState(HintMode.AGENT, True, "why", 9), taken_at=NOW + 0.12345)
+                    hint=HintState(HintMode.AGENT, True, "why", 9, HintMethod.RECLAIM),
+                    taken_at=NOW + 0.12345, moved_at=NOW - 0.5, swap_rate=1.26,
+                    major_fault_rate=0.04)
     data = state.to_json()
     assert data == {
         "name": "vm1", "qmp": "/run/vm1.qmp", "status": "ok", "reachable": True,
@@ -291,8 +308,9 @@ def test_to_json_values() -> None:
         "last_update": int(NOW) - 3, "stats_age": 3.1, "driver_ready": True,
         "polling_interval": 2, "deflate_on_oom": True, "free_page_reporting": False,
         "free_page_hint": None, "hint_mode": "agent", "hint_enabled": True,
-        "hint_detail": "why", "hint_released": 9, "hint_method": None, "owner": None,
-        "taken_at": round(NOW + 0.12345, 3),
+        "hint_detail": "why", "hint_released": 9, "hint_method": "reclaim", "owner": None,
+        "swap_rate": 1.3, "major_fault_rate": 0.0, "moved_at": NOW - 0.5,
+        "time": round(NOW + 0.12345, 3), "schema": 1,
     }
     json.dumps(data)  # plain JSON types only
     back = BalloonState.from_json(data)
@@ -327,7 +345,7 @@ def test_guest_stats_from_qom() -> None:
         "stat-disk-caches": 8, "stat-htlb-pgalloc": 9, "stat-htlb-pgfail": 10,
         "stat-new-thing": 11, "stat-unreported-new": STAT_NOT_REPORTED,
     }}
-    s = GuestStats.from_qom(value)
+    s = guest_stats(value)
     assert (s.last_update, s.swap_in, s.swap_out, s.major_faults, s.minor_faults,
             s.free_memory, s.total_memory, s.available_memory, s.disk_caches,
             s.htlb_pgalloc, s.htlb_pgfail) == (1234, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
@@ -335,23 +353,36 @@ def test_guest_stats_from_qom() -> None:
     assert s.reported
 
 
-@pytest.mark.parametrize("raw", [STAT_NOT_REPORTED, -1, "5", None, 1.5])
-def test_a_stat_not_reported_or_malformed_is_none(raw: object) -> None:
-    s = GuestStats.from_qom({"last-update": 1, "stats": {"stat-free-memory": raw,
-                                                         "stat-odd": raw}})
+def test_a_stat_not_reported_is_none() -> None:
+    s = guest_stats({"last-update": 1, "stats": {"stat-free-memory": STAT_NOT_REPORTED,
+                                                 "stat-odd": STAT_NOT_REPORTED}})
     assert s.free_memory is None and s.extra == {}
 
 
+# Since replies.py, a stat of the wrong shape is QEMU answering nonsense (the VM's ``error``
+# state, docs/cli.md), no longer read as "not reported".
+@pytest.mark.parametrize("raw", [STAT_NOT_REPORTED + 1, -1, "5", None, 1.5, True])
+def test_a_malformed_stat_is_a_shape_error(raw: object) -> None:
+    with pytest.raises(ShapeError, match="'stat-free-memory'"):
+        guest_stats({"last-update": 1, "stats": {"stat-free-memory": raw}})
+
+
 def test_stats_zero_and_the_largest_real_value_are_kept() -> None:
-    s = GuestStats.from_qom({"stats": {"stat-free-memory": 0,
-                                       "stat-total-memory": STAT_NOT_REPORTED - 1}})
+    s = guest_stats({"last-update": 0, "stats": {"stat-free-memory": 0,
+                                                 "stat-total-memory": STAT_NOT_REPORTED - 1}})
     assert s.free_memory == 0 and s.total_memory == STAT_NOT_REPORTED - 1
 
 
-@pytest.mark.parametrize("value", [{}, {"stats": None}, {"last-update": "soon"}])
-def test_guest_stats_never_reported(value: dict[str, object]) -> None:
-    s = GuestStats.from_qom(value)
+def test_guest_stats_never_reported() -> None:
+    s = guest_stats({"last-update": 0, "stats": {}})
     assert s.last_update == 0 and not s.reported and s.free_memory is None
+
+
+@pytest.mark.parametrize("value", [{}, {"stats": None, "last-update": 0},
+                                   {"stats": {}, "last-update": "soon"}, {"stats": {}}])
+def test_guest_stats_of_the_wrong_shape(value: dict[str, object]) -> None:
+    with pytest.raises(ShapeError):
+        guest_stats(value)
 
 
 # --- sizes and durations at their edges (docs/cli.md: Sizes, Durations) -----------------------

@@ -111,9 +111,8 @@ def test_0_ok(env: dict[str, str], start: Any) -> None:
 
 class HostileQMP:
     """A QMP peer that greets and negotiates like QEMU but answers ``qom-list`` with a list
-    of bare names instead of ``{"name", "type"}`` objects: a reply shape balloonctl does not
-    check (see the report of issue 12), so it fails with an internal error. When that reply
-    gets a clear error of its own, give this peer another shape balloonctl does not handle.
+    of bare names instead of ``{"name", "type"}`` objects. Before balloonctl.replies this
+    was an internal error (issue 12); now it is QEMU answering nonsense: exit 4.
     """
 
     REPLIES: ClassVar[dict[str, Any]] = {
@@ -173,18 +172,50 @@ class HostileQMP:
         self.thread.join(10)
 
 
+# Every reply is parsed now, so no peer makes balloonctl fail with a bug any more: the test
+# plants one (an exception outside the error tree, after the real qom-list went out) in a
+# real balloonctl process to see how a bug is reported.
+PLANTED_BUG = """
+import sys
+from balloonctl.qmp import BalloonClient
+real = BalloonClient.device_properties
+async def device_properties(self):
+    await real(self)
+    raise KeyError("planted by the test")
+BalloonClient.device_properties = device_properties
+from balloonctl.__main__ import main
+sys.argv[0] = "balloonctl"
+main()
+"""
+
+
+def run_with_bug(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", PLANTED_BUG, *args], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_1_internal_error_is_one_line_and_v_shows_the_traceback(
-    env: dict[str, str], fake_dir: Path,
+    env: dict[str, str], start: Any,
 ) -> None:
-    with HostileQMP(fake_dir / "odd.qmp"):
-        quiet = run(env, "hint", "odd", "status")
-        loud = run(env, "-v", "hint", "odd", "status")
+    start("vm1")
+    quiet = run_with_bug(env, "hint", "vm1", "status")
+    loud = run_with_bug(env, "-v", "hint", "vm1", "status")
     assert quiet.returncode == ExitCode.FAILURE, quiet.stderr
     one_error_line(quiet, "internal error: ")
     assert loud.returncode == ExitCode.FAILURE, loud.stderr
     assert "Traceback (most recent call last):" in loud.stderr
+    assert "planted by the test" in loud.stderr
     assert loud.stderr.rstrip("\n").splitlines()[-1].startswith("balloonctl: error: internal")
-    assert 'balloonctl: odd -> {"execute":"qom-list"' in loud.stderr  # -v traces too
+    assert 'balloonctl: vm1 -> {"execute":"qom-list"' in loud.stderr  # -v traces too
+
+
+def test_4_a_reply_of_the_wrong_shape_is_one_line_naming_the_command(
+    env: dict[str, str], fake_dir: Path,
+) -> None:
+    with HostileQMP(fake_dir / "odd.qmp"):
+        r = run(env, "hint", "odd", "status")
+    assert r.returncode == ExitCode.QMP_ERROR, r.stderr
+    one_error_line(r, "odd", "qom-list", "entry 0 is not an object", '["balloon0"]')
 
 
 @pytest.mark.parametrize(

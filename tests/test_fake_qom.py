@@ -9,7 +9,8 @@ import pytest
 from rawqmp import RawQMP, RawQMPError, poll_until
 
 from balloonctl.fake import FakeVM
-from balloonctl.model import STAT_NOT_REPORTED, GuestStats
+from balloonctl.model import STAT_NOT_REPORTED
+from balloonctl.replies import guest_stats
 from balloonctl.units import GiB, MiB
 
 BALLOON = "/machine/peripheral/balloon0"
@@ -160,7 +161,7 @@ async def test_stats_once_driver_loaded_are_real_values(fake_vm: FakeVM) -> None
     before = int(time.time())
     async with await RawQMP.open(fake_vm.qmp_path) as qmp:
         value = await _stats(qmp)
-    stats = GuestStats.from_qom(value)
+    stats = guest_stats(value)
     assert set(value["stats"]) >= {
         "stat-swap-in",
         "stat-swap-out",
@@ -183,7 +184,7 @@ async def test_stats_once_driver_loaded_are_real_values(fake_vm: FakeVM) -> None
 
 
 async def test_stats_unreported_until_driver_loads(fake_vm_factory: Any) -> None:
-    vm = await fake_vm_factory(driver_delay=0.5)
+    vm = await fake_vm_factory(driver_delay=0.5, stats_interval=0)
     async with await RawQMP.open(vm.qmp_path) as qmp:
         early = await _stats(qmp)
         assert early["last-update"] == 0
@@ -235,7 +236,8 @@ async def test_stats_frozen_while_polling_is_off(fake_vm: FakeVM) -> None:
     assert again == first  # QEMU only has what the guest last sent
 
 
-async def test_polling_interval_refreshes_stats(fake_vm: FakeVM) -> None:
+async def test_polling_interval_refreshes_stats(fake_vm_factory: Any) -> None:
+    fake_vm: FakeVM = await fake_vm_factory(stats_interval=0)  # QEMU's default: off
     interval = {"path": BALLOON, "property": "guest-stats-polling-interval"}
     async with await RawQMP.open(fake_vm.qmp_path) as qmp:
         assert await qmp.execute("qom-get", interval) == 0

@@ -125,7 +125,8 @@ def test_journal_and_history_import_only_the_core() -> None:
 # ---- layering: who may import whom inside balloonctl ----------------------------------------
 
 PACKAGE = Path(__file__).resolve().parent.parent / "balloonctl"
-CORE = frozenset({"units", "model", "errors", "store", "text"})
+CORE = frozenset({"units", "model", "errors", "store", "text", "replies", "sockpeer",
+                  "deadline"})
 # The QMP/QGA/host layer, each with the balloonctl modules it may import at load time.
 PRIMITIVES = {
     "qmpsession": CORE,

@@ -24,6 +24,7 @@ from balloonctl.model import (
     default_floor,
     validate_target,
 )
+from balloonctl.replies import guest_stats
 from balloonctl.units import GiB, MiB
 
 QOM_STATS: dict[str, Any] = {
@@ -38,7 +39,7 @@ QOM_STATS: dict[str, Any] = {
 
 
 def test_guest_stats_from_qom() -> None:
-    s = GuestStats.from_qom(QOM_STATS)
+    s = guest_stats(QOM_STATS)
     assert s.free_memory == 700 * MiB and s.disk_caches == 300 * MiB and s.swap_in == 3
     assert s.extra == {"stat-oom-kills": 2}  # newer QEMU: kept, not lost
     assert s.reported and s.age(now=1700000010) == 10
@@ -46,14 +47,14 @@ def test_guest_stats_from_qom() -> None:
 
 def test_unreported_stats_are_none() -> None:
     raw = {"stats": dict.fromkeys(QOM_STATS["stats"], STAT_NOT_REPORTED), "last-update": 0}
-    s = GuestStats.from_qom(raw)
+    s = guest_stats(raw)
     assert s.free_memory is None and s.extra == {} and not s.reported and s.age() is None
 
 
 def full_state() -> BalloonState:
     return BalloonState(
         name="vm1", qmp="/run/vm1.qmp", reachable=True, actual=1 * GiB, guest_ram=2 * GiB,
-        target=1 * GiB, floor=256 * MiB, maximum=3 * GiB // 2, stats=GuestStats.from_qom(QOM_STATS),
+        target=1 * GiB, floor=256 * MiB, maximum=3 * GiB // 2, stats=guest_stats(QOM_STATS),
         polling_interval=2, features=DeviceFeatures(True, False, None),
         hint=HintState(HintMode.AGENT, True, "reclaims cache", 200 * MiB, HintMethod.RECLAIM),
         taken_at=1700000001.0,

@@ -33,7 +33,7 @@ __all__ = [
 # A converging VM whose ``actual`` has not moved for this long is stuck (the CLI's
 # ``set --wait`` gives up after the same stall).
 STUCK_AFTER = 5.0
-_DOWN = (VmStatus.BUSY, VmStatus.UNREACHABLE)
+_DOWN = (VmStatus.BUSY, VmStatus.UNREACHABLE, VmStatus.ERROR)  # failed: with a reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,7 @@ def _size(value: int | None) -> str:
 
 
 def state_text(row: VmRow) -> str:
-    """The state cell's words: the status, the reason of an unreachable or busy VM, or a
+    """The state cell's words: the status, the reason of an unreachable, busy or error VM, or a
     note that the guest's numbers are outdated."""
     status = row.state.status
     if status in _DOWN and row.state.error:

@@ -76,7 +76,8 @@ def main(
     )] = None,
     timeout: Annotated[str | None, typer.Option(
         "--timeout", metavar="DURATION",
-        help="Timeout to connect to a VM and for each QMP command (e.g. 3s).",
+        help="How long a command may spend on each VM: connecting, QMP and guest-agent "
+             "commands together (e.g. 3s); set --wait waits on top.",
     )] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show the QMP and guest-agent messages on stderr.",

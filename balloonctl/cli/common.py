@@ -134,9 +134,11 @@ class Settings:
         from balloonctl.store import FileStore
 
         connect, command = self._timeouts()
+        budget = self.timeout if self.timeout is not None else (
+            self.inventory().config.defaults.timeout)
         return Fleet(refs, store=FileStore(), hold=hold, connect_timeout=connect,
                      command_timeout=command, trace=self.trace if self.verbose else None,
-                     recorder=self.recorder)
+                     recorder=self.recorder, budget=budget)
 
     def client(self, ref: VmRef) -> VmClient:
         from balloonctl.backend import client_for
@@ -316,11 +318,11 @@ def report(results: Mapping[str, object], refs: Sequence[VmRef]) -> ExitCode:
 
 
 def report_states(states: Sequence[BalloonState], refs: Sequence[VmRef]) -> ExitCode:
-    """Unreachable VMs in snapshots are failures (one stderr line each)."""
+    """Unreachable VMs and VMs in the error state are failures (one stderr line each)."""
     by_name = {r.name: r for r in refs}
     codes: list[ExitCode] = []
     for s in states:
-        if s.reachable:
+        if not s.failed:
             codes.append(ExitCode.OK)
             continue
         kind = s.error_kind or "ConnectFailed"

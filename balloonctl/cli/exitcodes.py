@@ -10,8 +10,9 @@ code  name             meaning
                        a socket libvirt holds; libvirtd not running or refusing the URI; the
                        libvirt domain not running (or destroyed mid-command); or the host's
                        memory files (meminfo, PSI, KSM) cannot be read
-4     QMP_ERROR        QEMU or libvirt refused a command (no balloon device), the hint cannot
-                       be honoured, or the guest agent failed (or does not respond)
+4     QMP_ERROR        QEMU or libvirt refused a command (no balloon device) or answered
+                       nonsense (a reply of the wrong shape), the hint cannot be honoured, or
+                       the guest agent failed (or does not respond)
 5     UNSAFE_TARGET    a target refused before it was sent (above RAM or max, below floor)
 6     TIMEOUT          a reply or the balloon did not arrive in time, the balloon is stuck, or
                        the guest has no balloon driver loaded (so it never moves)
@@ -34,6 +35,7 @@ from collections.abc import Iterable
 from balloonctl import errors
 from balloonctl.errors import (
     AgentError,
+    BadReply,
     BalloonError,
     ConnectFailed,
     Disconnected,
@@ -78,6 +80,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (QMPTimeout, ExitCode.TIMEOUT),
     (DriverNotReady, ExitCode.TIMEOUT),  # a balloon that cannot move is a stuck balloon
     (QMPCommandError, ExitCode.QMP_ERROR),
+    (BadReply, ExitCode.QMP_ERROR),
     (HintUnsupported, ExitCode.QMP_ERROR),
     (AgentError, ExitCode.QMP_ERROR),
     (JournalError, ExitCode.JOURNAL),

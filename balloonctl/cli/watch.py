@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import enum
 import json
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -29,16 +28,6 @@ __all__ = ["WatchFormat", "watch"]
 class WatchFormat(enum.StrEnum):
     NDJSON = "ndjson"
     CSV = "csv"
-
-
-def _event_record(vm: str, name: str, data: Mapping[str, Any], ts: float) -> dict[str, Any]:
-    from balloonctl.fleet import CONNECTED, DISCONNECTED
-
-    label = {CONNECTED: "CONNECTED", DISCONNECTED: "DISCONNECTED"}.get(name, name)
-    record: dict[str, Any] = {"event": label, "name": vm, "timestamp": round(ts, 6)}
-    if name != CONNECTED:
-        record["data"] = json.loads(json.dumps(dict(data), default=str))
-    return record
 
 
 def watch(
@@ -69,10 +58,11 @@ def watch(
         fleet = settings().fleet(refs, hold=hold)
 
         async def pump_events() -> None:
+            from balloonctl.fleet import event_record
+
             with contextlib.suppress(BalloonError):  # a VM's failure shows in its snapshots
                 async for vm, ev in fleet.events():
-                    out(json.dumps(_event_record(vm, ev.name, ev.data, ev.timestamp),
-                                   separators=(",", ":")))
+                    out(json.dumps(event_record(vm, ev), separators=(",", ":")))
 
         async def snapshots() -> None:
             n = 0

@@ -13,7 +13,7 @@ from balloonctl.errors import SizeError
 from balloonctl.fake.fleet import FakeFleet
 from balloonctl.fake.guest import WORKLOADS
 from balloonctl.fake.paths import socket_dir
-from balloonctl.fake.runner import serve_fleet
+from balloonctl.fake.runner import apply_faults, serve_fleet
 from balloonctl.units import parse_size
 
 
@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         help="guest workload (default compile)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fault", action="append", default=[], metavar="[VM=]FAULT",
+        help="inject a fault into every VM (or VM): bad-reply:CMD (a malformed reply to CMD, "
+             "e.g. bad-reply:query-balloon, bad-reply:qom-get:guest-stats, "
+             "bad-reply:guest-info), drop:CMD, garbage:CMD, delay:CMD@SECONDS, never-greet; "
+             "repeatable",
+    )
     parser.add_argument("--host-mem", default=None,
                         help="simulate a host with this much RAM (figures in DIR/host)")
     parser.add_argument("--qga-no-memory-reclaim", action="store_true",
@@ -40,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qga-no-cgroup2", action="store_true",
                         help="guests without cgroup2 mounted at /sys/fs/cgroup")
     args = parser.parse_args(argv)
+    from balloonctl.fake.faults import Faults
+
+    for spec in args.fault:
+        try:
+            Faults().add(spec.partition("=")[2] if "=" in spec else spec)
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         ram = parse_size(args.mem)
         host_mem = None if args.host_mem is None else parse_size(args.host_mem)
@@ -50,10 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     workload = None if args.workload == "none" else args.workload
 
     def make(where: Path) -> FakeFleet:
-        return FakeFleet(args.vms, where, ram=ram, workload=workload, seed=args.seed,
-                         host_mem=host_mem,
-                         qga_memory_reclaim=not args.qga_no_memory_reclaim,
-                         qga_cgroup2=not args.qga_no_cgroup2)
+        fleet = FakeFleet(args.vms, where, ram=ram, workload=workload, seed=args.seed,
+                          host_mem=host_mem,
+                          qga_memory_reclaim=not args.qga_no_memory_reclaim,
+                          qga_cgroup2=not args.qga_no_cgroup2,
+                          stats_interval=2)  # like Proxmox: the stats are fresh
+        apply_faults(fleet, args.fault)
+        return fleet
 
     def ready(fleet: FakeFleet) -> None:
         print(f"balloonctl fake: serving {args.vms} VMs in {fleet.directory} until Ctrl-C",

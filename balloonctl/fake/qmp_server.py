@@ -75,6 +75,9 @@ class QMPServer(JSONServer):
         """Deliver an event to the client, if one is past capabilities negotiation
         (QEMU sends no events to a monitor still negotiating)."""
         if self.negotiated:
+            bad = self.faults.bad_event
+            if bad and msg.get("event") in bad:
+                msg = bad[msg["event"]]
             self.send(msg)
 
     @property

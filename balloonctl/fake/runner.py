@@ -7,14 +7,14 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from balloonctl.fake.fleet import FakeFleet
 from balloonctl.fake.vm import FakeVM
 
-__all__ = ["run_fleet_forever", "run_in_thread", "serve_fleet"]
+__all__ = ["apply_faults", "run_fleet_forever", "run_in_thread", "serve_fleet"]
 
 F = TypeVar("F", FakeVM, FakeFleet)
 
@@ -121,12 +121,14 @@ async def run_fleet_forever(
     **vm_kwargs: Any,
 ) -> None:
     """Serve ``n`` fake VMs in ``directory`` (``serve_fleet``); ``vm_kwargs`` go to
-    ``FakeFleet`` (``overrides`` too).
+    ``FakeFleet`` (``overrides`` too); the guests' stats polling is on (2 s) unless
+    ``stats_interval`` says otherwise.
 
     Raises:
         OSError: a socket could not be created.
         ValueError: an unknown workload, or a bad ``FakeFleet`` argument.
     """
+    vm_kwargs.setdefault("stats_interval", 2)  # like Proxmox: the stats are fresh
     fleet = FakeFleet(n, directory, ram=ram, workload=workload, **vm_kwargs)
     await serve_fleet(fleet, out=out, stop=stop, ready=ready)
 
@@ -165,3 +167,23 @@ async def serve_fleet(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def apply_faults(fleet: FakeFleet, specs: Sequence[str]) -> None:
+    """Switch on faults named on a command line: ``FAULT`` for every VM, ``VM=FAULT`` for
+    one (see ``Faults.add``).
+
+    Raises:
+        ValueError: an unknown fault or VM name.
+    """
+    by_name = {vm.name: vm for vm in fleet.vms}
+    for spec in specs:
+        name, eq, fault = spec.partition("=")
+        if not eq:
+            for vm in fleet.vms:
+                vm.faults.add(spec)
+        elif name in by_name:
+            by_name[name].faults.add(fault)
+        else:
+            raise ValueError(f"--fault {spec!r}: no VM named {name!r}")
+

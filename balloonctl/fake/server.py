@@ -223,6 +223,14 @@ class JSONServer:
         if action is FaultAction.GARBAGE:
             writer.write(GARBAGE)
             return True
+        replaced, bad = faults.bad_message(name, args)
+        if replaced:
+            if isinstance(bad, dict):
+                bad = dict(bad)
+                if isinstance(msg, dict) and "id" in msg:
+                    bad["id"] = msg["id"]
+            self.send(bad)
+            return True
         try:
             if action is FaultAction.ERROR:
                 cls, desc = faults.errors[name]

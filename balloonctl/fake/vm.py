@@ -63,10 +63,12 @@ class FakeVM(Service):
         workload: str | None = None,
         tick: float = 0.05,
         seed: int = 0,
+        stats_interval: int = 0,
         image: str = "debian-12",
         clock: SimClock | None = None,
     ) -> None:
-        """Nothing is created until ``start``.
+        """Nothing is created until ``start``. ``stats_interval``: the guest-stats polling
+        interval the VM starts with (QEMU's default is 0, off; Proxmox starts its VMs with 2).
 
         Raises:
             ValueError: an unknown workload, an impossible memory size, or a name that is not
@@ -83,6 +85,7 @@ class FakeVM(Service):
             check_socket_path(self.qga_path)
         self.ram = ram
         self.tick = tick
+        self.stats_interval = stats_interval
         self.agent = agent
         self.image = image
         self.clock = clock
@@ -144,6 +147,8 @@ class FakeVM(Service):
         self.machine.boot()
         if self.device is not None:
             self.device.start(now)
+            if self.stats_interval:  # as set on QEMU's command line
+                self.device.set_polling_interval(self.stats_interval, now)
         try:
             await self.qmp.start()
             if self.qga is not None:

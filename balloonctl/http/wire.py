@@ -43,6 +43,7 @@ _STATUS: tuple[tuple[type[BalloonError], int], ...] = (
     (errors.QMPTimeout, 504),
     (errors.WaitTimeout, 504),
     (errors.QMPCommandError, 502),
+    (errors.BadReply, 502),  # QEMU answered nonsense: a bad gateway, like a refusal
     (errors.AgentError, 502),
     # the service's own files (host figures, journal, state): it cannot serve the request now
     (errors.HostReadError, 503),

@@ -333,6 +333,12 @@ class LibvirtClient:
                               "not passed through", vm=self.vm, error_class="LibvirtOnly",
                               sent=sent)
 
+    async def query(self, cmd: str, args: dict[str, Any] | None,
+                    parse: Callable[[Any], T]) -> T:
+        """As ``BalloonClient.query``; nothing passes through libvirt's QMP monitor.
+        Raises: QMPCommandError (see ``execute``)."""
+        return parse(await self.execute(cmd, args))
+
     # ---- targets ----------------------------------------------------------------------
 
     def last_target(self) -> int | None:

@@ -24,11 +24,13 @@ Cell = str | Text
 _STATUS_STYLE = {
     VmStatus.OK: "green",
     VmStatus.CONVERGING: "cyan",
+    VmStatus.PRESSURE: "bold magenta",
     VmStatus.STALE: "yellow",
     VmStatus.NO_DRIVER: "yellow",
     VmStatus.NO_DEVICE: "yellow",
     VmStatus.BUSY: "bold red",
     VmStatus.UNREACHABLE: "bold red",
+    VmStatus.ERROR: "bold red",
 }
 
 
@@ -38,8 +40,8 @@ def _state(row: VmRow) -> Text:
     text = Text(status.value, style=_STATUS_STYLE[status])
     rest = words[len(status.value):]
     if rest:
-        text.append(rest, style="red" if status in (VmStatus.UNREACHABLE, VmStatus.BUSY)
-                    else "dim")
+        text.append(rest, style="red" if status in (VmStatus.UNREACHABLE, VmStatus.BUSY,
+                                                    VmStatus.ERROR) else "dim")
     return text
 
 
