@@ -1,0 +1,487 @@
+"""``HostService``: what ``balloonctl serve`` does between HTTP requests.
+
+It owns one ``DataSource`` (a hold-mode ``Fleet`` in production: one QMP connection per VM,
+events on, reconnect with backoff), polls it every ``interval`` seconds into ``latest``,
+reads the host's memory, watches for foreign writers, runs ``auto`` when one is wired, and
+journals every target change made through it. HTTP handlers (``serve.api``) and the metrics
+collector (``serve.metrics``) only read what it keeps and call its methods: listing VMs
+never touches a QMP socket.
+
+No web framework here: the service is tested and benchmarked without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from balloonctl.errors import BalloonError, UnknownVM, UsageError
+from balloonctl.fleet import CONNECTED, DataSource
+from balloonctl.history import history, plan_undo
+from balloonctl.host import HostMemory, read_host
+from balloonctl.journal import Journal, JournalEntry, Origin
+from balloonctl.model import CONVERGED_TOLERANCE, BalloonState, HintState, VmRef
+from balloonctl.policy import (
+    Decision,
+    PolicySettings,
+    VmInput,
+    VmRates,
+    decide,
+    policy_for,
+    rates_between,
+)
+from balloonctl.qmp import BalloonEvent
+from balloonctl.units import SizeKind, TargetSpec, format_size
+
+__all__ = ["AutoControl", "Conflict", "HostService", "ServeHealth", "Unavailable"]
+
+log = logging.getLogger(__name__)
+
+STREAM_QUEUE = 256  # items a slow stream reader may fall behind before the oldest are dropped
+
+
+class Conflict(BalloonError):
+    """The request is well formed but clashes with the VM's state (HTTP 409)."""
+
+
+class Unavailable(BalloonError):
+    """The service cannot do this now or in this build (HTTP 503)."""
+
+
+class AutoControl(Protocol):
+    """What the service needs from the automatic-ballooning controller (``balloonctl.auto``).
+
+    ``run_cycle`` decides and applies one round (journaling its changes) and returns the
+    decisions; the service calls it every ``PolicySettings.cycle`` seconds while ``enabled``.
+    """
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def enable(self, on: bool) -> None: ...
+
+    async def run_cycle(self) -> Sequence[Decision]: ...
+
+
+@dataclass(slots=True)
+class ServeHealth:
+    """The service's own counters (``/metrics`` exports them)."""
+
+    polls: int = 0
+    last_poll_seconds: float | None = None
+    observe_poll: Callable[[float], None] | None = None  # the metrics' histogram
+    errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (where, kind) -> count
+    auto_decisions: dict[str, int] = field(default_factory=dict)  # action -> count
+    foreign_writes: dict[str, int] = field(default_factory=dict)  # vm -> count
+    stream_dropped: int = 0
+
+    def error(self, where: str, kind: str) -> None:
+        self.errors[where, kind] = self.errors.get((where, kind), 0) + 1
+
+
+class HostService:
+    """The VMs of one host, served. Use ``async with`` (or ``start``/``stop``).
+
+    ``refs`` gives each VM's inventory entry (for the policy's per-VM settings); ``host_root``
+    is where the host's memory is read (None: not shown); ``journal`` records changes (None:
+    not journaled); ``auto`` the controller (None: auto is not available in this build).
+    """
+
+    def __init__(self, source: DataSource, *, refs: Sequence[VmRef] = (),
+                 interval: float = 1.0, host_root: Path | None = None,
+                 journal: Journal | None = None, policy: PolicySettings | None = None,
+                 auto: AutoControl | None = None, label: str = "localhost",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.refs = {r.name: r for r in refs}
+        self.interval = interval
+        self.host_root = host_root
+        self.journal = journal
+        self.policy = policy if policy is not None else PolicySettings()
+        self.auto = auto
+        self.label = label
+        self.clock = clock
+        self.latest: dict[str, BalloonState] = {}
+        self.previous: dict[str, BalloonState] = {}
+        self.host: HostMemory | None = None
+        self.host_error: str | None = None
+        self.health = ServeHealth()
+        self.last_decisions: list[Decision] = []
+        self._owned: dict[str, int] = {}  # targets set through the service, not yet moved away
+        self._foreign: set[str] = set()
+        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._polled = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one poll at a time
+
+    # -- life -----------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
+    async def start(self) -> None:
+        """Start polling, the event pump and the auto loop (idempotent)."""
+        if self._tasks:
+            return
+        self._tasks = [asyncio.create_task(self._poll_loop(), name="serve:poll"),
+                       asyncio.create_task(self._event_loop(), name="serve:events"),
+                       asyncio.create_task(self._auto_loop(), name="serve:auto")]
+
+    async def stop(self) -> None:
+        """Stop the loops, end every stream and close the source (never raises)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for queue in list(self._subscribers):
+            self._offer(queue, None)
+        with contextlib.suppress(BalloonError):
+            await self.source.close()
+
+    async def __aenter__(self) -> HostService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- polling --------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.poll_once()
+            except Exception as exc:  # a bug must not stop the service; count and go on
+                log.exception("poll failed")
+                self.health.error("poll", type(exc).__name__)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                delay = max(0.0, self.interval - (loop.time() - started))
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def poll_once(self) -> list[BalloonState]:
+        """Read every VM (and the host) once; returns the states. Never raises
+        ``BalloonError``: unreachable VMs are states with an error."""
+        async with self._lock:
+            started = time.perf_counter()
+            states = await self.source.snapshot()
+            for state in states:
+                self._observe(state)
+            self._read_host()
+            self.health.polls += 1
+            took = self.health.last_poll_seconds = time.perf_counter() - started
+            if self.health.observe_poll is not None:
+                self.health.observe_poll(took)
+            self._polled.set()
+        self._publish({"type": "snapshot", "host": self.label, "time": self.clock(),
+                       "vms": [s.to_json() for s in states]})
+        return states
+
+    def _observe(self, state: BalloonState) -> None:
+        """Keep ``state`` as the VM's latest; count failures; notice a foreign writer: a
+        target set here, reached, then left by ``actual`` while QEMU forgot it (the fleet
+        drops a remembered target once the VM moves off it by itself)."""
+        name = state.name
+        old = self.latest.get(name)
+        if old is not None and old.stats is not None and old.stats.reported:
+            self.previous[name] = old
+        self.latest[name] = state
+        if not state.reachable:
+            self.health.error("poll", state.error_kind or "Unreachable")
+            return
+        ours = self._owned.get(name)
+        if ours is None or state.actual is None or state.target is not None:
+            return
+        reached = old is not None and old.actual is not None and \
+            abs(old.actual - ours) <= CONVERGED_TOLERANCE
+        if reached and abs(state.actual - ours) > CONVERGED_TOLERANCE:
+            del self._owned[name]
+            self._foreign.add(name)
+            self.health.foreign_writes[name] = self.health.foreign_writes.get(name, 0) + 1
+            self._journal_later(JournalEntry.new(
+                vm=name, qmp=state.qmp, previous=ours, target=state.actual,
+                reason=f"another writer moved the balloon to {format_size(state.actual)}",
+                origin=Origin.FOREIGN))
+
+    def _read_host(self) -> None:
+        if self.host_root is None:
+            return
+        try:
+            self.host, self.host_error = read_host(self.host_root), None
+        except BalloonError as exc:
+            self.host_error = exc.message
+            self.health.error("host", type(exc).__name__)
+
+    def poke(self) -> None:
+        """Poll again now (after a change), not at the next interval."""
+        self._wake.set()
+
+    # -- events and streams ---------------------------------------------------------------
+    async def _event_loop(self) -> None:
+        async for name, event in self.source.events():
+            state = event.data.get("state")
+            if event.name == CONNECTED and isinstance(state, BalloonState):
+                self._observe(state)
+            self._publish({"type": "event", "host": self.label, "vm": name,
+                           "event": event.name, "timestamp": event.timestamp,
+                           "data": _event_data(event)})
+
+    def _publish(self, item: dict[str, Any]) -> None:
+        for queue in list(self._subscribers):
+            self._offer(queue, item)
+
+    def _offer(self, queue: asyncio.Queue[dict[str, Any] | None],
+               item: dict[str, Any] | None) -> None:
+        while queue.full():
+            queue.get_nowait()
+            self.health.stream_dropped += 1
+        queue.put_nowait(item)
+
+    async def stream(self, *, snapshots: bool = True,
+                     events: bool = True) -> AsyncIterator[dict[str, Any]]:
+        """Items as they happen: ``{"type": "snapshot", "vms": [...]}`` after every poll (the
+        current one first) and ``{"type": "event", "vm", "event", "data"}`` for every event.
+        Ends when the service stops."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(STREAM_QUEUE)
+        self._subscribers.add(queue)
+        try:
+            if snapshots:
+                yield {"type": "snapshot", "host": self.label, "time": self.clock(),
+                       "vms": [s.to_json() for s in await self.snapshot()]}
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if (item["type"] == "snapshot" and snapshots) or \
+                        (item["type"] == "event" and events):
+                    yield item
+        finally:
+            self._subscribers.discard(queue)
+
+    # -- DataSource -----------------------------------------------------------------------
+    @property
+    def names(self) -> Sequence[str]:
+        return self.source.names
+
+    def _known(self, name: str) -> str:
+        if name not in self.source.names:
+            known = ", ".join(self.source.names) or "none"
+            raise UnknownVM(f"no VM named {name!r} (known: {known})", vm=None)
+        return name
+
+    async def snapshot(self) -> list[BalloonState]:
+        """The latest state of every VM, in inventory order, without touching a socket (the
+        first call waits for the first poll; without a running poller it polls now)."""
+        if not self._tasks:
+            return await self.poll_once()
+        await self._polled.wait()
+        return [self.latest[n] for n in self.source.names if n in self.latest]
+
+    async def state(self, name: str) -> BalloonState:
+        """Raises: UnknownVM."""
+        self._known(name)
+        states = {s.name: s for s in await self.snapshot()}
+        return states[name]
+
+    async def set_target(self, name: str, spec: TargetSpec | int, *, force: bool = False,
+                         reason: str = "set through balloonctl serve",
+                         origin: Origin = Origin.SET) -> int:
+        """Set one VM's target and journal it.
+
+        Raises:
+            UnknownVM, UnsafeTarget and what ``DataSource.set_target`` raises; JournalError
+            when the change was made but could not be journaled.
+        """
+        self._known(name)
+        if isinstance(spec, int):
+            spec = TargetSpec(SizeKind.ABSOLUTE, spec, str(spec))
+        before, target = await self._apply(name, spec, force)
+        if self.journal is not None and (before is None or before.target != target):
+            previous = None if before is None else \
+                before.target if before.target is not None else before.actual
+            qmp = before.qmp if before is not None else self.refs[name].qmp \
+                if name in self.refs else name
+            await self._journal(JournalEntry.new(vm=name, qmp=qmp, previous=previous,
+                                                 target=target, reason=reason, origin=origin))
+        return target
+
+    async def _apply(self, name: str, spec: TargetSpec,
+                     force: bool) -> tuple[BalloonState | None, int]:
+        before = self.latest.get(name)
+        target = await self.source.set_target(name, spec, force=force)
+        self._owned[name] = target
+        self._foreign.discard(name)
+        if before is not None:
+            self.latest[name] = before.with_changes(target=target)
+        self.poke()
+        return before, target
+
+    async def set_hint(self, name: str, on: bool) -> HintState:
+        """Raises: UnknownVM, HintUnsupported and what ``DataSource.set_hint`` raises."""
+        self._known(name)
+        hint = await self.source.set_hint(name, on)
+        self.poke()
+        return hint
+
+    async def enable_stats(self, name: str, interval: int) -> None:
+        """Raises: UnknownVM, UsageError (a negative interval) and what
+        ``DataSource.enable_stats`` raises."""
+        self._known(name)
+        if interval < 0:
+            raise UsageError("'interval' must be 0 (off) or more seconds")
+        await self.source.enable_stats(name, interval)
+        self.poke()
+
+    async def events(self) -> AsyncIterator[tuple[str, BalloonEvent]]:
+        """The source's events (through the fan-out while the service runs)."""
+        if not self._tasks:
+            async for pair in self.source.events():
+                yield pair
+            return
+        async for item in self.stream(snapshots=False):
+            yield item["vm"], BalloonEvent(item["event"], item["data"], item["timestamp"])
+
+    async def close(self) -> None:
+        await self.stop()
+
+    # -- the journal ----------------------------------------------------------------------
+    async def _journal(self, *entries: JournalEntry) -> None:
+        assert self.journal is not None
+        try:
+            await asyncio.to_thread(self.journal.append, *entries)
+        except BalloonError as exc:
+            self.health.error("journal", type(exc).__name__)
+            raise
+
+    def _journal_later(self, entry: JournalEntry) -> None:
+        if self.journal is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._journal(entry))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def history(self, vm: str | None = None, limit: int | None = None) -> list[JournalEntry]:
+        """Journal entries, oldest first (the last ``limit``).
+
+        Raises:
+            Unavailable: the service keeps no journal; JournalError: it cannot be read.
+        """
+        if self.journal is None:
+            raise Unavailable("this service keeps no journal")
+        read = await asyncio.to_thread(self.journal.read)
+        entries = history(read.entries, vm)
+        return entries if limit is None else entries[-limit:] if limit else []
+
+    async def undo(self, vm: str, steps: int = 1, *, dry_run: bool = False,
+                   force: bool = False) -> dict[str, Any]:
+        """Take back the last ``steps`` journaled changes of ``vm`` (``plan_undo``).
+
+        Raises:
+            UnknownVM, UsageError (steps below 1), Unavailable (no journal), Conflict
+            (nothing to undo, or the VM's target is no longer the journal's), and what
+            ``set_target`` raises.
+        """
+        self._known(vm)
+        entries = await self.history()
+        step = plan_undo(entries, vm, steps)[0]
+        if step.target is None or not step.undoes:
+            raise Conflict(step.note or "nothing to undo", vm=vm)
+        now = self.latest.get(vm)
+        current = None if now is None else now.target
+        if current is not None and step.current is not None and current != step.current:
+            raise Conflict(f"the target is {format_size(current)}, not "
+                           f"{format_size(step.current)} as the journal says; use set", vm=vm)
+        body: dict[str, Any] = {"name": vm, "target": step.target, "undoes":
+                                [e.id for e in step.undoes], "note": step.note,
+                                "dry_run": dry_run}
+        if dry_run:
+            return body
+        entry = step.entry()
+        target = step.target
+        await self._apply(vm, TargetSpec(SizeKind.ABSOLUTE, target, str(target)), force)
+        if self.journal is not None:
+            await self._journal(entry)
+        return body
+
+    # -- the policy -----------------------------------------------------------------------
+    def read_host_now(self) -> HostMemory:
+        """The host's memory, read now.
+
+        Raises:
+            Unavailable: no host root configured; HostReadError: the files are unreadable.
+        """
+        if self.host_root is None:
+            raise Unavailable("this service does not read the host's memory")
+        self.host, self.host_error = read_host(self.host_root), None
+        return self.host
+
+    async def plan(self) -> list[Decision]:
+        """What the policy would do now (nothing is sent).
+
+        Raises:
+            Unavailable, HostReadError: as ``read_host_now``.
+        """
+        states = await self.snapshot()
+        host = self.read_host_now()
+        inputs = []
+        for state in states:
+            before = self.previous.get(state.name)
+            rates = rates_between(before, state) if before is not None else VmRates()
+            ref = self.refs.get(state.name)
+            inputs.append(VmInput(
+                state, rates,
+                owned=state.name not in self._foreign,
+                policy=policy_for(ref, self.policy) if ref is not None else None))
+        return decide(inputs, host, self.policy)
+
+    # -- auto -----------------------------------------------------------------------------
+    def _auto(self) -> AutoControl:
+        if self.auto is None:
+            raise Unavailable("auto is not available in this build")
+        return self.auto
+
+    def auto_status(self) -> dict[str, Any]:
+        """Raises: Unavailable: no controller is wired."""
+        auto = self._auto()
+        return {"enabled": auto.enabled, "cycle": self.policy.cycle,
+                "decisions": [d.to_json() for d in self.last_decisions]}
+
+    def set_auto(self, on: bool) -> dict[str, Any]:
+        """Raises: Unavailable: no controller is wired."""
+        self._auto().enable(on)
+        self.poke()
+        return self.auto_status()
+
+    async def _auto_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.cycle)
+            if self.auto is None or not self.auto.enabled:
+                continue
+            try:
+                decisions = list(await self.auto.run_cycle())
+            except BalloonError as exc:
+                self.health.error("auto", type(exc).__name__)
+                continue
+            self.last_decisions = decisions
+            for d in decisions:
+                key = d.action.value
+                self.health.auto_decisions[key] = self.health.auto_decisions.get(key, 0) + 1
+            self.poke()
+
+    def foreign(self, name: str) -> bool:
+        """True once another writer moved a target this service set (until it sets one)."""
+        return name in self._foreign
+
+
+def _event_data(event: BalloonEvent) -> dict[str, Any]:
+    return {key: value.to_json() if isinstance(value, BalloonState) else value
+            for key, value in event.data.items()}
