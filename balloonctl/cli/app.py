@@ -1126,6 +1126,15 @@ def completion(
     sys.stdout.write(scripts.script(shell.value))
 
 
+def _register_more() -> None:
+    from balloonctl.cli import serve_cmd
+
+    serve_cmd.register(app)
+
+
+_register_more()
+
+
 def run() -> None:
     """The console script's entry point."""
     app(prog_name="balloonctl")
