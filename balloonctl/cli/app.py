@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
@@ -50,6 +50,7 @@ from balloonctl.units import (
 )
 
 if TYPE_CHECKING:
+    from balloonctl.cli.remote import Endpoint
     from balloonctl.fleet import Fleet
     from balloonctl.qmp import BalloonClient
 
@@ -185,7 +186,14 @@ class Settings:
     config: Path | None = None
     timeout: float | None = None
     verbose: bool = False
+    hosts: list[str] = field(default_factory=list)
     _inventory: Inventory | None = None
+
+    def services(self) -> list[Endpoint] | None:
+        """The balloonctl serve instances to go through (None: talk QMP directly)."""
+        from balloonctl.cli.remote import endpoints
+
+        return endpoints(self.hosts, direct=bool(self.qmp or self.directory))
 
     def inventory(self) -> Inventory:
         if self._inventory is None:
@@ -276,6 +284,11 @@ def main(
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show the QMP and guest-agent messages on stderr.",
     )] = False,
+    host: Annotated[list[str] | None, typer.Option(
+        "--host", metavar="URL",
+        help="Go through the balloonctl serve at URL (repeatable; token from "
+             "$BALLOONCTL_TOKEN). Without it, a local service's socket is used when it exists.",
+    )] = None,
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.",
     )] = False,
@@ -288,7 +301,7 @@ def main(
     global _STATE
     _STATE = Settings(
         qmp=list(qmp or []), qga=qga, directory=directory, config=config,
-        timeout=_duration(timeout, "--timeout"), verbose=verbose,
+        timeout=_duration(timeout, "--timeout"), verbose=verbose, hosts=list(host or []),
     )
 
 
@@ -428,7 +441,20 @@ def status(
     """A table of every selected VM's balloon: actual, RAM, target, free, cached, hint."""
     fmt = _format(fmt, as_json)
     every = _duration(interval, "--interval") or 2.0
-    refs = _STATE.select(vms or [], all_vms=all_vms)
+    services = _STATE.services()
+    if services is not None:
+        from balloonctl.cli.remote import remote_states
+
+        async def through_service() -> AsyncIterator[list[BalloonState]]:
+            while True:
+                yield await remote_states(services, vms or [], all_vms)
+                await asyncio.sleep(every)
+    refs = [] if services is not None else _STATE.select(vms or [], all_vms=all_vms)
+    if not watch and services is not None:
+        states = _run(remote_states(services, vms or [], all_vms))
+        _out(render_states(states, fmt))
+        _exit(_report_states(states, refs))
+        return
     if not watch:
         states = _run(_snapshot(refs))
         _out(render_states(states, fmt))
@@ -440,7 +466,8 @@ def status(
         tty = _is_tty() and fmt is Format.TABLE
         n = 0
         try:
-            async for states in fleet.stream(every):
+            stream = fleet.stream(every) if services is None else through_service()
+            async for states in stream:
                 text = render_states(states, fmt, csv_header=n == 0)
                 if tty:
                     stamp = time.strftime("%H:%M:%S")
@@ -545,6 +572,17 @@ def set_(
     names, size_text = _split_set_args(targets, all_vms)
     spec = parse_target(size_text)
     wait_for = _duration(timeout, "--timeout") or 60.0
+    services = _STATE.services()
+    if services is not None:
+        from balloonctl.cli.remote_cmds import set_through_service
+
+        results = _run(set_through_service(services, names, all_vms, spec, force=force,
+                                           dry_run=dry_run, wait=wait_for if wait else None))
+        for r in results.values():
+            if isinstance(r, str):
+                _out(r)
+        _exit(_report(results, []))
+        return
     refs = _STATE.select(names, all_vms=all_vms)
     progress = _Progress([r.name for r in refs])
 
@@ -613,14 +651,21 @@ def hint(
         raise UsageError(f"expected on, off or status as the last word, got {args[-1]!r}")
     if not args and not all_vms:
         raise UsageError("expected VM... [on|off|status]")
-    refs = _STATE.select(args, all_vms=all_vms)
+    services = _STATE.services()
+    refs = [] if services is not None else _STATE.select(args, all_vms=all_vms)
 
     async def one(c: BalloonClient) -> HintState:
         if action == "status":
             return await c.hint_status()
         return await c.set_hint(action == "on")
 
-    results = _run(_each(refs, one))
+    if services is not None:
+        from balloonctl.cli.remote_cmds import hint_through_service
+
+        results: Mapping[str, HintState | BalloonError] = _run(
+            hint_through_service(services, args, all_vms, action))
+    else:
+        results = _run(_each(refs, one))
     ok = {n: h for n, h in results.items() if isinstance(h, HintState)}
     if fmt is Format.TABLE:
         _out("\n".join(_hint_line(n, h) for n, h in ok.items()))
