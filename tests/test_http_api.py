@@ -24,9 +24,9 @@ from balloonctl.errors import (
     UsageError,
 )
 from balloonctl.http import HttpSource
-from balloonctl.serve import create_app
 from balloonctl.model import BalloonState
 from balloonctl.qmp import BalloonEvent
+from balloonctl.serve import create_app
 from balloonctl.units import GiB, MiB, SizeKind, TargetSpec, parse_target
 from tui.targets import absolute
 from tui.testing import StaticSource, sample_states

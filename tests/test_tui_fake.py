@@ -15,8 +15,8 @@ from textual.pilot import Pilot
 from balloonctl.fake import FakeVM
 from balloonctl.fleet import DataSource, Fleet
 from balloonctl.http import HttpSource
-from balloonctl.serve import create_app
 from balloonctl.model import VmRef
+from balloonctl.serve import create_app
 from balloonctl.units import GiB, MiB, format_size
 from tui.app import DashboardApp
 from tui.screens import SetTargetDialog

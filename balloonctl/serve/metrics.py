@@ -2,8 +2,9 @@
 
 One custom collector reads ``HostService.latest`` at scrape time, so a VM that leaves the
 inventory leaves the output with it (no per-VM metric objects to leak). The poll-duration
-histogram is a real ``prometheus_client`` histogram in a registry of the service's own (so
-several services in one process, as in ``demo --hosts``, never collide). ``METRICS`` lists
+histogram is kept by the service (``ServeHealth``) and exported by the same collector, in a
+registry of the service's own (several services in one process, as in ``demo --hosts``,
+never collide). ``METRICS`` lists
 every name exported; deploy/ and docs/serve.md use only these (a test checks).
 """
 
@@ -12,13 +13,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from balloonctl.model import HintMode, VmStatus
-from balloonctl.serve.service import HostService
+from balloonctl.serve.service import POLL_BUCKETS, HostService
 
 __all__ = ["METRICS", "Exporter", "SnapshotCollector"]
 
@@ -185,23 +192,23 @@ class SnapshotCollector(Collector):
         for (where, kind), count in sorted(health.errors.items()):
             errors.add_metric([where, kind], float(count))
         yield errors
+        poll = HistogramMetricFamily(f"{P}serve_poll_duration_seconds",
+                                     METRICS[f"{P}serve_poll_duration_seconds"][1])
+        poll.add_metric([], [(floatToGoString(b), float(n)) for b, n in
+                             zip(POLL_BUCKETS, health.poll_buckets, strict=True)],
+                        sum_value=health.poll_seconds_sum)
+        yield poll
         dropped = _family(f"{P}serve_stream_dropped_total", [])
         dropped.add_metric([], float(health.stream_dropped))
         yield dropped
 
 
 class Exporter:
-    """The metrics of one service: its collector and poll histogram in a registry of their
-    own. Creating it hooks the histogram to the service's polls."""
+    """The metrics of one service in a registry of their own."""
 
     def __init__(self, service: HostService) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(service))
-        self.poll = Histogram(
-            f"{P}serve_poll_duration_seconds", METRICS[f"{P}serve_poll_duration_seconds"][1],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-            registry=self.registry)
-        service.health.observe_poll = self.poll.observe
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""

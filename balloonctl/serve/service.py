@@ -43,6 +43,8 @@ __all__ = ["AutoControl", "Conflict", "HostService", "ServeHealth", "Unavailable
 
 log = logging.getLogger(__name__)
 
+# Upper bounds (seconds) of the poll-duration histogram's buckets, +Inf last.
+POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 STREAM_QUEUE = 256  # items a slow stream reader may fall behind before the oldest are dropped
 
 
@@ -74,12 +76,18 @@ class ServeHealth:
     """The service's own counters (``/metrics`` exports them)."""
 
     polls: int = 0
-    last_poll_seconds: float | None = None
-    observe_poll: Callable[[float], None] | None = None  # the metrics' histogram
+    poll_buckets: list[int] = field(default_factory=lambda: [0] * len(POLL_BUCKETS))
+    poll_seconds_sum: float = 0.0
     errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (where, kind) -> count
     auto_decisions: dict[str, int] = field(default_factory=dict)  # action -> count
     foreign_writes: dict[str, int] = field(default_factory=dict)  # vm -> count
     stream_dropped: int = 0
+
+    def observe_poll(self, seconds: float) -> None:
+        self.poll_seconds_sum += seconds
+        for i, bound in enumerate(POLL_BUCKETS):
+            if seconds <= bound:
+                self.poll_buckets[i] += 1
 
     def error(self, where: str, kind: str) -> None:
         self.errors[where, kind] = self.errors.get((where, kind), 0) + 1
@@ -113,6 +121,7 @@ class HostService:
         self.host_error: str | None = None
         self.health = ServeHealth()
         self.last_decisions: list[Decision] = []
+        self._changes: dict[str, int] = {}  # VM -> changes made through the service
         self._owned: dict[str, int] = {}  # targets set through the service, not yet moved away
         self._foreign: set[str] = set()
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
@@ -165,23 +174,26 @@ class HostService:
                 log.exception("poll failed")
                 self.health.error("poll", type(exc).__name__)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
             with contextlib.suppress(TimeoutError):
-                delay = max(0.0, self.interval - (loop.time() - started))
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(max(0.0, self.interval - (loop.time() - started))):
+                    await self._wake.wait()
 
     async def poll_once(self) -> list[BalloonState]:
         """Read every VM (and the host) once; returns the states. Never raises
         ``BalloonError``: unreachable VMs are states with an error."""
         async with self._lock:
             started = time.perf_counter()
+            changes = dict(self._changes)
             states = await self.source.snapshot()
             for state in states:
-                self._observe(state)
+                # a VM changed through the service while this poll ran may have been read
+                # before the change: keep the newer state, the next poll reads it again
+                if self._changes.get(state.name, 0) == changes.get(state.name, 0):
+                    self._observe(state)
             self._read_host()
             self.health.polls += 1
-            took = self.health.last_poll_seconds = time.perf_counter() - started
-            if self.health.observe_poll is not None:
-                self.health.observe_poll(took)
+            self.health.observe_poll(time.perf_counter() - started)
             self._polled.set()
         self._publish({"type": "snapshot", "host": self.label, "time": self.clock(),
                        "vms": [s.to_json() for s in states]})
@@ -317,8 +329,11 @@ class HostService:
 
     async def _apply(self, name: str, spec: TargetSpec,
                      force: bool) -> tuple[BalloonState | None, int]:
+        if self._tasks:
+            await self._polled.wait()  # the state before the change is known
         before = self.latest.get(name)
         target = await self.source.set_target(name, spec, force=force)
+        self._changes[name] = self._changes.get(name, 0) + 1
         self._owned[name] = target
         self._foreign.discard(name)
         if before is not None:
