@@ -22,7 +22,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from balloonctl.model import HintMode, VmStatus
 from balloonctl.serve.service import POLL_BUCKETS, HostService
@@ -74,6 +73,10 @@ METRICS: dict[str, tuple[str, str]] = {
     f"{P}serve_stream_dropped_total": ("counter", "Stream items dropped for slow readers"),
     f"{P}serve_poll_duration_seconds": ("histogram", "How long one poll of every VM took"),
 }
+
+
+def _bound(seconds: float) -> str:
+    return "+Inf" if seconds == float("inf") else repr(seconds)
 
 
 def _family(name: str, labels: list[str]) -> GaugeMetricFamily | CounterMetricFamily:
@@ -194,7 +197,7 @@ class SnapshotCollector(Collector):
         yield errors
         poll = HistogramMetricFamily(f"{P}serve_poll_duration_seconds",
                                      METRICS[f"{P}serve_poll_duration_seconds"][1])
-        poll.add_metric([], [(floatToGoString(b), float(n)) for b, n in
+        poll.add_metric([], [(_bound(b), float(n)) for b, n in
                              zip(POLL_BUCKETS, health.poll_buckets, strict=True)],
                         sum_value=health.poll_seconds_sum)
         yield poll
