@@ -91,11 +91,12 @@ def serve(
         raise UsageError("--interval must be above zero")
     tcp = None
     if listen is not None:
-        from balloonctl.serve.runner import parse_listen
+        from balloonctl.serve.runner import check_remote, parse_listen
 
         if socket_path is not None:
             raise UsageError("--listen and --socket conflict: one listener per service")
         tcp = parse_listen(listen)
+        check_remote(tcp[0], allow_remote=allow_remote)
         ensure_token(tokens)
     elif allow_remote:
         raise UsageError("--allow-remote needs --listen HOST:PORT")

@@ -63,6 +63,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_remote(host: str, *, allow_remote: bool) -> None:
+    """Raises: UsageError: ``host`` is not a loopback address and ``allow_remote`` is off."""
+    if not is_loopback(host) and not allow_remote:
+        raise UsageError(f"--listen {host}: not a loopback address; add --allow-remote to "
+                         "serve other machines (every request then needs the token)")
+
+
 def _private_dir(directory: Path) -> None:
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -124,9 +131,7 @@ def bind_tcp(host: str, port: int, *, allow_remote: bool) -> socket.socket:
         UsageError: a non-loopback address without ``allow_remote``, or the address cannot
             be bound.
     """
-    if not is_loopback(host) and not allow_remote:
-        raise UsageError(f"--listen {host}: not a loopback address; add --allow-remote to "
-                         "serve other machines (every request then needs the token)")
+    check_remote(host, allow_remote=allow_remote)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
