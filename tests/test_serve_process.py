@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_cli_process import BALLOONCTL, read_lines
 
 from balloonctl.cli.exitcodes import ExitCode
 from balloonctl.fake import FakeFleet, run_in_thread
 from balloonctl.units import GiB
-from test_cli_process import BALLOONCTL, read_lines
 
 pytestmark = pytest.mark.timeout(120)
 

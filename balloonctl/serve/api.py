@@ -112,7 +112,7 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
         return JSONResponse({"names": list(service.names)})
 
     async def vms(request: Request) -> Response:
-        return JSONResponse([s.to_json() for s in await service.snapshot()])
+        return Response(await service.listing(), media_type="application/json")
 
     async def vm(request: Request) -> Response:
         return JSONResponse((await service.state(request.path_params["name"])).to_json())

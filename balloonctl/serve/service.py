@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -121,6 +122,7 @@ class HostService:
         self.host_error: str | None = None
         self.health = ServeHealth()
         self.last_decisions: list[Decision] = []
+        self._listing: bytes | None = None  # /v1/vms as sent, until a state changes
         self._changes: dict[str, int] = {}  # VM -> changes made through the service
         self._owned: dict[str, int] = {}  # targets set through the service, not yet moved away
         self._foreign: set[str] = set()
@@ -195,8 +197,10 @@ class HostService:
             self.health.polls += 1
             self.health.observe_poll(time.perf_counter() - started)
             self._polled.set()
+        vms = [s.to_json() for s in states]
+        self._listing = json.dumps(vms).encode()
         self._publish({"type": "snapshot", "host": self.label, "time": self.clock(),
-                       "vms": [s.to_json() for s in states]})
+                       "vms": vms})
         return states
 
     def _observe(self, state: BalloonState) -> None:
@@ -204,6 +208,7 @@ class HostService:
         target set here, reached, then left by ``actual`` while QEMU forgot it (the fleet
         drops a remembered target once the VM moves off it by itself)."""
         name = state.name
+        self._listing = None
         old = self.latest.get(name)
         if old is not None and old.stats is not None and old.stats.reported:
             self.previous[name] = old
@@ -299,6 +304,14 @@ class HostService:
         await self._polled.wait()
         return [self.latest[n] for n in self.source.names if n in self.latest]
 
+    async def listing(self) -> bytes:
+        """``snapshot()`` as the JSON array ``GET /v1/vms`` sends, encoded once per poll."""
+        if self._listing is None or not self._tasks:
+            states = await self.snapshot()
+            if self._listing is None:
+                self._listing = json.dumps([s.to_json() for s in states]).encode()
+        return self._listing
+
     async def state(self, name: str) -> BalloonState:
         """Raises: UnknownVM."""
         self._known(name)
@@ -338,6 +351,7 @@ class HostService:
         self._foreign.discard(name)
         if before is not None:
             self.latest[name] = before.with_changes(target=target)
+            self._listing = None
         self.poke()
         return before, target
 
