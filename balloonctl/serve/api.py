@@ -6,10 +6,11 @@ of ``http.wire.status_for``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -28,6 +29,7 @@ from balloonctl.http.wire import (
     status_for,
 )
 from balloonctl.journal import Origin
+from balloonctl.model import BalloonState
 from balloonctl.serve.service import HostService
 from balloonctl.units import parse_target
 
@@ -93,6 +95,52 @@ def host_json(host: HostMemory, guest_ram_total: int) -> dict[str, Any]:
     }
 
 
+T = TypeVar("T")
+
+
+async def _on_service(service: HostService, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` on the service's loop (which may be another thread's)."""
+    loop = service.loop
+    if loop is None or loop is asyncio.get_running_loop():
+        return await work
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, loop))
+
+
+async def _call(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
+
+async def _bridged(service: HostService,
+                   make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+    """The items of ``make()``, an async generator run on the service's loop."""
+    items = make()
+
+    async def step() -> tuple[bool, T | None]:
+        try:
+            return True, await anext(items)
+        except StopAsyncIteration:
+            return False, None
+
+    try:
+        while True:
+            more, item = await _on_service(service, step())
+            if not more:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        loop = service.loop
+        if loop is not None and loop is not asyncio.get_running_loop():
+            asyncio.run_coroutine_threadsafe(_close(items), loop)
+        else:
+            await _close(items)
+
+
+async def _close(items: AsyncIterator[Any]) -> None:
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 def _ndjson(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     async def lines() -> AsyncIterator[bytes]:
         async for item in items:
@@ -102,20 +150,27 @@ def _ndjson(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
 
 
 def create_app(source: HostService | DataSource, *, metrics: bool = True,
-               lifespan: bool = True, on_start: Callable[[], None] | None = None) -> Starlette:
+               lifespan: bool = True, manage: bool = True,
+               on_start: Callable[[], None] | None = None) -> Starlette:
     """The API over ``source`` (a ``DataSource`` is wrapped in a ``HostService`` without a
-    journal, host or auto). With ``lifespan`` the app starts and stops the service (and
-    calls ``on_start`` once it has started)."""
+    journal, host or auto). With ``lifespan`` the app's lifespan calls ``on_start``, and
+    with ``manage`` it also starts the service first and stops it at the end. When the
+    service runs on another thread's loop (``runner``), handlers run its calls there."""
     service = source if isinstance(source, HostService) else HostService(source)
+
+    async def on(work: Coroutine[Any, Any, T]) -> T:
+        return await _on_service(service, work)
 
     async def names(request: Request) -> Response:
         return JSONResponse({"names": list(service.names)})
 
     async def vms(request: Request) -> Response:
-        return Response(await service.listing(), media_type="application/json")
+        # the cached bytes need nothing from the service's loop (one attribute read)
+        body = service.cached_listing or await on(service.listing())
+        return Response(body, media_type="application/json")
 
     async def vm(request: Request) -> Response:
-        return JSONResponse((await service.state(request.path_params["name"])).to_json())
+        return JSONResponse((await on(service.state(request.path_params["name"]))).to_json())
 
     async def target(request: Request) -> Response:
         name = request.path_params["name"]
@@ -129,14 +184,15 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
         origin = _ORIGINS.get(_field(body, "origin", str, default="set"))
         if origin is None:
             raise UsageError(f"'origin' must be one of {', '.join(_ORIGINS)}")
-        value = await service.set_target(name, spec, force=force, reason=reason, origin=origin)
+        value = await on(service.set_target(name, spec, force=force, reason=reason,
+                                            origin=origin))
         return JSONResponse({"name": name, "target": value})
 
     async def hint(request: Request) -> Response:
         name = request.path_params["name"]
         service._known(name)
-        on = _field(await _body(request, {"on"}), "on", bool)
-        state = await service.set_hint(name, on)
+        enabled = _field(await _body(request, {"on"}), "on", bool)
+        state = await on(service.set_hint(name, enabled))
         return JSONResponse({"name": name, "hint": {
             "mode": state.mode.value, "enabled": state.enabled, "detail": state.detail,
             "released": state.released}})
@@ -145,7 +201,7 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
         name = request.path_params["name"]
         service._known(name)
         interval = _field(await _body(request, {"interval"}), "interval", int)
-        await service.enable_stats(name, interval)
+        await on(service.enable_stats(name, interval))
         return JSONResponse({"name": name, "interval": interval})
 
     async def undo(request: Request) -> Response:
@@ -155,39 +211,41 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
         steps = _field(body, "steps", int, default=1)
         if steps < 1:
             raise UsageError(f"steps must be at least 1, not {steps}")
-        return JSONResponse(await service.undo(
+        return JSONResponse(await on(service.undo(
             name, steps, dry_run=_field(body, "dry_run", bool, default=False),
-            force=_field(body, "force", bool, default=False)))
+            force=_field(body, "force", bool, default=False))))
 
     async def host(request: Request) -> Response:
-        memory = service.read_host_now()
-        states = await service.snapshot()
+        async def read() -> tuple[HostMemory, list[BalloonState]]:
+            return service.read_host_now(), await service.snapshot()
+
+        memory, states = await on(read())
         return JSONResponse(host_json(memory, sum(s.guest_ram or 0 for s in states)))
 
     async def plan(request: Request) -> Response:
-        return JSONResponse({"decisions": [d.to_json() for d in await service.plan()]})
+        return JSONResponse({"decisions": [d.to_json() for d in await on(service.plan())]})
 
     async def auto_get(request: Request) -> Response:
-        return JSONResponse(service.auto_status())
+        return JSONResponse(await on(_call(service.auto_status)))
 
     async def auto_set(request: Request) -> Response:
-        on = _field(await _body(request, {"enabled"}), "enabled", bool)
-        return JSONResponse(service.set_auto(on))
+        enabled = _field(await _body(request, {"enabled"}), "enabled", bool)
+        return JSONResponse(await on(_call(service.set_auto, enabled)))
 
     async def history(request: Request) -> Response:
         vm_name = request.query_params.get("vm")
         if vm_name is not None:
             service._known(vm_name)
         limit = _query_int(request, "limit", low=0)
-        entries = await service.history(vm_name, limit)
+        entries = await on(service.history(vm_name, limit))
         return JSONResponse({"entries": [e.to_json() for e in entries]})
 
     async def stream(request: Request) -> Response:
-        return _ndjson(service.stream())
+        return _ndjson(_bridged(service, service.stream))
 
     async def events(request: Request) -> Response:
         async def items() -> AsyncIterator[dict[str, Any]]:
-            async for name, event in service.events():
+            async for name, event in _bridged(service, service.events):
                 yield event_to_json(name, event)
 
         return _ndjson(items())
@@ -203,7 +261,7 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
         return JSONResponse(document())
 
     async def metrics_text(request: Request) -> Response:
-        body, content_type = exporter.render()
+        body, content_type = await on(_call(exporter.render))
         return Response(body, media_type=content_type)
 
     async def balloon_error(request: Request, exc: Exception) -> Response:
@@ -221,13 +279,15 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
 
     @contextlib.asynccontextmanager
     async def life(app: Starlette) -> AsyncIterator[None]:
-        await service.start()
+        if manage:
+            await service.start()
         if on_start is not None:
             on_start()
         try:
             yield
         finally:
-            await service.stop()
+            if manage:
+                await service.stop()
 
     if metrics:
         from balloonctl.serve.metrics import Exporter

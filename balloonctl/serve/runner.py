@@ -8,11 +8,15 @@ started (the socket appearing means the service answers). TCP listens on loopbac
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import os
+import signal
 import socket
 import stat
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,9 +153,9 @@ async def serve(service: HostService, *, path: Path | None = None,
                 tcp: tuple[str, int] | None = None, token_file: Path | None = None,
                 allow_remote: bool = False,
                 ready: Callable[[Listener], None] | None = None) -> None:
-    """Serve ``service`` until uvicorn is told to stop (SIGINT/SIGTERM) or the task is
-    cancelled: on the unix socket ``path``, or on ``tcp`` with the token in ``token_file``.
-    ``ready`` is called once the service has started and the socket is in place.
+    """Serve ``service`` until SIGINT/SIGTERM or until the task is cancelled: on the unix
+    socket ``path``, or on ``tcp`` with the token in ``token_file``. ``ready`` is called
+    once the service has started and the socket is in place.
 
     Raises:
         UsageError: as ``bind_unix``/``bind_tcp``; TCP without a token file.
@@ -180,16 +184,48 @@ async def serve(service: HostService, *, path: Path | None = None,
         if ready is not None:
             ready(listener)
 
-    app = Guard(create_app(service, on_start=started), token=guard_token)
+    # The HTTP side runs on a thread of its own, so requests are answered while a poll of
+    # hundreds of VMs keeps the service's loop busy; handlers hand the service's own work
+    # to its loop (``api._on_service``) and read the cached listing directly.
+    app = Guard(create_app(service, manage=False, on_start=started), token=guard_token)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    failure: list[BaseException] = []
+
+    def run_http() -> None:
+        try:
+            asyncio.run(server.serve(sockets=[sock]))
+        except BaseException as exc:  # handed to the service's loop below
+            failure.append(exc)
+        finally:
+            loop.call_soon_threadsafe(stopped.set)
+
+    # A request needs the GIL a few times; the poll thread would keep it 5 ms at a time.
+    sys.setswitchinterval(0.001)
+    await service.start()
+    thread = threading.Thread(target=run_http, name="balloonctl-serve-http", daemon=True)
+    thread.start()
+    signals = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped.set)
+            signals.append(sig)
     try:
-        await server.serve(sockets=[sock])
+        await stopped.wait()
     finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 10)
+        await service.stop()
         sock.close()
         for leftover in (temp, path):
             if leftover is not None:
                 with contextlib.suppress(OSError):
                     if leftover.is_socket() and not _in_use(leftover):
                         leftover.unlink()
+    if failure:
+        raise failure[0]

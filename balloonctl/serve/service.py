@@ -128,6 +128,7 @@ class HostService:
         self._foreign: set[str] = set()
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop the service runs on
         self._polled = asyncio.Event()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one poll at a time
@@ -141,6 +142,7 @@ class HostService:
         """Start polling, the event pump and the auto loop (idempotent)."""
         if self._tasks:
             return
+        self.loop = asyncio.get_running_loop()
         self._tasks = [asyncio.create_task(self._poll_loop(), name="serve:poll"),
                        asyncio.create_task(self._event_loop(), name="serve:events"),
                        asyncio.create_task(self._auto_loop(), name="serve:auto")]
@@ -303,6 +305,11 @@ class HostService:
             return await self.poll_once()
         await self._polled.wait()
         return [self.latest[n] for n in self.source.names if n in self.latest]
+
+    @property
+    def cached_listing(self) -> bytes | None:
+        """The last ``listing()`` while the service runs and no state changed since."""
+        return self._listing if self._tasks else None
 
     async def listing(self) -> bytes:
         """``snapshot()`` as the JSON array ``GET /v1/vms`` sends, encoded once per poll."""
