@@ -63,7 +63,7 @@ def test_checked_in_scripts_are_fresh(shell: str) -> None:
 def test_spec_covers_every_visible_command() -> None:
     assert list(SPEC["commands"]) == [
         "status", "set", "hint", "stats", "preflight", "watch", "wave", "fake", "dashboard",
-        "top", "demo", "completion",
+        "top", "demo", "completion", "serve", "token",
     ]
     wave = {n for o in SPEC["commands"]["wave"]["options"] for n in o["names"]}
     assert "--speed" not in wave  # hidden options are not offered
