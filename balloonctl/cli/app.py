@@ -1065,11 +1065,17 @@ def fake(
 
 
 def _open_dashboard(refs: Sequence[VmRef], *, hold: bool, **opts: Any) -> None:
+    _run_dashboard(_STATE.fleet(refs, hold=hold), **opts)
+
+
+def _run_dashboard(source: Any, *, remote: bool = False, **opts: Any) -> None:
     try:
         from tui.app import run_dashboard
     except ImportError as exc:
         raise BalloonError(f"the dashboard is not available: {exc}") from None
-    run_dashboard(_STATE.fleet(refs, hold=hold), **opts)
+    if remote:
+        opts["meminfo"] = None  # each host's memory comes from its service
+    run_dashboard(source, **opts)
 
 
 @app.command()
@@ -1088,8 +1094,16 @@ def dashboard(
         autocompletion=completers.typer_callback("step_size"),
     )] = "128M",
 ) -> None:
-    """Open the live dashboard on the selected VMs (alias: top)."""
+    """Open the live dashboard on the selected VMs (alias: top); with --host, on every VM
+    of those balloonctl serve instances (a row per VM, a line per host)."""
     every = _duration(interval, "--interval") or 1.0
+    services = _STATE.services()
+    if services is not None:
+        from balloonctl.cli.hosts_cmd import multi_host
+
+        _run_dashboard(multi_host(services), remote=True, interval=every,
+                       step=parse_size(step_size))
+        return
     _open_dashboard(_STATE.select(vms or [], all_vms=all_vms), hold=hold, interval=every,
                     step=parse_size(step_size))
 
@@ -1110,9 +1124,25 @@ def demo(
     )] = False,
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
+    hosts: Annotated[int, typer.Option(
+        "--hosts", min=1, max=8, metavar="N",
+        help="Simulate N hosts, each with its own balloonctl serve: the multi-host view.",
+    )] = 1,
 ) -> None:
     """Start six simulated 2 GiB VMs running a compile workload and open the dashboard."""
     import tempfile
+
+    if hosts > 1:
+        from balloonctl.cli.hosts_cmd import demo_hosts
+
+        states = demo_hosts(
+            hosts, vms=vms, ram=parse_size(mem), workload=workload.fake_name(), once=once,
+            render=lambda states: _out(render_states(states, _format(fmt, as_json))),
+            open_dashboard=lambda source: _run_dashboard(source, remote=True,
+                                                         stats_interval=1))
+        if once:
+            _exit(_report_states(states, []))
+        return
 
     from balloonctl.config import scan_dir
     from balloonctl.fake import FakeFleet, run_in_thread
