@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["AutoControl", "HostService", "create_app", "serve"]
 
 _WHERE = {"create_app": "api", "serve": "runner", "HostService": "service",
-          "AutoControl": "service"}
+          "AutoControl": "parts"}
 
 
 def __getattr__(name: str) -> Any:

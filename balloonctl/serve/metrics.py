@@ -24,7 +24,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from balloonctl.model import HintMode, VmStatus
-from balloonctl.serve.service import POLL_BUCKETS, HostService
+from balloonctl.serve.parts import POLL_BUCKETS
+from balloonctl.serve.service import HostService
 
 __all__ = ["METRICS", "Exporter", "SnapshotCollector"]
 

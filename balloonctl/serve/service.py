@@ -18,9 +18,8 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from balloonctl.errors import BalloonError, UnknownVM, UsageError
 from balloonctl.fleet import CONNECTED, DataSource
@@ -38,60 +37,14 @@ from balloonctl.policy import (
     rates_between,
 )
 from balloonctl.qmp import BalloonEvent
+from balloonctl.serve.parts import AutoControl, Conflict, ServeHealth, Unavailable
 from balloonctl.units import SizeKind, TargetSpec, format_size
 
 __all__ = ["AutoControl", "Conflict", "HostService", "ServeHealth", "Unavailable"]
 
 log = logging.getLogger(__name__)
 
-# Upper bounds (seconds) of the poll-duration histogram's buckets, +Inf last.
-POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 STREAM_QUEUE = 256  # items a slow stream reader may fall behind before the oldest are dropped
-
-
-class Conflict(BalloonError):
-    """The request is well formed but clashes with the VM's state (HTTP 409)."""
-
-
-class Unavailable(BalloonError):
-    """The service cannot do this now or in this build (HTTP 503)."""
-
-
-class AutoControl(Protocol):
-    """What the service needs from the automatic-ballooning controller (``balloonctl.auto``).
-
-    ``run_cycle`` decides and applies one round (journaling its changes) and returns the
-    decisions; the service calls it every ``PolicySettings.cycle`` seconds while ``enabled``.
-    """
-
-    @property
-    def enabled(self) -> bool: ...
-
-    def enable(self, on: bool) -> None: ...
-
-    async def run_cycle(self) -> Sequence[Decision]: ...
-
-
-@dataclass(slots=True)
-class ServeHealth:
-    """The service's own counters (``/metrics`` exports them)."""
-
-    polls: int = 0
-    poll_buckets: list[int] = field(default_factory=lambda: [0] * len(POLL_BUCKETS))
-    poll_seconds_sum: float = 0.0
-    errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (where, kind) -> count
-    auto_decisions: dict[str, int] = field(default_factory=dict)  # action -> count
-    foreign_writes: dict[str, int] = field(default_factory=dict)  # vm -> count
-    stream_dropped: int = 0
-
-    def observe_poll(self, seconds: float) -> None:
-        self.poll_seconds_sum += seconds
-        for i, bound in enumerate(POLL_BUCKETS):
-            if seconds <= bound:
-                self.poll_buckets[i] += 1
-
-    def error(self, where: str, kind: str) -> None:
-        self.errors[where, kind] = self.errors.get((where, kind), 0) + 1
 
 
 class HostService:
