@@ -150,3 +150,16 @@ def test_a_remote_address_needs_the_explicit_flag(env: dict[str, str]) -> None:
     assert "--allow-remote" in done.stderr
     bad = cli(env, "serve", "--listen", "nowhere")
     assert bad.returncode == ExitCode.USAGE and "HOST:PORT" in bad.stderr
+
+
+def test_a_socket_left_by_a_dead_service_is_ignored(fleet: FakeFleet,
+                                                    env: dict[str, str]) -> None:
+    import socket
+
+    sock = Path(env["BALLOONCTL_SERVE_SOCKET"])
+    sock.parent.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(sock))  # bound, never listening: what a crashed service leaves
+    status = cli(env, "status", "--json", "vm1")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)[0]["reachable"] is True  # it talked QMP itself

@@ -1,7 +1,8 @@
 """Commands through ``balloonctl serve`` instead of the VMs' QMP sockets.
 
 When the local service's socket exists (``serve.paths.default_socket``; set
-``$BALLOONCTL_SERVE_SOCKET=off`` to ignore it) and no ``--qmp``/``--dir`` names VMs
+``$BALLOONCTL_SERVE_SOCKET=off`` to ignore it; a socket nobody listens on is ignored too)
+and no ``--qmp``/``--dir`` names VMs
 directly, ``status``, ``set`` and ``hint`` ask the service: they never fight it for a QMP
 socket. ``--host URL`` (repeatable) asks remote services; their token comes from
 ``$BALLOONCTL_TOKEN`` or the local token file. With several services, VMs are named
@@ -13,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
@@ -73,9 +76,19 @@ def endpoints(hosts: Sequence[str], *, direct: bool) -> list[Endpoint] | None:
     if direct or os.environ.get(ENV_SOCKET) == OFF:
         return None
     sock = default_socket()
-    if not sock.is_socket():
-        return None
+    if not sock.is_socket() or not _answers(sock):
+        return None  # no service, or a socket left by one that died: talk QMP directly
     return [Endpoint(label="local", uds=str(sock))]
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
 
 
 def _matches(display: str, name: str, pattern: str) -> bool:
