@@ -1,13 +1,16 @@
-"""The cache-first hint: reclaim the guest's clean page cache before the balloon inflates,
+"""The cache-first hint: reclaim the guest's clean page cache for what the balloon takes,
 and an honest account of how (or whether) a VM honours it.
 
-Three modes (``HintMode``), found by probing without changing anything:
+Three modes (``HintMode``), found by probing:
 
 - ``device``: a patched balloon device has the ``reclaim-cache-first`` QOM property; the
   device does the work and the property says whether it is on;
-- ``agent``: the guest agent runs ``sync; echo 1 > /proc/sys/vm/drop_caches`` before each
-  inflation (``QgaClient.drop_caches``); whether it is on is balloonctl's own state
-  (``RememberedTargets``), and what each drop released is measured from the guest's stats;
+- ``agent``: before each inflation the guest agent runs ``balloonctl.reclaim``'s script in
+  one guest-exec: it reclaims as much clean page cache as the inflation needs with the root
+  cgroup's ``memory.reclaim`` (method ``reclaim``) or, where that is missing, drops the whole
+  clean page cache (method ``drop``), and reads ``/proc/meminfo`` before and after, so the
+  release is known without waiting for a balloon stats sample. Whether the hint is on, the
+  method and the last outcome are balloonctl's own state (``RememberedTargets``);
 - ``unsupported``: neither, with what would make it work.
 
 ``CacheFirst`` is what a ``BalloonClient`` uses for all of it (``hint_status``, ``set_hint``
@@ -17,13 +20,17 @@ and the step before an inflation in ``set_target``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final
 
 from balloonctl.errors import AgentError, AgentExecBlocked, HintUnsupported
-from balloonctl.model import GuestStats, HintMode, HintState
-from balloonctl.qga import QgaClient
+from balloonctl.model import HintMethod, HintMode, HintState
+from balloonctl.qga import ExecResult, QgaClient
+from balloonctl.reclaim import ReclaimReport, explain, parse_reclaim_output, reclaim_argv
 from balloonctl.units import format_size
 
 if TYPE_CHECKING:
@@ -31,11 +38,10 @@ if TYPE_CHECKING:
     from balloonctl.targets import RememberedTargets
 
 __all__ = [
+    "HINT_BUDGET",
     "HINT_PROPERTY",
     "HINT_UNSUPPORTED_MESSAGE",
     "QGA_RECHECK",
-    "STATS_POLL_INTERVAL",
-    "STATS_REFRESH_WAIT",
     "CacheFirst",
 ]
 
@@ -46,20 +52,45 @@ HINT_UNSUPPORTED_MESSAGE: Final = (
     "stock QEMU has no reclaim-cache-first property; give balloonctl the VM's guest-agent "
     "socket (--qga / qga = ... in config) with guest-exec allowed"
 )
-# How long the agent-mode hint waits for the guest to push a fresh stats sample, and how
-# often it looks (qom-get guest-stats) meanwhile: last-update has whole-second resolution,
-# so polling faster than a few times a second only costs round trips.
-STATS_REFRESH_WAIT: Final = 3.0
-STATS_POLL_INTERVAL: Final = 0.3
+# The most the agent-mode step may add to an inflation (guest-agent probe, connect and the
+# reclaim script), and never more than half the client's command timeout: a slow or broken
+# guest agent delays the balloon command by at most this much, then the inflation goes on.
+HINT_BUDGET: Final = 5.0
 # How long a guest-agent probe's answer (guest-exec allowed, or refused) is trusted; an
 # unreachable agent is asked again at the next probe.
 QGA_RECHECK: Final = 30.0
+# How often the reclaim script's end is looked for (as QgaClient.exec does).
+_EXEC_POLL: Final = 0.05
+
+
+def _describe(method: HintMethod | None, why: str, remembered: dict[str, Any]) -> str:
+    """hint status's words for agent mode: the method, why, and the last outcome."""
+    if method is HintMethod.RECLAIM:
+        text = "the guest agent reclaims as much clean page cache as each inflation needs"
+    elif method is HintMethod.DROP:
+        text = "the guest agent drops the whole clean page cache before each inflation"
+    else:
+        text = "the guest agent reclaims clean page cache before each inflation"
+    text += f" ({why})" if why else ""
+    if remembered.get("hint_mounted"):
+        text += "; balloonctl mounted cgroup2 at /sys/fs/cgroup (hint_mount_cgroup)"
+    released = remembered.get("hint_released")
+    verb = "drop" if method is HintMethod.DROP else "reclaim"
+    if remembered.get("hint_error"):
+        text += f"; last {verb} failed: {remembered['hint_error']}"
+    elif isinstance(released, int):
+        text += f"; last {verb} released {format_size(released)}"
+        if remembered.get("hint_result") == "short":
+            text += " (less than asked: no more clean page cache to reclaim)"
+    return text
 
 
 class CacheFirst:
     """The cache-first hint of ``client``'s VM. The guest agent's answer to the probe is
     kept with the run's other facts (``client.run``, ``RunFacts.qga_checked``); the agent-mode
-    choice and the last drop's outcome in ``targets``. ``vm`` is the name errors carry.
+    choice, its method and the last reclaim's outcome in ``targets``. ``vm`` is the name
+    errors carry. ``client.hint_mount_cgroup`` allows mounting cgroup2 in the guest (only
+    while the hint is on).
     """
 
     def __init__(self, client: BalloonClient, targets: RememberedTargets, *,
@@ -79,8 +110,13 @@ class CacheFirst:
         return QgaClient(client.qga, timeout=timeout, trace=client.trace,
                          name=f"{client.name}/qga", vm=self.vm)
 
+    def budget(self) -> float:
+        """Seconds the agent-mode step may add to an inflation (``HINT_BUDGET``, at most
+        half the command timeout)."""
+        return min(HINT_BUDGET, self.client.command_timeout / 2)
+
     async def _qga_refusal(self, *, fresh: bool) -> AgentError | None:
-        """Why the guest agent cannot run the cache-first drop (None: it can).
+        """Why the guest agent cannot run the cache-first reclaim (None: it can).
 
         An answer (guest-exec allowed or refused) is reused for ``QGA_RECHECK`` seconds
         unless ``fresh``; an unreachable agent is asked again next time.
@@ -102,11 +138,68 @@ class CacheFirst:
         run.qga_checked, run.qga_error = now, None
         return None
 
-    async def probe(self, *, fresh: bool = False) -> tuple[HintState, AgentError | None]:
-        """Find how the hint can be honoured here, without changing anything; also return
-        the agent failure that makes it unsupported, if that is the reason. The agent's
-        answer may be up to ``QGA_RECHECK`` seconds old unless ``fresh``; whether the hint
-        is on always comes from the device or the store."""
+    async def _run_script(self, n: int, *, mount: bool, probe: bool = False) -> ReclaimReport:
+        """Run the reclaim script in the guest (one guest-exec): reclaim ``n`` bytes, or with
+        ``n == 0`` only find the method.
+
+        Raises:
+            AgentExecBlocked, AgentError: the agent failed, the script exited non-zero or
+                printed something of the wrong shape.
+        """
+        async with self._qga(probe=probe) as qga:
+            wait = min(self.budget(), qga.timeout) if probe else self.budget()
+            result = await qga.exec("/bin/sh", reclaim_argv(n, mount_cgroup=mount),
+                                    timeout=wait)
+        return self._parse(result)
+
+    def _may_mount(self, enabled: bool) -> bool:
+        return enabled and self.client.hint_mount_cgroup
+
+    async def _remember_report(self, report: ReclaimReport, *, mount: bool,
+                               measured: bool, remembered: dict[str, Any]) -> None:
+        values: dict[str, Any] = {
+            "hint_method": report.method.value, "hint_why": report.why,
+            "hint_probe_mount": mount,
+            "hint_mounted": bool(report.mounted or remembered.get("hint_mounted")),
+        }
+        if measured:
+            values.update(hint_released=report.released, hint_at=time.time(),
+                          hint_result=report.result,
+                          hint_error="drop_caches refused the write"
+                          if report.result == "failed" else None)
+        try:
+            await self.targets.remember(**values)
+        except OSError as exc:  # a read-only state directory: the guest's work still counts
+            log.warning("%s: cannot record the cache-first outcome: %s", self.client.name, exc)
+
+    async def _method(self, state: HintState, remembered: dict[str, Any]) -> HintState:
+        """Agent mode's state with its method and why: from the store when it was found
+        with the same mount permission on this run, else probed (a guest-exec of the
+        script with nothing to reclaim; it mounts cgroup2 only while the hint is on and
+        ``hint_mount_cgroup`` allows it)."""
+        mount = self._may_mount(state.enabled)
+        if remembered.get("hint_method") is None or remembered.get("hint_probe_mount") != mount:
+            try:
+                report = await self._run_script(0, mount=mount, probe=True)
+            except AgentError as exc:
+                why = f"reclaim method not known: {exc}"
+                return replace(state, detail=_describe(None, why, remembered))
+            await self._remember_report(report, mount=mount, measured=False,
+                                        remembered=remembered)
+            remembered = {**remembered, "hint_method": report.method.value,
+                          "hint_why": report.why,
+                          "hint_mounted": report.mounted or remembered.get("hint_mounted")}
+        try:
+            method = HintMethod(remembered["hint_method"])
+        except ValueError:  # a store written by something else
+            return replace(state, detail=_describe(None, "", remembered))
+        why = explain(method, str(remembered.get("hint_why", "")))
+        return replace(state, method=method, detail=_describe(method, why, remembered))
+
+    async def _mode(self, *, fresh: bool,
+                    ) -> tuple[HintState, AgentError | None, dict[str, Any]]:
+        """The mode, whether the hint is on, and the run's store entry (agent mode's
+        method is not looked at here)."""
         client = self.client
         props = await client.device_properties()
         if HINT_PROPERTY in props:  # a patched device; its QOM type is "bool"
@@ -114,9 +207,9 @@ class CacheFirst:
             enabled = bool(await client.execute("qom-get", {"path": path,
                                                              "property": HINT_PROPERTY}))
             return HintState(HintMode.DEVICE, enabled,
-                             f"balloon device property {HINT_PROPERTY}"), None
+                             f"balloon device property {HINT_PROPERTY}"), None, {}
         if client.qga is None:
-            return HintState(HintMode.UNSUPPORTED, False, HINT_UNSUPPORTED_MESSAGE), None
+            return HintState(HintMode.UNSUPPORTED, False, HINT_UNSUPPORTED_MESSAGE), None, {}
         remembered = await self.targets.remembered()
         refusal = await self._qga_refusal(fresh=fresh)
         if refusal is not None:
@@ -125,19 +218,26 @@ class CacheFirst:
             detail = f"{why} ({refusal}); {HINT_UNSUPPORTED_MESSAGE}"
             if self.targets.hint_on(remembered):
                 detail = f"the hint is on in balloonctl's state but not honoured: {detail}"
-            return HintState(HintMode.UNSUPPORTED, False, detail), refusal
-        enabled = self.targets.hint_on(remembered)
+            return HintState(HintMode.UNSUPPORTED, False, detail), refusal, remembered
         released = remembered.get("hint_released")
-        detail = "guest agent drops clean page cache before each inflation"
-        if remembered.get("hint_error"):
-            detail += f"; last drop failed: {remembered['hint_error']}"
-        elif isinstance(released, int):
-            detail += f"; last drop released {format_size(released)}"
-        return HintState(HintMode.AGENT, enabled, detail,
-                         released if isinstance(released, int) else None), None
+        return HintState(HintMode.AGENT, self.targets.hint_on(remembered), "",
+                         released if isinstance(released, int) else None), None, remembered
+
+    async def probe(self, *, fresh: bool = False) -> tuple[HintState, AgentError | None]:
+        """Find how the hint can be honoured here; also return the agent failure that makes
+        it unsupported, if that is the reason. The agent's answer may be up to
+        ``QGA_RECHECK`` seconds old unless ``fresh``; whether the hint is on always comes
+        from the device or the store. Agent mode's method is found once per run of the VM
+        (and again when the hint is turned on or off with ``hint_mount_cgroup`` set), then
+        kept up to date by each inflation's reclaim."""
+        state, refusal, remembered = await self._mode(fresh=fresh)
+        if state.mode is HintMode.AGENT:
+            state = await self._method(state, remembered)
+        return state, refusal
 
     async def status(self) -> HintState:
-        """How the cache-first hint is honoured on this VM (device, agent or unsupported).
+        """How the cache-first hint is honoured on this VM (device, agent or unsupported),
+        and in agent mode by which method (``reclaim`` or ``drop``) and why.
 
         Whether the guest agent allows guest-exec is probed at most every ``QGA_RECHECK``
         seconds for this run of the VM (every time while the agent is unreachable).
@@ -177,73 +277,94 @@ class CacheFirst:
         await self.targets.remember(hint=bool(on))
         return await self.status()
 
-    async def _next_sample(self, previous: GuestStats, wait: float) -> GuestStats | None:
-        """The first stats sample newer than ``previous``, or None after ``wait`` seconds.
+    @contextlib.asynccontextmanager
+    async def reclaiming(self, n: int) -> AsyncIterator[None]:
+        """``set_target`` sends an inflation of ``n`` bytes inside this. With the agent-mode
+        hint on, the guest starts reclaiming that much clean page cache (the reclaim script,
+        one guest-exec: see ``balloonctl.reclaim``) before the body runs, and runs alongside
+        the balloon, as the RFC's per-page reclaim does; on the way out its report is read
+        and the method and what was released are recorded.
 
-        ``last-update`` is whole seconds and the guest pushes at most once per polling
-        interval (1 s here), so a changed ``last-update`` is a sample received after
-        ``previous`` was read. Looks every ``STATS_POLL_INTERVAL`` seconds (at most
-        ``wait / STATS_POLL_INTERVAL`` + 1 ``qom-get`` calls); the last look is at the
-        deadline, so this returns within about ``wait`` plus one round trip.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while (left := deadline - loop.time()) > 0:
-            await asyncio.sleep(min(STATS_POLL_INTERVAL, left))
-            stats = await self.client.stats()
-            if stats.last_update != previous.last_update:
-                return stats
-        return None
-
-    async def _drop_and_measure(self) -> None:
-        """Agent-mode hint: have the guest drop clean page cache and measure what it freed.
-
-        The release is ``stat-disk-caches`` in the first sample the guest pushes after this
-        starts minus the first one after the drop. The guest pushes stats only on its
-        polling interval, so for the measurement the interval is set to 1 s when it is off
-        (QEMU then asks for a sample at once) or longer than 2 s, and restored afterwards.
-
-        Added latency per inflation while the hint is on: the two samples, each awaited at
-        most ``STATS_REFRESH_WAIT`` (3 s) and looked for every ``STATS_POLL_INTERVAL``
-        (0.3 s), plus the guest-exec of the drop (bounded by the agent's timeout, at most
-        5 s): typically one to two polling intervals (1-2.5 s), never more than about 6 s
-        plus the drop. A release that could not be measured is recorded as unknown (None).
-        """
-        client = self.client
-        interval = await client.polling_interval()
-        before = await client.stats()
-        if interval == 0 or interval > 2:
-            await client.enable_stats(1)
-        try:
-            # Even with polling on, the latest sample may predate what the guest did since.
-            before = await self._next_sample(before, STATS_REFRESH_WAIT) or before
-            try:
-                async with self._qga() as qga:
-                    await qga.drop_caches()
-            except AgentError as exc:
-                log.warning("%s: cache-first drop failed: %s", client.name, exc)
-                client.run.qga_checked = None  # probe the agent afresh next time
-                await self.targets.remember(hint_error=str(exc), hint_released=None,
-                                     hint_at=time.time())
-                return
-            after = await self._next_sample(await client.stats(), STATS_REFRESH_WAIT)
-        finally:
-            if interval == 0 or interval > 2:
-                await client.enable_stats(interval)
-        released: int | None = None
-        if after is not None and before.disk_caches is not None and after.disk_caches is not None:
-            released = max(0, before.disk_caches - after.disk_caches)
-        await self.targets.remember(hint_released=released, hint_error=None, hint_at=time.time())
-
-    async def before_inflating(self) -> None:
-        """``set_target``'s step before an inflation: with the agent-mode hint on, have the
-        guest drop clean page cache and record what that released (a failure is recorded,
-        not raised).
+        Everything the guest agent does here fits in ``budget()`` seconds, before and after
+        the body together: a slow or broken agent delays the balloon command by at most
+        that, and its failure is recorded in the hint state, never raised.
 
         Raises:
-            NoBalloonDevice, and what ``BalloonClient.execute`` raises.
+            NoBalloonDevice, and what ``BalloonClient.execute`` raises (QMP only, on the
+            way in; the body's own errors pass through).
         """
-        if self.client.qga is None or not self.targets.hint_on(await self.targets.remembered()):
+        client = self.client
+        if client.qga is None or n <= 0:
+            yield
             return
-        if (await self.status()).mode is HintMode.AGENT:
-            await self._drop_and_measure()
+        remembered = await self.targets.remembered()
+        if (not self.targets.hint_on(remembered)
+                or HINT_PROPERTY in await client.device_properties()):
+            yield  # hint off, or device mode: the device reclaims for each page itself
+            return
+        mount = self._may_mount(True)
+        budget = self.budget()
+        deadline = asyncio.get_running_loop().time() + budget
+        qga = self._qga()
+        pid: int | None = None
+        error: AgentError | None = None
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    pid = await qga.exec_start("/bin/sh", reclaim_argv(n, mount_cgroup=mount))
+            except TimeoutError:
+                error = self._too_slow(budget)
+            except AgentError as exc:
+                error = exc
+            yield
+            report: ReclaimReport | None = None
+            if pid is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        report = await self._report(qga, pid)
+                except TimeoutError:
+                    error = self._too_slow(budget)
+                except AgentError as exc:
+                    error = exc
+        finally:
+            await qga.close()
+        if report is not None:
+            await self._remember_report(report, mount=mount, measured=True,
+                                        remembered=remembered)
+            return
+        assert error is not None
+        if isinstance(error, AgentExecBlocked):
+            client.run.qga_checked, client.run.qga_error = time.monotonic(), error
+        else:
+            client.run.qga_checked = None  # probe the agent afresh next time
+        log.warning("%s: cache-first reclaim failed: %s", client.name, error)
+        try:
+            await self.targets.remember(hint_error=str(error), hint_released=None,
+                                        hint_at=time.time())
+        except OSError as exc:
+            log.warning("%s: cannot record the cache-first outcome: %s", client.name, exc)
+
+    def _too_slow(self, budget: float) -> AgentError:
+        return AgentError(f"the guest agent did not finish reclaiming page cache within "
+                          f"{budget:g}s; the inflation went ahead", vm=self.vm)
+
+    async def _report(self, qga: QgaClient, pid: int) -> ReclaimReport:
+        """Wait for the reclaim script (polled like ``QgaClient.exec``) and parse its report.
+
+        Raises:
+            AgentError: the agent failed, the script exited non-zero or printed something of
+                the wrong shape.
+        """
+        while True:
+            result = await qga.exec_status(pid)
+            if result is not None:
+                return self._parse(result)
+            await asyncio.sleep(_EXEC_POLL)
+
+    def _parse(self, result: ExecResult) -> ReclaimReport:
+        """Raises: AgentError: non-zero exit, or output of the wrong shape."""
+        if result.exitcode != 0:
+            err = result.stderr.decode(errors="replace").strip()[:200]
+            raise AgentError(f"the guest's cache-reclaim script exited {result.exitcode}"
+                             + (f": {err}" if err else ""), vm=self.vm)
+        return parse_reclaim_output(result.stdout, vm=self.vm)

@@ -88,6 +88,7 @@ class Defaults:
     maximum: int | None = None
     shares: int | None = None
     hint: bool | None = None
+    hint_mount_cgroup: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,7 @@ class Config:
     overlays: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # [policy] with the per-VM reserves of the [vm.NAME] tables in ``policy.vms``
     policy: PolicySettings = field(default_factory=PolicySettings)
+    journal: str | None = None  # [journal] path: where target changes are journaled
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
@@ -142,10 +144,10 @@ def _limits(table: Mapping[str, Any], where: str) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UsageError(f"{here}: expected a positive integer, got {value!r}")
             out["shares"] = value
-        elif key == "hint":
+        elif key in ("hint", "hint_mount_cgroup"):
             if not isinstance(value, bool):
                 raise UsageError(f"{here}: expected true or false, got {value!r}")
-            out["hint"] = value
+            out[key] = value
         elif key in ("qmp", "qga", "dir"):
             if not isinstance(value, str) or not value:
                 raise UsageError(f"{here}: expected a path, got {value!r}")
@@ -206,7 +208,7 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
 
 def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     """Raises: UsageError: a bad setting (named, without the file)."""
-    unknown = set(doc) - {"defaults", "vm", "policy"}
+    unknown = set(doc) - {"defaults", "vm", "policy", "journal"}
     if unknown:
         raise UsageError(f"unknown table(s) {', '.join(sorted(unknown))}")
     raw_defaults = doc.get("defaults", {})
@@ -222,6 +224,7 @@ def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
         maximum=d.get("maximum"),
         shares=d.get("shares"),
         hint=d.get("hint"),
+        hint_mount_cgroup=d.get("hint_mount_cgroup"),
     )
     vms: list[VmRef] = []
     overlays: dict[str, dict[str, Any]] = {}
@@ -247,7 +250,25 @@ def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
         elif qga is not None:
             overlays[name]["qga"] = qga
     return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays,
-                  policy=_policy(doc.get("policy", {}), reserves))
+                  policy=_policy(doc.get("policy", {}), reserves),
+                  journal=_journal(doc.get("journal", {})))
+
+
+def _journal(raw: Any) -> str | None:
+    """The ``[journal]`` table: ``path`` (a non-empty string), nothing else.
+
+    Raises:
+        UsageError: not a table, an unknown key, or a path that is not a non-empty string.
+    """
+    if not isinstance(raw, dict):
+        raise UsageError("[journal] must be a table")
+    unknown = sorted(set(raw) - {"path"})
+    if unknown:
+        raise UsageError(f"journal.{unknown[0]}: unknown setting {unknown[0]!r}")
+    path = raw.get("path")
+    if path is not None and (not isinstance(path, str) or not path.strip() or "\0" in path):
+        raise UsageError(f"journal.path: expected a file path, got {path!r}")
+    return path
 
 
 def _check_range(settings: Mapping[str, Any], defaults: Defaults, name: str) -> None:
@@ -371,10 +392,11 @@ class Inventory:
 
     def __init__(
         self, refs: Iterable[VmRef] = (), *, config: Config | None = None,
-        host_root: Path = Path("/"),
+        host_root: Path = Path("/"), watched: str | None = None,
     ) -> None:
         self.config = config or Config()
         self.host_root = host_root
+        self.watched = watched  # the directory of sockets it was loaded from, if any
         self._refs: dict[str, VmRef] = {}
         for ref in refs:
             self._refs[ref.name] = ref
@@ -413,31 +435,48 @@ class Inventory:
         add(scan_proxmox(wellknown_roots(env) if roots is None else roots))
         add(cfg.vms)
         # a directory the user named must exist; the config's standing default may not yet
-        scanned: str | None = None
+        watched: str | None = None
         if directory:
-            scanned = check_dir(directory, "--dir")
+            watched = check_dir(directory, "--dir")
         elif env.get(ENV_DIR):
-            scanned = check_dir(env[ENV_DIR], ENV_DIR)
+            watched = check_dir(env[ENV_DIR], ENV_DIR)
         elif cfg.defaults.directory:
-            scanned = os.path.expanduser(cfg.defaults.directory)
-        if scanned is not None:
-            add(scan_dir(scanned))
+            watched = os.path.expanduser(cfg.defaults.directory)
+        if watched is not None:
+            add(scan_dir(watched))
         explicit = [_parse_qmp_arg(a) for a in qmp]
         add(
             VmRef(name=name, qmp=path, qga=os.path.expanduser(qga) if qga else None)
             for name, path in explicit
         )
 
-        d = cfg.defaults
-        refs: list[VmRef] = []
-        for ref in found.values():
-            settings: dict[str, Any] = {
-                "minimum": d.minimum, "maximum": d.maximum, "hint": d.hint,
-                "shares": d.shares or ref.shares,
-            }
-            settings.update(cfg.overlays.get(ref.name, {}))
-            refs.append(replace(ref, **settings))
-        return cls(refs, config=cfg, host_root=host_root_for(scanned))
+        inventory = cls(config=cfg, watched=watched)
+        return cls([inventory._settled(ref) for ref in found.values()], config=cfg,
+                   watched=watched, host_root=host_root_for(watched))
+
+    def _settled(self, ref: VmRef) -> VmRef:
+        """``ref`` with the config's defaults and its ``[vm.NAME]`` settings."""
+        d = self.config.defaults
+        settings: dict[str, Any] = {
+            "minimum": d.minimum, "maximum": d.maximum, "hint": d.hint,
+            "hint_mount_cgroup": d.hint_mount_cgroup,
+            "shares": d.shares or ref.shares,
+        }
+        settings.update(self.config.overlays.get(ref.name, {}))
+        return replace(ref, **settings)
+
+    def rescan(self, patterns: Sequence[str] = ()) -> list[VmRef]:
+        """The VMs of the watched directory as it is now (a socket may have appeared since
+        the inventory was loaded), with the config's settings, that match ``patterns``
+        (names or globs; every VM when empty). Known VMs keep their inventory entry. An
+        inventory without a watched directory returns its own VMs."""
+        found = [] if self.watched is None else scan_dir(self.watched)
+        refs = [self._refs.get(ref.name) or self._settled(ref) for ref in found]
+        refs += [ref for ref in self._refs.values() if ref.name not in {r.name for r in refs}]
+        if not patterns:
+            return refs
+        return [ref for ref in refs
+                if any(fnmatch.fnmatchcase(ref.name, p) for p in patterns)]
 
     @property
     def names(self) -> list[str]:

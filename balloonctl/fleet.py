@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
 from balloonctl.errors import BalloonError, QMPTimeout, UnknownVM, UsageError
-from balloonctl.model import BalloonState, HintState, VmRef
+from balloonctl.model import BalloonState, HintState, TargetChange, VmRef
 from balloonctl.qmp import BalloonClient, BalloonEvent, RunFacts, Trace
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec
@@ -94,8 +94,15 @@ class Fleet(DataSource):
     def __init__(self, refs: Sequence[VmRef], *, store: Store | None = None,
                  hold: bool = False, connect_timeout: float = 3.0,
                  command_timeout: float = 10.0, concurrency: int = 32,
-                 trace: Trace | None = None) -> None:
-        """Raises: UsageError: two VMs share a name."""
+                 trace: Trace | None = None,
+                 discover: Callable[[], Iterable[VmRef]] | None = None,
+                 recorder: Callable[[TargetChange], None] | None = None) -> None:
+        """``discover`` (optional) is asked at the start of every snapshot round for the
+        VMs there are now (e.g. a rescan of a directory of sockets); the ones the fleet does
+        not know yet join it (``discover_new``). ``recorder`` is given to every client
+        (``BalloonClient``): it sees each target sent through the fleet.
+
+        Raises: UsageError: two VMs share a name."""
         self.refs: dict[str, VmRef] = {}
         for ref in refs:
             if ref.name in self.refs:
@@ -107,6 +114,7 @@ class Fleet(DataSource):
         self.command_timeout = command_timeout
         self.concurrency = concurrency
         self.trace = trace
+        self.recorder = recorder
         self._sem = asyncio.Semaphore(concurrency)
         self._clients: dict[str, BalloonClient] = {}  # hold mode only
         # Polite mode: what each VM's last connection learned about its current run; a
@@ -120,6 +128,8 @@ class Fleet(DataSource):
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self.events_dropped = 0
         self._closed = False
+        self.discover = discover
+        self._listening = False  # events() has started the per-VM listeners
 
     @property
     def names(self) -> Sequence[str]:
@@ -135,7 +145,7 @@ class Fleet(DataSource):
         return BalloonClient.from_ref(self._ref(name), store=self.store,
                                       connect_timeout=self.connect_timeout,
                                       command_timeout=self.command_timeout, trace=self.trace,
-                                      facts=self._facts.get(name))
+                                      facts=self._facts.get(name), recorder=self.recorder)
 
     def _ref(self, name: str) -> VmRef:
         try:
@@ -204,6 +214,24 @@ class Fleet(DataSource):
         except BalloonError as exc:
             raise exc.with_vm(name) from None
 
+    def discover_new(self) -> list[str]:
+        """Add the VMs ``discover`` reports that the fleet does not know yet (a socket that
+        appeared in a watched directory); returns their names. A VM whose socket went away
+        stays (it shows as unreachable). A failing ``discover`` adds nothing."""
+        if self.discover is None or self._closed:
+            return []
+        try:
+            found = list(self.discover())
+        except (OSError, BalloonError):  # a directory gone or unreadable: try next round
+            return []
+        added = [ref for ref in found if ref.name not in self.refs]
+        for ref in added:
+            self.refs[ref.name] = ref
+            self._backoff[ref.name] = Backoff()
+            if self._listening:  # hold mode's events() is running: listen to it too
+                self._ensure_pump(ref.name)
+        return [ref.name for ref in added]
+
     # ---- DataSource -------------------------------------------------------------------
 
     def _resting(self, name: str, now: float) -> BalloonState | None:
@@ -227,7 +255,8 @@ class Fleet(DataSource):
         loop = asyncio.get_running_loop()
         backoff = self._backoff[name]
         try:
-            state = await self._run_one(name, BalloonClient.snapshot, None)
+            previous = self._last.get(name)
+            state = await self._run_one(name, lambda c: c.snapshot(previous), None)
         except BalloonError as exc:  # only a session failure gets here
             ref = self.refs[name]
             state = BalloonState(name=name, qmp=ref.qmp, error=exc.message,
@@ -250,7 +279,9 @@ class Fleet(DataSource):
 
         A VM in backoff after a failure (or still being read by an earlier call) is not
         read again; its last state is returned, with the error that caused the backoff.
+        VMs that ``discover`` finds are added first.
         """
+        self.discover_new()
         now = asyncio.get_running_loop().time()
         pending: dict[str, asyncio.Task[BalloonState]] = {}
         for name in self.refs:
@@ -268,8 +299,10 @@ class Fleet(DataSource):
         VMs in backoff, or still being read by an earlier round, yield their last state at
         once. A VM that takes longer than ``patience`` seconds (and has a last state)
         yields that last state; its read goes on in the background and is seen by the
-        next round. Reads stay bounded by the connect and command timeouts.
+        next round. Reads stay bounded by the connect and command timeouts. VMs that
+        ``discover`` finds are added first.
         """
+        self.discover_new()
         loop = asyncio.get_running_loop()
         now = loop.time()
         pending: dict[asyncio.Task[BalloonState], str] = {}
@@ -305,13 +338,14 @@ class Fleet(DataSource):
             await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
 
     async def set_target(self, name: str, spec: TargetSpec | int, *, force: bool = False,
-                         dry_run: bool = False) -> int:
+                         dry_run: bool = False, record: bool = True) -> int:
         """Set one VM's balloon target (see ``BalloonClient.set_target``).
 
         Raises:
             UnknownVM, and what ``BalloonClient.set_target`` raises.
         """
-        return await self._one(name, lambda c: c.set_target(spec, force=force, dry_run=dry_run))
+        return await self._one(name, lambda c: c.set_target(spec, force=force, dry_run=dry_run,
+                                                           record=record))
 
     async def set_hint(self, name: str, on: bool) -> HintState:
         """Turn one VM's cache-first hint on or off (see ``BalloonClient.set_hint``).
@@ -338,6 +372,7 @@ class Fleet(DataSource):
         """
         if not self.hold:
             return
+        self._listening = True
         for name in self.refs:
             self._ensure_pump(name)
         while not self._closed:

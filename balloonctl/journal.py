@@ -394,6 +394,22 @@ class Journal:
         except OSError as exc:
             raise _os_error("cannot write", self.path, exc) from None
 
+    def check_writable(self) -> None:
+        """Make sure ``append`` can write (creating the file, and its directories, as it
+        would), so a command can refuse before it changes anything.
+
+        Raises:
+            JournalError: as ``append``.
+        """
+        try:
+            self._ensure_dir(self.path.parent)
+            with self._open() as (_, created):
+                pass
+            if created:
+                _fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise _os_error("cannot write", self.path, exc) from None
+
     @contextlib.contextmanager
     def _open(self) -> Iterator[tuple[int, bool]]:
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC

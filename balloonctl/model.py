@@ -21,8 +21,11 @@ __all__ = [
     "BalloonState",
     "DeviceFeatures",
     "GuestStats",
+    "HintMethod",
     "HintMode",
     "HintState",
+    "Owner",
+    "TargetChange",
     "VmRef",
     "VmStatus",
     "default_floor",
@@ -98,6 +101,32 @@ class HintMode(enum.StrEnum):
     UNKNOWN = "unknown"  # not probed yet (or the VM is unreachable)
 
 
+class HintMethod(enum.StrEnum):
+    """How the guest agent reclaims page cache for the agent-mode hint."""
+
+    RECLAIM = "reclaim"  # cgroup v2 memory.reclaim: as much as the inflation needs
+    DROP = "drop"  # echo 1 > /proc/sys/vm/drop_caches: the whole clean page cache
+
+
+class Owner(enum.StrEnum):
+    """Who set a VM's balloon target, as far as balloonctl can tell (``balloonctl.targets``).
+    A VM balloonctl never set (in this run of the VM) has no owner (None)."""
+
+    BALLOONCTL = "balloonctl"  # balloonctl's remembered target stands
+    FOREIGN = "foreign"  # another writer moved the balloon; left alone until taken back
+
+
+@dataclass(frozen=True, slots=True)
+class TargetChange:
+    """A target balloonctl has just sent (``BalloonClient``'s ``recorder`` sees each one):
+    ``previous`` is its own standing target before, else ``actual`` then (None: unknown)."""
+
+    vm: str
+    qmp: str
+    previous: int | None
+    target: int
+
+
 class VmStatus(enum.StrEnum):
     """One word for a VM's condition, as the dashboard and ``status`` show it."""
 
@@ -121,6 +150,7 @@ class VmRef:
     maximum: int | None = None
     shares: int = 1000
     hint: bool | None = None  # preferred cache-first hint state, None = leave as is
+    hint_mount_cgroup: bool | None = None  # the hint may mount cgroup2 in the guest
     source: str = "cli"  # where this VM came from: cli, dir, config, proxmox
 
 
@@ -208,13 +238,16 @@ class DeviceFeatures:
 class HintState:
     """The cache-first hint, reported honestly.
 
-    ``released`` is how much page cache the last agent-mode drop released (bytes), when known.
+    ``released`` is how much page cache the last agent-mode reclaim released (bytes), when
+    known; ``method`` how agent mode reclaims on this VM (None: not agent mode, or not known
+    yet), and ``detail`` says why.
     """
 
     mode: HintMode = HintMode.UNKNOWN
     enabled: bool = False
     detail: str = ""
     released: int | None = None
+    method: HintMethod | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +270,7 @@ class BalloonState:
     features: DeviceFeatures = field(default_factory=DeviceFeatures)
     hint: HintState = field(default_factory=HintState)
     taken_at: float = field(default_factory=time.time)
+    owner: Owner | None = None  # who set the target (balloonctl.targets); None: nobody known
 
     @property
     def driver_ready(self) -> bool:
@@ -255,7 +289,8 @@ class BalloonState:
 
     @property
     def stale(self) -> bool:
-        """Polling is on but the guest's last report is older than three intervals."""
+        """Polling is on but the guest's last report is older than three polling intervals
+        plus 2 s (``last-update`` has whole-second resolution), as docs/cli.md states."""
         age = self.stats_age
         if not self.polling_interval or age is None:
             return False
@@ -320,6 +355,8 @@ class BalloonState:
             "hint_enabled": self.hint.enabled,
             "hint_detail": self.hint.detail,
             "hint_released": self.hint.released,
+            "hint_method": None if self.hint.method is None else self.hint.method.value,
+            "owner": None if self.owner is None else self.owner.value,
             "taken_at": round(self.taken_at, 3),
         }
 
@@ -363,8 +400,10 @@ class BalloonState:
                 enabled=bool(data.get("hint_enabled")),
                 detail=data.get("hint_detail") or "",
                 released=data.get("hint_released"),
+                method=HintMethod(data["hint_method"]) if data.get("hint_method") else None,
             ),
             taken_at=float(data.get("taken_at", time.time())),
+            owner=Owner(data["owner"]) if data.get("owner") in ("balloonctl", "foreign") else None,
         )
 
 

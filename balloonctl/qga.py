@@ -261,24 +261,54 @@ class QgaClient:
             AgentError: the agent failed, or the process did not exit in time.
         """
         limit = self.timeout if timeout is None else timeout
-        started = await self.execute("guest-exec", {"path": path, "arg": list(args or []),
-                                                    "capture-output": True})
-        pid = int(started["pid"])
+        pid = await self.exec_start(path, args)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         while True:
-            status = await self.execute("guest-exec-status", {"pid": pid})
-            if status.get("exited"):
-                code = status.get("exitcode")  # absent when a signal killed it
-                return ExecResult(
-                    exitcode=int(code) if isinstance(code, int) else -1,
-                    stdout=base64.b64decode(status.get("out-data", "")),
-                    stderr=base64.b64decode(status.get("err-data", "")),
-                )
+            result = await self.exec_status(pid)
+            if result is not None:
+                return result
             if loop.time() >= deadline:
                 raise AgentError(f"guest process {path} (pid {pid}) did not exit within "
                                  f"{limit:g}s", vm=self.vm)
             await asyncio.sleep(_EXEC_POLL)
+
+    async def exec_start(self, path: str, args: list[str] | None = None) -> int:
+        """Start a program in the guest with its output captured (``guest-exec``); return
+        its pid for ``exec_status``.
+
+        Raises:
+            AgentExecBlocked: the agent refuses guest-exec.
+            AgentError: the agent failed or sent a reply of the wrong shape.
+        """
+        started = await self.execute("guest-exec", {"path": path, "arg": list(args or []),
+                                                    "capture-output": True})
+        pid = started.get("pid") if isinstance(started, dict) else None
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise AgentError(f"guest agent at {self.path} sent a bad reply to guest-exec: "
+                             f"{started!r:.100}", vm=self.vm)
+        return pid
+
+    async def exec_status(self, pid: int) -> ExecResult | None:
+        """What a process started by ``exec_start`` left behind (``guest-exec-status``), or
+        None while it runs.
+
+        Raises:
+            AgentError: the agent failed or sent a reply of the wrong shape.
+        """
+        status = await self.execute("guest-exec-status", {"pid": pid})
+        try:
+            if not status.get("exited"):
+                return None
+            code = status.get("exitcode")  # absent when a signal killed it
+            return ExecResult(
+                exitcode=code if isinstance(code, int) else -1,
+                stdout=base64.b64decode(status.get("out-data", ""), validate=True),
+                stderr=base64.b64decode(status.get("err-data", ""), validate=True),
+            )
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise AgentError(f"guest agent at {self.path} sent a bad reply to "
+                             f"guest-exec-status: {status!r:.100}", vm=self.vm) from exc
 
     async def drop_caches(self) -> ExecResult:
         """Have the guest drop clean page cache: ``sync; echo 1 > /proc/sys/vm/drop_caches``.

@@ -36,6 +36,7 @@ from balloonctl.model import (
     DeviceFeatures,
     GuestStats,
     HintState,
+    TargetChange,
     VmRef,
     default_floor,
     validate_target,
@@ -102,21 +103,26 @@ class BalloonClient:
     ``store`` remembers the last target and the agent-mode hint for this run of the VM
     (``targets``, a ``RememberedTargets``: see it for the rules; ``hint`` is the inventory's
     hint preference for a new run, ``target_stale_after`` when an unreached target stops
-    counting).
+    counting). ``hint_mount_cgroup`` lets the agent-mode hint mount cgroup2 in the guest.
 
     What stays fixed while the VM runs (device path and properties, guest RAM, features, the
     guest agent's answer) is read once per run and kept across reconnects; ``facts`` (from
     another client's ``run_facts()``) seeds it, and is used only once this client's
     connection shows the same run (see ``RunFacts`` and ``instance_id``).
+
+    ``recorder`` sees every target ``set_target`` sent (a ``TargetChange``), after it was
+    sent and remembered and before ``set_target`` returns (the CLI journals there; what it
+    raises, ``set_target`` raises).
     """
 
     def __init__(self, address: str, *, name: str | None = None, qga: str | None = None,
                  connect_timeout: float = 3.0, command_timeout: float = 10.0,
                  store: Store | None = None, minimum: int | None = None,
                  maximum: int | None = None, trace: Trace | None = None,
-                 hint: bool | None = None,
+                 hint: bool | None = None, hint_mount_cgroup: bool = False,
                  target_stale_after: float = TARGET_STALE_AFTER,
-                 facts: RunFacts | None = None) -> None:
+                 facts: RunFacts | None = None,
+                 recorder: Callable[[TargetChange], None] | None = None) -> None:
         # Built on this module, so imported here rather than at the top.
         from balloonctl.cachefirst import CacheFirst
         from balloonctl.targets import RememberedTargets
@@ -129,6 +135,8 @@ class BalloonClient:
         self.minimum = minimum
         self.maximum = maximum
         self.trace = trace
+        self.recorder = recorder
+        self.hint_mount_cgroup = hint_mount_cgroup
         self.session = QmpSession(address, name=self.name, vm=name,
                                   connect_timeout=connect_timeout,
                                   command_timeout=command_timeout, trace=trace,
@@ -146,6 +154,7 @@ class BalloonClient:
         kw.setdefault("minimum", ref.minimum)
         kw.setdefault("maximum", ref.maximum)
         kw.setdefault("hint", ref.hint)
+        kw.setdefault("hint_mount_cgroup", bool(ref.hint_mount_cgroup))
         return cls(ref.qmp, **kw)
 
     def __repr__(self) -> str:
@@ -384,26 +393,37 @@ class BalloonClient:
                                maximum=self.maximum, force=force, vm=self._vm)
 
     async def set_target(self, spec: TargetSpec | int, *, force: bool = False,
-                         dry_run: bool = False) -> int:
+                         dry_run: bool = False, record: bool = True) -> int:
         """Resolve, validate and send a balloon target; return it in bytes.
 
         Nothing is sent when the target is unsafe or ``dry_run`` is set. With the
-        agent-mode cache-first hint on, an inflation first has the guest drop clean page
-        cache (a failure there is recorded in the hint state, and the inflation goes on).
+        agent-mode cache-first hint on, an inflation first has the guest reclaim as much clean
+        page cache as it needs, alongside the inflation (``CacheFirst.reclaiming``: bounded
+        in time; a failure is recorded in the hint state, and the inflation goes on).
+        A target sent makes the VM balloonctl's again (a foreign mark is dropped), and goes
+        to ``recorder`` unless ``record`` is False (a caller that journals it itself).
 
         Raises:
             SizeError, UnsafeTarget: see ``resolve_target`` (nothing was sent).
             NoBalloonDevice, and what ``execute`` raises.
+            what ``recorder`` raises (the target was sent).
         """
         target = await self.resolve_target(spec, force=force)
         if dry_run:
             return target
         # QEMU answers DeviceNotActive here when there is no balloon; query first so a VM
         # without one fails before the guest agent does any work.
-        if target < await self.query_actual():
-            await self.cache_first.before_inflating()
-        await self.execute("balloon", {"value": target})
-        await self.targets.remember(target=target, target_at=time.time(), target_reached=False)
+        actual = await self.query_actual()
+        previous: int | None = None
+        if record and self.recorder is not None:
+            previous = await self.current_target(actual=actual)
+            previous = actual if previous is None else previous
+        async with self.cache_first.reclaiming(actual - target):
+            await self.execute("balloon", {"value": target})
+        await self.targets.remember(target=target, target_at=time.time(), target_reached=False,
+                                    target_from=actual)
+        if record and self.recorder is not None:
+            self.recorder(TargetChange(self.name, self.address, previous, target))
         return target
 
     async def wait_for_target(self, target: int, *,
@@ -480,9 +500,11 @@ class BalloonClient:
 
     # ---- snapshot and events ----------------------------------------------------------
 
-    async def snapshot(self) -> BalloonState:
+    async def snapshot(self, previous: BalloonState | None = None) -> BalloonState:
         """Everything about this VM's balloon in one ``BalloonState``. Never raises
         ``BalloonError``: failures become fields (``reachable``, ``error``, ``has_device``).
+        ``previous`` (an earlier snapshot of this VM) helps tell another writer's move
+        (``RememberedTargets.observe``).
         """
         # The fields found so far: a failure part-way keeps them.
         found: dict[str, Any] = {"name": self.name, "qmp": self.address,
@@ -497,11 +519,16 @@ class BalloonClient:
             ram = await self.guest_ram()
             found.update(reachable=True, guest_ram=ram, floor=self.floor(ram), maximum=self.maximum)
             actual = found["actual"] = await self.query_actual()
-            found["target"] = await self.current_target(actual=actual, guest_ram=ram)
-            await self.device_path()  # once, not by both reads below
+            await self.device_path()  # once, not by the reads below
+            features = found["features"] = await self.features()  # once per run
+            seen = None
+            if previous is not None and previous.actual is not None:
+                seen = (previous.actual, previous.taken_at)
+            found["target"], found["owner"] = await self.targets.observe(
+                actual=actual, guest_ram=ram, seen=seen,
+                deflate_on_oom=features.deflate_on_oom)
             found["stats"], found["polling_interval"] = await asyncio.gather(
                 self.stats(), self.polling_interval())
-            found["features"] = await self.features()
             found["hint"] = await self.hint_status()
         except NoBalloonDevice as exc:
             return _failed(found, exc, reachable=True, has_device=False)

@@ -260,6 +260,24 @@ def parse_address(address: str) -> str | tuple[str, int]:
     return address
 
 
+async def _connect_unix(sock: socket.socket, path: str) -> None:
+    """Connect a non-blocking unix socket, waiting (until the caller's timeout) while the
+    listener's queue is full.
+
+    Linux fails such a connect() at once with EAGAIN and starts nothing; asyncio's
+    ``sock_connect`` would then wait for "writable", which an unconnected unix socket is at
+    once, and report a connection that does not exist (the next read fails with EINVAL).
+    """
+    delay = 0.005
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.1)
+
+
 def socket_identity(path: str) -> str | None:
     """The unix socket file's identity; QEMU (and the fake) create the file anew at every
     start, so it names one run of the VM. None when the file is gone."""
@@ -359,7 +377,10 @@ class QmpSession:
             target = addr
         sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, target)
+            if isinstance(addr, tuple):
+                await loop.sock_connect(sock, target)
+            else:
+                await _connect_unix(sock, addr)
         except BaseException:
             sock.close()
             raise

@@ -11,7 +11,15 @@ atomically (a temp file in the same directory, fsync, rename, fsync of the direc
 reader sees one complete version, and a full disk or a writer killed mid-write leaves the
 previous version in place. Writers serialise their read-modify-write with an exclusive
 ``flock`` on the directory. The file is created 0600 (its directory 0700). Each write drops
-the entries of unix sockets that no longer exist.
+the entries of unix sockets that no longer exist; an edit that changes nothing writes
+nothing.
+
+A ``FileStore`` keeps the last version it read or wrote, keyed by the file's identity
+(device, inode, size, mtime, ctime): a read of an unchanged file neither parses it nor
+resolves its keys again. The identity alone is trusted only once the file is more than 3 s
+older than the clock (a later write gets a later mtime then, even at FAT's 2 s resolution);
+a file changed more recently is read again and compared byte for byte. A socket path that
+is already real is resolved once per process (``state_key``).
 
 A state file that cannot be used (unreadable, a directory, not UTF-8, not JSON of the right
 shape, a dangling symlink, an unwritable directory, a full disk) is a ``StateFileError``
@@ -79,10 +87,24 @@ def _is_tcp(address: str) -> bool:
     return address.rpartition(":")[2].isdigit()
 
 
+# Socket paths found to be real paths already (``realpath(p) == p``): most keys, resolved
+# on every read otherwise. A path with a symlink or ``..`` in it is resolved every time, so
+# re-pointing a symlink is seen at once.
+_REAL_PATHS: set[str] = set()
+_REAL_PATHS_MAX = 4096
+
+
 def state_key(address: str) -> str:
     """The key of a VM's entry: the real path of a unix socket (``os.path.realpath``: no
     ``.``, ``..``, ``//`` or symlinks), a ``host:port`` address as given."""
-    return address if _is_tcp(address) else os.path.realpath(address)
+    if address in _REAL_PATHS or _is_tcp(address):
+        return address
+    real = os.path.realpath(address)
+    if real == address:
+        if len(_REAL_PATHS) >= _REAL_PATHS_MAX:
+            _REAL_PATHS.clear()
+        _REAL_PATHS.add(address)
+    return real
 
 
 def _lookup(data: dict[str, dict[str, Any]], key: str) -> tuple[str, dict[str, Any]]:
@@ -191,11 +213,43 @@ def _create_temp(directory: Path, name: str) -> tuple[int, str]:
         return fd, path
 
 
-def _prune(data: dict[str, dict[str, Any]], keep: str) -> None:
-    """Drop the entries of unix sockets that are gone (their VM has exited)."""
+def _prune(data: dict[str, dict[str, Any]], keep: str) -> bool:
+    """Drop the entries of unix sockets that are gone (their VM has exited); whether any
+    was dropped."""
+    dropped = False
     for key in list(data):
         if key != keep and key.startswith("/") and not os.path.exists(key):
             del data[key]
+            dropped = True
+    return dropped
+
+
+# How long after its last change a file's identity alone (inode, size, times) is trusted:
+# file times come from a coarse clock (a jiffy on Linux, 2 s on FAT), so two writes within
+# one tick, of the same size, into a reused inode would look alike; 3 s later they cannot.
+_SETTLED_NS = 3_000_000_000
+
+_Stamp = tuple[int, int, int, int, int]
+
+
+def _stamp(st: os.stat_result) -> _Stamp:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _settled(st: os.stat_result) -> bool:
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS
+
+
+class _Version:
+    """The last version of the file this store read or wrote: its identity, its bytes, its
+    parsed entries (never mutated: readers copy what they change), and whether the identity
+    alone may be trusted."""
+
+    __slots__ = ("data", "raw", "settled", "stamp")
+
+    def __init__(self, stamp: _Stamp, raw: bytes, data: dict[str, dict[str, Any]],
+                 settled: bool) -> None:
+        self.stamp, self.raw, self.data, self.settled = stamp, raw, data, settled
 
 
 class FileStore:
@@ -210,6 +264,7 @@ class FileStore:
         self.strict = strict
         self.problem: StateFileError | None = None  # why the file is no longer used
         self._memory: MemoryStore | None = None  # where a non-strict store went on
+        self._version: _Version | None = None  # the file as last read or written
 
     def get(self, key: str) -> dict[str, Any]:
         """The entry for ``key`` ({} when none).
@@ -245,10 +300,12 @@ class FileStore:
                 data = dict(before)
                 old, entry = _lookup(data, key)
                 new = dict(change(dict(entry)))
+                real = state_key(key)
                 data.pop(old, None)
-                data[state_key(key)] = new
-                _prune(data, keep=state_key(key))
-                self._write(target, data)
+                data[real] = new
+                pruned = _prune(data, keep=real)
+                if new != entry or old != real or pruned or old not in before:
+                    self._write(target, data)
                 return dict(new)
         except StateFileError as exc:
             self._give_up(exc, before)
@@ -264,6 +321,11 @@ class FileStore:
             StateFileError: it cannot be read or parsed.
         """
         path = str(self.path)
+        known = self._version
+        if known is not None and known.settled:
+            with contextlib.suppress(OSError):
+                if _stamp(os.stat(path)) == known.stamp:
+                    return known.data  # unchanged and settled: no read, no parse
         try:
             # O_NONBLOCK: a FIFO in its place must not hang balloonctl
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -276,7 +338,8 @@ class FileStore:
             raise StateFileError(path, "a component of the path is not a directory") from None
         except OSError as exc:
             raise StateFileError(path, f"cannot be read: {_why(exc)}") from None
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
+        mode = st.st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
             raise StateFileError(path, "is a directory, not a file" if stat.S_ISDIR(mode)
@@ -289,7 +352,10 @@ class FileStore:
         if len(raw) > _MAX_FILE_BYTES:
             raise StateFileError(path, f"is larger than {_MAX_FILE_BYTES} bytes: "
                                        "not a balloonctl state file")
-        return _parse(raw, path)
+        # the same bytes as last time: the same entries, without parsing or resolving keys
+        data = known.data if known is not None and known.raw == raw else _parse(raw, path)
+        self._version = _Version(_stamp(st), raw, data, _settled(st))
+        return data
 
     def _target(self) -> Path:
         """The file a write replaces: the path itself, or the file a symlink points to
@@ -358,6 +424,9 @@ class FileStore:
                 os.fsync(dir_fd)  # the rename itself survives a crash
             finally:
                 os.close(dir_fd)
+            # Under the lock no one else writes: this is the version just written (the
+            # stat after the rename, which changes the file's ctime).
+            self._version = _Version(_stamp(os.stat(target)), raw, data, False)
         except OSError as exc:
             raise StateFileError(str(self.path), f"cannot be written: {_why(exc)} "
                                                  "(it keeps what it had)") from None

@@ -26,7 +26,9 @@ __all__ = [
     "TargetSpec",
     "TiB",
     "format_duration",
+    "format_exact",
     "format_size",
+    "format_size_aligned",
     "parse_duration",
     "parse_size",
     "parse_target",
@@ -224,6 +226,54 @@ def format_size(n: int | None, *, compact: bool = False) -> str:
     if compact:
         return f"{sign}{text}{units[idx][0] if idx else 'B'}"
     return f"{sign}{text} {units[idx]}"
+
+
+def format_size_aligned(n: int | None) -> str:
+    """The compact size with three significant digits (``2.00G``, ``1.75G``, ``237M``,
+    ``12.0G``, ``512B``), at most five characters: a right-aligned column of them lines up
+    and every value has the same precision. ``None`` gives ``-``.
+    """
+    if n is None:
+        return "-"
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    value, idx = float(n), 0
+    while value >= 1024 and idx < 5:
+        value /= 1024
+        idx += 1
+    if idx == 0:
+        return f"{sign}{n}B"
+    # Round first: 9.996 would print as 10.00 with two decimals.
+    for decimals in (2, 1, 0):
+        text = f"{value:.{decimals}f}"
+        if decimals == 0 or len(text.split(".")[0]) + decimals <= 3:
+            break
+    return f"{sign}{text}{'BKMGTP'[idx]}"
+
+
+def format_exact(n: int | None, *, with_bytes: bool = True) -> str:
+    """A size exactly, for a value about to be sent: ``1.75 GiB (1879048192 bytes)``
+    (``with_bytes=False``: ``1.75 GiB``; ``None``: ``-``).
+    The human part is in the largest unit that shows it exactly with at most three
+    decimals (``1800 MiB``); failing that it is rounded and marked ``~``. Below 1 KiB:
+    ``512 B``."""
+    if n is None:
+        return "-"
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    sign, size = ("-" if n < 0 else ""), abs(n)
+    exact = f" ({n} bytes)" if with_bytes else ""
+    biggest = 0
+    while biggest < len(units) - 1 and size >= 1024 ** (biggest + 1):
+        biggest += 1
+    for idx in range(biggest, 0, -1):
+        value = Fraction(size, 1024**idx)
+        if (value * 1000).denominator == 1:
+            text = f"{float(value):.3f}".rstrip("0").rstrip(".")
+            return f"{sign}{text} {units[idx]}{exact}"
+    if biggest == 0:
+        return f"{n} B"
+    text = f"{size / 1024**biggest:.3f}".rstrip("0").rstrip(".")
+    return f"~{sign}{text} {units[biggest]}{exact}"
 
 
 def parse_duration(text: str) -> float:

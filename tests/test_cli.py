@@ -361,6 +361,25 @@ def test_hint_agent_mode(start: Start, cli: Cli) -> None:
     assert h["hint_mode"] == "agent" and h["hint_enabled"] is True
 
 
+def test_hint_says_which_method_and_why(start: Start, cli: Cli, tmp_path: Path) -> None:
+    start("vm1")
+    start("vm2", qga_memory_reclaim=False)
+    start("vm3", qga_cgroup2=False)
+    rows = {h["name"]: h for h in json.loads(cli("hint", "--all", "status", "--json").stdout)}
+    assert {n: h["hint_method"] for n, h in rows.items()} == {
+        "vm1": "reclaim", "vm2": "drop", "vm3": "drop"}
+    assert "memory.reclaim missing" in rows["vm2"]["hint_detail"]
+    lines = cli("hint", "vm3").stdout
+    assert lines.startswith("vm3: hint off (agent mode, method drop: ")
+    assert "cgroup2 not mounted" in lines and "hint_mount_cgroup" in lines
+    # Told to mount cgroup2 in the config: turning the hint on mounts it, and reclaim is used.
+    cfg = tmp_path / "mount.toml"
+    cfg.write_text("[defaults]\nhint_mount_cgroup = true\n")
+    r = cli("hint", "vm3", "on", extra_env={"BALLOONCTL_CONFIG": str(cfg)})
+    assert r.stdout.startswith("vm3: hint on (agent mode, method reclaim: "), r.stdout
+    assert states(cli("status", "--json"))["vm3"]["hint_method"] == "reclaim"
+
+
 def test_hint_device_mode(start: Start, cli: Cli) -> None:
     start("vm1", hint_device=True)
     assert cli("hint", "vm1", "on").stdout.startswith("vm1: hint on (device mode")
@@ -392,7 +411,8 @@ def test_stats_sets_the_polling_interval(start: Start, cli: Cli) -> None:
     r = cli("stats", "vm1", "--interval", "3")
     assert r.exit_code == 0 and r.stdout == "vm1: guest stats every 3s\n"
     assert states(cli("status", "--json"))["vm1"]["polling_interval"] == 3
-    assert cli("stats").exit_code == ExitCode.USAGE
+    r = cli("stats", "--interval", "3")  # changing every VM needs --all
+    assert r.exit_code == ExitCode.USAGE and "--all" in r.stderr
 
 
 def test_preflight_ok(start: Start, cli: Cli) -> None:
@@ -426,8 +446,10 @@ def test_preflight_finds_problems(start: Start, cli: Cli) -> None:
 
 
 def test_watch_streams_snapshots_and_balloon_events(start: Start, cli: Cli) -> None:
-    start("vm1", rate=256 * MiB)
-    assert cli("set", "vm1", "1G").exit_code == 0  # the balloon takes ~4 s to get there
+    start("vm1", rate=32 * MiB)
+    # the balloon takes ~32 s to get there: it is certainly still moving while watch runs,
+    # however slowly a busy machine starts the command
+    assert cli("set", "vm1", "1G").exit_code == 0
     # QEMU rate-limits BALLOON_CHANGE to one a second: watch for 2.4 s
     r = cli("watch", "--interval", "0.4s", "--count", "6")
     assert r.exit_code == 0
@@ -485,6 +507,31 @@ def test_wave_table_and_bad_bounds(start: Start, cli: Cli) -> None:
         ExitCode.UNSAFE_TARGET)
 
 
+def test_wave_refuses_to_start_when_it_could_not_restore(start: Start, cli: Cli,
+                                                        tmp_path: Path) -> None:
+    """The VM sits at 2 GiB (its whole RAM) but its configured max is 1.5 GiB: a wave between
+    1 and 1.5 GiB could never put 2 GiB back, so it refuses before moving anything."""
+    start("vm1")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[vm.vm1]\nmax = "1.5G"\n')
+    r = cli("--config", str(cfg), "wave", "vm1", "--min", "1G", "--max", "1.5G",
+            "--period", "1s", "--cycles", "1", "--speed", "50", "-f", "ndjson")
+    assert r.exit_code == ExitCode.UNSAFE_TARGET, r.stderr
+    assert r.stdout == ""
+    assert r.stderr.startswith("balloonctl: error: vm1: will not start: the wave could not "
+                               "set the original target 2 GiB again")
+    assert "maximum" in r.stderr
+    vm = states(cli("--config", str(cfg), "status", "--json"))["vm1"]
+    assert vm["actual"] == 2 * GiB and vm["target"] is None  # nothing was sent
+    # within the limits it runs, and restores
+    assert cli("--config", str(cfg), "set", "vm1", "1.4G").exit_code == 0
+    r = cli("--config", str(cfg), "wave", "vm1", "--min", "1G", "--max", "1.5G",
+            "--period", "1s", "--cycles", "1", "--speed", "50", "-f", "ndjson")
+    assert r.exit_code == 0, r.stderr
+    restore = json.loads(r.stdout.splitlines()[-1])
+    assert restore["restore"] is True and restore["target"] == int(1.4 * GiB)
+
+
 def test_wave_takes_exactly_one_vm(start: Start, cli: Cli) -> None:
     for name in ("vm1", "vm2", "vm3"):
         start(name)
@@ -533,7 +580,11 @@ def test_dashboard_opens_the_tui_on_the_selected_vms(
 
     monkeypatch.setattr(tui.app, "run_dashboard", fake_run)
     assert cli("top", "web-*", "--interval", "2s").exit_code == 0
-    assert seen == {"names": ["web-1"], "opts": {"interval": 2.0, "step": 128 * MiB}}
+    auto = seen["opts"].pop("auto")
+    # automatic ballooning over the same VMs, switched off until asked for
+    assert auto.names == ["web-1"] and auto.enabled == set() and auto.fleet.names == ["web-1"]
+    assert seen == {"names": ["web-1"], "opts": {"interval": 2.0, "step": 128 * MiB,
+                                                 "host_root": Path("/")}}
 
 
 def test_completion_prints_each_script(cli: Cli) -> None:
@@ -628,14 +679,14 @@ def test_fake_refuses_what_it_cannot_serve(start: Start, cli: Cli, fake_dir: Pat
 
 
 def test_fake_workloads_are_the_fakes() -> None:
-    from balloonctl.cli.app import Workload
+    from balloonctl.cli.fake import Workload
     from balloonctl.fake import WORKLOADS
 
     assert {w.fake_name() for w in Workload} == {None, *WORKLOADS}
 
 
 def test_wait_progress_bar_only_on_a_terminal() -> None:
-    from balloonctl.cli.app import _Progress
+    from balloonctl.cli.set import _Progress
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -655,3 +706,179 @@ def test_wait_progress_bar_only_on_a_terminal() -> None:
     quiet.callback("vm1")(2 * GiB, 1 * GiB)
     quiet.done()
     assert pipe.getvalue() == ""
+
+
+@pytest.mark.parametrize("command", ["status", "set", "hint", "stats", "preflight", "watch",
+                                     "wave", "fake", "dashboard", "top", "demo", "completion"])
+def test_help_shows_no_typer_type_labels(cli: Cli, command: str) -> None:
+    r = cli(command, "--help")
+    assert r.exit_code == 0 and r.stdout.startswith(f"Usage: balloonctl {command} ")
+    for label in ("<list[", "<str>", "<int", "<float", "<path>", "<bool>"):
+        assert label not in r.stdout, (label, r.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "-f", "xml"], "'xml' is not one of 'table', 'json', 'ndjson', 'csv'."),
+        (["fake", "--vms", "0"], "Input should be greater than or equal to 1"),
+        (["fake", "--vms", "257"], "Input should be less than or equal to 256"),
+        (["status", "--watch", "--count", "many"], "Input should be an integer, got 'many'"),
+        (["wave", "vm1", "--speed", "nan"], "Input should be a finite number, got 'nan'"),
+    ],
+)
+def test_bad_option_values_are_one_line_usage_errors(cli: Cli, args: list[str],
+                                                     message: str) -> None:
+    r = cli(*args)
+    assert r.exit_code == ExitCode.USAGE
+    assert message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_choices_are_case_insensitive(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("status", "--format", "JSON")
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["name"] == "vm1"
+
+
+
+# ---- issue 7: commands and options that mean one thing everywhere ---------------------------
+
+
+def test_hint_with_no_vm_or_no_action_shows_every_vm(start: Start, cli: Cli) -> None:
+    start("vm1")
+    start("vm2", agent=False)
+    for args in ([], ["--all"], ["status"], ["--all", "status"]):
+        r = cli("hint", *args)
+        assert r.exit_code == ExitCode.OK, (args, r.stderr)
+        assert [line.split(":")[0] for line in r.stdout.splitlines()] == ["vm1", "vm2"], args
+    r = cli("hint", "on")  # changing it is never "every VM" by default
+    assert r.exit_code == ExitCode.USAGE and "--all" in r.stderr
+    assert all(not h["hint_enabled"] for h in json.loads(cli("hint", "--json").stdout))
+
+
+def test_hint_json_is_one_record_per_vm_with_status_keys(start: Start, cli: Cli) -> None:
+    start("vm1")
+    start("vm2")
+    records = json.loads(cli("hint", "--format", "json").stdout)
+    assert [r["name"] for r in records] == ["vm1", "vm2"]
+    snap = states(cli("status", "--json"))
+    for r in records:
+        assert set(r) <= set(JSON_KEYS)
+        assert all(r[k] == snap[r["name"]][k] for k in r if k != "name")
+
+
+@pytest.mark.parametrize(("interval", "seconds"), [
+    ("2s", 2), ("1m", 60), ("3", 3), ("1500ms", 2), ("0", 0), ("0s", 0), ("off", 0),
+    ("OFF", 0),
+])
+def test_stats_interval_is_a_duration(start: Start, cli: Cli, interval: str,
+                                      seconds: int) -> None:
+    start("vm1")
+    r = cli("stats", "vm1", "-n", interval)
+    assert r.exit_code == ExitCode.OK, r.stderr
+    assert states(cli("status", "--json"))["vm1"]["polling_interval"] == seconds
+    assert ("whole seconds" in r.stderr) == (interval == "1500ms")
+    r = cli("stats", "vm1", "--interval", interval, "--json")
+    assert json.loads(r.stdout) == [{"name": "vm1", "polling_interval": seconds}]
+
+
+@pytest.mark.parametrize("interval", ["-1s", "soon", "", "2x"])
+def test_stats_interval_refuses_what_is_no_duration(start: Start, cli: Cli,
+                                                    interval: str) -> None:
+    start("vm1")
+    r = cli("stats", "vm1", "--interval", interval)
+    assert r.exit_code == ExitCode.USAGE and r.stderr.startswith("balloonctl: error: --interval")
+    assert states(cli("status", "--json"))["vm1"]["polling_interval"] == 0
+
+
+def test_stats_without_an_option_shows_every_statistic(start: Start, cli: Cli) -> None:
+    vm = start("vm1")
+    vm.call_threadsafe(setattr, vm.guest, "swap_in", 3 * MiB)
+    start("vm2")
+    assert cli("stats", "vm1", "--interval", "1").exit_code == 0
+    wait_until(lambda: json.loads(cli("stats", "vm1", "--json").stdout)[0]["swap_in"] == 3 * MiB)
+    r = cli("stats", "vm1")
+    assert r.exit_code == ExitCode.OK
+    header, *rows = r.stdout.splitlines()
+    assert header.split() == ["NAME", "STAT", "VALUE"]
+    table = {row.split()[1]: row.split()[2] for row in rows}
+    assert {row.split()[0] for row in rows} == {"vm1"}
+    assert table["swap_in"] == "3M" and table["actual"] == "2G"
+    assert table["polling_interval"] == "1s"
+    for key in ("free_memory", "disk_caches", "available_memory", "total_memory", "swap_out",
+                "major_faults", "minor_faults", "last_update", "stats_age", "guest_ram"):
+        assert key in table
+    # the JSON record is the snapshot's statistics, under the snapshot's keys
+    (rec,) = json.loads(cli("stats", "vm1", "--json").stdout)
+    snap = states(cli("status", "--json"))["vm1"]
+    assert set(rec) <= set(JSON_KEYS) and len(rec) >= 14
+    assert all(rec[k] == snap[k] for k in rec if k not in ("stats_age", "last_update"))
+    # no VM named: every VM, like status
+    assert [r["name"] for r in json.loads(cli("stats", "-f", "json").stdout)] == ["vm1", "vm2"]
+
+
+def test_set_json_is_one_record_per_vm(start: Start, cli: Cli) -> None:
+    start("vm1")
+    start("vm2")
+    r = cli("set", "vm1", "vm2", "1G", "--json")
+    assert r.exit_code == ExitCode.OK, r.stderr
+    records = json.loads(r.stdout)
+    assert [(x["name"], x["target"], x["actual"], x["sent"], x["seconds"]) for x in records] == [
+        ("vm1", 1 * GiB, 2 * GiB, True, None), ("vm2", 1 * GiB, 2 * GiB, True, None)]
+    r = cli("set", "vm1", "1.5G", "--wait", "-f", "ndjson")
+    (rec,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rec["target"] == 1536 * MiB and abs(rec["actual"] - 1536 * MiB) <= 2 * MiB
+    assert isinstance(rec["seconds"], float)
+    r = cli("set", "vm1", "1G", "--dry-run", "--format", "csv")
+    assert r.stdout.splitlines() == ["name,target,actual,sent,seconds",
+                                     f"vm1,{GiB},{rec['actual']},false,"]
+
+
+def test_dash_n_is_the_interval_everywhere(cli: Cli) -> None:
+    for command in ("status", "watch", "dashboard", "stats"):
+        help_text = cli(command, "--help").stdout
+        assert "-n, --interval DURATION" in help_text, command
+    assert "-n" not in cli("set", "--help").stdout.replace("-n,", "").split()
+
+
+def test_set_no_longer_takes_dash_n_for_a_dry_run(start: Start, cli: Cli) -> None:
+    start("vm1")
+    r = cli("set", "vm1", "1G", "-n")
+    assert r.exit_code == ExitCode.USAGE
+    assert states(cli("status", "--json"))["vm1"]["target"] is None
+
+
+def test_one_qmp_vm_needs_no_name(start: Start, cli: Cli, fake_dir: Path) -> None:
+    start("vm1")
+    start("vm2")
+    one = ["--qmp", str(fake_dir / "vm2.qmp")]
+    r = cli(*one, "set", "1G", "--wait")
+    assert r.exit_code == ExitCode.OK, r.stderr
+    assert r.stdout.startswith("vm2: reached 1 GiB")
+    assert cli(*one, "hint", "on").stdout.startswith("vm2: hint on")
+    assert cli(*one, "stats", "--interval", "2s").stdout == "vm2: guest stats every 2s\n"
+    r = cli(*one, "wave", "--min", "1G", "--max", "1.5G", "--period", "1s", "--cycles", "1",
+            "--speed", "50", "-f", "ndjson")
+    assert r.exit_code == ExitCode.OK and all('"name":"vm2"' in line
+                                              for line in r.stdout.splitlines())
+    got = states(cli("status", "--json"))
+    assert got["vm1"]["target"] is None and got["vm1"]["polling_interval"] == 0
+    assert got["vm2"]["polling_interval"] == 2 and got["vm2"]["hint_enabled"] is True
+    # without the one --qmp, a lone size is still a usage error
+    assert cli("set", "1G").exit_code == ExitCode.USAGE
+    assert cli("wave", "--period", "1s").exit_code == ExitCode.USAGE
+
+
+def test_set_on_a_guest_without_its_driver_says_so_at_once(start: Start, cli: Cli) -> None:
+    start("vm1", driver=False)
+    started = time.monotonic()
+    r = cli("set", "vm1", "1G", "--wait", "--timeout", "30s")
+    assert time.monotonic() - started < 10  # at once, not after the 30 s wait
+    assert r.exit_code == ExitCode.TIMEOUT
+    assert r.stderr.startswith("balloonctl: error: vm1: the guest has no balloon driver loaded")
+    assert "nothing sent" in r.stderr
+    assert states(cli("status", "--json"))["vm1"]["target"] is None
+    r = cli("set", "vm1", "1G")  # without --wait: sent, with a warning
+    assert r.exit_code == ExitCode.OK
+    assert r.stderr.startswith("balloonctl: warning: vm1: the guest has no balloon driver")
+    assert states(cli("status", "--json"))["vm1"]["target"] == 1 * GiB

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from balloonctl import errors
-from balloonctl.cli import exitcodes
 from balloonctl.cli.exitcodes import ExitCode, combine, exit_code_for
 
 
@@ -62,6 +61,15 @@ def test_combine() -> None:
 
 
 def test_codes_are_documented() -> None:
-    doc = exitcodes.__doc__ or ""
-    for code in ExitCode:
-        assert f"{code.value:<4}  {code.name}" in doc
+    """docs/cli.md's exit-code table lists exactly ExitCode's codes, by the same names."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    section = doc.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| ([A-Z_]+) \| (.+) \|$", section, flags=re.M)
+    assert rows, "no exit-code table under '## Exit codes' in docs/cli.md"
+    documented = {int(code): name for code, name, _ in rows}
+    assert documented == {code.value: code.name for code in ExitCode}
+    assert len(rows) == len(documented)  # no code listed twice
+    assert all(when.strip() for _, _, when in rows)

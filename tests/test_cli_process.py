@@ -215,3 +215,31 @@ def test_a_closed_pipe_ends_watch_quietly(env: dict[str, str], vm1: FakeVM) -> N
         if child.poll() is None:
             child.kill()
     assert child.returncode == 0 and err == ""
+
+
+@pytest.mark.parametrize("args", [
+    ["watch"],  # events mode: holds every VM's socket
+    ["watch", "--no-events"],
+    ["watch", "--format", "csv"],
+    ["status", "--watch"],
+])
+def test_a_reader_that_goes_away_ends_the_stream_at_once(
+    env: dict[str, str], vm1: FakeVM, args: list[str],
+) -> None:
+    """`balloonctl watch | head -1`: with a minute between rounds, the command still ends as
+    soon as the reader closes the pipe (not at its next write), exit 0, nothing on stderr,
+    and the VM's socket is free again."""
+    child = subprocess.Popen([BALLOONCTL, *args, "--interval", "60s"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stderr is not None
+        assert read_lines(child.stdout, 1)
+        child.stdout.close()  # as `| head -1` does
+        child.wait(timeout=15)
+        err = child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert (child.returncode, err) == (0, "")
+    assert run(env, "status", "vm1").returncode == ExitCode.OK

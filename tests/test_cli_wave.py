@@ -102,13 +102,37 @@ def test_cancellation_restores_the_original_target() -> None:
 
 
 def test_scaled_clock_runs_faster() -> None:
-    clock = ScaledClock(speed=100.0)
+    import time
+
+    clock = ScaledClock(speed=10.0)
+
+    async def nap() -> tuple[float, float, float]:
+        outer_start = time.monotonic()
+        start = clock.now()
+        inner_start = time.monotonic()
+        await clock.sleep(5.0)  # half a second of real time
+        inner_end = time.monotonic()
+        end = clock.now()
+        outer_end = time.monotonic()
+        return end - start, inner_end - inner_start, outer_end - outer_start
+
+    advanced, inner, outer = asyncio.run(nap())
+    # The clock's reading brackets the real time between its two readings, times ten:
+    # exact, whatever the machine's load.
+    assert 10.0 * inner <= advanced <= 10.0 * outer
+    assert advanced >= 5.0  # it slept at least the 5 s of clock time asked for
+    assert inner < 2.5  # in a tenth of the real time, give or take a busy machine
+    with pytest.raises(ValueError):
+        ScaledClock(speed=0)
+
+
+def test_a_scaled_clock_starts_at_zero_and_never_sleeps_negative_time() -> None:
+    clock = ScaledClock(speed=1000.0)
+    assert 0.0 <= clock.now() < 1000.0
 
     async def nap() -> float:
         start = clock.now()
-        await clock.sleep(1.0)  # 10 ms of real time
+        await clock.sleep(-5.0)  # a step already late: no sleep at all
         return clock.now() - start
 
-    assert asyncio.run(nap()) >= 1.0
-    with pytest.raises(ValueError):
-        ScaledClock(speed=0)
+    assert asyncio.run(nap()) < 1000.0

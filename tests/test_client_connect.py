@@ -94,7 +94,9 @@ async def test_never_greeting_server_is_socket_busy_within_the_timeout(
     with pytest.raises(SocketBusy) as err:
         await client.connect()
     elapsed = time.monotonic() - started
-    assert 0.25 <= elapsed < 1.5
+    # not before the timeout; the upper bound only needs to be certain on a busy machine
+    # (the message names the 0.3 s that applied)
+    assert 0.25 <= elapsed < 5
     assert "no greeting within 0.3s" in str(err.value)
     assert "another QMP client" in str(err.value)
     # The same client recovers once the socket is free again.
@@ -196,11 +198,11 @@ async def test_garbage_reply_is_disconnected_then_recovers(
 async def test_slow_reply_is_qmp_timeout(fake_vm: FakeVM, client_for: ClientFactory) -> None:
     async with client_for(fake_vm, command_timeout=0.2) as client:
         await client.query_actual()
-        fake_vm.faults.delay["query-balloon"] = 1.0
+        fake_vm.faults.delay["query-balloon"] = 20.0  # far beyond the bound's slack
         started = time.monotonic()
         with pytest.raises(QMPTimeout, match=r"did not answer query-balloon within 0\.2s"):
             await client.query_actual()
-        assert time.monotonic() - started < 0.9
+        assert time.monotonic() - started < 10
 
 
 async def test_qmp_errors_keep_what_was_sent_and_received(

@@ -292,3 +292,47 @@ def test_socket_files_with_control_characters_in_their_names(tmp_path: Path) -> 
     with pytest.raises(UnknownVM) as info:
         Inventory(scan_dir(d)).get("nope")
     assert str(info.value).isprintable()  # ...and escaped where they are printed
+
+
+def test_a_rescan_finds_sockets_that_appeared_with_the_configs_settings(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    d = touch(tmp_path / "run", "web-1.qmp")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[defaults]\nmin = "512M"\n[vm.web-2]\nmax = "3G"\n')
+    inv = Inventory.load(directory=str(d), config=cfg, env=env)
+    assert [r.name for r in inv.rescan()] == ["web-1"]
+    touch(d, "web-2.qmp", "web-2.qga", "db.sock")
+    found = {r.name: r for r in inv.rescan()}
+    assert sorted(found) == ["db", "web-1", "web-2"]
+    assert found["web-2"].qga == str(d / "web-2.qga")
+    assert found["web-2"].minimum == 512 * 2**20 and found["web-2"].maximum == 3 * 2**30
+    assert [r.name for r in inv.rescan(["web-*"])] == ["web-1", "web-2"]
+    assert inv.rescan(["nothing"]) == []
+    # Without a directory there is nothing to rescan: its own VMs only.
+    assert [r.name for r in Inventory.load(qmp=["/run/x.qmp"], env=env).rescan()] == ["x"]
+
+
+def test_hint_mount_cgroup_from_defaults_and_per_vm(tmp_path: Path, env: dict[str, str]) -> None:
+    from balloonctl.qmp import BalloonClient
+
+    d = touch(tmp_path / "run", "a.qmp", "b.qmp", "c.qmp")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[defaults]\nhint_mount_cgroup = true\n\n[vm.b]\nhint_mount_cgroup = false\n")
+    inv = Inventory.load(directory=str(d), config=cfg, env=env)
+    assert [inv.get(n).hint_mount_cgroup for n in ("a", "b", "c")] == [True, False, True]
+    assert BalloonClient.from_ref(inv.get("a")).hint_mount_cgroup is True
+    assert BalloonClient.from_ref(inv.get("b")).hint_mount_cgroup is False
+    # Not set anywhere: balloonctl never mounts anything in a guest.
+    cfg.write_text("[vm.b]\nshares = 2\n")
+    plain = Inventory.load(directory=str(d), config=cfg, env=env)
+    assert BalloonClient.from_ref(plain.get("a")).hint_mount_cgroup is False
+
+
+@pytest.mark.parametrize("text", ['[defaults]\nhint_mount_cgroup = "yes"\n',
+                                  "[vm.a]\nhint_mount_cgroup = 1\n"])
+def test_hint_mount_cgroup_must_be_a_boolean(tmp_path: Path, text: str) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError, match="hint_mount_cgroup: expected true or false"):
+        load_config(cfg)

@@ -10,6 +10,9 @@ import pytest
 from rawqmp import RawQMP, RawQMPError, poll_until
 
 from balloonctl.fake import FakeVM
+from balloonctl.fake.guest import MIN_CACHE
+from balloonctl.model import HintMethod
+from balloonctl.reclaim import ReclaimReport, parse_reclaim_output, reclaim_argv
 from balloonctl.units import MiB
 
 
@@ -212,3 +215,67 @@ async def test_agent_argument_errors(
         with pytest.raises(RawQMPError) as err:
             await ga.execute(cmd, args)
     assert (err.value.error_class, err.value.desc) == ("GenericError", desc)
+
+
+# --- balloonctl's cache-reclaim script, emulated like a Debian 12 (6.1) guest ----------
+
+
+async def _reclaim(vm: FakeVM, n: int, *, mount: bool = False) -> ReclaimReport:
+    async with await RawQMP.connect(vm.qga_path) as ga:
+        status = await _exec(ga, "/bin/sh", *reclaim_argv(n, mount_cgroup=mount))
+    assert status["exitcode"] == 0
+    return parse_reclaim_output(base64.b64decode(status["out-data"]))
+
+
+async def test_reclaim_script_takes_what_is_asked_from_the_cache(fake_vm: FakeVM) -> None:
+    guest = fake_vm.guest
+    guest.read_file(500 * MiB)
+    cache, free = guest.cache, guest.free
+    report = await _reclaim(fake_vm, 200 * MiB)
+    # 6.1: memory.reclaim rejects swappiness=0 (EINVAL), so plain N was written.
+    assert (report.method, report.why, report.result) == (
+        HintMethod.RECLAIM, "no-swappiness-key", "ok")
+    assert (guest.cache, guest.free) == (cache - 200 * MiB, free + 200 * MiB)
+    assert (report.cache_before, report.cache_after) == (cache, cache - 200 * MiB)
+    assert report.free_after - report.free_before == 200 * MiB
+
+
+async def test_reclaim_script_never_swaps_to_make_up_the_rest(fake_vm: FakeVM) -> None:
+    guest = fake_vm.guest
+    cache = guest.cache
+    report = await _reclaim(fake_vm, 1024 * MiB)  # far more than the cache
+    assert report.result == "short" and guest.swap_out == 0
+    assert report.released == cache - 16 * MiB  # the file pages less the script's margin
+
+
+async def test_a_newer_kernel_takes_swappiness_and_answers_eagain(fake_vm: FakeVM) -> None:
+    fake_vm.kernel.swappiness_key = True
+    cache = fake_vm.guest.cache
+    report = await _reclaim(fake_vm, 1024 * MiB)
+    assert (report.why, report.result) == ("file-pages", "short")
+    assert report.released == cache - MIN_CACHE and fake_vm.guest.swap_out == 0
+
+
+async def test_reclaim_script_finds_the_method_without_reclaiming(fake_vm: FakeVM) -> None:
+    cache = fake_vm.guest.cache
+    report = await _reclaim(fake_vm, 0)
+    assert report.method is HintMethod.RECLAIM and fake_vm.guest.cache == cache
+
+
+async def test_reclaim_script_drops_without_memory_reclaim(fake_vm_factory: Any) -> None:
+    vm: FakeVM = await fake_vm_factory(qga_memory_reclaim=False)
+    vm.guest.read_file(300 * MiB)
+    report = await _reclaim(vm, 64 * MiB)
+    assert (report.method, report.why) == (HintMethod.DROP, "no-memory-reclaim")
+    assert vm.guest.cache == 0 and report.cache_after == 0
+
+
+async def test_reclaim_script_mounts_cgroup2_only_when_allowed(fake_vm_factory: Any) -> None:
+    vm: FakeVM = await fake_vm_factory(qga_cgroup2=False)
+    report = await _reclaim(vm, 0)
+    assert (report.method, report.why, report.mounted) == (HintMethod.DROP, "no-cgroup2", False)
+    assert not vm.kernel.cgroup2_mounted
+    report = await _reclaim(vm, 0, mount=True)
+    assert (report.method, report.mounted) == (HintMethod.RECLAIM, True)
+    report = await _reclaim(vm, 0, mount=True)  # already mounted: nothing to do
+    assert (report.method, report.mounted) == (HintMethod.RECLAIM, False)

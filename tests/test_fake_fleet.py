@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 from rawqmp import RawQMP, poll_until
 
-from balloonctl.fake import FakeFleet, FakeVM, SocketInUse, run_fleet_forever, run_in_thread
+from balloonctl.fake import (
+    SOCKET_PATH_MAX,
+    FakeFleet,
+    FakeVM,
+    SocketInUse,
+    SocketPathTooLong,
+    run_fleet_forever,
+    run_in_thread,
+)
 from balloonctl.units import GiB, MiB
 
 
@@ -146,10 +154,38 @@ def test_run_in_thread_with_a_fleet(fake_dir: Path) -> None:
     assert list(fake_dir.iterdir()) == []
 
 
-def test_run_in_thread_reports_start_failures(tmp_path: Path) -> None:
-    deep = tmp_path / ("x" * 120)  # too long for a unix socket path
-    with pytest.raises(OSError), run_in_thread(FakeVM("vm1", deep)):
+def test_run_in_thread_reports_start_failures(fake_dir: Path) -> None:
+    (fake_dir / "vm1.qmp").write_text("not a socket")  # never replaced
+    with pytest.raises(OSError, match="is not a socket"), run_in_thread(FakeVM("vm1", fake_dir)):
         pass
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("", "is empty"), ("a/b", "contains '/'"), ("../x", "contains '/'"),
+    ("a\0b", "contains a NUL character"),
+])
+def test_a_vm_name_must_be_one_file_name(fake_dir: Path, name: str, why: str) -> None:
+    with pytest.raises(ValueError, match=f" {why}$"):
+        FakeVM(name, fake_dir / "d")
+    if name:  # an empty prefix is fine: VMs 1, 2...
+        with pytest.raises(ValueError, match=f" {why}$"):
+            FakeFleet(1, fake_dir / "d", prefix=name)
+    assert list(fake_dir.iterdir()) == []
+
+
+def test_socket_paths_fit_in_sun_path_with_its_nul(fake_dir: Path) -> None:
+    def where(size: int) -> Path:  # a directory whose vm1.qmp path is `size` bytes
+        return fake_dir / ("d" * (size - len(f"{fake_dir}/") - len("/vm1.qmp")))
+
+    assert SOCKET_PATH_MAX == 107
+    vm = FakeVM("vm1", where(107))
+    with run_in_thread(vm):
+        assert vm.qmp_path.is_socket() and vm.qga_path.is_socket()
+    with pytest.raises(SocketPathTooLong, match=r"vm1\.qmp is 108 bytes; .* at most 107"):
+        FakeVM("vm1", where(108), agent=False)
+    with pytest.raises(SocketPathTooLong, match=r"vm10\.qmp is 108 bytes"):
+        FakeFleet(10, where(107))  # vm1..vm9 would fit
+    assert [p.name for p in fake_dir.iterdir()] == [where(107).name]  # nothing of 108's
 
 
 async def test_run_fleet_forever_prints_one_line_per_vm(fake_dir: Path) -> None:

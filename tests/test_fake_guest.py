@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from rawqmp import RawQMP, poll_until
 
 from balloonctl.fake import FakeVM, GuestSim
+from balloonctl.fake.guest import MIN_CACHE, PAGE
 from balloonctl.units import GiB, MiB
 
 
@@ -45,12 +46,41 @@ def test_with_hint_clean_cache_goes_first() -> None:
     assert guest.free == free  # free memory left alone while cache remains
 
 
-def test_with_hint_free_goes_once_cache_is_gone() -> None:
+def test_with_hint_free_goes_once_cache_is_down_to_its_hot_minimum() -> None:
     guest = GuestSim(2 * GiB, anon=200 * MiB, cache=100 * MiB, hint=True)
     free = guest.free
     _inflate_fully(guest, 2 * GiB - 300 * MiB)
-    assert guest.cache == 0
-    assert guest.free == free - 200 * MiB
+    assert guest.cache == MIN_CACHE  # the RFC reclaims cache above a small minimum
+    assert guest.free == free - (300 * MiB - (100 * MiB - MIN_CACHE))
+
+
+@pytest.mark.parametrize("above", [0, PAGE])
+def test_with_hint_cache_at_or_one_page_above_the_minimum(above: int) -> None:
+    guest = GuestSim(2 * GiB, anon=200 * MiB, cache=MIN_CACHE + above, hint=True)
+    free = guest.free
+    _inflate_fully(guest, 2 * GiB - 64 * MiB)
+    assert guest.cache == MIN_CACHE
+    assert guest.free == free - (64 * MiB - above)
+
+
+def test_memory_reclaim_takes_cache_first_and_frees_it() -> None:
+    guest = GuestSim(2 * GiB, anon=200 * MiB, cache=100 * MiB)
+    guest.read_file(500 * MiB)
+    free, cache = guest.free, guest.cache
+    assert guest.reclaim(256 * MiB, swap=True) == 256 * MiB
+    assert (guest.free, guest.cache, guest.swap_out) == (free + 256 * MiB, cache - 256 * MiB, 0)
+    guest.check()
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_memory_reclaim_asked_for_more_than_the_cache(swap: bool) -> None:
+    guest = GuestSim(2 * GiB, anon=200 * MiB, cache=100 * MiB, swap_total=512 * MiB)
+    got = guest.reclaim(150 * MiB, swap=swap)
+    assert guest.cache == MIN_CACHE
+    # Without swapping, less than asked (the kernel's EAGAIN); with it, anon makes it up.
+    assert got == (150 * MiB if swap else 100 * MiB - MIN_CACHE)
+    assert guest.swap_out == (150 * MiB - (100 * MiB - MIN_CACHE) if swap else 0)
+    guest.check()
 
 
 def test_without_hint_cache_is_reclaimed_near_the_low_watermark() -> None:
@@ -186,6 +216,8 @@ _ops = st.lists(
         st.tuples(st.just("alloc"), st.integers(0, 3 * GiB)),
         st.tuples(st.just("release"), st.integers(0, 3 * GiB)),
         st.tuples(st.just("drop"), st.just(0)),
+        st.tuples(st.just("reclaim"), st.integers(0, 3 * GiB)),
+        st.tuples(st.just("reclaim-swap"), st.integers(0, 3 * GiB)),
         st.tuples(st.just("target"), st.integers(0, 4 * GiB)),
         st.tuples(st.just("step"), st.integers(1, 64).map(lambda n: n * MiB)),
         st.tuples(st.just("hint"), st.integers(0, 1)),
@@ -221,6 +253,11 @@ def test_memory_always_adds_up(
         elif op == "drop":
             assert guest.drop_caches() >= 0
             assert guest.cache == 0
+        elif op.startswith("reclaim"):
+            free, cache = guest.free, guest.cache
+            got = guest.reclaim(n, swap=op == "reclaim-swap")
+            assert 0 <= got <= n and guest.free == free + got
+            assert guest.cache >= min(cache, MIN_CACHE)
         elif op == "target":
             guest.set_target(n)
         elif op == "step":
@@ -244,14 +281,24 @@ def test_memory_always_adds_up(
     cache=st.integers(0, 800).map(lambda n: n * MiB),
     size=st.integers(1, 1500).map(lambda n: n * MiB),
 )
+@example(hint=True, cache=800 * MiB, size=100 * MiB)  # every branch below runs for certain
+@example(hint=True, cache=100 * MiB, size=1000 * MiB)
+@example(hint=False, cache=800 * MiB, size=100 * MiB)
+@example(hint=False, cache=800 * MiB, size=1400 * MiB)
 def test_reclaim_order_holds_for_any_inflation(hint: bool, cache: int, size: int) -> None:
     guest = GuestSim(2 * GiB, anon=200 * MiB, cache=cache, hint=hint, swap_total=0)
     free0, cache0 = guest.free, guest.cache
     _inflate_fully(guest, 2 * GiB - size)
-    if hint and guest.cache > 0:
-        assert guest.free == free0  # cache remains, free untouched
-    if not hint and guest.free > guest.low_watermark:
-        assert guest.cache == cache0  # free remains above the watermark, cache untouched
+    # The reclaim order, whichever way the example falls: with the hint, free memory is
+    # touched only once the cache is down to its small minimum; without it, the cache only
+    # once free memory is down to the watermark.
+    if hint:
+        event("hint: cache left" if guest.cache > MIN_CACHE else "hint: cache used up")
+        assert guest.cache <= MIN_CACHE or guest.free == free0
+    else:
+        event("no hint: free left" if guest.free > guest.low_watermark else
+              "no hint: down to the watermark")
+        assert guest.free <= guest.low_watermark or guest.cache == cache0
 
 
 # --- the same through the running fake --------------------------------------------------

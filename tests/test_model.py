@@ -17,6 +17,7 @@ from balloonctl.model import (
     BalloonState,
     DeviceFeatures,
     GuestStats,
+    HintMethod,
     HintMode,
     HintState,
     VmStatus,
@@ -54,7 +55,7 @@ def full_state() -> BalloonState:
         name="vm1", qmp="/run/vm1.qmp", reachable=True, actual=1 * GiB, guest_ram=2 * GiB,
         target=1 * GiB, floor=256 * MiB, maximum=3 * GiB // 2, stats=GuestStats.from_qom(QOM_STATS),
         polling_interval=2, features=DeviceFeatures(True, False, None),
-        hint=HintState(HintMode.AGENT, True, "drops cache", 200 * MiB),
+        hint=HintState(HintMode.AGENT, True, "reclaims cache", 200 * MiB, HintMethod.RECLAIM),
         taken_at=1700000001.0,
     )
 
@@ -65,6 +66,8 @@ def test_json_keys_are_stable_and_round_trip() -> None:
     assert tuple(data) == JSON_KEYS
     assert data["ballooned"] == 1 * GiB and data["status"] == "ok"
     assert data["stats_age"] == 1.0 and data["hint_released"] == 200 * MiB
+    assert data["hint_method"] == "reclaim"
+    assert BalloonState(name="", qmp="").to_json()["hint_method"] is None
     back = BalloonState.from_json(json.loads(json.dumps(data)))
     assert back.to_json() == data
 

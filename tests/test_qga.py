@@ -84,11 +84,11 @@ async def test_missing_agent_socket(fake_dir: Path) -> None:
 
 
 async def test_silent_agent_times_out(fake_vm: FakeVM) -> None:
-    fake_vm.faults.delay["guest-sync"] = 2.0
+    fake_vm.faults.delay["guest-sync"] = 20.0  # far beyond any slack the bound allows
     started = time.monotonic()
     with pytest.raises(AgentError, match=r"did not answer guest-sync within 0\.2s"):
         await agent_for(fake_vm, timeout=0.2).connect()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 10
 
 
 async def test_process_that_never_exits_times_out(fake_vm: FakeVM) -> None:

@@ -7,17 +7,19 @@ against the fake guest's own numbers.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 from textual.pilot import Pilot
 
+from balloonctl.config import Inventory, scan_dir
 from balloonctl.fake import FakeVM
 from balloonctl.fleet import DataSource, Fleet
 from balloonctl.http import HttpSource
 from balloonctl.model import VmRef
 from balloonctl.serve import create_app
-from balloonctl.units import GiB, MiB, format_size
+from balloonctl.units import GiB, MiB, format_size_aligned
 from tui.app import DashboardApp
 from tui.screens import SetTargetDialog
 from tui.testing import wait_until
@@ -42,7 +44,7 @@ def cell(table: FleetTable, vm: str, column: str) -> str:
 
 
 def size(n: int) -> str:
-    return format_size(n, compact=True)
+    return format_size_aligned(n)
 
 
 async def first_poll(pilot: Pilot[None], app: DashboardApp) -> FleetTable:
@@ -74,8 +76,8 @@ async def test_dialog_target_moves_the_fake_balloon(fake_vm_factory: Factory) ->
         await wait_until(pilot, lambda: isinstance(app.screen, SetTargetDialog), what="dialog")
         await pilot.press(*"1.5G", "enter")
         await wait_until(pilot, lambda: vm2.guest.actual == 3 * GiB // 2, what="vm2 inflating")
-        await wait_until(pilot, lambda: cell(table, "vm2", "actual") == "1.5G", what="the row")
-        assert cell(table, "vm2", "target") == "1.5G"
+        await wait_until(pilot, lambda: cell(table, "vm2", "actual") == "1.50G", what="the row")
+        assert cell(table, "vm2", "target") == "1.50G"
         assert vm1.guest.actual == 2 * GiB
 
 
@@ -112,11 +114,11 @@ async def test_hint_toggle_shows_the_new_mode_and_state(fake_vm_factory: Factory
     app = dashboard(fleet_of(vm1))
     async with app.run_test(size=SIZE) as pilot:
         table = await first_poll(pilot, app)
-        assert cell(table, "vm1", "hint") == "agent off"
+        assert cell(table, "vm1", "hint") == "off (agent)"
         await pilot.press("h")
-        await wait_until(pilot, lambda: cell(table, "vm1", "hint") == "agent on", what="on")
+        await wait_until(pilot, lambda: cell(table, "vm1", "hint") == "on (agent)", what="on")
         await pilot.press("h")
-        await wait_until(pilot, lambda: cell(table, "vm1", "hint") == "agent off", what="off")
+        await wait_until(pilot, lambda: cell(table, "vm1", "hint") == "off (agent)", what="off")
 
 
 async def test_enable_stats_turns_on_polling(fake_vm_factory: Factory) -> None:
@@ -175,9 +177,9 @@ async def test_dashboard_over_http_over_qmp(fake_vm_factory: Factory) -> None:
                              what="dialog")
             await pilot.press(*"75%", "enter")
             await wait_until(pilot, lambda: vm2.guest.actual == 3 * GiB // 2, what="vm2")
-            await wait_until(pilot, lambda: cell(table, "vm2", "actual") == "1.5G", what="row")
+            await wait_until(pilot, lambda: cell(table, "vm2", "actual") == "1.50G", what="row")
             await pilot.press("h")
-            await wait_until(pilot, lambda: cell(table, "vm2", "hint") == "agent on",
+            await wait_until(pilot, lambda: cell(table, "vm2", "hint") == "on (agent)",
                              what="hint over HTTP")
     finally:
         await fleet.close()
@@ -193,8 +195,27 @@ async def test_a_busy_vm_shows_busy_and_the_rest_keep_updating(
         table = await first_poll(pilot, app)
         assert cell(table, "vm2", "state").startswith("busy:")
         await pilot.press("minus")  # vm1 keeps answering while vm2 times out every poll
-        await wait_until(pilot, lambda: cell(table, "vm1", "actual") == "1.9G", what="vm1")
+        await wait_until(pilot, lambda: cell(table, "vm1", "actual") == size(2 * GiB - 128 * MiB),
+                         what="vm1")
         await pilot.press("down")
         assert table.cursor_vm == "vm2"
         vm2.faults.never_greet = False
         await wait_until(pilot, lambda: cell(table, "vm2", "state") == "ok", what="vm2 free")
+
+
+async def test_a_socket_that_appears_in_the_watched_directory_becomes_a_row(
+    fake_vm_factory: Factory, fake_dir: Path
+) -> None:
+    vm1 = await fake_vm_factory("vm1")
+    inventory = Inventory(scan_dir(fake_dir), watched=str(fake_dir))
+    fleet = Fleet(inventory.refs, connect_timeout=1.0, command_timeout=2.0,
+                  discover=inventory.rescan)
+    app = dashboard(fleet)
+    async with app.run_test(size=SIZE) as pilot:
+        table = await first_poll(pilot, app)
+        assert [r.key.value for r in table.ordered_rows] == [vm1.name]
+        vm2 = await fake_vm_factory("vm2", ram=GiB)  # a VM started while the dashboard runs
+        await wait_until(pilot, lambda: table.row_count == 2, what="vm2's row")
+        await wait_until(pilot, lambda: cell(table, "vm2", "actual") == size(vm2.guest.actual),
+                         what="vm2's numbers")
+        assert cell(table, "vm2", "ram") == size(GiB)

@@ -67,3 +67,8 @@ def test_set_target_dialog_for_several_vms(snap_compare: SnapCompare, app: Dashb
 
 def test_help_screen(snap_compare: SnapCompare, app: DashboardApp) -> None:
     assert snap_compare(app, terminal_size=SIZE, run_before=settled("question_mark"))
+
+
+def test_main_screen_on_an_80x24_terminal(snap_compare: SnapCompare, app: DashboardApp) -> None:
+    # Every row with actual, free and cached; the detail pane below; help and quit in the footer.
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settled())

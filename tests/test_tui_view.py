@@ -38,7 +38,7 @@ def test_swap_rates_are_bytes_per_second_between_the_guests_reports() -> None:
     assert (row.swap_in_rate, row.swap_out_rate) == (4 * MiB, 12 * MiB)
     cells = dict(zip(["sel", *(c.key for c in COLUMNS)], row_cells(row, False), strict=True))
     swap = cells["swap"]
-    assert isinstance(swap, Text) and swap.plain == "4M/12M"
+    assert isinstance(swap, Text) and swap.plain == "4.00M/12.0M"
     assert len(swap.plain) <= next(c.width for c in COLUMNS if c.key == "swap")
 
 
@@ -145,7 +145,7 @@ def test_stats_older_than_the_balloons_size_are_marked_and_not_counted_beyond_it
     assert parts is not None and parts["free"] == GiB and parts["used"] == 0
     cells = dict(zip(["sel", *(c.key for c in COLUMNS)], row_cells(row, False), strict=True))
     free = cells["free"]
-    assert isinstance(free, Text) and free.plain == "1.6G" and "dim" in str(free.style)
+    assert isinstance(free, Text) and free.plain == "1.56G" and "dim" in str(free.style)
     state = cells["state"]
     assert isinstance(state, Text) and state.plain == "ok, stats outdated"
     # The guest reports again: current numbers, no mark.
@@ -160,3 +160,16 @@ def test_stats_claiming_more_than_actual_are_outdated_from_the_first_snapshot() 
     view = FleetView(["vm1"])
     view.apply([vm1.with_changes(stats=dataclasses.replace(vm1.stats, free_memory=GiB))])
     assert view.rows["vm1"].stats_outdated
+
+
+def test_the_detail_pane_says_which_method_the_hint_uses_and_why() -> None:
+    from balloonctl.model import HintMethod, HintMode, HintState
+    from tui.widgets.detail import describe
+
+    state = sample_states(1)[0].with_changes(hint=HintState(
+        HintMode.AGENT, True, "memory.reclaim missing (kernel < 5.19)", None, HintMethod.DROP))
+    text = describe(state).plain
+    assert "cache-first hint on (agent), method drop: memory.reclaim missing (kernel < 5.19)" \
+        in text
+    unknown = sample_states(1)[0].with_changes(hint=HintState(HintMode.AGENT, False, "x"))
+    assert "method" not in describe(unknown).plain

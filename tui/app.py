@@ -10,10 +10,11 @@ sources plug in alike.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on, work
 from textual.app import App
@@ -21,20 +22,24 @@ from textual.binding import Binding, BindingType
 from textual.timer import Timer
 
 from balloonctl.errors import BalloonError, HostReadError
-from balloonctl.host import read_meminfo
+from balloonctl.host import HostMemory, read_host, read_meminfo
 from balloonctl.model import BalloonState
 from balloonctl.units import MiB, format_size
 from tui.commands import FleetCommands
-from tui.fleetview import FleetView
+from tui.fleetview import FleetView, StateChange
 from tui.messages import (
     ActionDone,
+    AutoCycleDone,
+    AutoStopped,
     EnableStats,
     HostMemoryRead,
+    Reclaim,
     SetTargets,
     SnapshotReady,
     SourceEvent,
     SourceFailed,
     StateReady,
+    ToggleAuto,
     ToggleHint,
 )
 from tui.screens.main import MainScreen
@@ -43,6 +48,7 @@ from tui.targets import absolute
 DEFAULT_MEMINFO = Path("/proc/meminfo")
 
 if TYPE_CHECKING:
+    from balloonctl.auto import AutoController
     from balloonctl.fleet import DataSource
 
 __all__ = ["DashboardApp", "backoff", "run_dashboard"]
@@ -58,14 +64,26 @@ class DashboardApp(App[None]):
 
     ``interval`` is seconds between polls; ``step`` the bytes the +/- keys move a target;
     ``stats_interval`` what the stats key sets; ``history`` samples kept per VM for the
-    sparklines; ``meminfo`` the host's meminfo file (None: do not show host memory);
-    ``clock`` stamps the event log; ``close_source`` closes the source when the App exits.
+    sparklines; ``meminfo`` the host's meminfo file (None: do not show host memory), or
+    ``host_root`` the root of the host to read whole (``read_host``: RAM, KSM, PSI);
+    ``clock`` stamps the event log; ``close_source`` closes the source when the App exits;
+    ``handle_signals`` makes SIGTERM and SIGHUP quit like ``q`` (restoring the terminal)
+    instead of killing the process with the terminal still in the dashboard's mode.
+
+    ``auto`` (an ``AutoController`` over the same fleet) plans every ``auto_interval``
+    seconds in a worker (its decisions show in the plan column and the detail pane) and
+    applies them to the VMs it is switched on for (``A``; its changes go to the event log).
     """
 
     CSS_PATH = "dashboard.tcss"
     TITLE = "balloonctl dashboard"
     COMMANDS = App.COMMANDS | {FleetCommands}
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit")]
+    # Ctrl-C quits (Textual's default only says how to quit), over every widget's own
+    # ctrl+c (copy); F10 quits as in htop and mc. ``q`` is in the screen's bindings.
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+c,f10", "quit", "Quit", show=False, priority=True),
+    ]
+    QUIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
     def __init__(
         self,
@@ -80,8 +98,20 @@ class DashboardApp(App[None]):
         snapshot_timeout: float = 30.0,
         events: bool = True,
         close_source: bool = False,
+        handle_signals: bool = False,
+        host_root: Path | None = None,
+        auto: AutoController | None = None,
+        auto_interval: float | None = None,
     ) -> None:
         super().__init__()
+        self.handle_signals = handle_signals
+        self.quit_signal: signal.Signals | None = None  # the signal that ended the App
+        self._previous_handlers: dict[signal.Signals, Any] = {}
+        self.host_root = host_root
+        self.auto = auto
+        self.auto_interval = auto_interval
+        self.auto_cycles = 0  # cycles shown so far (tests wait on this)
+        self._auto_wake = asyncio.Event()
         self.source = source
         self.interval = interval
         self.meminfo = meminfo
@@ -99,18 +129,35 @@ class DashboardApp(App[None]):
         self.batch_delay = 0.25
         self.main = MainScreen(
             self.view, step=step, stats_interval=stats_interval, clock=clock,
-            refresh_now=self._wake.set,
+            refresh_now=self._wake.set, sample_every=interval,
         )
 
     def on_mount(self) -> None:
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in self.QUIT_SIGNALS:
+                self._previous_handlers[signum] = signal.getsignal(signum)
+                loop.add_signal_handler(signum, self._signalled, signum)
         self.push_screen(self.main)
         self._poll()
         if self.watch_events:
             self._events()
-        if self.meminfo is not None:
+        if self.meminfo is not None or self.host_root is not None:
             self._host_memory(self.meminfo)
+        if self.auto is not None:
+            self._show_auto_status()
+            self._auto_loop()
+
+    def _signalled(self, signum: signal.Signals) -> None:
+        self.quit_signal = signum
+        self.exit()
 
     async def on_unmount(self) -> None:
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum, handler in self._previous_handlers.items():
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, handler)  # e.g. ``demo``'s clean-up of its fake VMs
         if self.close_source:
             await self.source.close()
 
@@ -196,11 +243,38 @@ class DashboardApp(App[None]):
             quiet += 1
             await asyncio.sleep(backoff(quiet, self.interval, cap=60.0))
 
+    @work(exclusive=True, group="auto", exit_on_error=False)
+    async def _auto_loop(self) -> None:
+        auto = self.auto
+        assert auto is not None
+        every = self.auto_interval or auto.settings.cycle
+        while True:
+            self._auto_wake.clear()
+            try:
+                cycle = await auto.cycle()
+            except BalloonError as exc:  # JournalError: never run unrecorded
+                auto.enabled = set()
+                self.post_message(AutoStopped(str(exc)))
+            except Exception as exc:  # a bug must not end the planning
+                self.post_message(AutoStopped(f"{type(exc).__name__}: {exc}"))
+            else:
+                self.post_message(AutoCycleDone(cycle))
+            try:
+                await asyncio.wait_for(self._auto_wake.wait(), every)
+            except TimeoutError:
+                pass
+
     @work(exclusive=True, group="host", exit_on_error=False)
-    async def _host_memory(self, path: Path) -> None:
+    async def _host_memory(self, path: Path | None) -> None:
+        root = self.host_root
         while True:
             try:
-                host = await asyncio.to_thread(read_meminfo, path)
+                host: HostMemory
+                if root is not None:
+                    host = await asyncio.to_thread(read_host, root)
+                else:
+                    assert path is not None
+                    host = await asyncio.to_thread(read_meminfo, path)
             except HostReadError as exc:
                 self.post_message(HostMemoryRead(None, exc.message))
             else:
@@ -230,7 +304,7 @@ class DashboardApp(App[None]):
         host_lines: Callable[[], list[str]] | None = getattr(self.source, "host_lines", None)
         if host_lines is not None:  # several balloonctl serve: a line per host
             self.main.show_hosts(host_lines())
-        self.view.apply(message.states, poll_round=message.poll_round)
+        self._log_changes(self.view.apply(message.states, poll_round=message.poll_round))
         self.polls += 1
         self.main.show_source_error(None)
         self._redraw()  # once per round, whatever arrived before it
@@ -239,8 +313,14 @@ class DashboardApp(App[None]):
     def _state(self, message: StateReady) -> None:
         # Shown with the round's end (one redraw per round); only a round still going
         # after an interval (a slow or dead VM) shows what has arrived before it ends.
-        self.view.apply(message.states, poll_round=message.poll_round)
+        self._log_changes(self.view.apply(message.states, poll_round=message.poll_round))
         self._redraw_soon(max(self.redraw_delay, self.interval))
+
+    def _log_changes(self, changes: list[StateChange]) -> None:
+        for change in changes:
+            self.view.note(change.name, change.text)
+            self.main.log_line(f"{change.name}: {change.text}",
+                               style="red" if change.bad else "green")
 
     def _redraw_soon(self, delay: float | None = None) -> None:
         """Events come in bursts (a whole fleet reconnecting): redraw once per burst."""
@@ -267,7 +347,7 @@ class DashboardApp(App[None]):
         name, event = message.name, message.event
         state = event.data.get("state")
         if isinstance(state, BalloonState):  # the source re-read the VM after connecting
-            self.view.apply([state])
+            self._log_changes(self.view.apply([state]))
             self._redraw_soon()
         text = event.name
         actual = event.data.get("actual")
@@ -341,9 +421,81 @@ class DashboardApp(App[None]):
 
         self._start("stats", {n: call(n) for n in message.names})
 
+    # -- automatic ballooning ---------------------------------------------------------------
+    def _auto_on(self, name: str) -> bool:
+        auto = self.auto
+        return auto is not None and auto.applies_to(name)
+
+    def _show_auto_status(self) -> None:
+        auto = self.auto
+        if auto is None:
+            return
+        on = sum(1 for n in auto.names if auto.applies_to(n))
+        self.main.auto_status = f"auto {'on' if on else 'off'} {on}/{len(auto.names)}"
+        self.main.show_fleet()
+
+    @on(AutoCycleDone)
+    def _auto_cycle(self, message: AutoCycleDone) -> None:
+        cycle = message.cycle
+        self.auto_cycles += 1
+        self.view.set_plan(cycle.decisions, self._auto_on)
+        if cycle.host_error is not None:
+            self.main.log_line(f"auto: {cycle.host_error}", style="red")
+        for change in cycle.applied:
+            self.view.note(change.name, f"auto: {change.line()}")
+            self.main.log_line(f"auto {change.line()}")
+        for move in cycle.foreign:
+            self.view.note(move.name, move.line())
+            self.main.log_line(move.line(), style="yellow")
+        for name, exc in cycle.failed.items():
+            self.main.log_line(f"{name}: auto failed: {exc.message}", style="red")
+        if cycle.applied:
+            self._wake.set()  # show the moves at once
+        self._redraw_soon()
+
+    @on(AutoStopped)
+    def _auto_stopped(self, message: AutoStopped) -> None:
+        self.main.log_line(f"auto stopped: {message.error}", style="bold red")
+        self._show_auto_status()
+
+    @on(ToggleAuto)
+    def _toggle_auto(self, message: ToggleAuto) -> None:
+        auto = self.auto
+        if auto is None:
+            self.notify("Automatic ballooning needs a QMP fleet", severity="warning")
+            return
+        names = auto.names if message.names is None else message.names
+        enabled = set(auto.names) if auto.enabled is None else set(auto.enabled)
+        enabled = enabled | set(names) if message.on else enabled - set(names)
+        auto.enabled = None if enabled >= set(auto.names) else enabled
+        who = "the whole fleet" if message.names is None else ", ".join(names)
+        self.main.log_line(f"auto {'on' if message.on else 'off'} for {who}")
+        self.view.set_plan([r.plan for r in self.view.rows.values() if r.plan is not None],
+                           self._auto_on)
+        self._show_auto_status()
+        self._auto_wake.set()  # plan (and apply) now
+
+    @on(Reclaim)
+    def _reclaim(self, message: Reclaim) -> None:
+        auto = self.auto
+        if auto is None:
+            return
+
+        def call(name: str) -> Callable[[], Awaitable[str]]:
+            async def run() -> str:
+                result = (await auto.reclaim([name]))[name]
+                if isinstance(result, BalloonError):
+                    raise result
+                return "taken back: auto manages it again" if result else \
+                    "not marked as moved by another writer"
+
+            return run
+
+        self._start("take back", {n: call(n) for n in message.names})
+        self._auto_wake.set()
+
     def _start(self, action: str, calls: Mapping[str, Callable[[], Awaitable[str]]]) -> None:
-        for name in calls:
-            self.main.log_line(f"{name}: {action} requested", style="dim")
+        # One log line per action and VM: its result, when it is in (ActionDone).
         self._act(action, calls)
 
 
@@ -356,10 +508,16 @@ def run_dashboard(
     history: int = 300,
     meminfo: Path | None = DEFAULT_MEMINFO,
     headless: bool = False,
+    host_root: Path | None = None,
+    auto: AutoController | None = None,
+    auto_interval: float | None = None,
 ) -> None:
-    """Run the dashboard on ``source`` until the user quits; the source is closed on exit."""
+    """Run the dashboard on ``source`` until the user quits (``q``, ctrl+c, f10) or the
+    process gets SIGTERM or SIGHUP; the terminal is restored and the source closed.
+    ``auto``: automatic ballooning over the same source (see ``DashboardApp``)."""
     app = DashboardApp(
         source, interval=interval, step=step, stats_interval=stats_interval,
-        history=history, meminfo=meminfo, close_source=True,
+        history=history, meminfo=meminfo, close_source=True, handle_signals=True,
+        host_root=host_root, auto=auto, auto_interval=auto_interval,
     )
     app.run(headless=headless)

@@ -13,9 +13,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from balloonctl.model import BalloonState, VmStatus
+from balloonctl.policy import Decision
+from balloonctl.units import format_exact
 from tui.history import VmHistory
 
-__all__ = ["SORT_KEYS", "FleetView", "Totals", "VmRow", "guest_free_cached", "reason"]
+__all__ = [
+    "SORT_KEYS",
+    "STUCK_AFTER",
+    "FleetView",
+    "StateChange",
+    "Totals",
+    "VmRow",
+    "guest_free_cached",
+    "hint_text",
+    "reason",
+    "state_text",
+]
+
+# A converging VM whose ``actual`` has not moved for this long is stuck (the CLI's
+# ``set --wait`` gives up after the same stall).
+STUCK_AFTER = 5.0
+_DOWN = (VmStatus.BUSY, VmStatus.UNREACHABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +48,8 @@ class VmRow:
     # The guest's last stats report predates the last change of ``actual`` (or claims more
     # free and cached memory than the guest now has): its numbers are not current.
     stats_outdated: bool = False
+    plan: Decision | None = None  # automatic ballooning's latest decision for the VM
+    auto: bool = False  # automatic ballooning applies its decisions to the VM
 
     @property
     def name(self) -> str:
@@ -64,6 +84,40 @@ def reason(state: BalloonState) -> str:
     return text[len(prefix):] if text.startswith(prefix) else text
 
 
+def _size(value: int | None) -> str:
+    return format_exact(value, with_bytes=False)
+
+
+def state_text(row: VmRow) -> str:
+    """The state cell's words: the status, the reason of an unreachable or busy VM, or a
+    note that the guest's numbers are outdated."""
+    status = row.state.status
+    if status in _DOWN and row.state.error:
+        return f"{status.value}: {reason(row.state)}"
+    if row.stats_outdated:
+        return f"{status.value}, stats outdated"
+    return status.value
+
+
+def hint_text(state: BalloonState) -> str:
+    """The hint cell's words: ``on (agent)``, ``off (device)``, or the mode when the hint
+    cannot be used (``unsupported``, ``unknown``). Off reads as off first: the mode in
+    brackets only says how it would be applied."""
+    hint = state.hint
+    if hint.mode.value in ("unknown", "unsupported"):
+        return hint.mode.value
+    return f"{'on' if hint.enabled else 'off'} ({hint.mode.value})"
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A VM's state changed in a way the event log records."""
+
+    name: str
+    text: str
+    bad: bool  # busy, unreachable, stuck; False for recovered, converged
+
+
 def _rate(new: int | None, old: int | None, seconds: float) -> float | None:
     if new is None or old is None or seconds <= 0 or new < old:
         return None
@@ -86,16 +140,16 @@ def _swap_key(row: VmRow) -> float | None:
 
 _STATUS_ORDER = {status: i for i, status in enumerate(reversed(list(VmStatus)))}
 
-# Sort keys in the order the sort key cycles through them.
+# Sort keys in the order of the columns (the sort key cycles through them in this order).
 SORT_KEYS: dict[str, Callable[[VmRow], Any]] = {
     "name": lambda row: row.name,
     "state": lambda row: _STATUS_ORDER[row.state.status],
     "actual": lambda row: row.state.actual,
-    "ram": lambda row: row.state.guest_ram,
-    "target": lambda row: row.state.target,
     "free": _stat("free_memory"),
     "cached": _stat("disk_caches"),
     "avail": _stat("available_memory"),
+    "target": lambda row: row.state.target,
+    "ram": lambda row: row.state.guest_ram,
     "swap": _swap_key,
     "age": lambda row: row.state.stats_age,
 }
@@ -125,8 +179,11 @@ class Totals:
 class FleetView:
     """The fleet as rows: latest state per VM, history, selection, sort and filter."""
 
-    def __init__(self, names: Iterable[str] = (), *, history: int = 300) -> None:
+    def __init__(
+        self, names: Iterable[str] = (), *, history: int = 300, stuck_after: float = STUCK_AFTER
+    ) -> None:
         self.history_len = history
+        self.stuck_after = stuck_after
         self.rows: dict[str, VmRow] = {}
         self.history: dict[str, VmHistory] = {}
         self.selected: set[str] = set()
@@ -138,6 +195,11 @@ class FleetView:
         # When each VM's ``actual`` was last seen to change (at the latest: between the two
         # snapshots' ``taken_at``; the earlier one is kept, the guest's clock is in seconds).
         self._actual_changed_at: dict[str, float] = {}
+        # The poll round each VM's last history sample came from: one sample per round.
+        self._sampled_round: dict[str, int] = {}
+        # A converging VM's actual and since when it has not moved; the VMs reported stuck.
+        self._still: dict[str, tuple[int | None, float]] = {}
+        self._stuck: set[str] = set()
         for name in names:
             self._known(name)
 
@@ -149,13 +211,18 @@ class FleetView:
         return hist
 
     # -- data -------------------------------------------------------------------------------
-    def apply(self, states: Iterable[BalloonState], *, poll_round: int | None = None) -> None:
-        """Fold one snapshot of (some or all) VMs into the rows.
+    def apply(
+        self, states: Iterable[BalloonState], *, poll_round: int | None = None
+    ) -> list[StateChange]:
+        """Fold one snapshot of (some or all) VMs into the rows; returns the state changes
+        the event log records (busy, unreachable, recovered, converged, stuck).
 
         ``poll_round`` numbers the poll that produced it; a poll that started before a
         target's result arrived may carry the old target, so the pending one is kept until
-        a later round (None: keep it while its action is out).
+        a later round (None: keep it while its action is out). Each VM gets one history
+        sample per poll round: states from elsewhere (events, ``poll_round`` None) add none.
         """
+        changes: list[StateChange] = []
         for state in states:
             state = self._with_pending(state, poll_round)
             old = self.rows.get(state.name)
@@ -177,9 +244,41 @@ class FleetView:
                 self._actual_changed_at[state.name] = old.state.taken_at
             changed_at = self._actual_changed_at.get(state.name)
             self.rows[state.name] = VmRow(
-                state, in_rate, out_rate, _outdated(state, changed_at)
+                state, in_rate, out_rate, _outdated(state, changed_at),
+                None if old is None else old.plan, old is not None and old.auto,
             )
-            self._known(state.name).record(state)
+            history = self._known(state.name)
+            if poll_round is not None and self._sampled_round.get(state.name, 0) < poll_round:
+                self._sampled_round[state.name] = poll_round
+                history.record(state)
+            changes.extend(self._changes(None if old is None else old.state, state))
+        return changes
+
+    def _changes(self, old: BalloonState | None, new: BalloonState) -> list[StateChange]:
+        name, status = new.name, new.status
+        was = None if old is None else old.status
+        changes: list[StateChange] = []
+        if status in _DOWN and status != was:
+            changes.append(StateChange(name, f"{status.value}: {reason(new)}", True))
+        elif was in _DOWN and status not in _DOWN:
+            changes.append(StateChange(name, f"recovered: {status.value}", False))
+        elif was is VmStatus.CONVERGING and status is not VmStatus.CONVERGING:
+            changes.append(StateChange(
+                name, f"converged: actual {_size(new.actual)}", False))
+        if status is not VmStatus.CONVERGING:
+            self._still.pop(name, None)
+            self._stuck.discard(name)
+            return changes
+        still = self._still.get(name)
+        if still is None or still[0] != new.actual:
+            self._still[name] = (new.actual, new.taken_at)
+            self._stuck.discard(name)
+        elif new.taken_at - still[1] >= self.stuck_after and name not in self._stuck:
+            self._stuck.add(name)
+            changes.append(StateChange(
+                name, f"stuck at {_size(new.actual)}, target {_size(new.target)}: "
+                f"no movement for {new.taken_at - still[1]:.0f}s", True))
+        return changes
 
     def _with_pending(self, state: BalloonState, poll_round: int | None) -> BalloonState:
         pending = self._pending.get(state.name)
@@ -213,6 +312,13 @@ class FleetView:
         if row is not None:
             self.rows[name] = dataclasses.replace(row, state=row.state.with_changes(**changes))
 
+    def set_plan(self, decisions: Iterable[Decision], auto: Callable[[str], bool]) -> None:
+        """Show automatic ballooning's decisions; ``auto(name)``: whether it applies them."""
+        for d in decisions:
+            row = self.rows.get(d.name)
+            if row is not None:
+                self.rows[d.name] = dataclasses.replace(row, plan=d, auto=auto(d.name))
+
     def note(self, name: str, text: str) -> None:
         """Remember an event or an action result for the VM's detail pane."""
         if name in self.history:
@@ -224,10 +330,11 @@ class FleetView:
 
     # -- presentation rules -----------------------------------------------------------------
     def matches(self, row: VmRow) -> bool:
+        """The filter matches what the name, state and hint cells show."""
         needle = self.filter_text.strip().lower()
         if not needle:
             return True
-        haystack = (row.name, row.state.status.value, row.state.hint.mode.value, reason(row.state))
+        haystack = (row.name, state_text(row), hint_text(row.state))
         return any(needle in text.lower() for text in haystack)
 
     def visible(self) -> list[VmRow]:
@@ -238,6 +345,23 @@ class FleetView:
         known = [row for row in rows if key(row) is not None]
         known.sort(key=key, reverse=self.reverse)
         return known + [row for row in rows if key(row) is None]  # unknown values last
+
+    def sort_by(self, key: str) -> None:
+        """Sort by ``key``; sorting by the current key again reverses the order."""
+        if key not in SORT_KEYS:
+            raise ValueError(f"no sort key {key!r}")
+        if key == self.sort_key:
+            self.reverse = not self.reverse
+        else:
+            self.sort_key, self.reverse = key, False
+
+    def hint_wanted(self, names: Sequence[str]) -> bool:
+        """What a hint toggle on ``names`` sets every one of them to: on when any of them
+        is off, else off (a mixed selection ends in one state). VMs whose hint mode is
+        unknown or unsupported do not vote, unless no VM has a usable hint."""
+        states = self.states_of(names)
+        usable = [s for s in states if s.hint.mode.value in ("agent", "device")] or states
+        return not all(s.hint.enabled for s in usable)
 
     def cycle_sort(self) -> str:
         keys = list(SORT_KEYS)

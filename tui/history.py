@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from balloonctl.model import BalloonState
 
-__all__ = ["Ring", "VmHistory"]
+__all__ = ["GAP", "Ring", "VmHistory"]
 
 
 class Ring:
@@ -46,15 +46,21 @@ class Ring:
         return list(self._data[self._next :]) + list(self._data[: self._next])
 
 
+GAP = float("nan")  # a poll where the value was not known: drawn as a gap
+
+
 @dataclass(slots=True)
 class VmHistory:
-    """What the detail pane shows for one VM: recent samples and recent events/actions."""
+    """What the detail pane shows for one VM: one sample per poll round of actual, free and
+    cached (``GAP`` where it was unknown: the VM unreachable, no guest report), the guest
+    RAM that scales them, and recent events/actions."""
 
     capacity: int
     free: Ring = field(init=False)
     cached: Ring = field(init=False)
     actual: Ring = field(init=False)
     events: deque[str] = field(init=False)
+    guest_ram: int | None = None
 
     def __post_init__(self) -> None:
         self.free = Ring(self.capacity)
@@ -63,13 +69,15 @@ class VmHistory:
         self.events = deque(maxlen=12)
 
     def record(self, state: BalloonState) -> None:
-        """Add one poll's sample (the guest's last report for free and cached)."""
-        if state.actual is not None:
-            self.actual.append(float(state.actual))
-        stats = state.stats
-        if stats is None or not stats.reported:
-            return
-        if stats.free_memory is not None:
-            self.free.append(float(stats.free_memory))
-        if stats.disk_caches is not None:
-            self.cached.append(float(stats.disk_caches))
+        """Add one poll's sample to every series (the guest's last report for free and
+        cached), so the series stay aligned column for column."""
+        if state.guest_ram is not None:
+            self.guest_ram = state.guest_ram
+        known = state.reachable
+        actual = state.actual if known else None
+        stats = state.stats if known else None
+        reported = stats is not None and stats.reported
+        free = stats.free_memory if reported and stats is not None else None
+        cached = stats.disk_caches if reported and stats is not None else None
+        for ring, value in ((self.actual, actual), (self.free, free), (self.cached, cached)):
+            ring.append(GAP if value is None else float(value))

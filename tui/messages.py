@@ -11,17 +11,22 @@ from balloonctl.host import HostMemory
 from balloonctl.model import BalloonState
 
 if TYPE_CHECKING:
+    from balloonctl.auto import Cycle
     from balloonctl.qmp import BalloonEvent
 
 __all__ = [
     "ActionDone",
+    "AutoCycleDone",
+    "AutoStopped",
     "EnableStats",
     "HostMemoryRead",
+    "Reclaim",
     "SetTargets",
     "SnapshotReady",
     "SourceEvent",
     "SourceFailed",
     "StateReady",
+    "ToggleAuto",
     "ToggleHint",
 ]
 
@@ -90,6 +95,22 @@ class SourceEvent(Message):
         )
 
 
+class AutoCycleDone(Message):
+    """Automatic ballooning ran a cycle: its plan (every VM) and what it sent."""
+
+    def __init__(self, cycle: Cycle) -> None:
+        super().__init__()
+        self.cycle = cycle
+
+
+class AutoStopped(Message):
+    """Automatic ballooning stopped for everyone (the journal cannot be written)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
 class ActionDone(Message):
     """One action on one VM finished; ``ok`` False means ``detail`` is the reason."""
 
@@ -117,6 +138,23 @@ class ToggleHint(Message):
     def __init__(self, hints: dict[str, bool]) -> None:
         super().__init__()
         self.hints = hints
+
+
+class ToggleAuto(Message):
+    """Switch automatic ballooning on or off for these VMs (None: the whole fleet)."""
+
+    def __init__(self, names: Sequence[str] | None, on: bool) -> None:
+        super().__init__()
+        self.names = None if names is None else list(names)
+        self.on = on
+
+
+class Reclaim(Message):
+    """Take these VMs back from another writer (auto manages them again)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names = list(names)
 
 
 class EnableStats(Message):

@@ -6,8 +6,11 @@ Nothing here does I/O: snapshots return fixed ``BalloonState`` values taken at a
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
 
 from balloonctl.errors import UnknownVM
 from balloonctl.model import (
@@ -21,11 +24,12 @@ from balloonctl.model import (
 from balloonctl.units import GiB, MiB, TargetSpec
 
 if TYPE_CHECKING:
+    from textual.app import App
     from textual.pilot import Pilot
 
     from balloonctl.qmp import BalloonEvent
 
-__all__ = ["FIXED_TIME", "StaticSource", "sample_states", "wait_until"]
+__all__ = ["FIXED_TIME", "StaticSource", "sample_states", "screen_text", "wait_until"]
 
 FIXED_TIME = 1_790_000_000.0  # 2026-09-21T14:13:20Z; any fixed instant will do
 
@@ -152,3 +156,18 @@ async def wait_until(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {within:g}s waiting for {what}")
         await pilot.pause(0.02)
+
+
+def screen_text(app: App[Any]) -> list[str]:
+    """The app's screen as plain text, one string per terminal line (what the user sees,
+    as ``export_screenshot`` renders it, without the SVG)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
+                      color_system="truecolor", record=True, legacy_windows=False,
+                      safe_box=False)
+    update = app.screen._compositor.render_update(
+        full=True, screen_stack=app._background_screens
+    )
+    console.print(update)
+    lines = console.export_text(styles=False).split("\n")
+    return [line.replace("\xa0", " ") for line in lines[:height]]

@@ -26,6 +26,7 @@ __all__ = [
 KIND_BY_PARAM: dict[str, str] = {
     "vms": "vm",
     "vm": "vm",
+    "reclaim": "vm",  # auto --reclaim VM
     "targets": "vm_then_size",  # set VM... SIZE
     "hint_args": "vm_then_hint",  # hint VM... on|off|status
     "minimum": "size",

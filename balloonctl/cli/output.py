@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
-from balloonctl.model import JSON_KEYS, BalloonState, HintMode
+from balloonctl.model import JSON_KEYS, BalloonState, HintMode, Owner
 from balloonctl.text import escape_text
 from balloonctl.units import format_duration, format_size
 
@@ -114,7 +114,7 @@ def state_row(s: BalloonState) -> list[str]:
         s.status.value,
         size(s.actual),
         size(s.guest_ram),
-        size(s.target),
+        "foreign" if s.owner is Owner.FOREIGN else size(s.target),  # another writer's target
         size(st.free_memory if st else None),
         size(st.disk_caches if st else None),
         size(st.available_memory if st else None),

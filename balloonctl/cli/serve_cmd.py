@@ -78,7 +78,7 @@ def serve(
 ) -> None:
     """Run the host service: hold every VM's QMP socket, poll, journal, and serve the HTTP
     API and /metrics (docs/serve.md)."""
-    from balloonctl.cli.app import _duration, settings
+    from balloonctl.cli.common import duration, settings
     from balloonctl.serve.paths import default_socket, ensure_token, rotate_token, token_path
 
     tokens = token_path(token_file)
@@ -86,7 +86,7 @@ def serve(
         print(rotate_token(tokens), flush=True)
         note(f"new token in {tokens}; running services use it from their next request")
         return
-    every = _duration(interval, "--interval") or 1.0
+    every = duration(interval, "--interval") or 1.0
     if every <= 0:
         raise UsageError("--interval must be above zero")
     tcp = None

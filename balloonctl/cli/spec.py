@@ -1,8 +1,8 @@
 """Generate the static completion table (``_spec.py``) and ``completions/`` from the live
-typer app, so the fast completion path never has to import typer.
+click command of the typer app, so the fast completion path never has to import typer.
 
-``balloonctl completion --regen-spec`` (or ``python -m balloonctl.cli.spec``) rewrites both;
-tests fail when either is stale.
+``balloonctl completion --regen-spec`` rewrites both (it hands its own root command in, so
+this module never imports ``app``); tests fail when either is stale.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import pprint
 from pathlib import Path
 from typing import Any
 
-import typer
 from typer._click.core import Command, Context, Parameter
 from typer.core import TyperArgument as Argument
 from typer.core import TyperGroup as Group
@@ -61,12 +60,15 @@ def _params(cmd: Command, ctx: Context) -> tuple[list[dict[str, Any]], list[dict
     return options, arguments
 
 
-def build() -> dict[str, Any]:
-    """The completion table of the live typer app."""
-    from balloonctl.cli.app import app
+def build(root: Command) -> dict[str, Any]:
+    """The completion table of ``root``, the click command of the balloonctl typer app
+    (``typer.main.get_command(app)``).
 
-    root = typer.main.get_command(app)
-    assert isinstance(root, Group)
+    Raises:
+        TypeError: ``root`` is not a command group.
+    """
+    if not isinstance(root, Group):
+        raise TypeError(f"expected the root command group, got {type(root).__name__}")
     ctx = Context(root, info_name="balloonctl", **root.context_settings)
     options, _ = _params(root, ctx)
     commands: dict[str, Any] = {}
@@ -105,11 +107,12 @@ def completions_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "completions"
 
 
-def regenerate() -> list[Path]:
-    """Rewrite ``_spec.py`` and the scripts in ``completions/``; returns the paths written."""
+def regenerate(root: Command) -> list[Path]:
+    """Rewrite ``_spec.py`` (from ``root``, see ``build``) and the scripts in
+    ``completions/``; returns the paths written."""
     written: list[Path] = []
     path = spec_path()
-    text = render_spec(build())
+    text = render_spec(build(root))
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
         written.append(path)
@@ -123,7 +126,3 @@ def regenerate() -> list[Path]:
             written.append(target)
     return written
 
-
-if __name__ == "__main__":
-    for p in regenerate():
-        print(f"wrote {p}")

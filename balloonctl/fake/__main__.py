@@ -1,16 +1,19 @@
 """``python -m balloonctl.fake --vms N --mem 2G --dir DIR [--host-mem 8G]``: serve a fake fleet
-until Ctrl-C."""
+until Ctrl-C, SIGTERM or SIGHUP (exit 0). Without ``--dir``, in a temporary directory that is
+removed again when the fleet stops."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-import tempfile
 from pathlib import Path
 
 from balloonctl.errors import SizeError
+from balloonctl.fake.fleet import FakeFleet
 from balloonctl.fake.guest import WORKLOADS
-from balloonctl.fake.runner import serve
+from balloonctl.fake.paths import socket_dir
+from balloonctl.fake.runner import serve_fleet
 from balloonctl.units import parse_size
 
 
@@ -31,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--host-mem", default=None,
                         help="simulate a host with this much RAM (figures in DIR/host)")
+    parser.add_argument("--qga-no-memory-reclaim", action="store_true",
+                        help="guest kernels without cgroup v2 memory.reclaim (before 5.19): "
+                             "the cache-first hint falls back to drop_caches")
+    parser.add_argument("--qga-no-cgroup2", action="store_true",
+                        help="guests without cgroup2 mounted at /sys/fs/cgroup")
     args = parser.parse_args(argv)
     try:
         ram = parse_size(args.mem)
@@ -39,18 +47,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.vms < 1:
         parser.error("--vms must be at least 1")
-    directory = args.dir or Path(tempfile.mkdtemp(prefix="balloonctl-fake-"))
     workload = None if args.workload == "none" else args.workload
-    print(
-        f"balloonctl fake: serving {args.vms} VMs in {directory} until Ctrl-C",
-        file=sys.stderr,
-        flush=True,
-    )
+
+    def make(where: Path) -> FakeFleet:
+        return FakeFleet(args.vms, where, ram=ram, workload=workload, seed=args.seed,
+                         host_mem=host_mem,
+                         qga_memory_reclaim=not args.qga_no_memory_reclaim,
+                         qga_cgroup2=not args.qga_no_cgroup2)
+
+    def ready(fleet: FakeFleet) -> None:
+        print(f"balloonctl fake: serving {args.vms} VMs in {fleet.directory} until Ctrl-C",
+              file=sys.stderr, flush=True)
+
     try:
-        serve(args.vms, ram, directory, workload, seed=args.seed, host_mem=host_mem)
-    except (OSError, ValueError) as exc:
+        with socket_dir(args.dir, make) as (_, fleet):
+            asyncio.run(serve_fleet(fleet, ready=ready))
+    except (OSError, ValueError) as exc:  # as argparse's errors: bad input, exit 2
         print(f"balloonctl: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C before the fleet's own handler was installed
+        pass
     return 0
 
 

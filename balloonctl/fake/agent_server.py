@@ -3,6 +3,12 @@
 ``guest-exec`` runs a tiny simulated shell against the guest simulation: ``sync``,
 ``echo 1 > /proc/sys/vm/drop_caches`` (or 3; also via ``tee`` with ``input-data``),
 ``cat /proc/meminfo``, ``true``, ``false`` and ``echo``. Anything else exits 127.
+
+balloonctl's cache-reclaim script (``sh -c SCRIPT balloonctl-reclaim N MOUNT``, recognised
+by its ``$0``) is not interpreted: its effect is emulated on a guest kernel like Debian 12's
+6.1 (``GuestKernel``): the root cgroup's ``memory.reclaim`` rejects ``swappiness=`` with
+EINVAL and answers EAGAIN when it reclaimed less than asked; the kernel may lack
+``memory.reclaim`` (older than 5.19) and the guest may not have cgroup2 mounted.
 """
 
 from __future__ import annotations
@@ -19,14 +25,69 @@ from balloonctl.fake.faults import Faults
 from balloonctl.fake.guest import GuestSim
 from balloonctl.fake.server import JSONServer
 from balloonctl.fake.wire import QMPError, check_args
+from balloonctl.reclaim import RECLAIM_MARKER
+from balloonctl.units import MiB
 
-__all__ = ["QGA_VERSION", "AgentServer", "run_command"]
+__all__ = ["QGA_VERSION", "AgentServer", "GuestKernel", "run_command"]
 
 QGA_VERSION = "7.2.22"
 
 _SHELLS = frozenset({"sh", "bash", "dash"})
 _DROP_RE = re.compile(r"(?:echo|printf)\s+['\"]?([0-9])['\"]?[^;&]*drop_caches")
+# The reclaim script asks a kernel without swappiness=0 for the file pages less this.
+_FILE_MARGIN = 16 * MiB
 _SPLIT_RE = re.compile(r"\s*(?:;|&&|\|\||\n)\s*")
+
+
+@dataclass
+class GuestKernel:
+    """What the guest's kernel and mounts offer the cache-reclaim script.
+
+    ``memory_reclaim``: the root cgroup has ``memory.reclaim`` (Linux 5.19+);
+    ``cgroup2_mounted``: cgroup2 is mounted at /sys/fs/cgroup (a mount makes it so);
+    ``swappiness_key``: ``memory.reclaim`` takes ``swappiness=0`` (newer than 6.1).
+    """
+
+    memory_reclaim: bool = True
+    cgroup2_mounted: bool = True
+    swappiness_key: bool = False
+
+
+def _reclaim_script(args: list[str], guest: GuestSim, kernel: GuestKernel,
+                    ) -> tuple[int, bytes, bytes]:
+    """The effect and output of balloonctl's cache-reclaim script (args after ``-c``)."""
+    try:
+        n, may_mount = int(args[2]), args[3] == "1"
+    except (IndexError, ValueError):
+        return 2, b"", b"sh: 1: [: Illegal number\n"
+
+    def mem(when: str) -> list[str]:
+        return [f"{when}_free={guest.free // 1024}", f"{when}_buffers=0",
+                f"{when}_cached={guest.cache // 1024}"]
+
+    lines = ["balloonctl-reclaim=1", *mem("before")]
+    mounted = False
+    if not kernel.cgroup2_mounted and may_mount:
+        kernel.cgroup2_mounted = mounted = True
+    method, why, result = "drop", "", "ok"
+    if not kernel.cgroup2_mounted:
+        why = "no-cgroup2"
+    elif not kernel.memory_reclaim:
+        why = "no-memory-reclaim"
+    else:
+        method = "reclaim"
+        why = "file-pages" if kernel.swappiness_key else "no-swappiness-key"
+    if method == "reclaim" and not kernel.swappiness_key and n > guest.cache - _FILE_MARGIN:
+        n, result = guest.cache - _FILE_MARGIN, "short"  # the script's cap: file pages only
+    if n > 0:
+        if method == "reclaim":
+            if guest.reclaim(n, swap=not kernel.swappiness_key) < n:
+                result = "short"  # the write failed with EAGAIN
+        else:
+            guest.drop_caches()
+    lines += mem("after")
+    lines += [f"method={method}", f"why={why}", f"mounted={int(mounted)}", f"result={result}"]
+    return 0, ("\n".join(lines) + "\n").encode(), b""
 
 
 def _failed(reason: str) -> QMPError:
@@ -74,9 +135,13 @@ def _simple(argv: list[str], guest: GuestSim) -> tuple[int, bytes, bytes]:
 
 
 def run_command(
-    path: str, args: list[str], guest: GuestSim, input_data: bytes = b""
+    path: str, args: list[str], guest: GuestSim, input_data: bytes = b"",
+    kernel: GuestKernel | None = None,
 ) -> tuple[int, bytes, bytes]:
     """Run a command line in the simulated guest: ``(exitcode, stdout, stderr)``."""
+    prog = path.rsplit("/", 1)[-1]
+    if prog in _SHELLS and args[:1] == ["-c"] and args[2:3] == [RECLAIM_MARKER]:
+        return _reclaim_script(args[1:], guest, kernel or GuestKernel())
     argv = [path, *args]
     cmdline = " ".join(argv)
     value = _drop_value(cmdline, input_data)
@@ -86,7 +151,6 @@ def run_command(
         elif value != 2:
             return 1, b"", b"sh: 1: echo: echo: I/O error\n"
         return 0, b"", b""
-    prog = path.rsplit("/", 1)[-1]
     if prog in _SHELLS:
         if len(args) < 2 or args[0] != "-c":
             return 2, b"", f"{prog}: unsupported invocation in the fake guest\n".encode()
@@ -121,11 +185,13 @@ class AgentServer(JSONServer):
         faults: Faults,
         *,
         exec_enabled: bool = True,
+        kernel: GuestKernel | None = None,
         clock: Callable[[], float],
     ) -> None:
         super().__init__(path, faults)
         self.guest = guest
         self.exec_enabled = exec_enabled
+        self.kernel = GuestKernel() if kernel is None else kernel
         self.clock = clock
         # How long a guest-exec'd process runs before guest-exec-status says it exited.
         self.exec_duration = 0.0
@@ -191,7 +257,7 @@ class AgentServer(JSONServer):
             except ValueError:
                 raise _failed("Invalid base64 in input-data") from None
         capture: bool = args.get("capture-output", False)
-        code, out, err = run_command(path, argv, self.guest, input_data)
+        code, out, err = run_command(path, argv, self.guest, input_data, self.kernel)
         pid = self._next_pid
         self._next_pid += 1
         self._procs[pid] = _Process(code, out, err, capture, self.clock() + self.exec_duration)

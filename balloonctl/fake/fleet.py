@@ -12,6 +12,7 @@ from typing import Any
 
 from balloonctl.fake.hostsim import HostSim, SimulatedHost
 from balloonctl.fake.service import Service
+from balloonctl.fake.simclock import SimClock
 from balloonctl.fake.ticker import Ticker
 from balloonctl.fake.vm import FakeVM
 from balloonctl.host import SIMULATED_HOST_DIR
@@ -43,6 +44,9 @@ class FakeFleet(Service):
     ``host_mem`` gives the fleet a simulated host with that much RAM (``HostSim`` keyword
     arguments in ``host``), written under ``directory / "host"`` on every tick while the
     fleet runs and removed when it stops; ``self.host`` is then a ``SimulatedHost``.
+
+    ``clock`` runs the whole fleet on simulated time (see ``SimClock``): the shared timer
+    advances it, the VMs and the simulated host read it.
     """
 
     def __init__(
@@ -54,10 +58,15 @@ class FakeFleet(Service):
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         host_mem: int | None = None,
         host: Mapping[str, Any] | None = None,
+        clock: SimClock | None = None,
         **vm_kwargs: Any,
     ) -> None:
-        """Raises: ValueError: as FakeVM or HostSim, or ``overrides`` names a VM not in the
-        fleet."""
+        """Nothing is created until ``start``.
+
+        Raises:
+            ValueError: as FakeVM or HostSim, or ``overrides`` names a VM not in the fleet.
+            SocketPathTooLong: (an OSError) a VM's socket path is too long for AF_UNIX.
+        """
         self.directory = Path(directory)
         seed = int(vm_kwargs.pop("seed", 0))
         names = [f"{prefix}{i}" for i in range(1, n + 1)]
@@ -68,11 +77,13 @@ class FakeFleet(Service):
                              f"({names[0]}..{names[-1]})")
         self.vms: list[FakeVM] = [
             FakeVM(name, self.directory,
-                   **{"seed": seed + i, **vm_kwargs, **overrides.get(name, {})})
+                   **{"seed": seed + i, "clock": clock, **vm_kwargs,
+                      **overrides.get(name, {})})
             for i, name in enumerate(names, start=1)
         ]
         tick = min((vm.tick for vm in self.vms), default=0.05)
-        self.ticker = Ticker(tick)
+        self.clock = clock
+        self.ticker = Ticker(tick, clock=clock)
         for vm in self.vms:
             vm.use_ticker(self.ticker)
         self.host: SimulatedHost | None = None
@@ -111,7 +122,10 @@ class FakeFleet(Service):
             raise failed[0]
         if self.host is not None:
             try:  # the host's files exist before start returns; then every tick after the VMs'
-                self.host.on_tick(self.loop.time(), time.time())
+                if self.clock is None:
+                    self.host.on_tick(self.loop.time(), time.time())
+                else:
+                    self.host.on_tick(self.clock.now(), self.clock.wall())
             except BaseException:
                 await self.stop()
                 raise

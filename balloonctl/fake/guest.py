@@ -14,8 +14,22 @@ below it.
 The balloon driver allocates pages like any other allocation (``__GFP_NORETRY``): the
 kernel hands out free pages while free memory is above the low watermark, then reclaims
 clean page cache, then swaps anonymous memory, and finally gives up near the min
-watermark: the balloon stops short of its target. With the cache-first hint the guest
-reclaims clean cache before it touches free memory.
+watermark: the balloon stops short of its target. With the cache-first hint (the RFC's
+``__GFP_FREE_CACHE``) each balloon page comes from clean cache first, as long as there is
+cache above a small hot minimum (``MIN_CACHE``), and free memory is left alone until then.
+
+``reclaim`` is the root cgroup's ``memory.reclaim``: clean cache first (down to the same
+minimum), then, when swapping is allowed, anonymous memory.
+
+The compile workload does work, and memory pressure costs it time (``workload_step``).
+Its memory activity follows the clock (jobs start and end on schedule; a job waiting for
+the disk still holds its memory), and each quantum is ``WORKLOAD_QUANTUM`` seconds of work
+less what its I/O cost: a compiler job reads its sources; the share of them found in the
+page cache is ``cache / tree`` (reclaim does not know which pages the build needs again),
+the rest is read from disk at ``DISK_READ_RATE``; every byte swapped in or out costs
+``1 / SWAP_RATE`` seconds. A cost larger than a quantum is owed by the next ones. With
+``work_goal`` set, the workload stops (goes idle) once that much work is done, and
+``work_finished`` is the guest time it took: kernbench's elapsed time.
 
 No I/O, no asyncio: the fake VM drives this from its timer, tests may call it directly.
 """
@@ -27,13 +41,20 @@ from typing import Final
 
 from balloonctl.units import GiB, KiB, MiB
 
-__all__ = ["PAGE", "WORKLOADS", "GuestSim"]
+__all__ = ["DISK_READ_RATE", "MIN_CACHE", "PAGE", "SWAP_RATE", "WORKLOADS", "GuestSim"]
 
 PAGE: Final = 4 * KiB
+# Page cache that reclaim leaves in place: the hot pages of running programs and the like
+# (a real guest keeps some megabytes; the busybox test guest about 8 MiB).
+MIN_CACHE: Final = 8 * MiB
 WORKLOADS: Final = ("idle", "compile")
 
 # How much simulated time one workload step stands for (seconds).
 WORKLOAD_QUANTUM: Final = 0.1
+# What memory pressure costs the compile workload: reading from the guest's disk (bytes/s),
+# and swapping (4 KiB pages at random places: several times slower per byte).
+DISK_READ_RATE: Final = 200 * MiB
+SWAP_RATE: Final = 40 * MiB
 
 
 def _mib_floor(n: int) -> int:
@@ -45,7 +66,10 @@ class GuestSim:
 
     ``hint`` is the cache-first reclaim hint (the device property ``reclaim-cache-first``
     when the VM has it). ``swap_in``/``swap_out`` are cumulative bytes (the virtio stats
-    report ``pages_to_bytes(PSWPIN/PSWPOUT)``), faults are counts.
+    report ``pages_to_bytes(PSWPIN/PSWPOUT)``), faults are counts. ``disk_reads`` is the
+    bytes the workload read from disk; ``work_done``, ``work_time`` (seconds of guest time
+    the workload ran, stalls included), ``work_goal`` and ``work_finished``: see the module
+    docstring.
     """
 
     __slots__ = (
@@ -53,12 +77,14 @@ class GuestSim:
         "_jobs",
         "_objects",
         "_rng",
+        "_stall",
         "_tree",
         "anon",
         "balloon",
         "balloon_target",
         "cache",
         "deflate_on_oom",
+        "disk_reads",
         "free",
         "hint",
         "kernel_reserve",
@@ -72,6 +98,10 @@ class GuestSim:
         "swap_total",
         "swap_used",
         "untouched",
+        "work_done",
+        "work_finished",
+        "work_goal",
+        "work_time",
         "workload",
     )
 
@@ -123,6 +153,12 @@ class GuestSim:
         self._tree = min(ram * 2 // 5, 1200 * MiB)
         self._objects = 0  # page cache of the object files this build wrote
         self._build_left = self._rng.randint(900, 1500)  # steps until 'make clean'
+        self.disk_reads = 0
+        self.work_done = 0.0
+        self.work_time = 0.0
+        self.work_goal: float | None = None
+        self.work_finished: float | None = None
+        self._stall = 0.0  # seconds of I/O the workload still waits for
 
     # --- what the guest reports -------------------------------------------------------
 
@@ -245,15 +281,30 @@ class GuestSim:
         self.free += released
         return released
 
+    def reclaim(self, n: int, *, swap: bool) -> int:
+        """``echo N > /sys/fs/cgroup/memory.reclaim``: reclaim up to ``n`` bytes, clean page
+        cache first (down to ``MIN_CACHE``), then with ``swap`` anonymous memory (a 6.1
+        kernel without ``swappiness=0``). Reclaimed pages become free. Returns the bytes
+        reclaimed: less than ``n`` is the kernel's EAGAIN."""
+        n = max(0, n)
+        got = self._reclaim_cache(n, keep=MIN_CACHE)
+        if swap:
+            got += self._swap_out(n - got)
+        self.free += got
+        return got
+
     def swap_in_some(self, n: int) -> int:
-        """Fault swapped pages back in while there is free memory for them."""
-        n = min(max(0, n), self.swap_used, max(0, self.free - self.low_watermark))
-        self.swap_used -= n
-        self._use_free(n)
-        self.anon += n
-        self.swap_in += n
-        self.major_faults += n // PAGE
-        return n
+        """Fault swapped pages back in: the kernel makes room from free memory above the low
+        watermark, then by reclaiming clean page cache (never by swapping others out).
+        Returns the bytes swapped in."""
+        n = min(max(0, n), self.swap_used)
+        got = self._take_free(n, self.low_watermark)
+        got += self._reclaim_cache(n - got)
+        self.swap_used -= got
+        self.anon += got
+        self.swap_in += got
+        self.major_faults += got // PAGE
+        return got
 
     # --- the balloon -------------------------------------------------------------------
 
@@ -280,11 +331,11 @@ class GuestSim:
 
     def _inflate(self, n: int) -> int:
         if self.hint:
-            got = self._reclaim_cache(n)
+            got = self._reclaim_cache(n, keep=MIN_CACHE)
             got += self._take_free(n - got, self.low_watermark)
         else:
             got = self._take_free(n, self.low_watermark)
-            got += self._reclaim_cache(n - got)
+        got += self._reclaim_cache(n - got)
         got += self._swap_out(n - got)
         got += self._take_free(n - got, self.min_watermark)
         # The driver allocates whole pages.
@@ -307,10 +358,10 @@ class GuestSim:
         if self.untouched > self.free:  # recently freed (touched) pages went first
             self.untouched = self.free
 
-    def _reclaim_cache(self, n: int) -> int:
+    def _reclaim_cache(self, n: int, *, keep: int = 0) -> int:
         if n <= 0:
             return 0
-        x = min(n, self.cache)
+        x = min(n, max(0, self.cache - keep))
         self.cache -= x
         return x
 
@@ -329,9 +380,24 @@ class GuestSim:
         """Advance the workload by one quantum (0.1 s of guest time). Deterministic for a
         given seed and number of steps."""
         if self.workload == "compile":
-            self._compile_step()
+            self._timed_step()
         elif self.workload == "idle":
             self._idle_step()
+
+    def _timed_step(self) -> None:
+        """One quantum of the compile workload: its memory activity, then its work, less
+        what its disk reads and swapping cost (owed into the next quanta when larger)."""
+        self.work_time += WORKLOAD_QUANTUM
+        reads, swapped = self.disk_reads, self.swap_in + self.swap_out
+        self._compile_step()
+        self._stall += ((self.disk_reads - reads) / DISK_READ_RATE
+                        + (self.swap_in + self.swap_out - swapped) / SWAP_RATE)
+        paid = min(self._stall, WORKLOAD_QUANTUM)
+        self._stall -= paid
+        self.work_done += WORKLOAD_QUANTUM - paid
+        if self.work_goal is not None and self.work_done >= self.work_goal - 1e-9:
+            self.work_finished = self.work_time
+            self.workload = "idle"  # the build is over; its jobs end as they finish
 
     def _idle_step(self) -> None:
         rng = self._rng
@@ -358,8 +424,11 @@ class GuestSim:
             self._build_left = rng.randint(900, 1500)
         parallel = 4
         while len(self._jobs) < parallel:
-            if self.cache < self._tree:
-                self.read_file(rng.randrange(1 * MiB, 6 * MiB, PAGE))  # sources, cold
+            if self.cache < self._tree:  # sources: the part not in the page cache is read
+                wanted = rng.randrange(1 * MiB, 6 * MiB, PAGE)
+                missed = wanted * (self._tree - self.cache) // self._tree // PAGE * PAGE
+                self.disk_reads += missed
+                self.read_file(missed)
             before = self.cache
             self.read_file(rng.randrange(0, 1 * MiB, PAGE))  # the object file written
             self._objects += self.cache - before

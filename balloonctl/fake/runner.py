@@ -14,7 +14,7 @@ from typing import Any, TextIO, TypeVar
 from balloonctl.fake.fleet import FakeFleet
 from balloonctl.fake.vm import FakeVM
 
-__all__ = ["run_fleet_forever", "run_in_thread", "serve"]
+__all__ = ["run_fleet_forever", "run_in_thread", "serve_fleet"]
 
 F = TypeVar("F", FakeVM, FakeFleet)
 
@@ -120,25 +120,42 @@ async def run_fleet_forever(
     ready: Callable[[FakeFleet], None] | None = None,
     **vm_kwargs: Any,
 ) -> None:
-    """Serve ``n`` fake VMs in ``directory`` until SIGINT/SIGTERM (or ``stop`` is set).
-
-    Prints one line per VM when ready: ``NAME qmp=PATH qga=PATH``, then calls ``ready``.
-    ``vm_kwargs`` go to ``FakeFleet`` (``overrides`` too).
+    """Serve ``n`` fake VMs in ``directory`` (``serve_fleet``); ``vm_kwargs`` go to
+    ``FakeFleet`` (``overrides`` too).
 
     Raises:
         OSError: a socket could not be created.
         ValueError: an unknown workload, or a bad ``FakeFleet`` argument.
+    """
+    fleet = FakeFleet(n, directory, ram=ram, workload=workload, **vm_kwargs)
+    await serve_fleet(fleet, out=out, stop=stop, ready=ready)
+
+
+async def serve_fleet(
+    fleet: FakeFleet,
+    *,
+    out: TextIO | None = None,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[FakeFleet], None] | None = None,
+) -> None:
+    """Serve ``fleet`` until SIGINT, SIGTERM or SIGHUP (a closed terminal), or until
+    ``stop`` is set; the sockets are removed either way.
+
+    Prints one line per VM when ready: ``NAME qmp=PATH qga=PATH``, then calls ``ready``.
+
+    Raises:
+        OSError: a socket could not be created.
     """
     out = sys.stdout if out is None else out
     stop = asyncio.Event() if stop is None else stop
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, *_EXIT_SIGNALS):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     try:
-        async with FakeFleet(n, directory, ram=ram, workload=workload, **vm_kwargs) as fleet:
+        async with fleet:
             for vm in fleet.vms:
                 qga = f" qga={vm.qga_path}" if vm.agent else ""
                 print(f"{vm.name} qmp={vm.qmp_path}{qga}", file=out, flush=True)
@@ -148,15 +165,3 @@ async def run_fleet_forever(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-def serve(
-    n: int, ram: int, directory: Path, workload: str | None = "compile", **vm_kwargs: Any
-) -> None:
-    """Blocking ``run_fleet_forever`` (for ``balloonctl fake`` and ``python -m``).
-
-    Raises:
-        OSError: a socket could not be created.
-        ValueError: an unknown workload.
-    """
-    asyncio.run(run_fleet_forever(n, ram, directory, workload, **vm_kwargs))

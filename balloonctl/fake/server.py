@@ -172,6 +172,11 @@ class JSONServer:
                     self.on_session_end()
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # stop() (or the end of asyncio.run) cancels the sessions. End the task quietly:
+            # before Python 3.13 asyncio's client_connected_cb callback calls exception() on
+            # a cancelled task, which raises and is logged with a traceback on stderr.
+            pass
         except Exception:  # a bug in the fake must not kill the server
             log.exception("fake server %s: session failed", self.path)
         finally:

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from balloonctl.fake.simclock import SimClock
 
 __all__ = ["Tickable", "Ticker"]
 
@@ -21,11 +24,13 @@ class Ticker:
     """Calls ``on_tick(now, wall)`` on every member every ``interval`` seconds.
 
     ``now`` is the loop's monotonic clock, ``wall`` is ``time.time()``. The task starts with
-    the first member and ends with the last.
+    the first member and ends with the last. With a ``SimClock`` every tick advances it by
+    ``interval * clock.speed`` and passes its ``now()`` and ``wall()`` instead.
     """
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, *, clock: SimClock | None = None) -> None:
         self.interval = interval
+        self.clock = clock
         self._members: list[Tickable] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -52,8 +57,12 @@ class Ticker:
         members = self._members
         while members:
             await asyncio.sleep(self.interval)
-            now = loop.time()
-            wall = time.time()
+            clock = self.clock
+            if clock is None:
+                now, wall = loop.time(), time.time()
+            else:
+                clock.advance(self.interval * clock.speed)
+                now, wall = clock.now(), clock.wall()
             # on_tick never awaits, so nobody can join or leave during this loop.
             for member in members:
                 try:

@@ -8,13 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from balloonctl.fake.agent_server import AgentServer
+from balloonctl.fake.agent_server import AgentServer, GuestKernel
 from balloonctl.fake.device import BalloonDevice
 from balloonctl.fake.faults import Faults
 from balloonctl.fake.guest import WORKLOAD_QUANTUM, GuestSim
 from balloonctl.fake.machine import Machine
+from balloonctl.fake.paths import check_socket_path, check_vm_name
 from balloonctl.fake.qmp_server import QMPServer
 from balloonctl.fake.service import Service
+from balloonctl.fake.simclock import SimClock
 from balloonctl.fake.ticker import Ticker
 from balloonctl.fake.wire import event
 from balloonctl.units import GiB, MiB
@@ -32,7 +34,11 @@ class FakeVM(Service):
     (served only with ``agent=True``). ``guest`` is the simulated memory, ``faults`` the
     fault switches; both may be changed while the VM runs (from the VM's event loop).
     ``image`` names the guest's disk image: a simulated host's KSM merges memory between
-    guests of the same image.
+    guests of the same image. ``qga_memory_reclaim=False`` gives the guest a kernel without
+    cgroup v2 ``memory.reclaim`` (before 5.19), ``qga_cgroup2=False`` a guest without cgroup2
+    mounted (the cache-reclaim script may mount it); ``kernel`` holds both while it runs.
+    ``clock`` runs the VM on simulated time (a fleet passes its
+    own): its timer then advances the clock (see ``SimClock``).
     """
 
     def __init__(
@@ -47,6 +53,8 @@ class FakeVM(Service):
         hint_device: bool = False,
         agent: bool = True,
         agent_exec: bool = True,
+        qga_memory_reclaim: bool = True,
+        qga_cgroup2: bool = True,
         rate: int = 512 * MiB,
         deflate_on_oom: bool = False,
         free_page_reporting: bool = False,
@@ -56,17 +64,30 @@ class FakeVM(Service):
         tick: float = 0.05,
         seed: int = 0,
         image: str = "debian-12",
+        clock: SimClock | None = None,
     ) -> None:
-        """Raises: ValueError: an unknown workload or an impossible memory size."""
+        """Nothing is created until ``start``.
+
+        Raises:
+            ValueError: an unknown workload, an impossible memory size, or a name that is not
+                one file name (empty, ``/``, NUL).
+            SocketPathTooLong: (an OSError) a socket path too long for AF_UNIX.
+        """
+        check_vm_name(name)
         self.name = name
         self.directory = Path(directory)
         self.qmp_path = self.directory / f"{name}.qmp"
         self.qga_path = self.directory / f"{name}.qga"
+        check_socket_path(self.qmp_path)
+        if agent:
+            check_socket_path(self.qga_path)
         self.ram = ram
         self.tick = tick
         self.agent = agent
         self.image = image
+        self.clock = clock
         self.faults = Faults()
+        self.kernel = GuestKernel(memory_reclaim=qga_memory_reclaim, cgroup2_mounted=qga_cgroup2)
         self.guest = GuestSim(ram, deflate_on_oom=deflate_on_oom, workload=workload, seed=seed)
         self.device: BalloonDevice | None = None
         if balloon:
@@ -88,7 +109,8 @@ class FakeVM(Service):
         self.qga: AgentServer | None = None
         if agent:
             self.qga = AgentServer(
-                self.qga_path, self.guest, self.faults, exec_enabled=agent_exec, clock=self._now
+                self.qga_path, self.guest, self.faults, exec_enabled=agent_exec,
+                kernel=self.kernel, clock=self._now,
             )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.running = False
@@ -111,7 +133,7 @@ class FakeVM(Service):
         """Boot: listen on the sockets and start the guest.
 
         Raises:
-            OSError: a socket cannot be created (directory missing, path too long).
+            OSError: a socket cannot be created.
         """
         if self.running:
             return
@@ -130,7 +152,7 @@ class FakeVM(Service):
             await self.qmp.stop()
             raise
         if self._ticker is None:
-            self._ticker = Ticker(self.tick)
+            self._ticker = Ticker(self.tick, clock=self.clock)
             self._own_ticker = True
         self._ticker.add(self)
         self.running = True
@@ -180,6 +202,8 @@ class FakeVM(Service):
     # --- the timer ---------------------------------------------------------------------
 
     def _now(self) -> float:
+        if self.clock is not None:
+            return self.clock.now()
         loop = self.loop
         return loop.time() if loop is not None else time.monotonic()
 

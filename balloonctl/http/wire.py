@@ -42,13 +42,14 @@ _STATUS: tuple[tuple[type[BalloonError], int, str], ...] = (
     (errors.SocketBusy, 503, "vm_busy"),
     (errors.ConnectFailed, 503, "vm_unreachable"),
     (errors.Disconnected, 503, "vm_unreachable"),
-    (errors.HostReadError, 503, "host_unreadable"),
     (errors.QMPTimeout, 504, "vm_timeout"),
     (errors.WaitTimeout, 504, "wait_timeout"),
     (errors.QMPCommandError, 502, "qmp_error"),
     (errors.AgentError, 502, "qga_error"),
-    (errors.JournalError, 500, "journal_error"),
-    (errors.StateFileError, 500, "state_file_error"),
+    # the service's own files (host figures, journal, state): it cannot serve the request now
+    (errors.HostReadError, 503, "host_unreadable"),
+    (errors.JournalError, 503, "journal_error"),
+    (errors.StateFileError, 503, "state_file_error"),
 )
 # Errors of the service itself, not of the tree (they are not BalloonErrors on the wire's
 # client side: the client raises them as BalloonError with these codes).
@@ -103,7 +104,13 @@ def error_from_body(body: Mapping[str, Any], status: int) -> BalloonError:
     if not isinstance(message, str):
         message = f"HTTP {status} without an error message"
     vm = body.get("vm")
-    return cls(message, vm=vm if isinstance(vm, str) else None)
+    vm = vm if isinstance(vm, str) else None
+    try:
+        return cls(message, vm=vm)
+    except TypeError:  # a class whose constructor wants more (a path): keep class and text
+        exc = cls.__new__(cls)
+        BalloonError.__init__(exc, message, vm=vm)
+        return exc
 
 
 def spec_text(spec: TargetSpec) -> str:

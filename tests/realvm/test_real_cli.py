@@ -113,6 +113,8 @@ def test_cli_hint_on_status_off_in_agent_mode(real_vm: QemuVM, tmp_path: Path) -
     assert "agent" in cli.ok("hint", VM, "on").stdout
     row = cli.json("hint", VM, "status")
     assert (row["hint_mode"], row["hint_enabled"]) == ("agent", True)
+    # The busybox guest mounts no cgroup2 and no config allows it: drop_caches, and why.
+    assert row["hint_method"] == "drop" and "cgroup2 not mounted" in row["hint_detail"]
     # Agent mode is balloonctl's own state: it must persist between invocations.
     assert json.loads(cli.state.read_text())[str(real_vm.qmp_path)]["hint"] is True
     cli.ok("hint", VM, "off")

@@ -20,7 +20,7 @@ from balloonctl.errors import (
     SocketBusy,
     UnsafeTarget,
 )
-from balloonctl.model import GuestStats, HintMode, VmStatus
+from balloonctl.model import GuestStats, HintMethod, HintMode, VmStatus
 from balloonctl.qmp import BalloonClient
 
 from .qemu import MiB, QemuVM
@@ -146,49 +146,98 @@ async def test_negative_polling_interval_is_refused_by_qemu(real_vm: QemuVM) -> 
         assert await client.polling_interval() == 0
 
 
-async def test_cache_first_hint_in_agent_mode_drops_page_cache_before_inflating(
+def guest_memory(vm: QemuVM) -> tuple[int, int]:
+    """(page cache, free) in the guest now, in bytes: /proc/meminfo's Cached + Buffers and
+    MemFree, read through the guest agent."""
+    fields: dict[str, int] = {}
+    for line in vm.guest_exec("cat", "/proc/meminfo").stdout.splitlines():
+        key, _, rest = line.partition(":")
+        if rest.strip().endswith("kB"):
+            fields[key] = int(rest.split()[0]) * 1024
+    return fields["Cached"] + fields["Buffers"], fields["MemFree"]
+
+
+def cgroup2_mounted(vm: QemuVM) -> bool:
+    return " /sys/fs/cgroup cgroup2 " in vm.guest_exec("cat", "/proc/mounts").stdout
+
+
+INFLATION = 96 * MiB
+
+
+async def test_cache_first_hint_reclaims_about_the_inflation_with_memory_reclaim(
     real_vm: QemuVM,
 ) -> None:
+    """The busybox guest mounts no cgroup2: with hint_mount_cgroup balloonctl mounts it, and
+    the 6.1 kernel's memory.reclaim takes about the inflation out of the page cache."""
     def fill_cache() -> None:
         real_vm.guest_exec("sh", "-c", f"cat {BIG_FILE} > /dev/null")
 
-    cached = 150 * MiB
+    assert not cgroup2_mounted(real_vm)  # as the guest boots (and earlier tests leave it)
+    try:
+        async with client_for(real_vm, agent=True, hint_mount_cgroup=True) as client:
+            ram = await client.guest_ram()
+            status = await client.hint_status()
+            assert (status.mode, status.enabled) == (HintMode.AGENT, False)
+            assert not cgroup2_mounted(real_vm)  # hint off: nothing is changed in the guest
+
+            # Control: with the hint off, an inflation leaves the page cache where it was
+            # (the guest has plenty of free memory to give instead).
+            await asyncio.to_thread(fill_cache)
+            cache, _ = guest_memory(real_vm)
+            assert cache >= 150 * MiB
+            await client.set_target(ram - INFLATION)
+            await client.wait_for_target(ram - INFLATION, timeout=60, stall_timeout=15)
+            assert guest_memory(real_vm)[0] >= cache - 16 * MiB
+            await client.set_target(ram)
+            await client.wait_for_target(ram, timeout=30)
+
+            on = await client.set_hint(True)
+            assert (on.mode, on.enabled, on.method) == (HintMode.AGENT, True, HintMethod.RECLAIM)
+            assert "memory.reclaim" in on.detail and "mounted cgroup2" in on.detail
+            assert cgroup2_mounted(real_vm)
+            await asyncio.to_thread(fill_cache)
+            cache, free = guest_memory(real_vm)
+            await client.set_target(ram - INFLATION)
+            await client.wait_for_target(ram - INFLATION, timeout=60, stall_timeout=15)
+            hinted = await client.hint_status()
+            cache_after, free_after = guest_memory(real_vm)
+            await client.set_hint(False)
+    finally:
+        real_vm.guest_exec("sh", "-c", "umount /sys/fs/cgroup 2>/dev/null; true")
+    # About the inflation came out of the cache (measured here: asking 64M took 65-84 MiB),
+    # not the whole of it; free memory stayed about where it was.
+    assert hinted.method is HintMethod.RECLAIM
+    assert hinted.released is not None
+    assert INFLATION * 3 // 4 <= hinted.released <= INFLATION + 64 * MiB, hinted
+    assert INFLATION * 3 // 4 <= cache - cache_after <= INFLATION + 64 * MiB
+    assert cache_after >= 40 * MiB  # far from empty (a drop leaves about 8 MiB)
+    assert abs(free_after - free) <= 64 * MiB
+
+
+async def test_cache_first_hint_drops_the_cache_where_cgroup2_is_not_mounted(
+    real_vm: QemuVM,
+) -> None:
+    assert not cgroup2_mounted(real_vm)
     async with client_for(real_vm, agent=True) as client:
         ram = await client.guest_ram()
-        status = await client.hint_status()
-        assert status.mode is HintMode.AGENT
-        assert status.enabled is False
-
-        await client.enable_stats(1)
-        await asyncio.to_thread(fill_cache)
-        start = await client.stats()
-        full = await fresh_stats(
-            client, newer_than=start.last_update - 1,
-            until=lambda s: (s.disk_caches or 0) >= cached,
-        )
-
-        # Control: with the hint off, this inflation leaves the page cache where it was
-        # (the guest has plenty of free memory to give instead).
-        await client.set_target(TARGET)
-        await client.wait_for_target(TARGET, timeout=60, stall_timeout=15)
-        unhinted = await fresh_stats(client, newer_than=full.last_update)
-        assert (unhinted.disk_caches or 0) >= cached
-        await client.set_target(ram)
-        await client.wait_for_target(ram, timeout=30)
-
         on = await client.set_hint(True)
-        assert (on.mode, on.enabled) == (HintMode.AGENT, True)
-        await client.set_target(TARGET)
-        await client.wait_for_target(TARGET, timeout=60, stall_timeout=15)
+        assert (on.mode, on.method) == (HintMode.AGENT, HintMethod.DROP)
+        assert "cgroup2 not mounted" in on.detail and "hint_mount_cgroup" in on.detail
+        await asyncio.to_thread(real_vm.guest_exec, "sh", "-c",
+                                f"cat {BIG_FILE} > /dev/null")
+        cache, _ = guest_memory(real_vm)
+        assert cache >= 150 * MiB
+        await client.set_target(ram - INFLATION)
+        await client.wait_for_target(ram - INFLATION, timeout=60, stall_timeout=15)
         hinted = await client.hint_status()
-        assert hinted.enabled is True
-        assert hinted.released is not None and hinted.released > 100 * MiB, hinted
-        after = await fresh_stats(client, newer_than=unhinted.last_update)
-        assert after.disk_caches is not None
-        assert after.disk_caches < full.disk_caches - 100 * MiB  # type: ignore[operator]
-
+        cache_after, _ = guest_memory(real_vm)
         off = await client.set_hint(False)
-        assert (off.mode, off.enabled) == (HintMode.AGENT, False)
+    assert not cgroup2_mounted(real_vm)  # not told to mount: it did not
+    # drop_caches empties the whole clean cache, whatever the inflation needed.
+    assert hinted.released is not None and hinted.released >= cache - 32 * MiB, hinted
+    assert cache_after < 32 * MiB
+    assert "last drop released" in hinted.detail
+    assert (off.mode, off.enabled) == (HintMode.AGENT, False)
 
 
 async def test_device_mode_is_unsupported_on_stock_qemu(real_vm: QemuVM) -> None:

@@ -7,11 +7,11 @@ from typing import ClassVar
 from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from tui.commands import ACTIONS
+from tui.commands import ACTIONS, sort_help
 
 __all__ = ["HelpScreen", "keys_table"]
 
@@ -30,9 +30,11 @@ def keys_table() -> Table:
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
     for a in ACTIONS:
-        table.add_row(keys_text(a.keys), a.help)
+        if a.in_help:
+            table.add_row(keys_text(a.keys), a.help)
+    table.add_row(*sort_help())
+    table.add_row("ctrl+c / f10", "Quit")
     table.add_row("ctrl+p", "Command palette (every action above by name)")
-    table.add_row("q", "Quit")
     return table
 
 
@@ -42,7 +44,7 @@ class HelpScreen(ModalScreen[None]):
     ]
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="help-box"):
+        with VerticalScroll(id="help-box"):
             yield Static("balloonctl dashboard: keys", id="help-title")
             yield Static(keys_table(), id="help-keys")
             yield Static(

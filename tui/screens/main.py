@@ -14,6 +14,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import BindingType
 from textual.containers import Horizontal
+from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
@@ -22,13 +23,20 @@ from balloonctl.host import HostMemory
 from balloonctl.units import SizeKind, TargetSpec, format_size
 from tui.commands import bindings
 from tui.fleetview import FleetView
-from tui.messages import EnableStats, SetTargets, ToggleHint
+from tui.messages import EnableStats, Reclaim, SetTargets, ToggleAuto, ToggleHint
 from tui.screens.help import HelpScreen
 from tui.screens.target import SetTargetDialog
 from tui.targets import TargetPlan, plan_targets
 from tui.widgets import DetailPane, EventLog, FleetHeader, FleetTable
 
-__all__ = ["MainScreen"]
+__all__ = ["PANEL_MODES", "MainScreen"]
+
+# What the bottom panels show, in the order the panels key cycles through: "both" puts the
+# detail pane and the event log side by side (the detail pane alone below WIDE columns).
+PANEL_MODES = ("both", "detail", "log", "hidden")
+WIDE = 110
+PANEL_MIN = 6  # lines (with borders) below which a panel is not worth showing
+PANEL_MAX = 18  # lines the panels take at most: a bigger terminal gives the table the rest
 
 
 class MainScreen(Screen[None]):
@@ -42,14 +50,18 @@ class MainScreen(Screen[None]):
         stats_interval: int,
         clock: Callable[[], float] = time.time,
         refresh_now: Callable[[], None] = lambda: None,
+        sample_every: float = 1.0,
     ) -> None:
         super().__init__()
+        self.sample_every = sample_every
+        self.panels = PANEL_MODES[0]
         self.view = view
         self.step = step
         self.stats_interval = stats_interval
         self._clock = clock
         self._refresh_now = refresh_now
         self._ready = False
+        self.auto_status = ""  # "auto on 3/6" when the App offers automatic ballooning
 
     def compose(self) -> ComposeResult:
         yield FleetHeader(id="totals")
@@ -58,7 +70,7 @@ class MainScreen(Screen[None]):
             yield Static(id="status-line")
         yield FleetTable(id="fleet")
         with Horizontal(id="bottom"):
-            yield DetailPane(id="detail")
+            yield DetailPane(sample_every=self.sample_every, id="detail")
             yield EventLog(clock=self._clock, id="log")
         yield Footer()
 
@@ -69,9 +81,46 @@ class MainScreen(Screen[None]):
         self._detail = self.query_one(DetailPane)
         self._log = self.query_one(EventLog)
         self._status = self.query_one("#status-line", Static)
+        self._bottom = self.query_one("#bottom", Horizontal)
         self._ready = True
         self.table.focus()
         self.show_fleet()
+
+    # -- layout -----------------------------------------------------------------------------
+    def on_resize(self, event: Resize) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        """Size the table and the bottom panels to the terminal: the table shows every row
+        when it can; the panels get what is left (at most ``PANEL_MAX`` lines, at least
+        ``PANEL_MIN`` or none), or a share of a terminal too small for both."""
+        if not self._ready:
+            return
+        width, height = self.size
+        if not width or not height:
+            return
+        self.table.fit(width)
+        mode = self.panels
+        if mode == "both" and width < WIDE:
+            mode = "detail"
+        self._detail.display = mode in ("both", "detail")
+        self._log.display = mode in ("both", "log")
+        fixed = self._header.outer_size.height + 2  # the toolbar and the footer
+        overflow = 1 if self.table.virtual_size.width > width else 0  # a scrollbar
+        rows = self.table.row_count + 1 + overflow
+        room = height - fixed
+        panels = 0
+        if mode != "hidden":
+            # The detail pane's own lines decide (the log fills what the pane takes).
+            content = self._detail_content()
+            self._detail_lines = content
+            want = min(PANEL_MAX, room, max(PANEL_MIN + 4, content + 2))
+            panels = want if room - rows >= want else max(room - rows, room * 2 // 5)
+            panels = min(panels, want)
+            if panels < PANEL_MIN:
+                panels = 0
+        self._bottom.display = panels > 0
+        self._bottom.styles.height = panels
 
     # -- rendering --------------------------------------------------------------------------
     def show_fleet(self) -> None:
@@ -79,13 +128,18 @@ class MainScreen(Screen[None]):
         if not self._ready:
             return
         view = self.view
+        rows = self.table.row_count
         self.table.show(view.visible(), view.selected)
+        if self.table.row_count != rows:
+            self._fit()
         self.table.mark_sort(view.sort_key, view.reverse)
         self._header.show(view.totals() if view.rows else None)
         status = f"sort {view.sort_key} {'▼' if view.reverse else '▲'}"
         if view.selected:
             status += f"  selected {len(view.selected)}"
         status += f"  step {format_size(self.step)}"
+        if self.auto_status:
+            status += f"  {self.auto_status}"
         self._status.update(status, layout=False)
         self.show_detail()
 
@@ -95,7 +149,24 @@ class MainScreen(Screen[None]):
         name = self.table.cursor_vm
         state = None if name is None else self.view.state(name)
         history = None if name is None else self.view.history.get(name)
-        self._detail.show(state, history)
+        row = None if name is None else self.view.rows.get(name)
+        self._detail.show(state, history, None if row is None else row.plan,
+                          row is not None and row.auto)
+        self.call_after_refresh(self._refit)
+
+    _detail_lines = -1
+
+    def _refit(self) -> None:
+        """Fit again when the detail pane's content changed height (a VM with an error line,
+        a wrapped hint detail)."""
+        if self._ready and self._detail_content() != self._detail_lines:
+            self._fit()
+
+    def _detail_content(self) -> int:
+        """Lines the detail pane's content takes (0 when it is not shown)."""
+        if not self._detail.display:
+            return 0
+        return sum(child.outer_size.height for child in self._detail.children if child.display)
 
     def show_host(self, host: HostMemory | None, error: str | None) -> None:
         if self._ready:
@@ -152,6 +223,21 @@ class MainScreen(Screen[None]):
         self.view.selected.update(row.name for row in self.view.visible())
         self.show_fleet()
 
+    def action_cursor(self, rows: int) -> None:
+        if rows > 0:
+            self.table.action_cursor_down()
+        else:
+            self.table.action_cursor_up()
+
+    def action_sort(self, key: str) -> None:
+        self.view.sort_by(key)
+        self.show_fleet()
+
+    def action_panels(self) -> None:
+        self.panels = PANEL_MODES[(PANEL_MODES.index(self.panels) + 1) % len(PANEL_MODES)]
+        self.notify(f"panels: {self.panels}", timeout=2)
+        self._fit()
+
     def action_cycle_sort(self) -> None:
         self.view.cycle_sort()
         self.show_fleet()
@@ -207,9 +293,22 @@ class MainScreen(Screen[None]):
             self.show_fleet()
 
     def action_toggle_hint(self) -> None:
-        states = self.view.states_of(self._targets())
-        if states:
-            self.post_message(ToggleHint({s.name: not s.hint.enabled for s in states}))
+        names = self._targets()
+        if names:
+            on = self.view.hint_wanted(names)  # one state for all, even if they differ now
+            self.post_message(ToggleHint(dict.fromkeys(names, on)))
+
+    def action_toggle_auto(self) -> None:
+        """Auto on/off for the selection, or for the whole fleet without one; on when it
+        is off for any of them."""
+        names = sorted(self.view.selected) or None
+        rows = [r for r in self.view.rows.values() if names is None or r.name in names]
+        self.post_message(ToggleAuto(names, on=not all(r.auto for r in rows)))
+
+    def action_reclaim(self) -> None:
+        names = self._targets()
+        if names:
+            self.post_message(Reclaim(names))
 
     def action_enable_stats(self) -> None:
         names = self._targets()

@@ -16,7 +16,7 @@ from textual.widgets import Button, Checkbox, Input, Static
 
 from balloonctl.errors import SizeError
 from balloonctl.model import HARD_MINIMUM, BalloonState
-from balloonctl.units import format_size
+from balloonctl.units import format_exact, format_size
 from tui.targets import TargetPlan, floor_of, maximum_of, plan_text
 
 __all__ = ["SetTargetDialog", "limits_text"]
@@ -24,13 +24,17 @@ __all__ = ["SetTargetDialog", "limits_text"]
 _SHOWN = 6  # VMs listed by name in the limits; the rest are counted
 
 
+def _size(value: int | None) -> str:
+    return format_exact(value, with_bytes=False)  # 1.75 GiB, not a rounded 1.8 GiB
+
+
 def limits_text(states: Sequence[BalloonState]) -> Text:
     text = Text()
     for state in states[:_SHOWN]:
         text.append(f"{state.name:<12}", style="bold")
         text.append(
-            f" actual {format_size(state.actual)}  floor {format_size(floor_of(state))}"
-            f"  maximum {format_size(maximum_of(state))}\n"
+            f" actual {_size(state.actual)}  floor {_size(floor_of(state))}"
+            f"  maximum {_size(maximum_of(state))}\n"
         )
     if len(states) > _SHOWN:
         text.append(f"… and {len(states) - _SHOWN} more\n", style="dim")
@@ -40,7 +44,8 @@ def limits_text(states: Sequence[BalloonState]) -> Text:
 def _verdict(plan: TargetPlan) -> Text:
     text = Text()
     for name, target in list(plan.targets.items())[:_SHOWN]:
-        text.append(f"{name} → {format_size(target)}\n", style="green")
+        # Exactly what will be sent: ``1.75 GiB (1879048192 bytes)``, never a rounded size.
+        text.append(f"{name} → {format_exact(target)}\n", style="green")
     for name, why in plan.refused.items():
         text.append(f"{name}: {why}\n", style="bold red")
     return text

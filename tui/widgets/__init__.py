@@ -5,5 +5,6 @@ from tui.widgets.event_log import EventLog
 from tui.widgets.fleet_table import FleetTable
 from tui.widgets.header import FleetHeader
 from tui.widgets.memory_bar import MemoryBar
+from tui.widgets.sparkline import FixedSparkline
 
-__all__ = ["DetailPane", "EventLog", "FleetHeader", "FleetTable", "MemoryBar"]
+__all__ = ["DetailPane", "EventLog", "FixedSparkline", "FleetHeader", "FleetTable", "MemoryBar"]

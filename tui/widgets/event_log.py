@@ -1,4 +1,5 @@
-"""Recent events and action results, newest at the bottom, bounded."""
+"""Recent state changes, events and action results, newest at the bottom, bounded;
+long lines wrap."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ class EventLog(RichLog):
         max_lines: int = 200,
         id: str | None = None,
     ) -> None:
-        super().__init__(max_lines=max_lines, wrap=False, markup=False, id=id)
+        super().__init__(max_lines=max_lines, wrap=True, markup=False, min_width=20, id=id)
         self._clock = clock
+        self.border_title = "events"
 
     def add(self, text: str, *, style: str = "") -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(self._clock()))

@@ -10,13 +10,14 @@ from rich.style import Style
 from rich.text import Text
 from textual.cache import LRUCache
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 from balloonctl.model import VmStatus
-from balloonctl.units import format_duration, format_size
-from tui.fleetview import VmRow, reason
+from balloonctl.units import format_duration, format_size_aligned
+from tui.fleetview import VmRow, hint_text, state_text
 from tui.widgets.memory_bar import memory_bar
 
-__all__ = ["COLUMNS", "Column", "FleetTable", "row_cells"]
+__all__ = ["COLUMNS", "STATE_WIDTHS", "Column", "FleetTable", "row_cells"]
 
 Cell = str | Text
 
@@ -33,52 +34,79 @@ _STATUS_STYLE = {
 
 def _state(row: VmRow) -> Text:
     status = row.state.status
+    words = state_text(row)
     text = Text(status.value, style=_STATUS_STYLE[status])
-    if status in (VmStatus.UNREACHABLE, VmStatus.BUSY) and row.state.error:
-        text.append(f": {reason(row.state)}", style="red")
-    elif row.stats_outdated:
-        text.append(", stats outdated", style="dim")
+    rest = words[len(status.value):]
+    if rest:
+        text.append(rest, style="red" if status in (VmStatus.UNREACHABLE, VmStatus.BUSY)
+                    else "dim")
     return text
 
 
-def _size(value: int | None) -> str:
-    return format_size(value, compact=True)
+def _number(value: str, style: str = "") -> Text:
+    """A numeric cell: right-aligned, so a column of sizes lines up on its unit."""
+    return Text(value, style=style, justify="right")
 
 
-def _outdated(cell: Callable[[VmRow], Cell]) -> Callable[[VmRow], Cell]:
+def _size(value: int | None) -> Text:
+    return _number(format_size_aligned(value))
+
+
+def _outdated(cell: Callable[[VmRow], Text]) -> Callable[[VmRow], Text]:
     """Dim the guest's numbers when its last report predates the balloon's size."""
 
-    def dimmed(row: VmRow) -> Cell:
+    def dimmed(row: VmRow) -> Text:
         value = cell(row)
-        if row.stats_outdated and isinstance(value, str):
-            return Text(value, style="dim")
+        if row.stats_outdated:
+            value.style = Style.combine([Style.parse(str(value.style or "")), Style(dim=True)])
         return value
 
     return dimmed
 
 
-def _stat_size(field: str) -> Callable[[VmRow], Cell]:
+def _stat_size(field: str) -> Callable[[VmRow], Text]:
     @_outdated
-    def cell(row: VmRow) -> Cell:
+    def cell(row: VmRow) -> Text:
         stats = row.state.stats
         return _size(None if stats is None else getattr(stats, field))
 
     return cell
 
 
-def _swap(row: VmRow) -> Cell:
+def _swap(row: VmRow) -> Text:
     if row.swap_in_rate is None and row.swap_out_rate is None:
-        return "-"
+        return _number("-")
     rate_in, rate_out = round(row.swap_in_rate or 0.0), round(row.swap_out_rate or 0.0)
-    text = f"{_size(rate_in)}/{_size(rate_out)}"  # bytes per second
-    return Text(text, style="bold yellow") if rate_in + rate_out > 0 else text
+    text = f"{format_size_aligned(rate_in)}/{format_size_aligned(rate_out)}"  # bytes per s
+    return _number(text, "bold yellow" if rate_in + rate_out > 0 else "")
 
 
-def _hint(row: VmRow) -> Cell:
+def _hint(row: VmRow) -> Text:
     hint = row.state.hint
-    if hint.mode.value in ("unknown", "unsupported"):
-        return Text(hint.mode.value, style="dim")
-    return f"{hint.mode.value} {'on' if hint.enabled else 'off'}"
+    words = hint_text(row.state)
+    if hint.mode.value in ("unknown", "unsupported") or not hint.enabled:
+        return Text(words, style="dim")  # off must not read as active
+    return Text(words, style="green")
+
+
+_ARROWS = {"shrink": "↓", "grow": "↑"}
+
+
+def _plan(row: VmRow) -> Text:
+    """Auto's decision: ``↓1.75G`` / ``↑2.00G`` (the planned target), ``hold``, ``leave``;
+    ``foreign`` for a VM another writer moved; bold when auto applies it."""
+    if row.state.owner is not None and row.state.owner.value == "foreign":
+        return Text("foreign", style="yellow")
+    d = row.plan
+    if d is None:
+        return Text("-")
+    if d.target is None:
+        text = d.action.value
+    else:
+        text = f"{_ARROWS.get(d.action.value, '')}{format_size_aligned(d.target).strip()}"
+    if d.action.value == "leave":
+        return Text(text, style="dim")
+    return Text(text, style="bold" if row.auto else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,22 +115,28 @@ class Column:
     label: str
     width: int
     cell: Callable[[VmRow], Cell]
+    numeric: bool = False
 
 
+# The guest's numbers (actual, free, cached) come first so that they fit an 80-column
+# terminal; the state column gives up width first (see ``FleetTable.fit``).
 COLUMNS: tuple[Column, ...] = (
     Column("name", "VM", 10, lambda row: row.name),
     Column("state", "state", 28, _state),
-    Column("actual", "actual", 6, lambda row: _size(row.state.actual)),
-    Column("ram", "RAM", 6, lambda row: _size(row.state.guest_ram)),
-    Column("target", "target", 6, lambda row: _size(row.state.target)),
-    Column("free", "free", 6, _stat_size("free_memory")),
-    Column("cached", "cached", 6, _stat_size("disk_caches")),
-    Column("avail", "avail", 6, _stat_size("available_memory")),
-    Column("swap", "swap/s", 11, _swap),  # "1023K/1023K"
-    Column("hint", "hint", 10, _hint),
-    Column("age", "age", 5, _outdated(lambda row: format_duration(row.state.stats_age))),
+    Column("actual", "actual", 6, lambda row: _size(row.state.actual), numeric=True),
+    Column("free", "free", 6, _stat_size("free_memory"), numeric=True),
+    Column("cached", "cached", 6, _stat_size("disk_caches"), numeric=True),
+    Column("avail", "avail", 6, _stat_size("available_memory"), numeric=True),
+    Column("target", "target", 6, lambda row: _size(row.state.target), numeric=True),
+    Column("ram", "RAM", 6, lambda row: _size(row.state.guest_ram), numeric=True),
+    Column("plan", "plan", 7, _plan),  # after the columns fit() keeps on screen
+    Column("swap", "swap/s", 11, _swap, numeric=True),  # "1023K/1023K"
+    Column("hint", "hint", 11, _hint),  # "off (device)"
+    Column("age", "age", 5, _outdated(lambda row: _number(format_duration(row.state.stats_age))),
+           numeric=True),
     Column("bar", "free/cached/used/balloon", 24, lambda row: memory_bar(row.state, 24)),
 )
+STATE_WIDTHS = (14, 28)  # the state column's narrowest and widest
 
 
 def row_cells(row: VmRow, selected: bool) -> tuple[Cell, ...]:
@@ -134,8 +168,9 @@ class FleetTable(DataTable[Cell]):
         self.fixed_columns = 2
         self.add_column(" ", key="sel", width=1)
         for column in COLUMNS:
-            self.add_column(column.label, key=column.key, width=column.width)
+            self.add_column(self._label(column, None), key=column.key, width=column.width)
             self._labels[column.key] = column.label
+        self._numeric = {c.key for c in COLUMNS if c.numeric}
 
     @property
     def cursor_vm(self) -> str | None:
@@ -223,14 +258,33 @@ class FleetTable(DataTable[Cell]):
             self._cell_lines[key] = lines
         return lines
 
+    @staticmethod
+    def _label(column: Column, arrow: str | None) -> Text:
+        text = Text(column.label, justify="right" if column.numeric else "left")
+        if arrow:
+            text.append(arrow, style="bold")
+        return text
+
     def mark_sort(self, key: str, reverse: bool) -> None:
         """Show the sort column and direction in the column labels."""
         if self._sorted_by == (key, reverse):
             return
         self._sorted_by = (key, reverse)
-        for column_key, label in self._labels.items():
-            text = Text(label)
-            if column_key == key:
-                text.append(" ▼" if reverse else " ▲", style="bold")
-            self.columns[column_key].label = text  # type: ignore[index]
+        for column in COLUMNS:
+            arrow = (" ▼" if reverse else " ▲") if column.key == key else None
+            self.columns[column.key].label = self._label(column, arrow)  # type: ignore[index]
         self.refresh()
+
+    def fit(self, width: int) -> None:
+        """Share ``width`` terminal columns: the state column narrows (to
+        ``STATE_WIDTHS[0]``) before the guest's numbers leave the screen."""
+        fixed = sum(c.width + 2 * self.cell_padding for c in COLUMNS[:8] if c.key != "state")
+        fixed += 1 + 2 * self.cell_padding  # the selection mark
+        narrow, wide = STATE_WIDTHS
+        state_width = max(narrow, min(wide, width - fixed - 2 * self.cell_padding - 1))
+        column = self.columns[ColumnKey("state")]
+        if column.width != state_width:
+            column.width = state_width
+            self._require_update_dimensions = True
+            self._cell_lines.clear()
+            self.refresh()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from balloonctl.host import HostMemory
+from balloonctl.host import HostMemory, describe_host
 from balloonctl.units import format_size
 from tui.fleetview import Totals
 
@@ -46,22 +46,31 @@ class FleetHeader(Static):
         self._source_error = error
         self._update()
 
+    def on_resize(self) -> None:
+        self._update()
+
     def _update(self) -> None:
-        """Repaint only when the line changed (host memory and errors come every poll)."""
-        text = self._render_text()
+        """Repaint only when the line changed (host memory and errors come every poll). A
+        terminal too narrow for the line gets the compact sizes (``1.3G``)."""
+        text = self._render_text(compact=False)
+        width = self.content_size.width
+        if width and text.split("\n")[0].cell_len > width:
+            text = self._render_text(compact=True)
         if self._shown is None or text != self._shown:
             self._shown = text
             self.update(text, layout=False)
 
-    def _render_text(self) -> Text:
-        size = format_size
+    def _render_text(self, *, compact: bool) -> Text:
+        def size(value: int | None) -> str:
+            return format_size(value, compact=compact)
+
         text = Text()
         t = self._totals
         if t is not None:
             text.append("VMs ", style="dim")
             text.append(f"{t.reachable}/{t.vms}")
             for label, value in (
-                ("guest RAM", t.guest_ram),
+                ("RAM" if compact else "guest RAM", t.guest_ram),
                 ("ballooned", t.ballooned),
                 ("free", t.free),
                 ("cached", t.cached),
@@ -71,8 +80,13 @@ class FleetHeader(Static):
         else:
             text.append("waiting for the first snapshot…", style="dim")
         host = self._host
-        text.append("  │  host ", style="dim")
-        if host is not None:
+        text.append(" │ host " if compact else "  │  host ", style="dim")
+        if host is not None and not compact and (host.psi is not None or host.ksm is not None):
+            # the whole host (read_host): RAM, available, overcommit, KSM, PSI; a narrow
+            # terminal gets free and available only
+            line = describe_host(host, 0 if t is None else t.guest_ram)
+            text.append(line.removeprefix("host "))
+        elif host is not None:
             text.append("free ", style="dim")
             text.append(size(host.free))
             text.append(" avail ", style="dim")

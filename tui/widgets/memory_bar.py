@@ -78,7 +78,8 @@ class MemoryBar(Static):
 
     def show(self, state: BalloonState | None) -> None:
         if state is None:
-            self.update("", layout=False)
+            self.update("")
             return
         width = max(8, min(64, (self.content_size.width or 42) - 2))
-        self.update(Text.assemble(memory_bar(state, width), "\n", legend(state)), layout=False)
+        # With layout: the legend wraps to a second line in a narrow pane.
+        self.update(Text.assemble(memory_bar(state, width), "\n", legend(state)))
