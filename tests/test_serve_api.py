@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 
+from balloonctl.changes import JournalRecorder
 from balloonctl.fake import FakeFleet
 from balloonctl.fleet import Fleet
 from balloonctl.journal import Journal, Origin
-from balloonctl.model import JSON_KEYS, VmRef
-from balloonctl.policy import Action, Decision, PolicySettings
-from balloonctl.serve import HostService, create_app
+from balloonctl.model import JSON_KEYS, Owner, VmRef
+from balloonctl.policy import Action
+from balloonctl.serve import SERVE_REASON, HostService, create_app
 from balloonctl.serve.guard import MAX_BODY, Guard, TokenFile
 from balloonctl.serve.metrics import METRICS
 from balloonctl.serve.openapi import PATHS
@@ -53,9 +54,11 @@ async def fleet(fake_fleet_factory: Callable[..., Awaitable[FakeFleet]]) -> Fake
 @pytest.fixture
 async def service(fleet: FakeFleet, tmp_path: Path) -> HostService:
     refs = refs_of(fleet.directory, 3)
-    return HostService(Fleet(refs, hold=True), refs=refs, interval=0.1,
-                       host_root=fleet.directory / "host",
-                       journal=Journal(tmp_path / "journal.jsonl"), label="hv1")
+    journal = Journal(tmp_path / "journal.jsonl")
+    # as `balloonctl serve` builds it: the fleet's recorder journals what it sends
+    recorder = JournalRecorder(journal, Origin.SET, SERVE_REASON)
+    return HostService(Fleet(refs, hold=True, recorder=recorder), refs=refs, interval=0.1,
+                       host_root=fleet.directory / "host", journal=journal, label="hv1")
 
 
 @pytest.fixture
@@ -88,12 +91,16 @@ async def test_set_target_moves_the_balloon_and_journals_it(
     await wait_until(lambda: fleet["vm1"].guest.actual == 1536 * MiB, within=10)
     assert service.journal is not None
     [entry] = service.journal.read().entries
-    assert (entry.vm, entry.previous, entry.target, entry.origin) == \
-        ("vm1", 2 * GiB, 1536 * MiB, Origin.SET)
-    # relative sizes resolve against the target the service just set, as the CLI's do
-    reply = await api.post("/v1/vms/vm1/target", json={"size": "-256M", "origin": "dashboard"})
+    assert (entry.vm, entry.previous, entry.target, entry.origin, entry.reason) == \
+        ("vm1", 2 * GiB, 1536 * MiB, Origin.SET, "set through balloonctl serve")
+    # relative sizes resolve against the target the service just set, as the CLI's do; the
+    # client names its origin and reason
+    reply = await api.post("/v1/vms/vm1/target", json={
+        "size": "-256M", "origin": "dashboard", "reason": "a key press"})
     assert reply.json()["target"] == 1280 * MiB
-    assert [e.origin for e in service.journal.read().entries] == [Origin.SET, Origin.DASHBOARD]
+    assert [(e.origin, e.reason, e.previous) for e in service.journal.read().entries] == [
+        (Origin.SET, "set through balloonctl serve", 2 * GiB),
+        (Origin.DASHBOARD, "a key press", 1536 * MiB)]
 
 
 @pytest.mark.parametrize(
@@ -295,7 +302,7 @@ async def test_history_and_undo_follow_the_journal(
     assert "nothing left to undo" in nothing.json()["error"]
 
 
-async def test_a_foreign_writer_is_noticed_journaled_and_exported(
+async def test_a_foreign_writer_is_noticed_and_exported(
     api: httpx.AsyncClient, service: HostService, fleet: FakeFleet
 ) -> None:
     await api.post("/v1/vms/vm1/target", json={"size": "1.5G"})
@@ -304,56 +311,24 @@ async def test_a_foreign_writer_is_noticed_journaled_and_exported(
     # another QMP client (here: the fake's own device) moves the balloon behind our back
     fleet["vm1"].device.set_target(GiB)  # type: ignore[union-attr]
     await wait_until(lambda: service.foreign("vm1"), within=10)
-    assert service.journal is not None
-    await wait_until(lambda: service.journal is not None and
-                     len(service.journal.read().entries) == 2, within=10)
-    entry = service.journal.read().entries[-1]
-    assert (entry.origin, entry.previous) == (Origin.FOREIGN, 1536 * MiB)
+    assert service.latest["vm1"].owner is Owner.FOREIGN
     got = families((await api.get("/metrics")).text)
     foreign = {s.labels["vm"]: s.value for s in got["balloonctl_vm_foreign_target"].samples}
     assert foreign == {"vm1": 1.0, "vm2": 0.0, "vm3": 0.0}
+    writes = {s.labels["vm"]: s.value for s in got["balloonctl_vm_foreign_writes"].samples
+              if s.name.endswith("_total")}
+    assert writes == {"vm1": 1.0, "vm2": 0.0, "vm3": 0.0}
     undo = await api.post("/v1/vms/vm1/undo", json={})
     assert undo.status_code == 409 and "another writer" in undo.json()["error"]
+    # a target set through the service takes the VM back
+    await api.post("/v1/vms/vm1/target", json={"size": "1G"})
+    await wait_until(lambda: service.latest["vm1"].owner is Owner.BALLOONCTL, within=10)
+    assert not service.foreign("vm1")
 
 
 async def test_auto_is_503_until_a_controller_is_wired(api: httpx.AsyncClient) -> None:
     for reply in (await api.get("/v1/auto"), await api.post("/v1/auto", json={"enabled": True})):
         assert (reply.status_code, reply.json()["code"]) == (503, "unavailable")
-        assert reply.json()["error"] == "auto is not available in this build"
+        assert "start balloonctl serve with --auto" in reply.json()["error"]
 
 
-class RecordingAuto:
-    """An AutoControl that decides to hold every VM; counts its cycles."""
-
-    def __init__(self) -> None:
-        self.enabled = False
-        self.cycles = 0
-
-    def enable(self, on: bool) -> None:
-        self.enabled = on
-
-    async def run_cycle(self) -> Sequence[Decision]:
-        self.cycles += 1
-        return [Decision("vm1", Action.HOLD, None, GiB, "steady")]
-
-
-async def test_auto_runs_every_cycle_only_while_enabled() -> None:
-    auto = RecordingAuto()
-    service = HostService(StaticSource(sample_states(2)), auto=auto,
-                          policy=PolicySettings(cycle=0.02))
-    app = create_app(service)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-        await asyncio.sleep(0.1)  # several cycles pass: none may run while disabled
-        assert auto.cycles == 0
-        reply = await client.post("/v1/auto", json={"enabled": True})
-        assert reply.json()["enabled"] is True
-        await wait_until(lambda: auto.cycles >= 2, within=5)
-        status = (await client.get("/v1/auto")).json()
-        assert status["decisions"][0]["action"] == "hold"
-        text = (await client.get("/metrics")).text
-        got = families(text)
-        assert got["balloonctl_auto_enabled"].samples[0].value == 1.0
-        held = [s for s in got["balloonctl_auto_decisions"].samples
-                if s.name.endswith("_total") and s.labels["action"] == "hold"]
-        assert held and held[0].value >= 2

@@ -112,7 +112,7 @@ def test_loopback_tcp_needs_the_token(fleet: FakeFleet, env: dict[str, str],
                                       tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     proc = subprocess.Popen([BALLOONCTL, "serve", "--listen", "127.0.0.1:0", "--token-file",
-                             str(token_file)], env=env, text=True,
+                             str(token_file), "--auto"], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None
@@ -129,6 +129,16 @@ def test_loopback_tcp_needs_the_token(fleet: FakeFleet, env: dict[str, str],
         ok = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {token}"},
                        timeout=10)
         assert ok.status_code == 200 and "balloonctl_vm_actual_bytes" in ok.text
+        assert "balloonctl_auto_enabled 1.0" in ok.text  # --auto: on from the start
+        # auto's switch needs the token like everything else
+        for bearer in ({}, {"authorization": "Bearer nope"}):
+            off = httpx.post(f"{url}/v1/auto", json={"enabled": False}, headers=bearer,
+                             timeout=10)
+            assert (off.status_code, off.json()["code"]) == (401, "unauthorized")
+        mine = {"authorization": f"Bearer {token}"}
+        assert httpx.get(f"{url}/v1/auto", headers=mine, timeout=10).json()["enabled"] is True
+        off = httpx.post(f"{url}/v1/auto", json={"enabled": False}, headers=mine, timeout=10)
+        assert (off.status_code, off.json()["enabled"]) == (200, False)
         remote = {**env, "BALLOONCTL_TOKEN": token}
         status = cli(remote, "--host", url, "status", "--json", "vm1")
         assert status.returncode == 0, status.stderr
@@ -142,6 +152,30 @@ def test_loopback_tcp_needs_the_token(fleet: FakeFleet, env: dict[str, str],
         assert cli({**env, "BALLOONCTL_TOKEN": new}, "--host", url, "status").returncode == 0
     finally:
         stop(proc)
+
+
+def test_no_auto_means_no_controller_and_the_config_can_turn_it_on(
+        fleet: FakeFleet, env: dict[str, str], tmp_path: Path) -> None:
+    sock = Path(env["BALLOONCTL_SERVE_SOCKET"])
+    for flags, config, want in ((["--no-auto"], "", None), ([], "[policy]\nauto = true\n", True),
+                                ([], "", False)):
+        (tmp_path / "config.toml").write_text(config)
+        proc = subprocess.Popen([BALLOONCTL, "serve", *flags], text=True,
+                                env={**env, "BALLOONCTL_CONFIG": str(tmp_path / "config.toml")},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_for_socket(sock, proc)
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
+                              base_url="http://balloonctl") as client:
+                got = client.get("/v1/auto")
+            if want is None:
+                assert (got.status_code, got.json()["code"]) == (503, "unavailable")
+            else:
+                assert (got.status_code, got.json()["enabled"]) == (200, want)
+        finally:
+            code, err = stop(proc)
+        shown = {None: "not available", True: "on", False: "off"}[want]
+        assert code == 0 and f"(auto {shown})" in err
 
 
 def test_a_remote_address_needs_the_explicit_flag(env: dict[str, str]) -> None:

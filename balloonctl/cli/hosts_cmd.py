@@ -16,8 +16,30 @@ from balloonctl.cli.remote import Endpoint
 
 if TYPE_CHECKING:
     from balloonctl.http.hosts import MultiHost
+    from balloonctl.journal import Journal
+    from balloonctl.model import VmRef
+    from balloonctl.serve import HostService
 
-__all__ = ["ServedHosts", "demo_hosts", "multi_host"]
+__all__ = ["ServedHosts", "demo_hosts", "multi_host", "served_host"]
+
+
+def served_host(refs: Sequence[VmRef], *, journal: Journal, host_root: Path, label: str,
+                auto_on: bool, cycle: float) -> HostService:
+    """A service over ``refs`` as ``balloonctl serve --auto`` builds one (targets journaled
+    by the fleet's recorder, auto over the same fleet and journal), for simulated hosts."""
+    from balloonctl.auto import AutoController
+    from balloonctl.changes import JournalRecorder
+    from balloonctl.fleet import Fleet
+    from balloonctl.journal import Origin
+    from balloonctl.policy import PolicySettings
+    from balloonctl.serve import SERVE_REASON, HostService
+
+    fleet = Fleet(refs, hold=True, recorder=JournalRecorder(journal, Origin.SET, SERVE_REASON))
+    policy = PolicySettings(cycle=cycle)
+    auto = AutoController(fleet, settings=policy, host_root=host_root, journal=journal)
+    auto.enabled = None if auto_on else set()
+    return HostService(fleet, refs=refs, interval=1.0, host_root=host_root, label=label,
+                       journal=journal, policy=policy, auto=auto)
 
 
 def multi_host(eps: Sequence[Endpoint]) -> MultiHost:
@@ -56,9 +78,8 @@ class ServedHosts:
 
         from balloonctl.config import scan_dir
         from balloonctl.fake import FakeFleet
-        from balloonctl.fleet import Fleet
         from balloonctl.journal import Journal
-        from balloonctl.serve import HostService, create_app
+        from balloonctl.serve import create_app
         from balloonctl.serve.runner import bind_unix
 
         self._loop = asyncio.get_running_loop()
@@ -76,9 +97,9 @@ class ServedHosts:
                 await fleet.start()
                 fleets.append(fleet)
                 refs = scan_dir(where)
-                service = HostService(Fleet(refs, hold=True), refs=refs, interval=1.0,
-                                      host_root=where / "host", label=f"hv{i}",
-                                      journal=Journal(self.root / f"journal-hv{i}.jsonl"))
+                journal = Journal(self.root / f"journal-hv{i}.jsonl")
+                service = served_host(refs, journal=journal, host_root=where / "host",
+                                      label=f"hv{i}", auto_on=True, cycle=2.0)
                 sock_path = self.root / "run" / f"hv{i}.sock"
                 sock, temp = bind_unix(sock_path)
                 temp.rename(sock_path)

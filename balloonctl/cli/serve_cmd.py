@@ -65,8 +65,14 @@ def serve(
         "--interval", "-n", metavar="DURATION", help="How often every VM is polled.",
     )] = "1s",
     journal: Annotated[Path | None, typer.Option(
-        "--journal", metavar="FILE", help="The journal (default: $BALLOONCTL_JOURNAL or "
-                                          "journal.jsonl beside the state file).",
+        "--journal", metavar="FILE", help="The journal (default: the global --journal, "
+                                          "$BALLOONCTL_JOURNAL, the config's [journal] path, "
+                                          "or journal.jsonl beside the state file).",
+    )] = None,
+    auto: Annotated[bool | None, typer.Option(
+        "--auto/--no-auto", show_default=False,
+        help="Apply the policy every cycle from the start (default: the config's [policy] "
+             "auto); --no-auto: no automatic ballooning at all (POST /v1/auto is refused).",
     )] = None,
     token_file: TokenFileOpt = None,
     rotate: Annotated[bool, typer.Option(
@@ -101,22 +107,39 @@ def serve(
     elif allow_remote:
         raise UsageError("--allow-remote needs --listen HOST:PORT")
     state = settings()
+    if journal is not None:
+        state.journal = str(journal)
     refs = state.select(vms or [], all_vms=not vms)
     try:
-        from balloonctl.journal import Journal, journal_path
-        from balloonctl.serve import HostService
+        from balloonctl.serve import SERVE_REASON, HostService
         from balloonctl.serve import serve as run_service
         from balloonctl.serve.runner import Listener
     except ImportError as exc:
         raise BalloonError(str(exc)) from None
+    from balloonctl.cli.journaling import journal as the_journal
+    from balloonctl.cli.journaling import record_targets
+
     inventory = state.inventory()
+    policy = inventory.config.policy
+    # the CLI's recorder: every target the fleet sends is journaled as `set` does it (an
+    # HTTP client's origin and reason through changes.on_behalf); checked writable first
+    record_targets("set", SERVE_REASON)
+    fleet = state.fleet(refs, hold=True)
+    controller = None
+    if auto is not False:
+        from balloonctl.auto import AutoController
+
+        controller = AutoController(fleet, settings=policy, host_root=inventory.host_root,
+                                    journal=the_journal())
+        controller.enabled = None if (auto or policy.auto) else set()
     service = HostService(
-        state.fleet(refs, hold=True), refs=refs, interval=every,
-        host_root=inventory.host_root, journal=Journal(journal_path(journal)),
-        policy=inventory.config.policy, label=label or socket.gethostname())
+        fleet, refs=refs, interval=every, host_root=inventory.host_root,
+        journal=the_journal(), policy=policy, auto=controller,
+        label=label or socket.gethostname())
 
     def ready(where: Listener) -> None:
-        note(f"serving {len(refs)} VMs on {where.url}")
+        on = "on" if service.auto_on else "off" if controller is not None else "not available"
+        note(f"serving {len(refs)} VMs on {where.url} (auto {on})")
         if where.path is None:
             print(where.url, flush=True)  # scripts read the bound port from stdout
 

@@ -67,6 +67,8 @@ METRICS: dict[str, tuple[str, str]] = {
     f"{P}host_up": ("gauge", "1 when the host's memory files were read at the last poll"),
     f"{P}auto_enabled": ("gauge", "1 when auto runs the policy every cycle (absent: no auto)"),
     f"{P}auto_decisions_total": ("counter", "Decisions auto made, by action"),
+    f"{P}auto_changes_total": ("counter", "Targets auto sent (and journaled), by action"),
+    f"{P}auto_cycles_total": ("counter", "Cycles auto ran"),
     f"{P}serve_vms": ("gauge", "VMs in the service's inventory"),
     f"{P}serve_polls_total": ("counter", "Polls of every VM done"),
     f"{P}serve_errors_total": ("counter", "Failures by where (poll, api, host, journal, auto) "
@@ -180,12 +182,17 @@ class SnapshotCollector(Collector):
         service, health = self.service, self.service.health
         if service.auto is not None:
             enabled = _family(f"{P}auto_enabled", [])
-            enabled.add_metric([], 1.0 if service.auto.enabled else 0.0)
+            enabled.add_metric([], 1.0 if service.auto_on else 0.0)
             yield enabled
-        decisions = _family(f"{P}auto_decisions_total", ["action"])
-        for action, count in sorted(health.auto_decisions.items()):
-            decisions.add_metric([action], float(count))
-        yield decisions
+        cycles = _family(f"{P}auto_cycles_total", [])
+        cycles.add_metric([], float(health.auto_cycles))
+        yield cycles
+        for key, counts in (("auto_decisions_total", health.auto_decisions),
+                            ("auto_changes_total", health.auto_changes)):
+            family = _family(f"{P}{key}", ["action"])
+            for action, count in sorted(counts.items()):
+                family.add_metric([action], float(count))
+            yield family
         vms = _family(f"{P}serve_vms", [])
         vms.add_metric([], float(len(service.names)))
         yield vms

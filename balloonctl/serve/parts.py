@@ -4,12 +4,13 @@ own health counters."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from balloonctl.errors import BalloonError
-from balloonctl.policy import Decision
+
+if TYPE_CHECKING:
+    from balloonctl.auto import Cycle
 
 __all__ = ["POLL_BUCKETS", "AutoControl", "Conflict", "ServeHealth", "Unavailable"]
 
@@ -26,18 +27,18 @@ class Unavailable(BalloonError):
 
 
 class AutoControl(Protocol):
-    """What the service needs from the automatic-ballooning controller (``balloonctl.auto``).
+    """What the service needs from the automatic-ballooning controller
+    (``balloonctl.auto.AutoController`` is one).
 
-    ``run_cycle`` decides and applies one round (journaling its changes) and returns the
-    decisions; the service calls it every ``PolicySettings.cycle`` seconds while ``enabled``.
+    ``enabled`` is the switch: None applies decisions to every VM, an empty set to none
+    (``/v1/auto`` sets one or the other). ``cycle`` snapshots, decides, applies and journals
+    one round (raising ``JournalError`` rather than run unrecorded); the service calls it
+    every ``PolicySettings.cycle`` seconds while any VM is enabled.
     """
 
-    @property
-    def enabled(self) -> bool: ...
+    enabled: set[str] | None
 
-    def enable(self, on: bool) -> None: ...
-
-    async def run_cycle(self) -> Sequence[Decision]: ...
+    async def cycle(self) -> Cycle: ...
 
 
 @dataclass(slots=True)
@@ -48,7 +49,9 @@ class ServeHealth:
     poll_buckets: list[int] = field(default_factory=lambda: [0] * len(POLL_BUCKETS))
     poll_seconds_sum: float = 0.0
     errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (where, kind) -> count
+    auto_cycles: int = 0
     auto_decisions: dict[str, int] = field(default_factory=dict)  # action -> count
+    auto_changes: dict[str, int] = field(default_factory=dict)  # action -> targets sent
     foreign_writes: dict[str, int] = field(default_factory=dict)  # vm -> count
     stream_dropped: int = 0
 
@@ -57,6 +60,16 @@ class ServeHealth:
         for i, bound in enumerate(POLL_BUCKETS):
             if seconds <= bound:
                 self.poll_buckets[i] += 1
+
+    def observe_cycle(self, cycle: Cycle) -> None:
+        """Count one auto cycle: its decisions and the targets it sent, by action."""
+        self.auto_cycles += 1
+        for d in cycle.decisions:
+            key = d.action.value
+            self.auto_decisions[key] = self.auto_decisions.get(key, 0) + 1
+        for c in cycle.applied:
+            key = c.action.value
+            self.auto_changes[key] = self.auto_changes.get(key, 0) + 1
 
     def error(self, where: str, kind: str) -> None:
         self.errors[where, kind] = self.errors.get((where, kind), 0) + 1

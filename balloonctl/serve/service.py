@@ -2,10 +2,13 @@
 
 It owns one ``DataSource`` (a hold-mode ``Fleet`` in production: one QMP connection per VM,
 events on, reconnect with backoff), polls it every ``interval`` seconds into ``latest``,
-reads the host's memory, watches for foreign writers, runs ``auto`` when one is wired, and
-journals every target change made through it. HTTP handlers (``serve.api``) and the metrics
-collector (``serve.metrics``) only read what it keeps and call its methods: listing VMs
-never touches a QMP socket.
+reads the host's memory, counts foreign writers (``BalloonState.owner``), runs ``auto``
+(``balloonctl.auto.AutoController``) when one is wired, and serves the journal. Target
+changes are journaled where the CLI's are: by the fleet's recorder
+(``balloonctl.changes.JournalRecorder``; ``on_behalf`` names the HTTP client's origin), by
+the auto controller (origin ``auto``, ``foreign``), and by ``undo``. HTTP handlers
+(``serve.api``) and the metrics collector (``serve.metrics``) only read what it keeps and
+call its methods: listing VMs never touches a QMP socket.
 
 No web framework here: the service is tested and benchmarked without one.
 """
@@ -21,28 +24,25 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from balloonctl.auto import Cycle, plan_cycle
+from balloonctl.changes import on_behalf
 from balloonctl.errors import BalloonError, UnknownVM, UsageError
-from balloonctl.fleet import CONNECTED, DataSource
+from balloonctl.fleet import CONNECTED, DataSource, Fleet
 from balloonctl.history import history, plan_undo
 from balloonctl.host import HostMemory, read_host
 from balloonctl.journal import Journal, JournalEntry, Origin
-from balloonctl.model import CONVERGED_TOLERANCE, BalloonState, HintState, VmRef
-from balloonctl.policy import (
-    Decision,
-    PolicySettings,
-    VmInput,
-    VmRates,
-    decide,
-    policy_for,
-    rates_between,
-)
+from balloonctl.model import BalloonState, HintState, Owner, VmRef
+from balloonctl.policy import Decision, PolicySettings
 from balloonctl.qmp import BalloonEvent
 from balloonctl.serve.parts import AutoControl, Conflict, ServeHealth, Unavailable
 from balloonctl.units import SizeKind, TargetSpec, format_size
 
-__all__ = ["AutoControl", "Conflict", "HostService", "ServeHealth", "Unavailable"]
+__all__ = ["SERVE_REASON", "AutoControl", "Conflict", "HostService", "ServeHealth",
+           "Unavailable"]
 
 log = logging.getLogger(__name__)
+
+SERVE_REASON = "set through balloonctl serve"  # the journal's reason of an HTTP client's set
 
 STREAM_QUEUE = 256  # items a slow stream reader may fall behind before the oldest are dropped
 
@@ -51,8 +51,9 @@ class HostService:
     """The VMs of one host, served. Use ``async with`` (or ``start``/``stop``).
 
     ``refs`` gives each VM's inventory entry (for the policy's per-VM settings); ``host_root``
-    is where the host's memory is read (None: not shown); ``journal`` records changes (None:
-    not journaled); ``auto`` the controller (None: auto is not available in this build).
+    is where the host's memory is read (None: not shown); ``journal`` is where history and
+    undo read and undo writes (the source's recorder journals the targets it sets; None: no
+    history); ``auto`` the controller (None: auto is not available here).
     """
 
     def __init__(self, source: DataSource, *, refs: Sequence[VmRef] = (),
@@ -74,11 +75,10 @@ class HostService:
         self.host: HostMemory | None = None
         self.host_error: str | None = None
         self.health = ServeHealth()
-        self.last_decisions: list[Decision] = []
+        self.last_cycle: Cycle | None = None  # auto's
+        self.auto_stopped: str | None = None  # why auto switched itself off
         self._listing: bytes | None = None  # /v1/vms as sent, until a state changes
         self._changes: dict[str, int] = {}  # VM -> changes made through the service
-        self._owned: dict[str, int] = {}  # targets set through the service, not yet moved away
-        self._foreign: set[str] = set()
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop the service runs on
@@ -159,9 +159,8 @@ class HostService:
         return states
 
     def _observe(self, state: BalloonState) -> None:
-        """Keep ``state`` as the VM's latest; count failures; notice a foreign writer: a
-        target set here, reached, then left by ``actual`` while QEMU forgot it (the fleet
-        drops a remembered target once the VM moves off it by itself)."""
+        """Keep ``state`` as the VM's latest; count failures, and VMs another writer moved
+        (``Owner.FOREIGN``, ``balloonctl.targets``' rule)."""
         name = state.name
         self._listing = None
         old = self.latest.get(name)
@@ -171,19 +170,8 @@ class HostService:
         if not state.reachable:
             self.health.error("poll", state.error_kind or "Unreachable")
             return
-        ours = self._owned.get(name)
-        if ours is None or state.actual is None or state.target is not None:
-            return
-        reached = old is not None and old.actual is not None and \
-            abs(old.actual - ours) <= CONVERGED_TOLERANCE
-        if reached and abs(state.actual - ours) > CONVERGED_TOLERANCE:
-            del self._owned[name]
-            self._foreign.add(name)
+        if state.owner is Owner.FOREIGN and (old is None or old.owner is not Owner.FOREIGN):
             self.health.foreign_writes[name] = self.health.foreign_writes.get(name, 0) + 1
-            self._journal_later(JournalEntry.new(
-                vm=name, qmp=state.qmp, previous=ours, target=state.actual,
-                reason=f"another writer moved the balloon to {format_size(state.actual)}",
-                origin=Origin.FOREIGN))
 
     def _read_host(self) -> None:
         if self.host_root is None:
@@ -279,9 +267,9 @@ class HostService:
         return states[name]
 
     async def set_target(self, name: str, spec: TargetSpec | int, *, force: bool = False,
-                         reason: str = "set through balloonctl serve",
-                         origin: Origin = Origin.SET) -> int:
-        """Set one VM's target and journal it.
+                         reason: str = SERVE_REASON, origin: Origin = Origin.SET) -> int:
+        """Set one VM's target; the source's recorder journals it with ``origin`` and
+        ``reason``.
 
         Raises:
             UnknownVM, UnsafeTarget and what ``DataSource.set_target`` raises; JournalError
@@ -290,30 +278,24 @@ class HostService:
         self._known(name)
         if isinstance(spec, int):
             spec = TargetSpec(SizeKind.ABSOLUTE, spec, str(spec))
-        before, target = await self._apply(name, spec, force)
-        if self.journal is not None and (before is None or before.target != target):
-            previous = None if before is None else \
-                before.target if before.target is not None else before.actual
-            qmp = before.qmp if before is not None else self.refs[name].qmp \
-                if name in self.refs else name
-            await self._journal(JournalEntry.new(vm=name, qmp=qmp, previous=previous,
-                                                 target=target, reason=reason, origin=origin))
-        return target
+        with on_behalf(origin, reason):
+            return await self._apply(name, spec, force)
 
-    async def _apply(self, name: str, spec: TargetSpec,
-                     force: bool) -> tuple[BalloonState | None, int]:
+    async def _apply(self, name: str, spec: TargetSpec, force: bool, *,
+                     record: bool = True) -> int:
         if self._tasks:
             await self._polled.wait()  # the state before the change is known
         before = self.latest.get(name)
-        target = await self.source.set_target(name, spec, force=force)
+        if isinstance(self.source, Fleet):
+            target = await self.source.set_target(name, spec, force=force, record=record)
+        else:
+            target = await self.source.set_target(name, spec, force=force)
         self._changes[name] = self._changes.get(name, 0) + 1
-        self._owned[name] = target
-        self._foreign.discard(name)
         if before is not None:
-            self.latest[name] = before.with_changes(target=target)
+            self.latest[name] = before.with_changes(target=target, owner=Owner.BALLOONCTL)
             self._listing = None
         self.poke()
-        return before, target
+        return target
 
     async def set_hint(self, name: str, on: bool) -> HintState:
         """Raises: UnknownVM, HintUnsupported and what ``DataSource.set_hint`` raises."""
@@ -352,12 +334,6 @@ class HostService:
             self.health.error("journal", type(exc).__name__)
             raise
 
-    def _journal_later(self, entry: JournalEntry) -> None:
-        if self.journal is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._journal(entry))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
     async def history(self, vm: str | None = None, limit: int | None = None) -> list[JournalEntry]:
         """Journal entries, oldest first (the last ``limit``).
 
@@ -385,6 +361,9 @@ class HostService:
         if step.target is None or not step.undoes:
             raise Conflict(step.note or "nothing to undo", vm=vm)
         now = self.latest.get(vm)
+        if now is not None and now.owner is Owner.FOREIGN:
+            raise Conflict("another writer moved the balloon since the journal's last change; "
+                           "set a target to take the VM back", vm=vm)
         current = None if now is None else now.target
         if current is not None and step.current is not None and current != step.current:
             raise Conflict(f"the target is {format_size(current)}, not "
@@ -396,7 +375,8 @@ class HostService:
             return body
         entry = step.entry()
         target = step.target
-        await self._apply(vm, TargetSpec(SizeKind.ABSOLUTE, target, str(target)), force)
+        await self._apply(vm, TargetSpec(SizeKind.ABSOLUTE, target, str(target)), force,
+                          record=False)  # the undo entry says what it took back
         if self.journal is not None:
             await self._journal(entry)
         return body
@@ -414,61 +394,76 @@ class HostService:
         return self.host
 
     async def plan(self) -> list[Decision]:
-        """What the policy would do now (nothing is sent).
+        """What the policy would do now (nothing is sent): ``auto.plan_cycle`` over the
+        latest states, as ``balloonctl plan`` and auto decide.
 
         Raises:
             Unavailable, HostReadError: as ``read_host_now``.
         """
         states = await self.snapshot()
         host = self.read_host_now()
-        inputs = []
-        for state in states:
-            before = self.previous.get(state.name)
-            rates = rates_between(before, state) if before is not None else VmRates()
-            ref = self.refs.get(state.name)
-            inputs.append(VmInput(
-                state, rates,
-                owned=state.name not in self._foreign,
-                policy=policy_for(ref, self.policy) if ref is not None else None))
-        return decide(inputs, host, self.policy)
+        return plan_cycle(states, self.previous, host, self.policy, refs=self.refs)
 
     # -- auto -----------------------------------------------------------------------------
     def _auto(self) -> AutoControl:
         if self.auto is None:
-            raise Unavailable("auto is not available in this build")
+            raise Unavailable("auto is not available here: start balloonctl serve with --auto "
+                              "(or [policy] auto = true) to have it")
         return self.auto
+
+    @property
+    def auto_on(self) -> bool:
+        """Whether auto applies its decisions (to any VM)."""
+        return self.auto is not None and (self.auto.enabled is None or bool(self.auto.enabled))
 
     def auto_status(self) -> dict[str, Any]:
         """Raises: Unavailable: no controller is wired."""
-        auto = self._auto()
-        return {"enabled": auto.enabled, "cycle": self.policy.cycle,
-                "decisions": [d.to_json() for d in self.last_decisions]}
+        self._auto()
+        cycle = self.last_cycle
+        return {"enabled": self.auto_on, "cycle": self.policy.cycle,
+                "cycles": self.health.auto_cycles, "stopped": self.auto_stopped,
+                "decisions": [] if cycle is None else [d.to_json() for d in cycle.decisions],
+                "applied": [] if cycle is None else [
+                    {"name": c.name, "action": c.action.value, "previous": c.previous,
+                     "target": c.target, "reason": c.reason} for c in cycle.applied],
+                "failed": {} if cycle is None else
+                {name: exc.message for name, exc in cycle.failed.items()}}
 
     def set_auto(self, on: bool) -> dict[str, Any]:
-        """Raises: Unavailable: no controller is wired."""
-        self._auto().enable(on)
+        """Switch auto on (for every VM) or off.
+
+        Raises: Unavailable: no controller is wired."""
+        self._auto().enabled = None if on else set()
+        if on:
+            self.auto_stopped = None
         self.poke()
         return self.auto_status()
 
     async def _auto_loop(self) -> None:
         while True:
             await asyncio.sleep(self.policy.cycle)
-            if self.auto is None or not self.auto.enabled:
+            auto = self.auto
+            if auto is None or not self.auto_on:
                 continue
             try:
-                decisions = list(await self.auto.run_cycle())
-            except BalloonError as exc:
+                async with self._lock:  # not alongside a poll: one reader of each socket
+                    cycle = await auto.cycle()
+            except BalloonError as exc:  # a JournalError: never run unrecorded
+                auto.enabled = set()
+                path = getattr(exc, "path", None)  # a JournalError names its file
+                self.auto_stopped = f"journal {path}: {exc.message}" if path else exc.message
                 self.health.error("auto", type(exc).__name__)
+                log.error("auto stopped: %s", exc.message)
                 continue
-            self.last_decisions = decisions
-            for d in decisions:
-                key = d.action.value
-                self.health.auto_decisions[key] = self.health.auto_decisions.get(key, 0) + 1
-            self.poke()
+            self.last_cycle = cycle
+            self.health.observe_cycle(cycle)
+            if cycle.applied:
+                self.poke()
 
     def foreign(self, name: str) -> bool:
-        """True once another writer moved a target this service set (until it sets one)."""
-        return name in self._foreign
+        """True while another writer's move of the VM's balloon stands (``Owner.FOREIGN``)."""
+        state = self.latest.get(name)
+        return state is not None and state.owner is Owner.FOREIGN
 
 
 def _event_data(event: BalloonEvent) -> dict[str, Any]:
