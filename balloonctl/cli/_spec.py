@@ -856,8 +856,19 @@ SPEC: dict[str, Any] = {'options': [{'names': ['--qmp'],
                                      'multiple': False,
                                      'kind': 'path',
                                      'choices': [],
-                                     'help': 'The journal (default: $BALLOONCTL_JOURNAL or '
+                                     'help': 'The journal (default: the global --journal, '
+                                             "$BALLOONCTL_JOURNAL, the config's [journal] path, or "
                                              'journal.jsonl beside the state file).'},
+                                    {'names': ['--auto'],
+                                     'secondary': ['--no-auto'],
+                                     'value': False,
+                                     'multiple': False,
+                                     'kind': None,
+                                     'choices': [],
+                                     'help': 'Apply the policy every cycle from the start '
+                                             "(default: the config's [policy] auto); --no-auto: no "
+                                             'automatic ballooning at all (POST /v1/auto is '
+                                             'refused).'},
                                     {'names': ['--token-file'],
                                      'secondary': [],
                                      'value': True,
