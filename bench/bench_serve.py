@@ -19,46 +19,74 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
+import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_dashboard import (
-    Sampler,
-    measure,
-    proc_cpu_seconds,
-    start_fleet,
-    summarise,
-    warmup_of,
-)
+from benchlib import fake_qemu, proc_cpu_seconds
 
 TARGET_SERVE_CPU = 25.0  # % of one core
 TARGET_P99_MS = 50.0
 BALLOONCTL = str(Path(sys.executable).with_name("balloonctl"))
 
 
-async def phase_dashboard_serve(sock: str, args: argparse.Namespace,
-                                sampler: Sampler) -> int:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def phase_dashboard(args: argparse.Namespace) -> dict[str, Any]:
+    """The headless dashboard for ``args.duration`` seconds, through the service
+    (``--sock``) or polling the fake's sockets itself (``--dir``, polite mode): CPU % of one
+    core after a warm-up third, and the polls done."""
+    from balloonctl.config import scan_dir
+    from balloonctl.fleet import DataSource, Fleet
     from balloonctl.http.client import HttpSource
     from tui.app import DashboardApp
 
-    source = await HttpSource.open(uds=sock, timeout=30)
+    source: DataSource
+    if args.sock:
+        source = await HttpSource.open(uds=args.sock, timeout=30)
+    else:
+        source = Fleet(scan_dir(args.dir))
     app = DashboardApp(source, interval=args.interval, close_source=True)
+    warm = args.duration / 3
+    marks: dict[str, tuple[float, float, int]] = {}
+
+    def mark(name: str) -> None:
+        marks[name] = (time.monotonic(), cpu_seconds(), app.polls)
+
+    def finish() -> None:
+        mark("end")
+        app.exit()
 
     def started() -> None:
-        sampler.start()
-        app.set_timer(args.duration, app.exit)
+        app.set_timer(warm, lambda: mark("warm"))
+        app.set_timer(args.duration, finish)
 
     app.call_after_refresh(started)
     await app.run_async(headless=True, size=(160, 50))
-    return app.polls
+    (t0, c0, p0), (t1, c1, p1) = marks["warm"], marks["end"]
+    return {"cpu_pct": 100 * (c1 - c0) / max(1e-9, t1 - t0), "polls": p1 - p0}
+
+
+def measure(args: argparse.Namespace, *, sock: Path | None = None,
+            directory: Path | None = None) -> dict[str, Any]:
+    where = ["--sock", str(sock)] if sock is not None else ["--dir", str(directory)]
+    argv = [sys.executable, __file__, "--phase", "dashboard", *where,
+            "--duration", str(args.duration), "--interval", str(args.interval)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False,
+                          timeout=args.duration + 300)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        raise SystemExit("a dashboard phase failed")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def start_serve(directory: Path, sock: Path, interval: float) -> subprocess.Popen[str]:
@@ -98,13 +126,6 @@ async def latencies(sock: str, n: int) -> list[float]:
     return out
 
 
-def run_phase(args: argparse.Namespace) -> None:
-    sampler = Sampler(every=min(5.0, max(0.5, args.duration / 30)))
-    polls = asyncio.run(phase_dashboard_serve(args.sock, args, sampler))
-    sampler.stop()
-    print(json.dumps(summarise(sampler, polls, warmup=warmup_of(args.duration))))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vms", type=int, default=500)
@@ -112,19 +133,18 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--phase", choices=["dashboard-serve"], help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=["dashboard"], help=argparse.SUPPRESS)
     parser.add_argument("--sock", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        run_phase(args)
+        print(json.dumps(asyncio.run(phase_dashboard(args))))
         return 0
-    args.hold = False
 
-    directory = Path(tempfile.mkdtemp(prefix="bs-", dir="/tmp"))
-    sock = directory / "run" / "serve.sock"
-    fleet, lines = start_fleet(args, directory)
     results: dict[str, Any] = {}
-    try:
+    with fake_qemu(args.vms, workload="compile") as fake:
+        directory = fake.directory
+        sock = directory / "run" / "serve.sock"
         serve = start_serve(directory, sock, args.interval)
         try:
             time.sleep(min(10.0, args.duration / 3))  # warm-up: first connects, caches
@@ -135,25 +155,14 @@ def main() -> int:
                 time.monotonic() - t0)
             results["median_ms"] = statistics.median(ms)
             results["p99_ms"] = statistics.quantiles(ms, n=100)[98]
-            argv = [sys.executable, __file__, "--phase", "dashboard-serve", "--sock", str(sock),
-                    "--duration", str(args.duration), "--interval", str(args.interval)]
             cpu0, t0 = proc_cpu_seconds(serve.pid), time.monotonic()
-            done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                                  timeout=args.duration + 300)
-            if done.returncode != 0:
-                sys.stderr.write(done.stderr)
-                raise SystemExit("the dashboard phase through serve failed")
+            results["dash_serve"] = measure(args, sock=sock)
             results["serve_cpu_dashboard"] = 100 * (proc_cpu_seconds(serve.pid) - cpu0) / (
                 time.monotonic() - t0)
-            results["dash_serve"] = json.loads(done.stdout.strip().splitlines()[-1])
         finally:
             serve.terminate()
             serve.wait(30)
-        results["dash_qmp"] = measure("dashboard", args, lines)
-    finally:
-        fleet.terminate()
-        fleet.wait(30)
-        shutil.rmtree(directory, ignore_errors=True)
+        results["dash_qmp"] = measure(args, directory=directory)
 
     print(f"serve bench: {args.vms} fake VMs (compile workload), poll every {args.interval:g}s, "
           f"{args.duration:g}s per phase, {os.cpu_count()} CPUs")
