@@ -2,15 +2,19 @@
 
 ``JournalRecorder`` is a ``BalloonClient``/``Fleet`` ``recorder``: the one place where the
 targets ``set``, ``wave`` and the dashboard send are journaled (``auto`` and ``undo`` journal
-their own entries, with their reasons, in batches). ``foreign_entry`` is the entry for a move
-by another writer (``balloonctl.targets``). Journaling happens after the target was sent and
+their own entries, with their reasons, in batches). ``on_behalf`` lets a caller that acts for
+someone else (``balloonctl serve`` for an HTTP client) name the origin and reason of the
+changes it makes meanwhile. ``foreign_entry`` is the entry for a move by another writer
+(``balloonctl.targets``). Journaling happens after the target was sent and
 before the command reports success; a journal that cannot be written raises a
 ``JournalError`` that says the change stands unrecorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from balloonctl.errors import JournalError
@@ -18,7 +22,21 @@ from balloonctl.journal import Journal, JournalEntry, Origin
 from balloonctl.model import TargetChange
 from balloonctl.units import format_size
 
-__all__ = ["JournalRecorder", "foreign_entry", "unrecorded"]
+__all__ = ["JournalRecorder", "foreign_entry", "on_behalf", "unrecorded"]
+
+_ON_BEHALF: contextvars.ContextVar[tuple[Origin, str] | None] = contextvars.ContextVar(
+    "balloonctl_on_behalf", default=None)
+
+
+@contextlib.contextmanager
+def on_behalf(origin: Origin, reason: str) -> Iterator[None]:
+    """Inside (in this task and the tasks it starts), a ``JournalRecorder`` journals with
+    ``origin`` and ``reason`` instead of its own."""
+    token = _ON_BEHALF.set((origin, reason))
+    try:
+        yield
+    finally:
+        _ON_BEHALF.reset(token)
 
 
 def unrecorded(exc: JournalError, what: str) -> JournalError:
@@ -29,7 +47,7 @@ def unrecorded(exc: JournalError, what: str) -> JournalError:
 
 class JournalRecorder:
     """Journals each ``TargetChange`` with ``origin`` and ``reason`` (a text, or a function
-    of the change), fsynced before the call returns.
+    of the change; both as ``on_behalf`` says inside one), fsynced before the call returns.
 
     Raises (when called):
         JournalError: the journal cannot be written; the message says the target was set.
@@ -42,9 +60,13 @@ class JournalRecorder:
         self.reason = reason
 
     def __call__(self, change: TargetChange) -> None:
+        origin = self.origin
         reason = self.reason if isinstance(self.reason, str) else self.reason(change)
+        behalf = _ON_BEHALF.get()
+        if behalf is not None:
+            origin, reason = behalf
         entry = JournalEntry.new(vm=change.vm, qmp=change.qmp, previous=change.previous,
-                                 target=change.target, reason=reason, origin=self.origin)
+                                 target=change.target, reason=reason, origin=origin)
         try:
             self.journal.append(entry)
         except JournalError as exc:

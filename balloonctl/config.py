@@ -689,6 +689,12 @@ def _rate(value: Any, where: str) -> int:
     return _size_or_zero(value, where)
 
 
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise UsageError(f"{where}: expected true or false, got {value!r}")
+
+
 def _seconds(value: Any, where: str) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)  # range (and NaN) checked by PolicySettings
@@ -713,6 +719,7 @@ _POLICY_KEYS: dict[str, Any] = {
     "swap_in_rate": _rate,
     "fault_rate": _number,
     "psi_threshold": _percent,
+    "auto": _bool,
 }
 
 

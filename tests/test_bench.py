@@ -2,7 +2,8 @@
 
 A tiny run of each, as a user would start it: the dashboard bench runs the fixed number of
 rounds in both phases, the real dashboard writes to its pseudo-terminal and the baseline
-writes nothing; the QMP bench prints all four series with the counts asked for.
+writes nothing; the QMP bench prints all four series with the counts asked for; the serve
+bench measures the service, its listing and the dashboard through it and over QMP.
 """
 
 from __future__ import annotations
@@ -53,3 +54,15 @@ def test_qmp_bench_prints_held_and_connect_per_poll_series() -> None:
                   "connect: BalloonClient per poll", "connect: raw client per poll"):
         assert re.search(rf"{re.escape(label)}\s+median\s+[\d.]+ us", done.stdout), label
     assert "polite mode's price, connect-per-poll / held" in done.stdout
+
+
+def test_serve_bench_measures_the_service_the_listing_and_both_dashboards() -> None:
+    done = run([str(BENCH / "bench_serve.py"), "--vms", "3", "--duration", "3",
+                "--requests", "10"], timeout=240)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "serve bench: 3 fake VMs" in done.stdout
+    assert re.search(r"serve, no client:\s+[\d.]+% of one core", done.stdout)
+    assert re.search(r"GET /v1/vms x10:\s+median [\d.]+ ms, p99 [\d.]+ ms", done.stdout)
+    polls = [int(n) for n in re.findall(r"of one core \((\d+) polls\)", done.stdout)]
+    assert len(polls) == 2 and all(n >= 1 for n in polls)  # through serve, then over QMP
+    assert "dashboard ratio serve/qmp:" in done.stdout

@@ -112,6 +112,8 @@ BAD = [
     ("[policy]\nfault_rate = -1", "policy.fault_rate: must be zero or more"),
     ("[policy]\npsi_threshold = 150", "policy.psi_threshold: must be below 100"),
     ("[policy]\nspeed = 3", "policy.speed: unknown setting"),
+    ("[policy]\nauto = \"yes\"", "policy.auto: expected true or false, got 'yes'"),
+    ("[policy]\nauto = 1", "policy.auto: expected true or false, got 1"),
     ("policy = 3", "[policy] must be a table"),
     ("[vm.web]\nfree_reserve = \"32M\"", "vm.web.free_reserve (32 MiB) must be above "
                                          "emergency_free (64 MiB)"),

@@ -1,50 +1,61 @@
-"""Every status code the HTTP API answers with (``balloonctl.http.server``'s contract:
-``{"error", "kind", "vm"}`` with the status of the error's kind), through the real Starlette
-app, and the same error class rebuilt by ``HttpSource``."""
+"""Every status code the HTTP API answers with (``balloonctl.serve``'s contract, the table
+of docs/serve.md: ``{"error", "code", "kind", "vm"}`` with the status of the error's code),
+through the real Starlette app, and the same error class rebuilt by ``HttpSource``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from balloonctl import errors
 from balloonctl.errors import BalloonError
-from balloonctl.http import HttpSource, create_app
+from balloonctl.http import HttpSource
 from balloonctl.model import HintState
+from balloonctl.serve import create_app
 from balloonctl.units import TargetSpec, parse_target
 from tui.testing import StaticSource, sample_states
 
-# The documented status of each kind (most specific first in the tree).
-STATUS: list[tuple[BalloonError, int]] = [
-    (errors.UnknownVM("no VM named 'x'"), 404),
-    (errors.SizeError("invalid size 'x'"), 400),
-    (errors.UsageError("bad"), 400),
-    (errors.UnsafeTarget("below the floor", vm="vm1"), 422),
-    (errors.HintUnsupported("cannot honour", vm="vm1"), 422),
-    (errors.NoBalloonDevice("no device", vm="vm1"), 409),
-    (errors.DriverNotReady("no driver", vm="vm1"), 409),
-    (errors.SocketBusy("held by libvirt", vm="vm1"), 503),
-    (errors.ManagedByLibvirt("libvirt's monitor socket", vm="vm1"), 503),
-    (errors.BackendMissing("no libvirt-python"), 503),
-    (errors.LibvirtUnavailable("libvirtd not running", vm="vm1"), 502),
-    (errors.LibvirtDenied("permission denied", vm="vm1"), 502),
-    (errors.DomainNotRunning("domain stopped", vm="vm1"), 502),
-    (errors.ConnectFailed("refused", vm="vm1"), 502),
-    (errors.Disconnected("dropped", vm="vm1"), 502),
-    (errors.QMPCommandError("QEMU refused", vm="vm1"), 502),
-    (errors.AgentError("agent gone", vm="vm1"), 502),
-    (errors.AgentExecBlocked("exec off", vm="vm1"), 502),
-    (errors.BadReply("QEMU answered nonsense", vm="vm1"), 502),
-    (errors.BadAgentReply("the guest agent answered nonsense", vm="vm1"), 502),
-    (errors.QMPTimeout("no reply", vm="vm1"), 504),
-    (errors.WaitTimeout("too slow", vm="vm1"), 504),
-    (errors.StuckBalloon("stuck", vm="vm1"), 504),
-    (errors.HostReadError("host proc/meminfo: no MemTotal", path="proc/meminfo"), 503),
-    (errors.JournalError("journal j: cannot write: ENOSPC", path="j"), 503),
-    (errors.StateFileError("s", "not JSON"), 503),
+# The documented code and status of each kind (docs/serve.md, "Errors").
+STATUS: list[tuple[BalloonError, int, str]] = [
+    (errors.UnknownVM("no VM named 'x'"), 404, "unknown_vm"),
+    (errors.SizeError("invalid size 'x'"), 400, "bad_size"),
+    (errors.UsageError("bad"), 400, "bad_request"),
+    (errors.UnsafeTarget("below the floor", vm="vm1"), 409, "unsafe_target"),
+    (errors.HintUnsupported("cannot honour", vm="vm1"), 409, "hint_unsupported"),
+    (errors.NoBalloonDevice("no device", vm="vm1"), 409, "no_balloon_device"),
+    (errors.DriverNotReady("no driver", vm="vm1"), 409, "driver_not_ready"),
+    (errors.SocketBusy("held by another client", vm="vm1"), 503, "vm_busy"),
+    (errors.ManagedByLibvirt("libvirt's monitor socket", vm="vm1"), 503, "vm_busy"),
+    (errors.BackendMissing("no libvirt-python"), 503, "backend_missing"),
+    (errors.LibvirtUnavailable("libvirtd not running", vm="vm1"), 503, "vm_unreachable"),
+    (errors.LibvirtDenied("permission denied", vm="vm1"), 503, "vm_unreachable"),
+    (errors.DomainNotRunning("domain stopped", vm="vm1"), 503, "vm_unreachable"),
+    (errors.ConnectFailed("refused", vm="vm1"), 503, "vm_unreachable"),
+    (errors.Disconnected("dropped", vm="vm1"), 503, "vm_unreachable"),
+    (errors.QMPCommandError("QEMU refused", vm="vm1"), 502, "qmp_error"),
+    (errors.AgentError("agent gone", vm="vm1"), 502, "qga_error"),
+    (errors.AgentExecBlocked("exec off", vm="vm1"), 502, "qga_error"),
+    (errors.BadReply("QEMU answered nonsense", vm="vm1"), 502, "bad_reply"),
+    (errors.BadAgentReply("the guest agent answered nonsense", vm="vm1"), 502, "qga_error"),
+    (errors.QMPTimeout("no reply", vm="vm1"), 504, "vm_timeout"),
+    (errors.WaitTimeout("too slow", vm="vm1"), 504, "wait_timeout"),
+    (errors.StuckBalloon("stuck", vm="vm1"), 504, "wait_timeout"),
+    (errors.HostReadError("host proc/meminfo: no MemTotal", path="proc/meminfo"), 503,
+     "host_unreadable"),
+    (errors.JournalError("journal j: cannot write: ENOSPC", path="j"), 503, "journal_error"),
+    (errors.StateFileError("s", "not JSON"), 503, "state_file_error"),
 ]
+
+
+def documented_codes() -> dict[str, int]:
+    """docs/serve.md's table of error codes and statuses."""
+    text = (Path(__file__).parent.parent / "docs" / "serve.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|$", text, re.MULTILINE)
+    return {code: int(status) for code, status in rows}
 
 
 class FailingSource(StaticSource):
@@ -71,11 +82,18 @@ async def client_for(source: StaticSource) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def test_every_error_kind_has_its_status() -> None:
-    kinds = {type(e).__name__ for e, _ in STATUS}
+    kinds = {type(e).__name__ for e, _, _ in STATUS}
     assert kinds == set(errors.__all__) - {"BalloonError"}
 
 
-@pytest.mark.parametrize(("error", "status"), STATUS, ids=lambda x: getattr(
+def test_the_statuses_here_are_the_documented_ones() -> None:
+    documented = documented_codes()
+    assert len(documented) >= 20  # the table was found
+    for _, status, code in STATUS:
+        assert documented[code] == status, code
+
+
+@pytest.mark.parametrize(("error", "status", "code"), STATUS, ids=lambda x: getattr(
     type(x), "__name__", str(x)))
 @pytest.mark.parametrize(("path", "body"), [
     ("/v1/vms/vm1/target", {"size": "1G"}),
@@ -83,19 +101,19 @@ def test_every_error_kind_has_its_status() -> None:
     ("/v1/vms/vm1/stats", {"interval": 2}),
 ])
 async def test_an_error_gets_its_status_and_a_json_body(
-    error: BalloonError, status: int, path: str, body: dict[str, object],
+    error: BalloonError, status: int, code: str, path: str, body: dict[str, object],
 ) -> None:
     async for client in client_for(FailingSource(error)):
         response = await client.post(path, json=body)
         assert response.status_code == status
-        assert response.json() == {"error": error.message, "kind": type(error).__name__,
-                                   "vm": error.vm}
+        assert response.json() == {"error": error.message, "code": code,
+                                   "kind": type(error).__name__, "vm": error.vm}
 
 
-@pytest.mark.parametrize(("error", "status"), STATUS[3:], ids=lambda x: getattr(
+@pytest.mark.parametrize(("error", "status", "code"), STATUS[3:], ids=lambda x: getattr(
     type(x), "__name__", str(x)))
-async def test_http_source_raises_the_same_error_class(error: BalloonError,
-                                                       status: int) -> None:
+async def test_http_source_raises_the_same_error_class(error: BalloonError, status: int,
+                                                       code: str) -> None:
     transport = httpx.ASGITransport(app=create_app(FailingSource(error)))
     async with HttpSource("http://test", transport=transport) as source:
         with pytest.raises(type(error)) as raised:

@@ -23,9 +23,10 @@ from balloonctl.errors import (
     UnsafeTarget,
     UsageError,
 )
-from balloonctl.http import HttpSource, create_app
+from balloonctl.http import HttpSource
 from balloonctl.model import BalloonState
 from balloonctl.qmp import BalloonEvent
+from balloonctl.serve import create_app
 from balloonctl.units import GiB, MiB, SizeKind, TargetSpec, parse_target
 from tui.targets import absolute
 from tui.testing import StaticSource, sample_states
@@ -70,8 +71,8 @@ async def test_set_target_parses_the_cli_sizes(
     ("path", "body", "status", "kind"),
     [
         ("/v1/vms/vm1/target", {"size": "lots"}, 400, "SizeError"),
-        ("/v1/vms/vm1/target", {"size": "64M", "force": True}, 422, "UnsafeTarget"),
-        ("/v1/vms/vm1/target", {"size": "3G"}, 422, "UnsafeTarget"),
+        ("/v1/vms/vm1/target", {"size": "64M", "force": True}, 409, "UnsafeTarget"),
+        ("/v1/vms/vm1/target", {"size": "3G"}, 409, "UnsafeTarget"),
         ("/v1/vms/vm1/target", {"force": False}, 400, "UsageError"),
         ("/v1/vms/nope/target", {"size": "1G"}, 404, "UnknownVM"),
         ("/v1/vms/vm1/hint", {"on": "yes"}, 400, "UsageError"),
@@ -178,8 +179,8 @@ def _roots_after(program: str) -> set[str]:
 def test_layering_each_side_imports_only_its_framework() -> None:
     client = _roots_after("from balloonctl.http import HttpSource")
     assert "httpx" in client and not client & {"starlette", "uvicorn", "textual"}
-    server = _roots_after("from balloonctl.http import create_app")
-    assert "starlette" in server and not server & {"textual", "uvicorn"}
+    server = _roots_after("from balloonctl.serve import create_app; create_app")
+    assert "starlette" in server and not server & {"textual", "uvicorn", "httpx"}
     dashboard = _roots_after("import tui.app")
     assert "textual" in dashboard and not dashboard & {"starlette", "httpx", "uvicorn"}
 

@@ -16,8 +16,9 @@ from textual.pilot import Pilot
 from balloonctl.config import Inventory, scan_dir
 from balloonctl.fake import FakeVM
 from balloonctl.fleet import DataSource, Fleet
-from balloonctl.http import HttpSource, create_app
+from balloonctl.http import HttpSource
 from balloonctl.model import VmRef
+from balloonctl.serve import create_app
 from balloonctl.units import GiB, MiB, format_size_aligned
 from tui.app import DashboardApp
 from tui.screens import SetTargetDialog

@@ -301,6 +301,9 @@ class DashboardApp(App[None]):
     # -- results ----------------------------------------------------------------------------
     @on(SnapshotReady)
     def _snapshot(self, message: SnapshotReady) -> None:
+        host_lines: Callable[[], list[str]] | None = getattr(self.source, "host_lines", None)
+        if host_lines is not None:  # several balloonctl serve: a line per host
+            self.main.show_hosts(host_lines())
         self._log_changes(self.view.apply(message.states, poll_round=message.poll_round))
         self.polls += 1
         self.main.show_source_error(None)

@@ -23,6 +23,7 @@ from balloonctl.cli import fake as fake_cmd
 from balloonctl.cli import hint as hint_cmd
 from balloonctl.cli import journalcmds as journal_cmd
 from balloonctl.cli import preflight as preflight_cmd
+from balloonctl.cli import serve_cmd
 from balloonctl.cli import set as set_cmd
 from balloonctl.cli import stats as stats_cmd
 from balloonctl.cli import status as status_cmd
@@ -87,6 +88,11 @@ def main(
         help="The journal of target changes. Default: $BALLOONCTL_JOURNAL, the config's "
              "[journal] path, or journal.jsonl beside the state file.",
     )] = None,
+    host: Annotated[list[str] | None, typer.Option(
+        "--host", metavar="URL",
+        help="Go through the balloonctl serve at URL (repeatable; token from "
+             "$BALLOONCTL_TOKEN). Without it, a local service's socket is used when it exists.",
+    )] = None,
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.",
     )] = False,
@@ -99,8 +105,8 @@ def main(
     set_settings(Settings(
         qmp=list(qmp or []), libvirt=list(libvirt or []), qga=qga, directory=directory,
         config=config, timeout=duration(timeout, "--timeout"), verbose=verbose, journal=journal,
+        hosts=list(host or []),
     ))
-
 
 
 # The commands, in the order of the help.
@@ -126,6 +132,7 @@ app.command("top", help="Open the live dashboard on the selected VMs (alias of d
 )
 app.command("demo")(fake_cmd.demo)
 app.command("completion")(completion_cmd.completion)
+serve_cmd.register(app)
 
 
 def run() -> None:

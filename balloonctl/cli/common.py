@@ -29,6 +29,7 @@ from balloonctl.units import parse_duration
 
 if TYPE_CHECKING:
     from balloonctl.backend import VmClient
+    from balloonctl.cli.remote import Endpoint
     from balloonctl.fleet import Fleet
 
 __all__ = [
@@ -72,7 +73,18 @@ class Settings:
     verbose: bool = False
     journal: str | None = None  # --journal
     recorder: Callable[[TargetChange], None] | None = None  # journals targets sent (set...)
+    hosts: list[str] = field(default_factory=list)  # --host URL: balloonctl serve instances
     _inventory: Inventory | None = None
+
+    def services(self) -> list[Endpoint] | None:
+        """The balloonctl serve instances to go through (None: talk QMP directly).
+
+        Raises:
+            UsageError: a bad ``--host`` URL or ``$BALLOONCTL_TOKEN``.
+        """
+        from balloonctl.cli.remote import endpoints
+
+        return endpoints(self.hosts, direct=bool(self.qmp or self.directory))
 
     def inventory(self) -> Inventory:
         if self._inventory is None:

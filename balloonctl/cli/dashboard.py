@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,7 +15,10 @@ from balloonctl.errors import BalloonError
 from balloonctl.model import VmRef
 from balloonctl.units import parse_size
 
-__all__ = ["dashboard", "open_dashboard"]
+if TYPE_CHECKING:
+    from balloonctl.fleet import DataSource
+
+__all__ = ["dashboard", "open_dashboard", "open_remote_dashboard"]
 
 
 def open_dashboard(refs: Sequence[VmRef], *, hold: bool,
@@ -28,10 +31,7 @@ def open_dashboard(refs: Sequence[VmRef], *, hold: bool,
     Raises:
         BalloonError: the dashboard's extra is not installed.
     """
-    try:
-        from tui.app import run_dashboard
-    except ImportError as exc:
-        raise BalloonError(f"the dashboard is not available: {exc}") from None
+    run_dashboard = _dashboard()
     from balloonctl.cli.journaling import dashboard_auto, record_targets
 
     record_targets("dashboard", "set in the dashboard", check=False)
@@ -39,6 +39,29 @@ def open_dashboard(refs: Sequence[VmRef], *, hold: bool,
     fleet.discover = discover  # sockets that appear in the watched directory become rows
     root = host_root or settings().inventory().host_root
     run_dashboard(fleet, auto=dashboard_auto(fleet, auto_on, root), host_root=root, **opts)
+
+
+def _dashboard() -> Callable[..., None]:
+    """``tui.app.run_dashboard``.
+
+    Raises:
+        BalloonError: the dashboard's extra is not installed.
+    """
+    try:
+        from tui.app import run_dashboard
+    except ImportError as exc:
+        raise BalloonError(f"the dashboard is not available: {exc}") from None
+    return run_dashboard
+
+
+def open_remote_dashboard(source: DataSource, **opts: Any) -> None:
+    """Open the dashboard on balloonctl serve instances (``http.hosts.MultiHost``): each
+    host's memory and each change's journal are the service's own.
+
+    Raises:
+        BalloonError: the dashboard's extra is not installed.
+    """
+    _dashboard()(source, meminfo=None, **opts)
 
 
 def dashboard(
@@ -56,8 +79,15 @@ def dashboard(
         autocompletion=completers.typer_callback("step_size"),
     )] = "128M",
 ) -> None:
-    """Open the live dashboard on the selected VMs (alias: top)."""
+    """Open the live dashboard on the selected VMs (alias: top); with --host, on every VM
+    of those balloonctl serve instances (a row per VM, a line per host)."""
     every = duration(interval, "--interval") or 1.0
+    services = settings().services()
+    if services is not None:
+        from balloonctl.cli.hosts_cmd import multi_host
+
+        open_remote_dashboard(multi_host(services), interval=every, step=parse_size(step_size))
+        return
     patterns = [] if all_vms else list(vms or [])
     open_dashboard(settings().select(vms or [], all_vms=all_vms), hold=hold, interval=every,
                    step=parse_size(step_size),

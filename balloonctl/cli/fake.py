@@ -183,6 +183,10 @@ def demo(
         help="The simulated host's RAM (default: two thirds of the guests' RAM).",
         autocompletion=completers.typer_callback("host_mem"),
     )] = None,
+    hosts: Annotated[int, typer.Option(
+        "--hosts", min=1, max=8, metavar="N",
+        help="Simulate N hosts, each with its own balloonctl serve: the multi-host view.",
+    )] = 1,
 ) -> None:
     """Start six simulated 2 GiB VMs running a compile workload on a simulated host smaller
     than them, with automatic ballooning on and the cache-first hint on for half of them,
@@ -197,6 +201,20 @@ def demo(
     ram = parse_size(mem)
     host_size = parse_size(host_mem) if host_mem else vms * ram * 2 // 3
     fmt = output_format(fmt, as_json)
+    if hosts > 1:
+        from balloonctl.cli.dashboard import open_remote_dashboard
+        from balloonctl.cli.hosts_cmd import demo_hosts
+
+        if host_mem is not None:
+            raise UsageError("--host-mem is for one host; --hosts N sizes each host itself")
+        with _refusals("TMPDIR"):
+            shown = demo_hosts(
+                hosts, vms=vms, ram=ram, workload=workload.fake_name(), once=once,
+                render=lambda states: out(render_states(states, fmt)),
+                open_dashboard=lambda source: open_remote_dashboard(source, stats_interval=1))
+        if once:
+            exit_with(report_states(shown, []))
+        return
     with (tempfile.TemporaryDirectory(prefix="balloonctl-demo-") as tmp,
           private_state(Path(tmp) / "state.json")):
         with _refusals("TMPDIR"):

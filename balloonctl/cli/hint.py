@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -20,8 +21,8 @@ from balloonctl.cli.common import (
     settings,
 )
 from balloonctl.cli.output import Format, render_records
-from balloonctl.errors import UsageError
-from balloonctl.model import HintMode, HintState
+from balloonctl.errors import BalloonError, UsageError
+from balloonctl.model import HintMode, HintState, VmRef
 
 if TYPE_CHECKING:
     from balloonctl.backend import VmClient
@@ -61,11 +62,21 @@ def hint(
     fmt = output_format(fmt, as_json)
     args = list(hint_args or [])
     action = "status"
+    services = settings().services()
     if args and args[-1] in _HINT_ACTIONS:
         action = args.pop()
-    elif args and (len(args) > 1 or all_vms) and not settings().inventory().matches(args[-1]):
-        # `hint vm1 maybe`: a misspelt action, not a VM called 'maybe'
+    elif (services is None and args and (len(args) > 1 or all_vms)
+          and not settings().inventory().matches(args[-1])):
+        # `hint vm1 maybe`: a misspelt action, not a VM called 'maybe' (a service's VMs
+        # are checked by the service)
         raise UsageError(f"expected on, off or status as the last word, got {args[-1]!r}")
+    if services is not None:  # through balloonctl serve
+        from balloonctl.cli.remote_cmds import hint_through_service
+
+        if action != "status" and not args and not all_vms:
+            raise UsageError(f"name the VMs to turn the hint {action} for (or --all)")
+        _show(run(hint_through_service(services, args, all_vms, action)), fmt, [])
+        return
     if action == "status":  # shown: every VM unless named, like `status`
         refs = settings().select(args, all_vms=all_vms)
     else:
@@ -77,7 +88,11 @@ def hint(
             return await c.hint_status()
         return await c.set_hint(action == "on")
 
-    results = run(each(refs, one))
+    _show(run(each(refs, one)), fmt, refs)
+
+
+def _show(results: Mapping[str, HintState | BalloonError], fmt: Format,
+          refs: Sequence[VmRef]) -> None:
     ok = {n: h for n, h in results.items() if isinstance(h, HintState)}
     if fmt is Format.TABLE:
         out("\n".join(_hint_line(n, h) for n, h in ok.items()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
@@ -97,7 +97,7 @@ class SetResult:
 
     name: str
     target: int
-    actual: int  # after the wait with --wait, else when the target was sent
+    actual: int | None  # after the wait with --wait, else when sent; None: unknown
     sent: bool  # False with --dry-run
     seconds: float | None  # how long --wait waited
     line: str  # the table form
@@ -139,6 +139,17 @@ def set_(
     names, size_text = _split_set_args(targets, all_vms)
     spec = parse_target(size_text)
     wait_for = duration(timeout, "--timeout") or 60.0
+    services = settings().services()
+    if services is not None:  # the service sets, validates and journals
+        from balloonctl.cli.remote_cmds import set_through_service
+
+        if not names and not all_vms:
+            raise UsageError("name the VMs to set (or --all)")
+        results = run(set_through_service(services, names, all_vms, spec, force=force,
+                                          dry_run=dry_run, wait=wait_for if wait else None))
+        _show(results, fmt)
+        exit_with(report(results, []))
+        return
     refs = settings().select_to_change(names, all_vms=all_vms, what="set")
     progress = _Progress([r.name for r in refs])
     if not dry_run:
@@ -177,9 +188,13 @@ def set_(
         results = run(each(refs, one))
     finally:
         progress.done()
+    _show(results, fmt)
+    exit_with(report(results, refs))
+
+
+def _show(results: Mapping[str, object], fmt: Format) -> None:
     done = [r for r in results.values() if isinstance(r, SetResult)]
     if fmt is Format.TABLE:
         out("\n".join(r.line for r in done))
     else:
         out(render_records([r.record() for r in done], fmt, keys=RECORD_KEYS))
-    exit_with(report(results, refs))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import typer
@@ -24,6 +26,8 @@ from balloonctl.cli.common import (
     watching_stdout,
 )
 from balloonctl.cli.output import Format, render_states
+from balloonctl.errors import UsageError
+from balloonctl.model import BalloonState
 from balloonctl.units import format_duration
 
 __all__ = ["status"]
@@ -51,20 +55,39 @@ def status(
 
     fmt = output_format(fmt, as_json)
     every = duration(interval, "--interval") or 2.0
-    refs = settings().select(vms or [], all_vms=all_vms)
-    host = host or (is_tty() and fmt is Format.TABLE)
+    services = settings().services()
+    refs = [] if services is not None else settings().select(vms or [], all_vms=all_vms)
+    remote = services is not None and any(ep.uds is None for ep in services)
+    if host and remote:  # the host line is this machine's memory, not a remote service's
+        raise UsageError("status --host shows this machine's memory; a remote service's is "
+                         "GET /v1/host, or the host lines of dashboard --host URL")
+    host = host or (is_tty() and fmt is Format.TABLE and not remote)
+
+    async def read() -> list[BalloonState]:
+        if services is None:
+            return await snapshot(refs)
+        from balloonctl.cli.remote import remote_states
+
+        return await remote_states(services, vms or [], all_vms)
+
     if not watch:
-        states = run(snapshot(refs))
+        states = run(read())
         out(with_host(render_states(states, fmt), states, fmt, host))
         exit_with(report_states(states, refs))
         return
+
+    async def through_service() -> AsyncIterator[list[BalloonState]]:
+        while True:
+            yield await read()
+            await asyncio.sleep(every)
 
     async def loop() -> None:
         fleet = settings().fleet(refs)
         tty = is_tty() and fmt is Format.TABLE
         n = 0
         try:
-            async for states in fleet.stream(every):
+            stream = fleet.stream(every) if services is None else through_service()
+            async for states in stream:
                 text = with_host(render_states(states, fmt, csv_header=n == 0), states, fmt,
                                  host)
                 if tty:

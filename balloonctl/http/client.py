@@ -1,4 +1,4 @@
-"""``HttpSource``: a ``DataSource`` that talks to a balloonctl HTTP agent (``server.py``).
+"""``HttpSource``: a ``DataSource`` that talks to ``balloonctl serve`` (``balloonctl.serve``).
 
 httpx failures are translated into ``balloonctl.errors`` here and nowhere else; errors the
 server reports come back as the same error classes the server raised.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -22,12 +23,13 @@ __all__ = ["HttpSource"]
 
 
 class HttpSource:
-    """The VMs of one balloonctl agent, reached over HTTP.
+    """The VMs of one ``balloonctl serve``, reached over HTTP.
 
     Give ``base_url`` (``http://host:8765``), or ``uds`` (a unix socket path; the URL's host
-    is then only a label), or a ``transport`` (tests: ``httpx.ASGITransport``). ``timeout``
-    bounds every request except the event stream's waits between events. ``names`` is the
-    inventory as last seen; ``open()`` or any ``snapshot()`` refreshes it.
+    is then only a label), or a ``transport`` (tests: ``httpx.ASGITransport``). ``token`` is
+    sent as ``Authorization: Bearer``. ``timeout`` bounds every request except the event
+    stream's waits between events. ``names`` is the inventory as last seen; ``open()`` or
+    any ``snapshot()`` refreshes it.
     """
 
     def __init__(
@@ -38,13 +40,16 @@ class HttpSource:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 10.0,
         names: Sequence[str] = (),
+        token: str | None = None,
     ) -> None:
         if transport is None and uds is not None:
             transport = httpx.AsyncHTTPTransport(uds=uds)
         self.base_url = base_url
+        self.uds = uds
         self.timeout = timeout
+        headers = {"authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.AsyncClient(
-            base_url=base_url, transport=transport, timeout=timeout
+            base_url=base_url, transport=transport, timeout=timeout, headers=headers
         )
         self._names: list[str] = list(names)
 
@@ -69,18 +74,24 @@ class HttpSource:
     def names(self) -> Sequence[str]:
         return self._names
 
+    @property
+    def where(self) -> str:
+        return f"unix:{self.uds}" if self.uds else self.base_url
+
     def _fail(self, exc: httpx.HTTPError, path: str) -> BalloonError:
-        where = f"{self.base_url}{API_PREFIX}{path}"
+        where = f"{self.where}{API_PREFIX}{path}"
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-            return ConnectFailed(f"cannot connect to the balloonctl agent at {where}: {exc}")
+            return ConnectFailed(f"cannot connect to balloonctl serve at {where}: {exc}")
         if isinstance(exc, httpx.TimeoutException):
-            return QMPTimeout(f"the balloonctl agent at {where} did not answer within "
+            return QMPTimeout(f"balloonctl serve at {where} did not answer within "
                               f"{self.timeout:g}s")
         return Disconnected(f"HTTP request to {where} failed: {exc or type(exc).__name__}")
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                       params: dict[str, Any] | None = None) -> Any:
         try:
-            response = await self._client.request(method, API_PREFIX + path, json=body)
+            response = await self._client.request(method, API_PREFIX + path, json=body,
+                                                   params=params)
         except httpx.HTTPError as exc:
             raise self._fail(exc, path) from exc
         return self._decode(response)
@@ -94,7 +105,7 @@ class HttpSource:
             raise error_from_body(data if isinstance(data, dict) else {}, response.status_code)
         if data is None:
             raise BalloonError(
-                f"the balloonctl agent answered {response.request.url.path} with non-JSON"
+                f"balloonctl serve answered {response.request.url.path} with non-JSON"
             )
         return data
 
@@ -105,17 +116,23 @@ class HttpSource:
         self._names = [s.name for s in states]
         return states
 
-    async def set_target(self, name: str, spec: TargetSpec, *, force: bool = False) -> int:
-        """Raises: what the agent's source raised (UnsafeTarget, UnknownVM...), or a
+    async def state(self, name: str) -> BalloonState:
+        """One VM's latest state. Raises: UnknownVM, or a connection error as in ``open``."""
+        return BalloonState.from_json(await self._request("GET", f"/vms/{quote(name)}"))
+
+    async def set_target(self, name: str, spec: TargetSpec, *, force: bool = False,
+                         origin: str | None = None) -> int:
+        """Raises: what the service's source raised (UnsafeTarget, UnknownVM...), or a
         connection error as in ``open``."""
-        body = await self._request(
-            "POST", f"/vms/{name}/target", {"size": spec_text(spec), "force": force}
-        )
-        return int(body["target"])
+        body: dict[str, Any] = {"size": spec_text(spec), "force": force}
+        if origin is not None:
+            body["origin"] = origin
+        reply = await self._request("POST", f"/vms/{quote(name)}/target", body)
+        return int(reply["target"])
 
     async def set_hint(self, name: str, on: bool) -> HintState:
         """Raises: HintUnsupported, UnknownVM..., or a connection error as in ``open``."""
-        hint = (await self._request("POST", f"/vms/{name}/hint", {"on": on}))["hint"]
+        hint = (await self._request("POST", f"/vms/{quote(name)}/hint", {"on": on}))["hint"]
         return HintState(
             mode=HintMode(hint.get("mode", "unknown")),
             enabled=bool(hint.get("enabled")),
@@ -125,7 +142,19 @@ class HttpSource:
 
     async def enable_stats(self, name: str, interval: int) -> None:
         """Raises: UnknownVM, QMPCommandError..., or a connection error as in ``open``."""
-        await self._request("POST", f"/vms/{name}/stats", {"interval": interval})
+        await self._request("POST", f"/vms/{quote(name)}/stats", {"interval": interval})
+
+    async def get(self, path: str, **params: Any) -> Any:
+        """``GET /v1{path}``'s JSON (``/host``, ``/plan``, ``/history``, ``/auto``...).
+
+        Raises: the service's error (as its class), or a connection error as in ``open``.
+        """
+        return await self._request("GET", path, params={k: v for k, v in params.items()
+                                                       if v is not None} or None)
+
+    async def post(self, path: str, body: dict[str, Any]) -> Any:
+        """``POST /v1{path}`` with ``body``; its JSON. Raises: as ``get``."""
+        return await self._request("POST", path, body)
 
     async def events(self) -> AsyncIterator[tuple[str, BalloonEvent]]:
         """The agent's event stream; ends when the agent ends it.

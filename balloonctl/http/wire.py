@@ -16,60 +16,94 @@ from balloonctl.units import SizeKind, TargetSpec
 
 __all__ = [
     "API_PREFIX",
+    "CODE_STATUS",
+    "code_for",
     "error_body",
     "error_from_body",
     "event_from_json",
     "event_to_json",
+    "plain_error",
     "spec_text",
     "status_for",
 ]
 
 API_PREFIX = "/v1"
 
-# Most specific first: the first class the error is an instance of decides the status.
-_STATUS: tuple[tuple[type[BalloonError], int], ...] = (
-    (errors.UnknownVM, 404),
+# Most specific first: the first class the error is an instance of decides the status and
+# the stable ``code`` of the error body (docs/serve.md lists them).
+_STATUS: tuple[tuple[type[BalloonError], int, str], ...] = (
+    (errors.UnknownVM, 404, "unknown_vm"),
+    (errors.SizeError, 400, "bad_size"),
     # the service's installation lacks an optional backend (libvirt-python): not the request
-    (errors.BackendMissing, 503),
-    (errors.UsageError, 400),
-    (errors.UnsafeTarget, 422),
-    (errors.HintUnsupported, 422),
-    (errors.NoBalloonDevice, 409),
-    (errors.DriverNotReady, 409),
-    (errors.SocketBusy, 503),
-    (errors.ManagedByLibvirt, 503),  # held by libvirt, as a busy socket by another client
-    (errors.ConnectFailed, 502),
-    (errors.Disconnected, 502),
-    (errors.QMPTimeout, 504),
-    (errors.WaitTimeout, 504),
-    (errors.QMPCommandError, 502),
-    (errors.BadReply, 502),  # QEMU answered nonsense: a bad gateway, like a refusal
-    (errors.AgentError, 502),
+    (errors.BackendMissing, 503, "backend_missing"),
+    (errors.UsageError, 400, "bad_request"),
+    (errors.UnsafeTarget, 409, "unsafe_target"),
+    (errors.HintUnsupported, 409, "hint_unsupported"),
+    (errors.NoBalloonDevice, 409, "no_balloon_device"),
+    (errors.DriverNotReady, 409, "driver_not_ready"),
+    (errors.SocketBusy, 503, "vm_busy"),
+    (errors.ManagedByLibvirt, 503, "vm_busy"),  # held by libvirt, as by another client
+    (errors.ConnectFailed, 503, "vm_unreachable"),
+    (errors.Disconnected, 503, "vm_unreachable"),
+    (errors.QMPTimeout, 504, "vm_timeout"),
+    (errors.WaitTimeout, 504, "wait_timeout"),
+    (errors.QMPCommandError, 502, "qmp_error"),
+    (errors.BadReply, 502, "bad_reply"),  # QEMU answered nonsense: a bad gateway
+    (errors.AgentError, 502, "qga_error"),
     # the service's own files (host figures, journal, state): it cannot serve the request now
-    (errors.HostReadError, 503),
-    (errors.JournalError, 503),
-    (errors.StateFileError, 503),
+    (errors.HostReadError, 503, "host_unreadable"),
+    (errors.JournalError, 503, "journal_error"),
+    (errors.StateFileError, 503, "state_file_error"),
 )
+# Errors of the service itself, not of the tree (they are not BalloonErrors on the wire's
+# client side: the client raises them as BalloonError with these codes).
+CODE_STATUS: dict[str, int] = {
+    **{code: status for _, status, code in _STATUS},
+    "conflict": 409,
+    "unavailable": 503,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "body_too_large": 413,
+    "internal": 500,
+}
 
 
 def status_for(exc: BalloonError) -> int:
     """The HTTP status a balloonctl error is answered with."""
-    for cls, status in _STATUS:
+    return CODE_STATUS[code_for(exc)]
+
+
+def code_for(exc: BalloonError) -> str:
+    """The stable ``code`` of a balloonctl error's body."""
+    for cls, _, code in _STATUS:
         if isinstance(exc, cls):
-            return status
-    return 500
+            return code
+    name = type(exc).__name__
+    if name == "Conflict":
+        return "conflict"
+    if name == "Unavailable":
+        return "unavailable"
+    return "internal"
 
 
 def error_body(exc: BalloonError) -> dict[str, Any]:
-    return {"error": exc.message, "kind": type(exc).__name__, "vm": exc.vm}
+    return {"error": exc.message, "code": code_for(exc), "kind": type(exc).__name__,
+            "vm": exc.vm}
+
+
+def plain_error(code: str, message: str) -> dict[str, Any]:
+    """An error body for a failure outside the error tree (auth, size, routing)."""
+    return {"error": message, "code": code, "kind": None, "vm": None}
 
 
 def error_from_body(body: Mapping[str, Any], status: int) -> BalloonError:
-    """Rebuild the error the server raised, as the same ``balloonctl.errors`` class."""
+    """Rebuild the error the server raised, as the same ``balloonctl.errors`` class (a
+    ``UsageError`` for 400/401/413 answers outside the tree, else ``BalloonError``)."""
     kind = body.get("kind")
     cls = getattr(errors, kind, None) if isinstance(kind, str) else None
     if not (isinstance(cls, type) and issubclass(cls, BalloonError)):
-        cls = BalloonError
+        cls = errors.UsageError if status in (400, 401, 404, 413) else BalloonError
     message = body.get("error")
     if not isinstance(message, str):
         message = f"HTTP {status} without an error message"

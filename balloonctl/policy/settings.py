@@ -79,6 +79,7 @@ class PolicySettings:
     fault_rate: float = 100.0  # guest major faults/s that count as thrashing
     psi_threshold: float = 10.0  # host PSI some avg10 (%) above this is pressure
     shares: int = 1000
+    auto: bool = False  # balloonctl serve applies the policy from the start
     vms: Mapping[str, VmPolicy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

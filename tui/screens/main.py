@@ -172,6 +172,10 @@ class MainScreen(Screen[None]):
         if self._ready:
             self._header.show(host=host, host_error=error)
 
+    def show_hosts(self, lines: list[str]) -> None:
+        if self._ready:
+            self._header.hosts(lines)
+
     def show_source_error(self, error: str | None) -> None:
         if self._ready:
             self._header.source_error(error)

@@ -21,6 +21,7 @@ class FleetHeader(Static):
         self._host: HostMemory | None = None
         self._host_error: str | None = None
         self._source_error: str | None = None
+        self._hosts: list[str] = []  # one line per host (several balloonctl serve)
         self._shown: Text | None = None
 
     def show(
@@ -34,6 +35,11 @@ class FleetHeader(Static):
             self._totals = totals
         if host is not None or host_error is not None:
             self._host, self._host_error = host, host_error
+        self._update()
+
+    def hosts(self, lines: list[str]) -> None:
+        """One line per host under the totals (a dashboard over several services)."""
+        self._hosts = list(lines)
         self._update()
 
     def source_error(self, error: str | None) -> None:
@@ -87,6 +93,9 @@ class FleetHeader(Static):
             text.append(size(host.available))
         else:
             text.append(self._host_error or "-", style="dim")
+        for line in self._hosts:
+            text.append("\n")
+            text.append(line, style="bold red" if "unreachable" in line else "")
         if self._source_error:
             text.append(f"\nsource: {self._source_error}", style="bold red")
         return text

@@ -1,0 +1,173 @@
+"""The dashboard over ``balloonctl serve`` instances, and ``demo --hosts N`` (N simulated
+hosts: a fake fleet with a simulated host and an in-process service each, on unix
+sockets in a private temporary directory)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from balloonctl.cli.remote import Endpoint
+
+if TYPE_CHECKING:
+    from balloonctl.http.hosts import MultiHost
+    from balloonctl.journal import Journal
+    from balloonctl.model import VmRef
+    from balloonctl.serve import HostService
+
+__all__ = ["ServedHosts", "demo_hosts", "multi_host", "served_host"]
+
+
+def served_host(refs: Sequence[VmRef], *, journal: Journal, host_root: Path, label: str,
+                auto_on: bool, cycle: float) -> HostService:
+    """A service over ``refs`` as ``balloonctl serve --auto`` builds one (targets journaled
+    by the fleet's recorder, auto over the same fleet and journal), for simulated hosts."""
+    from balloonctl.auto import AutoController
+    from balloonctl.changes import JournalRecorder
+    from balloonctl.fleet import Fleet
+    from balloonctl.journal import Origin
+    from balloonctl.policy import PolicySettings
+    from balloonctl.serve import SERVE_REASON, HostService
+
+    fleet = Fleet(refs, hold=True, recorder=JournalRecorder(journal, Origin.SET, SERVE_REASON))
+    policy = PolicySettings(cycle=cycle)
+    auto = AutoController(fleet, settings=policy, host_root=host_root, journal=journal)
+    auto.enabled = None if auto_on else set()
+    return HostService(fleet, refs=refs, interval=1.0, host_root=host_root, label=label,
+                       journal=journal, policy=policy, auto=auto)
+
+
+def multi_host(eps: Sequence[Endpoint]) -> MultiHost:
+    """One ``DataSource`` over the services ``eps`` (``HOST/VM`` names with several)."""
+    from balloonctl.http.hosts import MultiHost
+
+    return MultiHost([(ep.label, ep.source()) for ep in eps])
+
+
+class ServedHosts:
+    """``n`` simulated hosts served on a thread of their own: ``endpoints`` once started."""
+
+    def __init__(self, root: Path, n: int, *, vms: int, ram: int,
+                 workload: str | None) -> None:
+        self.root = root
+        self.n = n
+        self.vms = vms
+        self.ram = ram
+        self.workload = workload
+        self.endpoints: list[Endpoint] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="demo-hosts", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self._failure = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        import uvicorn
+
+        from balloonctl.config import scan_dir
+        from balloonctl.fake import FakeFleet
+        from balloonctl.journal import Journal
+        from balloonctl.serve import create_app
+        from balloonctl.serve.runner import bind_unix
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        fleets: list[FakeFleet] = []
+        servers: list[uvicorn.Server] = []
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for i in range(1, self.n + 1):
+                where = self.root / f"hv{i}"
+                # hosts of different sizes, so the multi-host view has something to compare
+                host_mem = self.vms * self.ram * (2 + i) // 4
+                fleet = FakeFleet(self.vms, where, ram=self.ram, workload=self.workload,
+                                  host_mem=host_mem, seed=100 * i)
+                await fleet.start()
+                fleets.append(fleet)
+                refs = scan_dir(where)
+                journal = Journal(self.root / f"journal-hv{i}.jsonl")
+                service = served_host(refs, journal=journal, host_root=where / "host",
+                                      label=f"hv{i}", auto_on=True, cycle=2.0)
+                sock_path = self.root / "run" / f"hv{i}.sock"
+                sock, temp = bind_unix(sock_path)
+                temp.rename(sock_path)
+                config = uvicorn.Config(create_app(service), log_level="warning",
+                                        access_log=False, lifespan="on")
+                server = uvicorn.Server(config)
+                servers.append(server)
+                tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
+                self.endpoints.append(Endpoint(label=f"hv{i}", uds=str(sock_path)))
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            for server in servers:
+                server.should_exit = True
+            for task in tasks:
+                with contextlib.suppress(Exception):
+                    await task
+            for fleet in fleets:
+                await fleet.stop()
+
+    @contextlib.contextmanager
+    def running(self, timeout: float = 60.0) -> Iterator[ServedHosts]:
+        """Start every host; stop them all on exit.
+
+        Raises:
+            TimeoutError: they did not start in time; what starting them raised.
+        """
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"the simulated hosts did not start within {timeout:g}s")
+        if self._failure is not None:
+            raise self._failure
+        try:
+            yield self
+        finally:
+            if self._loop is not None and self._stop is not None:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(30)
+
+
+async def _enable_stats(source: MultiHost, interval: int) -> None:
+    await source.snapshot()
+    await asyncio.gather(*(source.enable_stats(n, interval) for n in source.names),
+                         return_exceptions=True)
+
+
+def demo_hosts(n: int, *, vms: int, ram: int, workload: str | None, once: bool,
+               render: Any, open_dashboard: Any) -> list[Any]:
+    """Run the multi-host demo: ``render(states)`` with ``once``, else
+    ``open_dashboard(source)``. Returns the states shown with ``once``."""
+    from balloonctl.store import private_state
+
+    with tempfile.TemporaryDirectory(prefix="balloonctl-hosts-") as tmp, \
+            private_state(Path(tmp) / "state.json"), \
+            ServedHosts(Path(tmp), n, vms=vms, ram=ram, workload=workload).running() as hosts:
+        source = multi_host(hosts.endpoints)
+
+        async def prepare() -> list[Any]:
+            await _enable_stats(source, 1)
+            if once:
+                states = await source.snapshot()
+                await source.close()
+                return states
+            return []
+
+        states = asyncio.run(prepare())
+        if once:
+            render(states)
+            return states
+        open_dashboard(multi_host(hosts.endpoints))
+        return []

@@ -1,0 +1,128 @@
+"""The dashboard over three balloonctl serve instances (real uvicorn on unix sockets, fake
+fleets with simulated hosts): a row per VM named HOST/VM, a line per host, and a service
+that restarts while the dashboard runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+from test_cli_process import BALLOONCTL
+
+from balloonctl.config import scan_dir
+from balloonctl.fake import FakeFleet
+from balloonctl.fleet import Fleet
+from balloonctl.http.client import HttpSource
+from balloonctl.http.hosts import MultiHost
+from balloonctl.model import VmStatus
+from balloonctl.serve import HostService, create_app
+from balloonctl.serve.runner import bind_unix
+from balloonctl.units import GiB, parse_target
+from tui.app import DashboardApp
+from tui.testing import wait_until
+from tui.widgets.header import FleetHeader
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="bh-", dir="/tmp"))  # short socket paths
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@asynccontextmanager
+async def served(directory: Path, sock: Path, label: str) -> AsyncIterator[uvicorn.Server]:
+    """A HostService over the fake VMs in ``directory``, served on ``sock`` until exit."""
+    refs = scan_dir(directory)
+    service = HostService(Fleet(refs, hold=True), refs=refs, interval=0.2,
+                          host_root=directory / "host", label=label)
+    listener, temp = bind_unix(sock)
+    temp.rename(sock)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning",
+                                           lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+def header_text(app: DashboardApp) -> str:
+    return str(app.main.query_one(FleetHeader).render())
+
+
+def rows_of(app: DashboardApp, host: str) -> list[VmStatus]:
+    return [row.state.status for name, row in sorted(app.view.rows.items())
+            if name.startswith(f"{host}/")]
+
+
+async def test_three_hosts_in_one_dashboard_and_a_restart(root: Path) -> None:
+    fleets = [FakeFleet(2, root / f"hv{i}", tick=0.01, rate=4 * GiB, ram=2 * GiB,
+                        host_mem=(4 + i) * GiB) for i in (1, 2, 3)]
+    for fleet in fleets:
+        await fleet.start()
+    socks = [root / "run" / f"hv{i}.sock" for i in (1, 2, 3)]
+    try:
+        async with served(fleets[0].directory, socks[0], "hv1"), \
+                served(fleets[2].directory, socks[2], "hv3"):
+            hv2 = served(fleets[1].directory, socks[1], "hv2")
+            await hv2.__aenter__()
+            source = MultiHost([(f"hv{i}", HttpSource(uds=str(s), timeout=5))
+                                for i, s in zip((1, 2, 3), socks, strict=True)])
+            app = DashboardApp(source, interval=0.2, meminfo=None, close_source=True)
+            async with app.run_test(size=(160, 40)) as pilot:
+                await wait_until(pilot, lambda: len(app.view.rows) == 6, what="six rows")
+                assert sorted(app.view.rows) == [f"hv{h}/vm{v}" for h in (1, 2, 3)
+                                                 for v in (1, 2)]
+                await wait_until(pilot, lambda: "hv3: VMs 2/2" in header_text(app),
+                                 what="a line per host")
+                text = header_text(app)
+                assert "hv1: VMs 2/2" in text and "hv2: VMs 2/2" in text
+                assert "host 5 GiB" in text and "host 7 GiB" in text  # each host's own
+                # hv2's service goes away: its rows stay, marked unreachable
+                await hv2.__aexit__(None, None, None)
+                down = [VmStatus.UNREACHABLE] * 2
+                await wait_until(pilot, lambda: rows_of(app, "hv2") == down,
+                                 what="hv2's rows unreachable")
+                assert len(app.view.rows) == 6
+                assert VmStatus.UNREACHABLE not in rows_of(app, "hv1") + rows_of(app, "hv3")
+                await wait_until(pilot, lambda: "unreachable" in header_text(app),
+                                 what="hv2's line says unreachable")
+                # ... and comes back
+                async with served(fleets[1].directory, socks[1], "hv2"):
+                    await wait_until(
+                        pilot, lambda: VmStatus.UNREACHABLE not in rows_of(app, "hv2"),
+                        what="hv2's rows back")
+                    await wait_until(pilot, lambda: "unreachable" not in header_text(app),
+                                     what="hv2's line back")
+                    # acting on a row goes to the right host's service
+                    await source.set_target("hv2/vm1", parse_target("1.5G"))
+                    assert fleets[1]["vm1"].guest.balloon_target == GiB // 2
+                    assert fleets[0]["vm1"].guest.balloon_target == 0
+    finally:
+        for fleet in fleets:
+            await fleet.stop()
+
+
+def test_demo_hosts_once_shows_every_host(tmp_path: Path) -> None:
+    done = subprocess.run([BALLOONCTL, "demo", "--hosts", "3", "--vms", "2", "--once",
+                           "--json"], capture_output=True, text=True, timeout=120,
+                          check=False, env={"PATH": "/usr/bin:/bin",
+                                            "BALLOONCTL_STATE": str(tmp_path / "state.json"),
+                                            "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    names = [vm["name"] for vm in json.loads(done.stdout)]
+    assert names == [f"hv{h}/vm{v}" for h in (1, 2, 3) for v in (1, 2)]
