@@ -131,6 +131,9 @@ class _Transport(QMPClient):
         self._listeners.append(self.events)
         self._trace = trace
         self._vm = name
+        # Anything received (the greeting first): a connect timeout after it is a QEMU slow
+        # to negotiate, not a socket another client holds.
+        self.heard = False
         # Set whenever the session is not RUNNING; unlike runstate_changed() it cannot be
         # missed by a waiter that starts listening just after the change.
         self.not_running = asyncio.Event()
@@ -151,6 +154,7 @@ class _Transport(QMPClient):
         return msg
 
     def _cb_inbound(self, msg: Message) -> Message:
+        self.heard = True
         if self._trace is not None:
             self._call_trace("<-", msg)
         return msg
@@ -173,6 +177,7 @@ class _Failure:
     args: Mapping[str, Any] | None = None
     timeout: float = 0.0
     accepted: bool = False  # connect: the socket accepted before the timeout
+    greeted: bool = False  # connect: the greeting arrived before the timeout
     cause: BaseException | None = None  # what disconnect() re-raised after a drop
 
 
@@ -191,6 +196,11 @@ def _translate(exc: Exception, where: _Failure) -> BalloonError | None:
     addr, vm = where.address, where.vm
     if where.op == "connect":
         if isinstance(exc, TimeoutError):
+            if where.greeted:
+                return QMPTimeout(
+                    f"QMP socket {addr} greeted but did not answer qmp_capabilities within "
+                    f"{where.timeout:g}s: QEMU is slow or hung (not busy with another client)",
+                    vm=vm)
             if where.accepted:
                 return SocketBusy(
                     f"QMP socket {addr} accepted the connection but sent no greeting within "
@@ -328,6 +338,7 @@ class QmpSession:
         Raises:
             ConnectFailed: the socket is missing or refuses, or the handshake failed.
             SocketBusy: the socket accepted but sent no greeting in time (another client).
+            QMPTimeout: it greeted but did not finish the negotiation in time (slow or hung).
         """
         if self.connected:
             return
@@ -343,12 +354,14 @@ class QmpSession:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.connect_timeout
         sock: socket.socket | None = None
+        self._qmp.heard = False
         try:
             async with asyncio.timeout_at(deadline):
                 sock = await self._open_socket()
                 where.accepted = True
                 await self._qmp.connect(sock)
         except Exception as exc:
+            where.greeted = self._qmp.heard
             if self._qmp.runstate is not Runstate.IDLE:
                 # e.g. qemu.qmp's bare AssertionError after a peer that negotiated and left
                 await self._reap()
