@@ -794,6 +794,21 @@ def test_stats_interval_refuses_what_is_no_duration(start: Start, cli: Cli,
     assert states(cli("status", "--json"))["vm1"]["polling_interval"] == 0
 
 
+def test_stats_interval_stops_at_qemus_limit(start: Start, cli: Cli) -> None:
+    """QEMU takes a polling interval up to UINT32_MAX seconds; one more is the user's mistake
+    (exit 2, nothing sent), not QEMU refusing a command (exit 4)."""
+    start("vm1")
+    ok = cli("stats", "vm1", "--interval", str(2**32 - 1))
+    assert ok.exit_code == ExitCode.OK, ok.stderr
+    assert states(cli("status", "--json"))["vm1"]["polling_interval"] == 2**32 - 1
+    for interval in (str(2**32), "99999999999999999999h"):
+        r = cli("stats", "vm1", "--interval", interval)
+        assert r.exit_code == ExitCode.USAGE, r.stderr
+        assert r.stderr.startswith("balloonctl: error: --interval: ")
+        assert "too long" in r.stderr and len(r.stderr.splitlines()) == 1
+        assert states(cli("status", "--json"))["vm1"]["polling_interval"] == 2**32 - 1
+
+
 def test_stats_without_an_option_shows_every_statistic(start: Start, cli: Cli) -> None:
     vm = start("vm1")
     vm.call_threadsafe(setattr, vm.guest, "swap_in", 3 * MiB)
