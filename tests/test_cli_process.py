@@ -243,3 +243,39 @@ def test_a_reader_that_goes_away_ends_the_stream_at_once(
             child.wait()
     assert (child.returncode, err) == (0, "")
     assert run(env, "status", "vm1").returncode == ExitCode.OK
+
+
+@pytest.mark.parametrize(("sig", "code", "how"), [
+    (signal.SIGINT, ExitCode.INTERRUPTED, "Ctrl-C"),
+    (signal.SIGTERM, ExitCode.TERMINATED, "SIGTERM"),
+])
+def test_ctrl_c_or_sigterm_during_set_wait_says_the_target_stands(
+    env: dict[str, str], fake_dir: Path, sig: signal.Signals, code: ExitCode, how: str,
+) -> None:
+    """`set --wait` on a slow balloon, stopped while it waits: one line per VM saying the
+    target was sent and stands, exit 130 (Ctrl-C) or 143 (SIGTERM), and no traceback."""
+    slow = FakeVM("vm1", fake_dir, tick=0.01, rate=8 * MiB)  # 1 GiB takes two minutes
+    with run_in_thread(slow):
+        child = subprocess.Popen([BALLOONCTL, "set", "vm1", "1G", "--wait", "--timeout", "5m"],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        try:
+            journal = Path(env["BALLOONCTL_JOURNAL"])  # each test's own (conftest)
+            deadline = time.monotonic() + 20
+            while not (journal.exists() and '"vm":"vm1"' in journal.read_text()):
+                assert time.monotonic() < deadline and child.poll() is None, "never sent"
+                time.sleep(0.02)
+            assert child.poll() is None  # still waiting for the balloon
+            child.send_signal(sig)
+            out, err = child.communicate(timeout=20)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        assert child.returncode == code, err
+        assert out == ""
+        assert err.splitlines() == [
+            f"balloonctl: error: vm1: stopped waiting ({how}): target 1 GiB was sent and "
+            f"stands (actual {err.split('(actual ')[1].split(')')[0]})"
+        ]
+        status = json.loads(run(env, "status", "vm1", "--json").stdout)[0]
+        assert status["target"] == GiB and status["actual"] > GiB
