@@ -900,3 +900,27 @@ def test_set_on_a_guest_without_its_driver_says_so_at_once(start: Start, cli: Cl
     assert r.exit_code == ExitCode.OK
     assert r.stderr.startswith("balloonctl: warning: vm1: the guest has no balloon driver")
     assert states(cli("status", "--json"))["vm1"]["target"] == 1 * GiB
+
+
+def test_human_lines_never_echo_a_hostile_vm_name_raw(start: Start, cli: Cli) -> None:
+    """A socket named with a terminal escape (a VM name from outside): every command's human
+    lines show it escaped, as the tables do; JSON keeps the name itself."""
+    name = "evil\x1b[31m"
+    start(name)
+    shown = "evil\\x1b[31m"
+    runs = [
+        cli("set", "evil*", "1.5G", "--wait"),
+        cli("set", "evil*", "1G", "--dry-run"),
+        cli("hint", "evil*"),
+        cli("stats", "evil*", "--interval", "2"),
+        cli("undo", "evil*"),
+        cli("set", "evil*", "200M", "--force", "--wait"),
+        # below its floor: auto raises it at once, whatever the host
+        cli("auto", "evil*", "--cycles", "1", "--interval", "1s"),
+    ]
+    assert "below its floor 256 MiB: raised to it at once" in runs[-1].stdout
+    for r in runs:
+        assert r.exit_code == ExitCode.OK, r.stderr
+        assert "\x1b" not in r.stdout, r.stdout
+        assert r.stdout.startswith(shown) or f"  {shown}: " in r.stdout, r.stdout
+    assert [s["name"] for s in json.loads(cli("set", "evil*", "1G", "--json").stdout)] == [name]

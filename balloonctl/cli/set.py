@@ -20,6 +20,7 @@ from balloonctl.cli.common import (
     each,
     exit_with,
     out,
+    out_lines,
     output_format,
     report,
     run,
@@ -204,7 +205,7 @@ def set_(
         progress.done()
     done = [r for r in results.values() if isinstance(r, SetResult)]
     if fmt is Format.TABLE:
-        out("\n".join(r.line for r in done))
+        out_lines(r.line for r in done)
     else:
         out(render_records([r.record() for r in done], fmt, keys=RECORD_KEYS))
     exit_with(report(results, refs))

@@ -20,6 +20,7 @@ from balloonctl.cli.common import (
     error_line,
     exit_with,
     out,
+    out_lines,
     output_format,
     report,
     report_states,
@@ -136,8 +137,8 @@ def stats(
     results = run(each(refs, one))
     done = {n: r for n, r in results.items() if isinstance(r, int)}
     if fmt is Format.TABLE:
-        out("\n".join(f"{n}: guest stats every {r}s" if r else f"{n}: guest stats polling off"
-                      for n, r in done.items()))
+        out_lines(f"{n}: guest stats every {r}s" if r else f"{n}: guest stats polling off"
+                  for n, r in done.items())
     else:
         out(render_records([{"name": n, "polling_interval": r} for n, r in done.items()], fmt,
                            keys=["name", "polling_interval"]))
