@@ -279,3 +279,20 @@ def test_ctrl_c_or_sigterm_during_set_wait_says_the_target_stands(
         ]
         status = json.loads(run(env, "status", "vm1", "--json").stdout)[0]
         assert status["target"] == GiB and status["actual"] > GiB
+
+
+def test_a_closed_stderr_keeps_the_documented_exit_code(env: dict[str, str],
+                                                         fake_dir: Path) -> None:
+    """`balloonctl ... 2>&1 >/dev/null | head -0`: the error lines are lost, but the exit
+    code is still the error's (2 for a bad size, 3 for a missing socket), not 1 ("a bug")."""
+    cases = [(["--qmp", str(fake_dir / "nope.qmp"), "set", "nope", "abc"], ExitCode.USAGE),
+             (["--qmp", str(fake_dir / "nope.qmp"), "status"], ExitCode.UNREACHABLE)]
+    for args, code in cases:
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before anything is written
+        try:
+            child = subprocess.run([BALLOONCTL, *args], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=write, timeout=60, check=False)
+        finally:
+            os.close(write)
+        assert child.returncode == code, args
