@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from balloonctl.errors import UnsafeTarget
-from balloonctl.units import MiB, format_size
+from balloonctl.units import MiB, format_exact, format_size
 
 __all__ = [
     "HARD_MINIMUM",
@@ -88,23 +88,31 @@ def validate_target(
     floor = default_floor(guest_ram) if minimum is None else minimum
     if target > ceiling:
         what = "guest RAM" if ceiling == guest_ram else "the VM's maximum"
-        raise UnsafeTarget(
-            f"target {format_size(target)} is above {what} ({format_size(ceiling)})",
-            vm=vm, target=target,
-        )
+        shown, limit = _apart(target, ceiling)
+        raise UnsafeTarget(f"target {shown} is above {what} ({limit})", vm=vm, target=target)
     if target < HARD_MINIMUM:
-        raise UnsafeTarget(
-            f"target {format_size(target)} is below the hard minimum "
-            f"{format_size(HARD_MINIMUM)}, even with --force",
-            vm=vm, target=target,
-        )
+        shown, limit = _apart(target, HARD_MINIMUM)
+        raise UnsafeTarget(f"target {shown} is below the hard minimum {limit}, even with --force",
+                           vm=vm, target=target)
     if target < floor and not force:
+        shown, limit = _apart(target, floor)
         raise UnsafeTarget(
-            f"target {format_size(target)} is below the safe floor {format_size(floor)} "
-            "(use --force to go lower)",
+            f"target {shown} is below the safe floor {limit} (use --force to go lower)",
             vm=vm, target=target,
         )
     return target
+
+
+def _apart(target: int, limit: int) -> tuple[str, str]:
+    """The two sizes as a refusal shows them: rounded, unless rounding makes them look
+    equal (2049 MiB is not "2 GiB is above 2 GiB"); then exactly, in bytes at worst."""
+    if format_size(target) != format_size(limit):
+        return format_size(target), format_size(limit)
+    shown, limit_shown = format_exact(target, with_bytes=False), format_exact(limit,
+                                                                              with_bytes=False)
+    if not shown.startswith("~") and not limit_shown.startswith("~"):
+        return shown, limit_shown
+    return f"{target} bytes", f"{limit} bytes"
 
 
 class HintMode(enum.StrEnum):

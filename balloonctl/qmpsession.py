@@ -338,6 +338,7 @@ class QmpSession:
         Raises:
             ConnectFailed: the socket is missing or refuses, or the handshake failed.
             SocketBusy: the socket accepted but sent no greeting in time (another client).
+            QMPTimeout: it greeted but did not finish the negotiation in time (slow or hung).
         """
         if self.connected:
             return

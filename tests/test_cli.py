@@ -795,6 +795,21 @@ def test_stats_interval_refuses_what_is_no_duration(start: Start, cli: Cli,
     assert states(cli("status", "--json"))["vm1"]["polling_interval"] == FAST["stats_interval"]
 
 
+def test_stats_interval_stops_at_qemus_limit(start: Start, cli: Cli) -> None:
+    """QEMU takes a polling interval up to UINT32_MAX seconds; one more is the user's mistake
+    (exit 2, nothing sent), not QEMU refusing a command (exit 4)."""
+    start("vm1")
+    ok = cli("stats", "vm1", "--interval", str(2**32 - 1))
+    assert ok.exit_code == ExitCode.OK, ok.stderr
+    assert states(cli("status", "--json"))["vm1"]["polling_interval"] == 2**32 - 1
+    for interval in (str(2**32), "99999999999999999999h"):
+        r = cli("stats", "vm1", "--interval", interval)
+        assert r.exit_code == ExitCode.USAGE, r.stderr
+        assert r.stderr.startswith("balloonctl: error: --interval: ")
+        assert "too long" in r.stderr and len(r.stderr.splitlines()) == 1
+        assert states(cli("status", "--json"))["vm1"]["polling_interval"] == 2**32 - 1
+
+
 def test_stats_without_an_option_shows_every_statistic(start: Start, cli: Cli) -> None:
     vm = start("vm1")
     vm.call_threadsafe(setattr, vm.guest, "swap_in", 3 * MiB)
@@ -887,3 +902,27 @@ def test_set_on_a_guest_without_its_driver_says_so_at_once(start: Start, cli: Cl
     assert r.exit_code == ExitCode.OK
     assert r.stderr.startswith("balloonctl: warning: vm1: the guest has no balloon driver")
     assert states(cli("status", "--json"))["vm1"]["target"] == 1 * GiB
+
+
+def test_human_lines_never_echo_a_hostile_vm_name_raw(start: Start, cli: Cli) -> None:
+    """A socket named with a terminal escape (a VM name from outside): every command's human
+    lines show it escaped, as the tables do; JSON keeps the name itself."""
+    name = "evil\x1b[31m"
+    start(name)
+    shown = "evil\\x1b[31m"
+    runs = [
+        cli("set", "evil*", "1.5G", "--wait"),
+        cli("set", "evil*", "1G", "--dry-run"),
+        cli("hint", "evil*"),
+        cli("stats", "evil*", "--interval", "2"),
+        cli("undo", "evil*"),
+        cli("set", "evil*", "200M", "--force", "--wait"),
+        # below its floor: auto raises it at once, whatever the host
+        cli("auto", "evil*", "--cycles", "1", "--interval", "1s"),
+    ]
+    assert "below its floor 256 MiB: raised to it at once" in runs[-1].stdout
+    for r in runs:
+        assert r.exit_code == ExitCode.OK, r.stderr
+        assert "\x1b" not in r.stdout, r.stdout
+        assert r.stdout.startswith(shown) or f"  {shown}: " in r.stdout, r.stdout
+    assert [s["name"] for s in json.loads(cli("set", "evil*", "1G", "--json").stdout)] == [name]

@@ -243,3 +243,56 @@ def test_a_reader_that_goes_away_ends_the_stream_at_once(
             child.wait()
     assert (child.returncode, err) == (0, "")
     assert run(env, "status", "vm1").returncode == ExitCode.OK
+
+
+@pytest.mark.parametrize(("sig", "code", "how"), [
+    (signal.SIGINT, ExitCode.INTERRUPTED, "Ctrl-C"),
+    (signal.SIGTERM, ExitCode.TERMINATED, "SIGTERM"),
+])
+def test_ctrl_c_or_sigterm_during_set_wait_says_the_target_stands(
+    env: dict[str, str], fake_dir: Path, sig: signal.Signals, code: ExitCode, how: str,
+) -> None:
+    """`set --wait` on a slow balloon, stopped while it waits: one line per VM saying the
+    target was sent and stands, exit 130 (Ctrl-C) or 143 (SIGTERM), and no traceback."""
+    slow = FakeVM("vm1", fake_dir, tick=0.01, rate=8 * MiB)  # 1 GiB takes two minutes
+    with run_in_thread(slow):
+        child = subprocess.Popen([BALLOONCTL, "set", "vm1", "1G", "--wait", "--timeout", "5m"],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        try:
+            journal = Path(env["BALLOONCTL_JOURNAL"])  # each test's own (conftest)
+            deadline = time.monotonic() + 20
+            while not (journal.exists() and '"vm":"vm1"' in journal.read_text()):
+                assert time.monotonic() < deadline and child.poll() is None, "never sent"
+                time.sleep(0.02)
+            assert child.poll() is None  # still waiting for the balloon
+            child.send_signal(sig)
+            out, err = child.communicate(timeout=20)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        assert child.returncode == code, err
+        assert out == ""
+        assert err.splitlines() == [
+            f"balloonctl: error: vm1: stopped waiting ({how}): target 1 GiB was sent and "
+            f"stands (actual {err.split('(actual ')[1].split(')')[0]})"
+        ]
+        status = json.loads(run(env, "status", "vm1", "--json").stdout)[0]
+        assert status["target"] == GiB and status["actual"] > GiB
+
+
+def test_a_closed_stderr_keeps_the_documented_exit_code(env: dict[str, str],
+                                                         fake_dir: Path) -> None:
+    """`balloonctl ... 2>&1 >/dev/null | head -0`: the error lines are lost, but the exit
+    code is still the error's (2 for a bad size, 3 for a missing socket), not 1 ("a bug")."""
+    cases = [(["--qmp", str(fake_dir / "nope.qmp"), "set", "nope", "abc"], ExitCode.USAGE),
+             (["--qmp", str(fake_dir / "nope.qmp"), "status"], ExitCode.UNREACHABLE)]
+    for args, code in cases:
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before anything is written
+        try:
+            child = subprocess.run([BALLOONCTL, *args], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=write, timeout=60, check=False)
+        finally:
+            os.close(write)
+        assert child.returncode == code, args

@@ -105,6 +105,33 @@ async def test_never_greeting_server_is_socket_busy_within_the_timeout(
     await client.close()
 
 
+async def test_a_server_that_greets_but_never_negotiates_is_a_timeout_not_busy(
+    fake_vm: FakeVM, client_for: ClientFactory,
+) -> None:
+    """The greeting came, the answer to qmp_capabilities did not: QEMU is slow or hung, which
+    is a timeout (exit 6), not "another client holds the socket" (that one never greets)."""
+    fake_vm.faults.delay["qmp_capabilities"] = 1.5
+    client = client_for(fake_vm, connect_timeout=0.3)
+    with pytest.raises(QMPTimeout) as err:
+        await client.connect()
+    assert not isinstance(err.value, ConnectFailed)
+    assert "greeted but did not answer qmp_capabilities within 0.3s" in str(err.value)
+    assert "another QMP client" not in str(err.value)
+    await client.close()
+    # A client that once heard a greeting and later meets a silent socket reports it busy.
+    # (The fake, like QEMU, serves the next client once the delayed session has ended.)
+    fake_vm.faults.delay.clear()
+    other = client_for(fake_vm, connect_timeout=10)
+    assert await other.query_actual() == 2 * GiB
+    await other.close()
+    fake_vm.faults.never_greet = True
+    other.session.connect_timeout = 0.3
+    with pytest.raises(SocketBusy):
+        await other.connect()
+    fake_vm.faults.never_greet = False
+    await other.close()
+
+
 async def test_peer_leaving_during_negotiation_is_connect_failed(
     fake_vm: FakeVM, client_for: ClientFactory,
 ) -> None:

@@ -35,3 +35,21 @@ def test_dev_demo_prints_only_its_own_progress_on_first_run(tmp_path: Path) -> N
     lines = r.stderr.splitlines()
     assert lines and all(line.startswith("dev: ") for line in lines), r.stderr
     assert "installing balloonctl" in r.stderr
+
+
+def test_dev_without_a_command_prints_its_usage_and_no_script_line() -> None:
+    """`./dev` alone prints the usage from its header comment (exit 0); an unknown command is
+    an error on stderr with the usage and exit 2. No line of the script itself shows."""
+    r = subprocess.run([str(ROOT / "dev")], capture_output=True, text=True, timeout=30,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("balloonctl's one entry point")
+    assert any(line.strip().startswith("./dev demo") for line in lines)
+    assert lines[-1].startswith("Environment:")
+    assert not any("set -" in line or line.startswith(("#", "ROOT=")) for line in lines)
+    bad = subprocess.run([str(ROOT / "dev"), "bogus"], capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert bad.stderr.splitlines()[0] == "dev: error: unknown command 'bogus'"

@@ -118,7 +118,9 @@ def test_a_configured_min_above_the_default_floor_raises_the_floor() -> None:
 def test_guest_ram_is_the_ceiling() -> None:
     ram = 2 * GiB
     assert validate_target(ram, guest_ram=ram) == ram
-    with pytest.raises(UnsafeTarget, match=r"above guest RAM \(2 GiB\)"):
+    # one byte past: rounded, both would read "2 GiB", so the refusal shows bytes
+    with pytest.raises(UnsafeTarget,
+                       match=r"target 2147483649 bytes is above guest RAM \(2147483648 bytes\)"):
         validate_target(ram + 1, guest_ram=ram)
     with pytest.raises(UnsafeTarget, match="above guest RAM"):
         validate_target(ram + MiB, guest_ram=ram, force=True)  # --force is about floors
@@ -500,6 +502,13 @@ def test_refusals_name_the_vm_the_target_and_the_limit() -> None:
          "target 100 MiB is below the hard minimum 128 MiB, even with --force"),
         (dict(target=200 * MiB, guest_ram=2 * GiB),
          "target 200 MiB is below the safe floor 256 MiB (use --force to go lower)"),
+        # one step past a limit: the rounded sizes would read "2 GiB is above 2 GiB"
+        (dict(target=2 * GiB + MiB, guest_ram=2 * GiB),
+         "target 2049 MiB is above guest RAM (2 GiB)"),
+        (dict(target=128 * MiB - 1, guest_ram=2 * GiB, force=True),
+         "target 134217727 bytes is below the hard minimum 134217728 bytes, even with --force"),
+        (dict(target=256 * MiB - 4096, guest_ram=2 * GiB),
+         "target 262140 KiB is below the safe floor 256 MiB (use --force to go lower)"),
     ]
     for kwargs, message in cases:
         with pytest.raises(UnsafeTarget) as info:

@@ -22,6 +22,7 @@ from balloonctl.cli.common import (
     duration,
     exit_with,
     out,
+    out_lines,
     output_format,
     report_error,
     report_states,
@@ -107,7 +108,7 @@ def _emitter(fmt: AutoFormat) -> Any:
         if fmt is AutoFormat.NDJSON:
             out(json.dumps(record, separators=(",", ":")))
         else:
-            out(f"{time.strftime('%H:%M:%S')}  {text}")
+            out_lines([f"{time.strftime('%H:%M:%S')}  {text}"])
 
     def emit(cycle: Cycle) -> None:
         if cycle.host_error is not None:
@@ -196,8 +197,8 @@ def auto(
                 done = await controller.reclaim([r.name for r in taken_back])
                 for name, result in done.items():
                     if isinstance(result, bool):
-                        out(f"{name}: taken back from another writer" if result else
-                             f"{name}: was not marked as moved by another writer")
+                        out_lines([f"{name}: taken back from another writer" if result
+                                   else f"{name}: was not marked as moved by another writer"])
                     else:
                         report_error(result.with_vm(name))
             return await controller.run(_emitter(fmt), cycles=cycles, duration=limit,

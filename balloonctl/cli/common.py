@@ -12,7 +12,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -25,6 +25,7 @@ from balloonctl.cli.output import Format, error
 from balloonctl.config import Inventory, busy_advice
 from balloonctl.errors import BalloonError, SocketBusy, UsageError
 from balloonctl.model import BalloonState, TargetChange, VmRef
+from balloonctl.text import escape_text
 from balloonctl.units import parse_duration
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "exit_with",
     "is_tty",
     "out",
+    "out_lines",
     "output_format",
     "report",
     "report_error",
@@ -243,6 +245,13 @@ def out(text: str) -> None:
     except BrokenPipeError:
         silence_stdout()
         raise StdoutClosed("stdout closed") from None
+
+
+def out_lines(lines: Iterable[str]) -> None:
+    """Print human lines that carry names or text from outside (VM names, socket paths,
+    reasons), each with its control characters escaped, so a name cannot drive the
+    terminal. Raises: StdoutClosed (as ``out``)."""
+    out("\n".join(escape_text(line) for line in lines))
 
 
 def _stdout_pipe() -> int | None:

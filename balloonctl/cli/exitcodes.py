@@ -21,7 +21,8 @@ code  name             meaning
 74    STATE_FILE       balloonctl's state file cannot be read or written (as sysexits'
                        EX_IOERR); the CLI itself only warns and goes on without it
 130   INTERRUPTED      stopped by Ctrl-C (SIGINT)
-143   TERMINATED       stopped by SIGTERM (``wave``, after setting the original target again)
+143   TERMINATED       stopped by SIGTERM (``wave`` after setting the original target again,
+                       ``auto``, ``set --wait``)
 ====  ===============  ======================================================================
 
 When every one of several VMs fails, the code is the worst of their codes (highest).

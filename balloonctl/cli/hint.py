@@ -15,6 +15,7 @@ from balloonctl.cli.common import (
     each,
     exit_with,
     out,
+    out_lines,
     output_format,
     report,
     run,
@@ -95,7 +96,7 @@ def _show(results: Mapping[str, HintState | BalloonError], fmt: Format,
           refs: Sequence[VmRef]) -> None:
     ok = {n: h for n, h in results.items() if isinstance(h, HintState)}
     if fmt is Format.TABLE:
-        out("\n".join(_hint_line(n, h) for n, h in ok.items()))
+        out_lines(_hint_line(n, h) for n, h in ok.items())
     else:
         records = [_hint_record(n, h) for n, h in ok.items()]
         out(render_records(records, fmt, keys=list(_hint_record("", HintState()))))

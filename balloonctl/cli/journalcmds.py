@@ -16,6 +16,7 @@ from balloonctl.cli.common import (
     duration,
     exit_with,
     out,
+    out_lines,
     output_format,
     report_error,
     run,
@@ -184,6 +185,6 @@ def undo(
         from balloonctl.units import format_size
 
         before = "?" if entry.previous is None else format_size(entry.previous)
-        out(f"{name}: {before} -> {format_size(entry.target)}: {entry.reason}")
+        out_lines([f"{name}: {before} -> {format_size(entry.target)}: {entry.reason}"])
         codes.append(ExitCode.OK)
     exit_with(combine(codes))

@@ -7,11 +7,13 @@ Names from outside (socket file names, guest strings) reach the terminal through
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
@@ -53,12 +55,25 @@ def error(message: str, *, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     text = escape_text(" ".join(str(message).split()))
     label = "\x1b[1;31merror\x1b[0m" if _isatty(stream) else "error"
-    print(f"{PROG}: {label}: {text}", file=stream, flush=True)
+    _say(f"{PROG}: {label}: {text}", stream)
 
 
 def note(message: str, *, stream: TextIO | None = None) -> None:
     """A diagnostic line on stderr that is not an error (control characters escaped)."""
-    print(f"{PROG}: {escape_text(message)}", file=stream or sys.stderr, flush=True)
+    _say(f"{PROG}: {escape_text(message)}", stream or sys.stderr)
+
+
+def _say(line: str, stream: TextIO) -> None:
+    """Write a diagnostic line. When its reader went away (``2>&1 | head -1``) the line is
+    lost, and so are the later ones: the stream then points at /dev/null, so neither this
+    write nor the interpreter's flush at exit turns the command's own exit code into 1."""
+    try:
+        print(line, file=stream, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
 
 
 class WarningLines(logging.Handler):

@@ -20,12 +20,14 @@ from balloonctl.cli.common import (
     each,
     exit_with,
     out,
+    out_lines,
     output_format,
     report,
     run,
     settings,
 )
-from balloonctl.cli.output import Format, note, render_records, size
+from balloonctl.cli.exitcodes import ExitCode
+from balloonctl.cli.output import Format, error, note, render_records, size
 from balloonctl.errors import DriverNotReady, UsageError
 from balloonctl.units import format_size, parse_target
 
@@ -73,6 +75,7 @@ class _Progress:
         if self.drawn:
             self.stream.write("\n")
             self.stream.flush()
+            self.drawn = False
 
 
 def _split_set_args(args: Sequence[str], all_vms: bool) -> tuple[list[str], str]:
@@ -108,6 +111,21 @@ class SetResult:
 
 
 RECORD_KEYS = ["name", "target", "actual", "sent", "seconds"]
+
+
+def _stopped(exc: BaseException, sent: dict[str, int], progress: _Progress) -> None:
+    """Ctrl-C or SIGTERM (usually during --wait): say what was sent and stands, then exit
+    130 or 143. Raises: typer.Exit."""
+    how = "SIGTERM" if isinstance(exc, Exception) else "Ctrl-C"
+    for name, target in sent.items():
+        actual = progress.state.get(name, (0, None, 0))[1]
+        now = f" (actual {format_size(actual)})" if actual is not None else ""
+        error(f"{name}: stopped waiting ({how}): target {format_size(target)} was sent and "
+              f"stands{now}")
+    if not sent:
+        error(f"stopped ({how}) before any target was sent")
+    code = ExitCode.TERMINATED if how == "SIGTERM" else ExitCode.INTERRUPTED
+    raise typer.Exit(int(code))
 
 
 def set_(
@@ -152,6 +170,7 @@ def set_(
         return
     refs = settings().select_to_change(names, all_vms=all_vms, what="set")
     progress = _Progress([r.name for r in refs])
+    standing: dict[str, int] = {}  # what was sent so far, for an interrupted --wait
     if not dry_run:
         from balloonctl.cli.journaling import record_targets
 
@@ -168,6 +187,8 @@ def set_(
                                      f"{format_size(before)}", vm=c.name)
             note(f"warning: {c.name}: {absent}: actual will not move until it loads")
         target = await c.set_target(spec, force=force, dry_run=dry_run)
+        if not dry_run:
+            standing[c.name] = target
         if dry_run:
             sent = json.dumps({"execute": "balloon", "arguments": {"value": target}})
             return SetResult(c.name, target, before, False, None,
@@ -184,8 +205,13 @@ def set_(
                          f"{c.name}: reached {format_size(final)} (target "
                          f"{format_size(target)}) in {took:.1f}s")
 
+    from balloonctl.cli.wave import Terminated, cancel_on_sigterm
+
     try:
-        results = run(each(refs, one))
+        results = run(cancel_on_sigterm(each(refs, one)))
+    except (KeyboardInterrupt, Terminated) as exc:
+        progress.done()
+        _stopped(exc, standing, progress)
     finally:
         progress.done()
     _show(results, fmt)
@@ -195,6 +221,6 @@ def set_(
 def _show(results: Mapping[str, object], fmt: Format) -> None:
     done = [r for r in results.values() if isinstance(r, SetResult)]
     if fmt is Format.TABLE:
-        out("\n".join(r.line for r in done))
+        out_lines(r.line for r in done)
     else:
         out(render_records([r.record() for r in done], fmt, keys=RECORD_KEYS))

@@ -20,6 +20,7 @@ from balloonctl.cli.common import (
     error_line,
     exit_with,
     out,
+    out_lines,
     output_format,
     report,
     report_states,
@@ -29,6 +30,7 @@ from balloonctl.cli.common import (
 )
 from balloonctl.cli.exitcodes import ExitCode, combine, exit_code_for
 from balloonctl.cli.output import Format, note, render_records, size
+from balloonctl.errors import UsageError
 from balloonctl.units import format_duration
 
 if TYPE_CHECKING:
@@ -45,6 +47,8 @@ STATS_KEYS = [
 ]
 _ZERO = re.compile(r"0+(\.0*)?\s*(ms|s|m|h)?")
 _COUNTS = ("major_faults", "minor_faults", "last_update", "polling_interval")
+# QEMU refuses a guest-stats-polling-interval above UINT32_MAX ("timer value is too big").
+MAX_POLLING_SECONDS = 2**32 - 1
 
 
 def polling_seconds(text: str) -> int:
@@ -53,12 +57,15 @@ def polling_seconds(text: str) -> int:
     rounds up (the guest reports in whole seconds) with a note.
 
     Raises:
-        UsageError: not a duration, or negative.
+        UsageError: not a duration, negative, or above QEMU's limit (2^32-1 s).
     """
     if text.strip().lower() == "off" or _ZERO.fullmatch(text.strip()):
         return 0  # (durations themselves must be positive)
     seconds = duration(text, "--interval") or 0.0
     whole = math.ceil(seconds)
+    if whole > MAX_POLLING_SECONDS:
+        raise UsageError(f"--interval: {text.strip()!r} is too long: QEMU takes at most "
+                         f"{MAX_POLLING_SECONDS}s ({format_duration(MAX_POLLING_SECONDS)})")
     if whole != seconds:
         note(f"--interval {text}: the guest reports in whole seconds; polling every {whole}s")
     return whole
@@ -130,8 +137,8 @@ def stats(
     results = run(each(refs, one))
     done = {n: r for n, r in results.items() if isinstance(r, int)}
     if fmt is Format.TABLE:
-        out("\n".join(f"{n}: guest stats every {r}s" if r else f"{n}: guest stats polling off"
-                      for n, r in done.items()))
+        out_lines(f"{n}: guest stats every {r}s" if r else f"{n}: guest stats polling off"
+                  for n, r in done.items())
     else:
         out(render_records([{"name": n, "polling_interval": r} for n, r in done.items()], fmt,
                            keys=["name", "polling_interval"]))
