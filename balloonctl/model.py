@@ -33,6 +33,7 @@ __all__ = [
     "VmStatus",
     "default_floor",
     "derive",
+    "seconds_between",
     "validate_target",
 ]
 
@@ -459,15 +460,28 @@ def derive(previous: BalloonState | None, state: BalloonState) -> BalloonState:
         changes["moved_at"] = max(moved)
     old, new = previous.stats, state.stats
     if old is not None and new is not None and old.reported and new.reported:
-        dt = new.last_update - old.last_update
-        if dt > 0:
+        dt = seconds_between(old, new)
+        if dt is not None:
             changes["swap_rate"] = _rate(old.swap_in, old.swap_out, new.swap_in,
                                          new.swap_out, dt)
             changes["major_fault_rate"] = _rate(old.major_faults, 0, new.major_faults, 0, dt)
-        elif dt == 0:  # the same sample: the rates of the last two still hold
+        elif new == old:  # the same sample: the rates of the last two still hold
             changes["swap_rate"] = previous.swap_rate
             changes["major_fault_rate"] = previous.major_fault_rate
     return replace(state, **changes) if changes else state
+
+
+def seconds_between(old: GuestStats, new: GuestStats) -> int | None:
+    """Seconds between two reported stats samples over the guest's own report times
+    (``last_update``), or None when they are the same sample or time went back.
+
+    QEMU stamps a sample in whole seconds, so two different samples can carry the same
+    second (the driver's first push and a polling timer armed at once): they count as one
+    second apart, which makes a rate over them a lower bound, never a missed one."""
+    dt = new.last_update - old.last_update
+    if dt > 0:
+        return dt
+    return 1 if dt == 0 and new != old else None
 
 
 def _rate(a0: int | None, b0: int | None, a1: int | None, b1: int | None,

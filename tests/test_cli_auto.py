@@ -50,8 +50,12 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def fleet(fake_dir: Path) -> Iterator[FakeFleet]:
+    # the guests report every second, as QEMU started with guest-stats-polling-interval:
+    # `plan` sends nothing, so it never turns polling on (docs/policy.md), and a VM whose
+    # polling is off is stale and left alone
     fake = FakeFleet(2, fake_dir, ram=RAM, host_mem=3 * GiB,
-                     host={"ksm_run": False, "ksm_fraction": 0.0}, tick=0.01, rate=4 * GiB)
+                     host={"ksm_run": False, "ksm_fraction": 0.0}, tick=0.01, rate=4 * GiB,
+                     stats_interval=1)
     with run_in_thread(fake):
         yield fake
 
@@ -107,6 +111,25 @@ def test_plan_shows_decisions_and_sends_nothing(
     assert all(vm.guest.actual == RAM for vm in fleet.vms)  # applied to nothing
     assert not journal.exists()
     assert run(env, "plan", "nope").returncode == ExitCode.USAGE
+
+
+def test_plan_leaves_a_vm_whose_polling_is_off_and_does_not_turn_it_on(
+    env: dict[str, str], fake_dir: Path, journal: Path,
+) -> None:
+    # docs/policy.md: `plan` sends nothing, not even the polling interval; QEMU's default
+    # (polling off) freezes the stats, so the VM is stale and left alone, saying so
+    fake = FakeFleet(2, fake_dir, ram=RAM, host_mem=3 * GiB,
+                     host={"ksm_run": False, "ksm_fraction": 0.0}, tick=0.01, rate=4 * GiB,
+                     overrides={"vm1": {"stats_interval": 1}})
+    with run_in_thread(fake):
+        squeeze(fake, fake_dir)
+        r = run(env, "plan")
+        assert r.returncode == ExitCode.OK, r.stderr
+        _host, _header, *rows = r.stdout.splitlines()
+        assert [row.split()[:2] for row in rows] == [["vm1", "shrink"], ["vm2", "leave"]]
+        assert rows[1].endswith("left alone: stats are stale (stats polling is off)")
+        assert [vm.device.polling_interval for vm in fake.vms if vm.device] == [1, 0]
+    assert not journal.exists()
 
 
 def test_auto_applies_journals_and_history_shows_it(

@@ -322,6 +322,10 @@ def test_rates_between_two_snapshots() -> None:
     reboot = b.with_changes(stats=GuestStats(last_update=120, swap_in=0, major_faults=3))
     assert rates_between(b, reboot) == VmRates(None, None)
     assert rates_between(b, b) == VmRates()  # no report in between: unknown, not zero
+    # a different sample stamped with the same second: one second apart (a lower bound)
+    same_second = b.with_changes(stats=GuestStats(last_update=110, swap_in=23 * MiB,
+                                                  major_faults=1051))
+    assert rates_between(b, same_second) == VmRates(swap_in=3 * MiB, major_faults=1.0)
     assert rates_between(state().with_changes(stats=None), b) == VmRates()
 
 

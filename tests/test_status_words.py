@@ -77,6 +77,18 @@ def test_pressure_from_two_samples() -> None:
     assert derive(got, reset).swap_rate is None
 
 
+def test_two_different_samples_stamped_with_the_same_second_are_a_second_apart() -> None:
+    # QEMU's last-update is whole seconds: the driver's first push and a polling timer armed
+    # at once can both carry T0. The second sample is new (it swapped): its rate is at least
+    # what it swapped per second, not unknown.
+    first = state(swap_in=0, swap_out=0, major_faults=0)
+    again = state(at=T0 + 0.9, swap_in=PRESSURE_SWAP, swap_out=0, major_faults=0)
+    got = derive(first, again)
+    assert got.swap_rate == PRESSURE_SWAP and got.status is VmStatus.PRESSURE
+    just_under = state(at=T0 + 0.9, swap_in=PRESSURE_SWAP - 1, swap_out=0, major_faults=0)
+    assert derive(first, just_under).status is VmStatus.OK
+
+
 def test_a_single_snapshot_has_no_rates_and_no_pressure() -> None:
     s = state(swap_in=10 * GiB, swap_out=10 * GiB, major_faults=10**9)
     assert s.swap_rate is None and s.status is VmStatus.OK

@@ -24,8 +24,11 @@ RAM = 2 * GiB
 
 
 async def test_auto_plans_then_applies_when_switched_on(fake_dir: Path, tmp_path: Path) -> None:
+    # the guests report every second: planning sends nothing, not even a polling interval,
+    # and a VM whose polling is off plans `leave` (stale) until `s` or auto turns it on
     fake = FakeFleet(2, fake_dir, ram=RAM, host_mem=3 * GiB,
-                     host={"ksm_run": False, "ksm_fraction": 0.0}, tick=0.01, rate=4 * GiB)
+                     host={"ksm_run": False, "ksm_fraction": 0.0}, tick=0.01, rate=4 * GiB,
+                     stats_interval=1)
     await fake.start()
     try:
         for vm in fake.vms:  # the guests touch memory and free it: the host is short

@@ -98,7 +98,7 @@ def fake(
 
     Prints one line per VM when ready: NAME qmp=PATH qga=PATH.
     """
-    from balloonctl.fake import FakeFleet, socket_dir
+    from balloonctl.fake import SERVED_STATS_INTERVAL, FakeFleet, socket_dir
     from balloonctl.fake.paths import name_problem
 
     ram = parse_size(mem)
@@ -117,7 +117,8 @@ def fake(
         with _refusals("--dir"):
             return FakeFleet(vms, where, ram=ram, workload=workload.fake_name(),
                              prefix=prefix, overrides=overrides, hint_device=hint_device,
-                             agent=not no_agent, host_mem=host_ram)
+                             agent=not no_agent, host_mem=host_ram,
+                             stats_interval=SERVED_STATS_INTERVAL)
 
     try:
         # with --dir, the fleet is checked before the directory is created; a temp dir (or

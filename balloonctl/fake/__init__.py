@@ -8,7 +8,8 @@
     Faults          fault injection switches, settable while the VM runs
     run_in_thread   run a VM or fleet on its own loop in a thread (for CLI tests)
     serve_fleet     serve a fleet until SIGINT/SIGTERM/SIGHUP (``balloonctl fake``, ``python -m
-                    balloonctl.fake``); ``run_fleet_forever`` builds the fleet first
+                    balloonctl.fake``); ``run_fleet_forever`` builds the fleet first; such
+                    fleets poll guest stats every ``SERVED_STATS_INTERVAL`` (2) seconds
     socket_dir      the directory a fleet serves in: checked before it is created, and
                     removed again (when empty) if the fake made it
     SocketPathTooLong  (an OSError) a socket path longer than AF_UNIX holds (107 bytes)
@@ -23,11 +24,17 @@ from balloonctl.fake.fleet import FakeFleet
 from balloonctl.fake.guest import WORKLOADS, GuestSim
 from balloonctl.fake.hostsim import HostSim, SimulatedHost
 from balloonctl.fake.paths import SOCKET_PATH_MAX, SocketPathTooLong, socket_dir
-from balloonctl.fake.runner import run_fleet_forever, run_in_thread, serve_fleet
+from balloonctl.fake.runner import (
+    SERVED_STATS_INTERVAL,
+    run_fleet_forever,
+    run_in_thread,
+    serve_fleet,
+)
 from balloonctl.fake.server import SocketInUse
 from balloonctl.fake.vm import FakeVM
 
 __all__ = [
+    "SERVED_STATS_INTERVAL",
     "SOCKET_PATH_MAX",
     "WORKLOADS",
     "FakeFleet",

@@ -13,7 +13,7 @@ from balloonctl.errors import SizeError
 from balloonctl.fake.fleet import FakeFleet
 from balloonctl.fake.guest import WORKLOADS
 from balloonctl.fake.paths import socket_dir
-from balloonctl.fake.runner import apply_faults, serve_fleet
+from balloonctl.fake.runner import SERVED_STATS_INTERVAL, apply_faults, serve_fleet
 from balloonctl.units import parse_size
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                           host_mem=host_mem,
                           qga_memory_reclaim=not args.qga_no_memory_reclaim,
                           qga_cgroup2=not args.qga_no_cgroup2,
-                          stats_interval=2)  # like Proxmox: the stats are fresh
+                          stats_interval=SERVED_STATS_INTERVAL)
         apply_faults(fleet, args.fault)
         return fleet
 

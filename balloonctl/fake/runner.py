@@ -14,7 +14,13 @@ from typing import Any, TextIO, TypeVar
 from balloonctl.fake.fleet import FakeFleet
 from balloonctl.fake.vm import FakeVM
 
-__all__ = ["apply_faults", "run_fleet_forever", "run_in_thread", "serve_fleet"]
+__all__ = ["SERVED_STATS_INTERVAL", "apply_faults", "run_fleet_forever", "run_in_thread",
+           "serve_fleet"]
+
+# A fleet served for people (``balloonctl fake``, ``python -m balloonctl.fake``, ``run_fleet_
+# forever``) polls guest stats every 2 s, like Proxmox: fresh stats, not ``stale``. A bare
+# FakeVM keeps QEMU's default, polling off.
+SERVED_STATS_INTERVAL = 2
 
 F = TypeVar("F", FakeVM, FakeFleet)
 
@@ -121,14 +127,15 @@ async def run_fleet_forever(
     **vm_kwargs: Any,
 ) -> None:
     """Serve ``n`` fake VMs in ``directory`` (``serve_fleet``); ``vm_kwargs`` go to
-    ``FakeFleet`` (``overrides`` too); the guests' stats polling is on (2 s) unless
+    ``FakeFleet`` (``overrides`` too); the guests' stats polling is on (every
+    ``SERVED_STATS_INTERVAL`` s) unless
     ``stats_interval`` says otherwise.
 
     Raises:
         OSError: a socket could not be created.
         ValueError: an unknown workload, or a bad ``FakeFleet`` argument.
     """
-    vm_kwargs.setdefault("stats_interval", 2)  # like Proxmox: the stats are fresh
+    vm_kwargs.setdefault("stats_interval", SERVED_STATS_INTERVAL)
     fleet = FakeFleet(n, directory, ram=ram, workload=workload, **vm_kwargs)
     await serve_fleet(fleet, out=out, stop=stop, ready=ready)
 

@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any
 from balloonctl.errors import (
     AgentError,
     AgentExecBlocked,
+    BadAgentReply,
     BalloonError,
     DomainNotRunning,
     LibvirtUnavailable,
 )
 from balloonctl.libvirt import binding
 from balloonctl.qga import QgaClient
+from balloonctl.replies import ErrorReply, envelope, parse_qga
 
 if TYPE_CHECKING:
     from balloonctl.libvirt.client import LibvirtClient
@@ -47,7 +49,13 @@ class LibvirtQga(QgaClient):
         return None
 
     async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        """Raises: AgentError (AgentExecBlocked for a refused guest-exec)."""
+        """Run one agent command through libvirt; its ``return`` value, unparsed (``query``
+        parses it with the same ``balloonctl.replies`` parsers as on a qga socket).
+
+        Raises:
+            AgentError: libvirt or the agent failed (AgentExecBlocked for a refused
+                guest-exec; BadAgentReply for a reply that is not JSON or of the wrong shape).
+        """
         msg: dict[str, Any] = {"execute": cmd}
         if args is not None:
             msg["arguments"] = args
@@ -75,10 +83,13 @@ class LibvirtQga(QgaClient):
         try:
             reply = json.loads(text)
         except (TypeError, ValueError):
-            raise AgentError(f"guest agent sent a bad reply to {cmd}: {text!r}",
-                             vm=self.vm) from None
+            raise BadAgentReply(f"the guest agent at {self.path} sent a bad reply to {cmd}: "
+                                f"not JSON: {text!r}", vm=self.vm, sent=msg,
+                                received=text) from None
         if self.trace is not None:
             self.trace(self.name, "<-", reply)
-        if not isinstance(reply, dict) or "return" not in reply:
-            raise AgentError(f"guest agent sent a bad reply to {cmd}: {text!r}", vm=self.vm)
-        return reply["return"]
+        result = parse_qga(envelope, reply, cmd=cmd, args=args, vm=self.vm, path=self.path)
+        if isinstance(result, ErrorReply):  # libvirt raises for these; should one slip by
+            raise AgentError(f"guest agent {cmd} failed: {result.desc}", vm=self.vm,
+                             error_class=result.error_class)
+        return result.value

@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from balloonctl.model import BalloonState
+from balloonctl.model import BalloonState, seconds_between
 from balloonctl.policy.settings import VmPolicy
 
 __all__ = ["Action", "Decision", "VmInput", "VmRates", "rates_between"]
@@ -23,13 +23,15 @@ class VmRates:
 
 def rates_between(previous: BalloonState, current: BalloonState) -> VmRates:
     """Swap-in and major-fault rates between two snapshots of one VM, over the guest's own
-    report times (``last_update``). A rate is ``None`` when either snapshot lacks the counter,
-    the guest did not report in between, or the counter went back (the guest rebooted)."""
+    report times (``last_update``; ``seconds_between``: two different samples stamped with
+    the same second count as one second apart). A rate is ``None`` when either snapshot
+    lacks the counter, the guest did not report in between, or the counter went back (the
+    guest rebooted)."""
     a, b = previous.stats, current.stats
     if a is None or b is None or not a.reported or not b.reported:
         return VmRates()
-    seconds = b.last_update - a.last_update
-    if seconds <= 0:
+    seconds = seconds_between(a, b)
+    if seconds is None:
         return VmRates()
 
     def rate(old: int | None, new: int | None) -> float | None:

@@ -125,6 +125,8 @@ def _leave_reason(vm: VmInput, settings: PolicySettings) -> str | None:
         return "left alone: no stats from the guest balloon driver"
     if s.actual is None or s.guest_ram is None:
         return "left alone: guest RAM or balloon size unknown"
+    if s.polling_interval == 0:  # frozen: nothing the guest reports will change
+        return "left alone: stats are stale (stats polling is off)"
     age = s.stats_age
     if s.stale or (age is not None and age > settings.stale_after):
         shown = "?" if age is None else f"{age:.0f} s"

@@ -126,13 +126,17 @@ def test_hint_in_agent_mode_reclaims_page_cache(lv_domain: Domain, cli: Cli) -> 
     cached = sample["disk_caches"] * 1024
     assert cached > 150 * MiB
     cli.ok("set", lv_domain.name, "600M", "--wait")
+    set_at = time.time()
     status = json.loads(cli.ok("hint", lv_domain.name, "--json"))[0]
     released = status["hint_released"]
     print(f"\nhint through libvirt: cache {cached / MiB:.0f} MiB, released "
           f"{released / MiB:.0f} MiB", file=sys.stderr)
     assert released >= 150 * MiB and released <= cached
+    # actual is live (query-balloon) but disk_caches is the guest's last sample: wait for
+    # the first sample pushed after the set finished, not one from before the reclaim
     after = poll_until(lambda: (s := lv_domain.stats()) and s["actual"] * 1024 <= 602 * MiB
-                       and s, timeout=30, what="actual at 600 MiB")
+                       and s["last_update"] > set_at + 1 and s, timeout=30,
+                       what="actual at 600 MiB and a stats sample after the set")
     assert after["disk_caches"] * 1024 < cached - 150 * MiB
     cli.ok("hint", lv_domain.name, "off")
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .qemu import BALLOON_QOM_PATH, MiB, QemuVM, balloonctl_path
+from .qemu import BALLOON_QOM_PATH, MiB, QemuVM, balloonctl_path, poll_until
 
 pytestmark = pytest.mark.realvm
 
@@ -63,8 +64,17 @@ def actual(vm: QemuVM) -> int:
 
 
 def test_cli_status_json_shows_the_real_guest(real_vm: QemuVM, tmp_path: Path) -> None:
-    row = Cli(real_vm, tmp_path).json("status")
-    assert row["status"] == "ok"
+    cli = Cli(real_vm, tmp_path)
+    # QEMU starts with stats polling off (and the fixtures leave it off): the stats are
+    # frozen, so the VM is `stale` (docs/cli.md) until polling is turned on and the guest
+    # pushes a fresh sample
+    frozen = cli.json("status")
+    assert frozen["polling_interval"] == 0 and frozen["status"] == "stale"
+    cli.ok("stats", VM, "--interval", "1")
+    since = int(time.time())
+    row = poll_until(lambda: (r := cli.json("status"))["last_update"] > since and r,
+                     timeout=30, what="a fresh stats sample from the real guest")
+    assert row["status"] == "ok" and row["polling_interval"] == 1
     assert row["reachable"] is True and row["driver_ready"] is True
     assert row["actual"] == row["guest_ram"] == real_vm.ram
     assert row["ballooned"] == 0
