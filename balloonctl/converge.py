@@ -1,4 +1,8 @@
-"""Waiting for a balloon to reach its target, whatever reaches the VM.
+"""Sending a balloon target and waiting for the balloon to reach it, whatever reaches the VM.
+
+``send_target`` is the one path behind ``BalloonClient.set_target`` (QMP ``balloon``) and
+``LibvirtClient.set_target`` (``virDomainSetMemoryFlags``): resolve and check the target,
+reclaim clean cache alongside an inflation when the hint asks, remember it, journal it.
 
 ``wait_for_target`` is the one loop behind ``BalloonClient.wait_for_target`` (QMP
 ``query-balloon``) and ``LibvirtClient.wait_for_target`` (libvirt's memory stats): it polls
@@ -9,14 +13,20 @@ balloon driver from a stuck balloon from one that is merely slow.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Final, Protocol
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Final, Protocol
 
 from balloonctl.errors import DriverNotReady, StuckBalloon, WaitTimeout
-from balloonctl.model import CONVERGED_TOLERANCE, GuestStats
-from balloonctl.units import format_size
+from balloonctl.model import CONVERGED_TOLERANCE, GuestStats, TargetChange
+from balloonctl.units import TargetSpec, format_size
 
-__all__ = ["POLL_INTERVAL", "Converging", "wait_for_target"]
+if TYPE_CHECKING:
+    from balloonctl.targets import RememberedTargets
+
+__all__ = ["POLL_INTERVAL", "Converging", "Reclaiming", "Sending", "send_target",
+           "wait_for_target"]
 
 # How often wait_for_target polls actual.
 POLL_INTERVAL: Final = 0.05
@@ -85,3 +95,66 @@ async def wait_for_target(client: Converging, target: int, *, vm: str | None,
                 f"(actual {format_size(actual)}, {left} to go)",
                 vm=vm, actual=actual, target=target)
         await asyncio.sleep(min(POLL_INTERVAL, max(0.0, deadline - now)))
+
+
+class Reclaiming(Protocol):
+    """The cache-first part ``send_target`` needs (``balloonctl.cachefirst.CacheFirst``)."""
+
+    def reclaiming(self, inflation: int) -> AbstractAsyncContextManager[None]: ...
+
+
+class Sending(Protocol):
+    """What ``send_target`` needs of a VM's client (``BalloonClient`` and ``LibvirtClient``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def recorder(self) -> Callable[[TargetChange], None] | None: ...
+
+    @property
+    def targets(self) -> RememberedTargets: ...
+
+    @property
+    def cache_first(self) -> Reclaiming: ...
+
+    async def resolve_target(self, spec: TargetSpec | int, *, force: bool = False) -> int: ...
+
+    async def query_actual(self) -> int: ...
+
+    async def current_target(self, *, actual: int | None = None,
+                             guest_ram: int | None = None) -> int | None: ...
+
+
+async def send_target(client: Sending, spec: TargetSpec | int, *, force: bool, dry_run: bool,
+                      record: bool, send: Callable[[int], Awaitable[None]]) -> int:
+    """Resolve and check ``spec``; unless ``dry_run``, ``send(target)`` inside the hint's
+    reclaim (an inflation of ``actual - target``), remember the target and give it to the
+    client's ``recorder`` unless ``record`` is False. Returns the target in bytes.
+
+    ``actual`` is read before anything is sent, so a VM without a balloon fails before the
+    guest agent does any work.
+
+    Raises:
+        SizeError, UnsafeTarget (nothing was sent); what ``send`` and the client's reads
+        raise; what ``recorder`` raises (the target was sent).
+    """
+    target = await client.resolve_target(spec, force=force)
+    if dry_run:
+        return target
+    actual = await client.query_actual()
+    previous: int | None = None
+    recorder = client.recorder if record else None
+    if recorder is not None:
+        previous = await client.current_target(actual=actual)
+        previous = actual if previous is None else previous
+    async with client.cache_first.reclaiming(actual - target):
+        await send(target)
+    await client.targets.remember(target=target, target_at=time.time(), target_reached=False,
+                                  target_from=actual)
+    if recorder is not None:
+        recorder(TargetChange(client.name, client.address, previous, target))
+    return target

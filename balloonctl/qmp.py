@@ -407,23 +407,13 @@ class BalloonClient:
             NoBalloonDevice, BadReply, and what ``execute`` raises.
             what ``recorder`` raises (the target was sent).
         """
-        target = await self.resolve_target(spec, force=force)
-        if dry_run:
-            return target
-        # QEMU answers DeviceNotActive here when there is no balloon; query first so a VM
-        # without one fails before the guest agent does any work.
-        actual = await self.query_actual()
-        previous: int | None = None
-        if record and self.recorder is not None:
-            previous = await self.current_target(actual=actual)
-            previous = actual if previous is None else previous
-        async with self.cache_first.reclaiming(actual - target):
+        async def send(target: int) -> None:
             await self.query("balloon", {"value": target}, empty)
-        await self.targets.remember(target=target, target_at=time.time(), target_reached=False,
-                                    target_from=actual)
-        if record and self.recorder is not None:
-            self.recorder(TargetChange(self.name, self.address, previous, target))
-        return target
+
+        # QEMU answers DeviceNotActive to query-balloon when there is no balloon, before
+        # the guest agent does any work (converge.send_target reads actual first).
+        return await converge.send_target(self, spec, force=force, dry_run=dry_run,
+                                          record=record, send=send)
 
     async def wait_for_target(self, target: int, *,
                               timeout: float = 60.0,  # noqa: ASYNC109 - the contract's API

@@ -18,7 +18,6 @@ the wait for a target (``balloonctl.converge``).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, TypeVar
 
@@ -380,22 +379,12 @@ class LibvirtClient:
             SizeError, UnsafeTarget (nothing was sent), NoBalloonDevice, and what
             ``blocking`` raises; what ``recorder`` raises (the target was sent).
         """
-        target = await self.resolve_target(spec, force=force)
-        if dry_run:
-            return target
-        actual = await self.query_actual()
-        previous: int | None = None
-        if record and self.recorder is not None:
-            previous = await self.current_target(actual=actual)
-            previous = actual if previous is None else previous
-        libvirt = binding.load()
-        async with self.cache_first.reclaiming(actual - target):
-            await self._call("setMemoryFlags", target // KiB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        await self.targets.remember(target=target, target_at=time.time(),
-                                    target_reached=False, target_from=actual)
-        if record and self.recorder is not None:
-            self.recorder(TargetChange(self.name, self.address, previous, target))
-        return target
+        async def send(target: int) -> None:
+            live = binding.load().VIR_DOMAIN_AFFECT_LIVE
+            await self._call("setMemoryFlags", target // KiB, live)
+
+        return await converge.send_target(self, spec, force=force, dry_run=dry_run,
+                                          record=record, send=send)
 
     async def wait_for_target(self, target: int, *,
                               timeout: float = 60.0,  # noqa: ASYNC109 - the contract's API
