@@ -254,8 +254,8 @@ DOCUMENTED_KEYS = (
     "name qmp status reachable error error_kind actual guest_ram ballooned target floor maximum "
     "free_memory disk_caches available_memory total_memory swap_in swap_out major_faults "
     "minor_faults last_update stats_age driver_ready polling_interval deflate_on_oom "
-    "free_page_reporting free_page_hint hint_mode hint_enabled hint_detail hint_released hint_method "
-    "taken_at"
+    "free_page_reporting free_page_hint hint_mode hint_enabled hint_detail hint_released "
+    "hint_method taken_at"
 ).split()
 
 
@@ -281,7 +281,8 @@ def test_to_json_values() -> None:
         "last_update": int(NOW) - 3, "stats_age": 3.1, "driver_ready": True,
         "polling_interval": 2, "deflate_on_oom": True, "free_page_reporting": False,
         "free_page_hint": None, "hint_mode": "agent", "hint_enabled": True,
-        "hint_detail": "why", "hint_released": 9, "hint_method": None, "taken_at": round(NOW + 0.12345, 3),
+        "hint_detail": "why", "hint_released": 9, "hint_method": None,
+        "taken_at": round(NOW + 0.12345, 3),
     }
     json.dumps(data)  # plain JSON types only
     back = BalloonState.from_json(data)
