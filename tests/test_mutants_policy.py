@@ -126,3 +126,33 @@ def test_policy_for_falls_back_to_the_settings_where_the_inventory_says_nothing(
     inventory = VmRef("db", "/db.qmp", minimum=2 * GiB, maximum=2 * GiB)
     assert policy_for(inventory, settings) == VmPolicy(minimum=2 * GiB, maximum=2 * GiB,
                                                        shares=3000)
+
+
+# --- PolicySettings: each wrong value named, with what is wrong (docs/policy.md's table) ---------
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"deadband": 1.5}, "deadband: expected an integer, got 1.5"),
+    ({"cache_reserve": 0.5}, "cache_reserve: expected an integer, got 0.5"),
+    ({"cache_reserve": -1}, "cache_reserve: must be zero or more, got -1"),
+    ({"hysteresis": 1.0}, "hysteresis: must be below 1, got 1.0"),
+    ({"hysteresis": 1.5}, "hysteresis: must be below 1, got 1.5"),
+    ({"deadband": 300 * MiB, "max_step": 256 * MiB},
+     "deadband (300 MiB) is above max_step (256 MiB): nothing would ever move"),
+    ({"vms": {"db": VmPolicy(free_reserve=64 * MiB)}},
+     "vm.db.free_reserve (64 MiB) must be above emergency_free (64 MiB)"),
+    ({"free_reserve": 64 * MiB, "vms": {"db": VmPolicy()}},
+     "free_reserve (64 MiB) must be above emergency_free (64 MiB)"),
+])
+def test_wrong_settings_name_the_setting_and_the_problem(change: dict[str, object],
+                                                        words: str) -> None:
+    with pytest.raises(UsageError) as info:
+        PolicySettings(**change)  # type: ignore[arg-type]
+    assert str(info.value) == words
+
+
+def test_settings_at_their_lowest() -> None:
+    lowest = PolicySettings(deadband=0, cache_reserve=0, hysteresis=0, swap_in_rate=0,
+                            fault_rate=0, psi_threshold=0, cycle=0.001, stale_after=1,
+                            vms={"db": VmPolicy(free_reserve=64 * MiB + 1)})
+    assert lowest.deadband == 0 and lowest.vms["db"].free_reserve == 64 * MiB + 1

@@ -3,14 +3,28 @@
 Oracles come from the docstrings of ``format_exact`` ("the largest unit that shows it
 exactly with at most three decimals ... failing that it is rounded and marked ``~``. Below
 1 KiB: ``512 B``") and ``format_size_aligned`` (three significant digits, at most five
-characters, units up to P).
+characters, units up to P), and "a clear error" for every wrong size or duration: one that
+shows what a right one looks like.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from balloonctl.units import GiB, KiB, MiB, TiB, format_exact, format_size_aligned
+from balloonctl.errors import SizeError
+from balloonctl.units import (
+    GiB,
+    KiB,
+    MiB,
+    TiB,
+    format_exact,
+    format_size_aligned,
+    parse_duration,
+    parse_size,
+    parse_target,
+)
 
 PiB = 1024 * TiB
 
@@ -48,3 +62,19 @@ def test_aligned_sizes_stop_at_pib() -> None:
     assert format_size_aligned(PiB) == "1.00P"
     assert format_size_aligned(1024 * PiB) == "1024P"  # no unit above P: four digits
     assert format_size_aligned(-1024 * PiB) == "-1024P"
+
+
+@pytest.mark.parametrize("parse", [parse_size, parse_target])
+@pytest.mark.parametrize("text", ["", "  "])
+def test_an_empty_size_error_shows_what_a_size_looks_like(parse: Callable[[str], object],
+                                                          text: str) -> None:
+    with pytest.raises(SizeError) as info:
+        parse(text)
+    assert "512M" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "  ", "soon", "5 parsecs"])
+def test_a_wrong_duration_error_shows_what_a_duration_looks_like(text: str) -> None:
+    with pytest.raises(SizeError) as info:
+        parse_duration(text)
+    assert "30s" in str(info.value)
