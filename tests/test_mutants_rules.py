@@ -390,3 +390,30 @@ def test_cache_is_split_in_inverse_proportion_to_shares() -> None:
               vm("b", free=256 * MiB, cache=1 * GiB, hint=True),
               on=short(10 * GiB, 200 * MiB), settings=settings)
     assert (moved(got["a"]), moved(got["b"])) == (-150 * MiB, -50 * MiB)
+
+
+def test_a_target_with_two_decimals_is_shown_with_them() -> None:
+    settings = PolicySettings(target_available=0.1525)
+    total = 100 * GiB
+    d = run(vm(), on=host(total, int(total * 0.152)), settings=settings)["vm1"]
+    assert d.reason.startswith("host available 15.2 % < 15.25 %:")
+
+
+def test_a_vm_exactly_at_its_free_reserve_shares_by_shares_with_the_others() -> None:
+    # 100 MiB to give: not "below its reserve, served first", so it is split by shares
+    got = run(vm("met", free=256 * MiB), vm("roomy", free=1 * GiB),
+              on=spare(2727 * MiB, 100 * MiB))
+    assert (moved(got["met"]), moved(got["roomy"])) == (50 * MiB, 50 * MiB)
+
+
+@pytest.mark.parametrize("below", [1, 512 * KiB])
+def test_less_than_a_mib_below_guest_ram_gets_nothing_but_is_not_at_it(below: int) -> None:
+    got = run(vm("nearly", actual=4 * GiB - below), vm("other"), on=spare(2727 * MiB, 300 * MiB))
+    assert got["nearly"].reason.endswith("give back 300 MiB, to other VMs first")
+    assert (got["nearly"].action, got["nearly"].target) == (Action.HOLD, None)
+
+
+def test_spare_memory_under_the_deadband_moves_nothing() -> None:
+    d = run(vm(), on=spare(2727 * MiB, 8 * MiB))["vm1"]
+    assert (d.action, d.target) == (Action.HOLD, None)
+    assert d.reason == "host available 20.3 % > 20 %: give back 8 MiB, under the deadband 16 MiB"
