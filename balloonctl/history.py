@@ -60,8 +60,7 @@ class HistoryRow:
 
 def local_time(stamp: float, tz: tzinfo | None = None) -> str:
     """ISO 8601 to the second, in ``tz`` (default: the local zone), with its offset."""
-    moment = datetime.fromtimestamp(stamp, tz) if tz else datetime.fromtimestamp(stamp)
-    return moment.astimezone(tz).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(stamp).astimezone(tz).isoformat(timespec="seconds")
 
 
 def history_row(entry: JournalEntry, *, tz: tzinfo | None = None) -> HistoryRow:

@@ -16,18 +16,10 @@ __all__ = ["escape_text"]
 # separators, which some terminals break lines on.
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 
-_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
 
 def _escape_char(ch: str) -> str:
-    if ch in _SHORT:
-        return _SHORT[ch]
-    code = ord(ch)
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
+    # Python's own escape: \n \r \t, else \xNN, \uNNNN or \UNNNNNNNN by code point
+    return ch.encode("unicode_escape").decode("ascii")
 
 
 def escape_text(text: str) -> str:

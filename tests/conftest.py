@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -11,6 +12,17 @@ from typing import Any
 import pytest
 
 from balloonctl.units import GiB
+
+# --- `./dev mutate` -------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under mutmut (it sets ``MUTANT_UNDER_TEST`` in the process running a mutant's tests),
+    run the Hypothesis tests last: with ``-x`` a mutant a plain test kills stops there, and
+    only the survivors pay for the property tests' hundreds of examples."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        items.sort(key=lambda item: hasattr(getattr(item, "obj", None), "hypothesis"))
+
 
 # --- isolation ----------------------------------------------------------------------------
 

@@ -14,19 +14,18 @@ from balloonctl.units import MiB, format_size
 __all__ = ["PolicySettings", "VmPolicy", "policy_for"]
 
 
-def _check(name: str, value: object, *, integer: bool, low: float, low_ok: bool,
-           high: float | None = None, unit: str = "") -> None:
-    """Raises: UsageError naming ``name`` when ``value`` is not a finite number in range."""
-    wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else int | float)
-    if wrong_type:
-        raise UsageError(f"{name}: expected {'an integer' if integer else 'a number'}"
-                         f"{unit}, got {value!r}")
-    number = float(value)  # type: ignore[arg-type]
+def _check(name: str, value: object, *, integer: bool, zero_ok: bool,
+           high: float | None = None) -> None:
+    """Raises: UsageError naming ``name`` when ``value`` is not a finite number (an integer
+    when ``integer``) that is above zero (or zero, when ``zero_ok``) and below ``high``."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        raise UsageError(f"{name}: expected {'an integer' if integer else 'a number'}, "
+                         f"got {value!r}")
+    number = float(value)
     if not math.isfinite(number):
         raise UsageError(f"{name}: must be a finite number, got {value!r}")
-    if number < low or (number == low and not low_ok):
-        bound = "zero or more" if low_ok and low == 0 else (
-            "greater than zero" if low == 0 else f"{'at least' if low_ok else 'above'} {low:g}")
+    if number < 0 or (number == 0 and not zero_ok):
+        bound = "zero or more" if zero_ok else "greater than zero"
         raise UsageError(f"{name}: must be {bound}, got {value!r}")
     if high is not None and number >= high:
         raise UsageError(f"{name}: must be below {high:g}, got {value!r}")
@@ -47,9 +46,9 @@ class VmPolicy:
         for key in ("minimum", "maximum", "shares", "free_reserve"):
             value = getattr(self, key)
             if value is not None:
-                _check(f"{where}.{key}", value, integer=True, low=0, low_ok=False)
+                _check(f"{where}.{key}", value, integer=True, zero_ok=False)
         if self.cache_reserve is not None:
-            _check(f"{where}.cache_reserve", self.cache_reserve, integer=True, low=0, low_ok=True)
+            _check(f"{where}.cache_reserve", self.cache_reserve, integer=True, zero_ok=True)
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise UsageError(f"{where}: minimum ({format_size(self.minimum)}) is above maximum "
                              f"({format_size(self.maximum)})")
@@ -83,19 +82,19 @@ class PolicySettings:
     vms: Mapping[str, VmPolicy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check("target_available", self.target_available, integer=False, low=0, low_ok=False,
+        _check("target_available", self.target_available, integer=False, zero_ok=False,
                high=1)
-        _check("hysteresis", self.hysteresis, integer=False, low=0, low_ok=True, high=1)
+        _check("hysteresis", self.hysteresis, integer=False, zero_ok=True, high=1)
         if self.target_available + self.hysteresis >= 1:
             raise UsageError("hysteresis: target_available + hysteresis must stay below 1")
-        _check("deadband", self.deadband, integer=True, low=0, low_ok=True)
+        _check("deadband", self.deadband, integer=True, zero_ok=True)
         for key in ("max_step", "emergency_free", "free_reserve", "swap_in_rate", "shares"):
-            _check(key, getattr(self, key), integer=True, low=0, low_ok=key == "swap_in_rate")
-        _check("cache_reserve", self.cache_reserve, integer=True, low=0, low_ok=True)
-        _check("cycle", self.cycle, integer=False, low=0, low_ok=False)
-        _check("stale_after", self.stale_after, integer=False, low=0, low_ok=False)
-        _check("fault_rate", self.fault_rate, integer=False, low=0, low_ok=True)
-        _check("psi_threshold", self.psi_threshold, integer=False, low=0, low_ok=True, high=100)
+            _check(key, getattr(self, key), integer=True, zero_ok=key == "swap_in_rate")
+        _check("cache_reserve", self.cache_reserve, integer=True, zero_ok=True)
+        _check("cycle", self.cycle, integer=False, zero_ok=False)
+        _check("stale_after", self.stale_after, integer=False, zero_ok=False)
+        _check("fault_rate", self.fault_rate, integer=False, zero_ok=True)
+        _check("psi_threshold", self.psi_threshold, integer=False, zero_ok=True, high=100)
         if self.deadband > self.max_step:
             raise UsageError(f"deadband ({format_size(self.deadband)}) is above max_step "
                              f"({format_size(self.max_step)}): nothing would ever move")
