@@ -7,12 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from balloonctl.changes import JournalRecorder
-from balloonctl.journal import Journal, Origin, journal_path
-
 if TYPE_CHECKING:
     from balloonctl.auto import AutoController
     from balloonctl.fleet import Fleet
+    from balloonctl.journal import Journal
 
 __all__ = ["dashboard_auto", "journal", "record_targets"]
 
@@ -26,6 +24,8 @@ def journal() -> Journal:
     from balloonctl.cli.common import settings
 
     s = settings()
+    from balloonctl.journal import Journal, journal_path
+
     return Journal(journal_path(s.journal, configured=s.inventory().config.journal))
 
 
@@ -42,6 +42,9 @@ def record_targets(origin: str, reason: str, *, check: bool = True) -> None:
     where = journal()
     if check:
         where.check_writable()
+    from balloonctl.changes import JournalRecorder
+    from balloonctl.journal import Origin
+
     settings().recorder = JournalRecorder(where, Origin(origin), reason)
 
 

@@ -26,9 +26,28 @@ Rules, in the order they apply (docs/policy.md shows every reason format):
 7. Every move but rules 2-3 is at most ``max_step`` and is skipped when under ``deadband``.
 """
 
-from balloonctl.policy.inputs import Action, Decision, VmInput, VmRates, rates_between
-from balloonctl.policy.rules import decide
-from balloonctl.policy.settings import PolicySettings, VmPolicy, policy_for
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from balloonctl.policy.inputs import Action, Decision, VmInput, VmRates, rates_between
+    from balloonctl.policy.rules import decide
+    from balloonctl.policy.settings import PolicySettings, VmPolicy, policy_for
+
+# Loaded on first use: the config imports ``policy.settings`` on every CLI call (status
+# included), and the rules are needed only by plan, auto and the dashboard.
+_HOME = {"Action": "inputs", "Decision": "inputs", "VmInput": "inputs", "VmRates": "inputs",
+         "rates_between": "inputs", "decide": "rules", "PolicySettings": "settings",
+         "VmPolicy": "settings", "policy_for": "settings"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'balloonctl.policy' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"balloonctl.policy.{home}"), name)
 
 __all__ = [
     "Action",
