@@ -18,8 +18,9 @@ _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 
 
 def _escape_char(ch: str) -> str:
-    # Python's own escape: \n \r \t, else \xNN, \uNNNN or \UNNNNNNNN by code point
-    return ch.encode("unicode_escape").decode("ascii")
+    # Python's own escape, as repr() writes an unprintable character inside its quotes:
+    # \n \r \t, else \xNN, \uNNNN or \UNNNNNNNN by code point
+    return repr(ch)[1:-1]
 
 
 def escape_text(text: str) -> str:

@@ -232,7 +232,7 @@ def test_missing_directories_are_created_0700(tmp_path: Path) -> None:
     assert len(journal.read().entries) == 1
 
 
-def test_a_write_cut_short_by_a_file_size_limit_is_cut_back(tmp_path: Path) -> None:
+def test_a_write_cut_short_by_an_rlimit_is_cut_back(tmp_path: Path) -> None:
     # in this process (tests/test_journal.py does it in a child): the soft RLIMIT_FSIZE only
     # for the append, restored at once; Python ignores SIGXFSZ, so the write fails with EFBIG
     journal = Journal(tmp_path / "j.jsonl")
