@@ -288,7 +288,9 @@ async def test_an_action_is_one_log_line_and_long_lines_wrap() -> None:
         assert "connection refused" in before
         await pilot.press("h")
         await wait_until(pilot, lambda: bool(source.calls), what="the hint toggle")
-        await pilot.pause(0.3)
+        # the action's result line is the last thing it writes: wait for it, not a pause
+        await wait_until(pilot, lambda: "vm1: hint on" in log_text(screen_text(app)),
+                         what="the action's log line")
         after = log_text(screen_text(app))
         new = [line for line in after.splitlines() if line and line not in before.splitlines()]
         assert new == ["00:00:00 vm1: hint on (agent mode)"], new
