@@ -6,7 +6,9 @@ both see the same machine load, N runs of the installed ``balloonctl`` console s
 for that VM's status as JSON and N runs of ``python -c pass`` with the same interpreter.
 Prints the medians and their ratio (target: at most 8x), and, for comparison, the same
 command with typer's own pydantic-based parameter coercion (what every call paid before
-``balloonctl.cli.params``).
+``balloonctl.cli.params``) and the same command with no bytecode cache at all (every
+module, the standard library's too, compiled from source at each start). The bytecode is
+written first, as ``pip install`` does.
 
     python bench/bench_status.py [-n 20] [--check]
 
@@ -25,6 +27,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import compile_bytecode, no_bytecode_env
 
 TARGET_RATIO = 8.0
 
@@ -51,7 +56,8 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=20, help="runs of each (default 20)")
     parser.add_argument("--check", action="store_true", help="exit 1 over the target ratio")
     parser.add_argument("--typer-runs", type=int, default=5,
-                        help="runs with typer's own coercion, for comparison (default 5)")
+                        help="runs with typer's own coercion, and with no bytecode cache, "
+                             "for comparison (default 5)")
     args = parser.parse_args()
 
     python = sys.executable
@@ -61,6 +67,7 @@ def main() -> int:
         print("balloonctl is not installed next to this python", file=sys.stderr)
         return 2
 
+    compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="bst-", dir="/tmp") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("_BALLOONCTL")}
         env.update({"BALLOONCTL_DIR": tmp, "BALLOONCTL_WELLKNOWN": "",
@@ -91,17 +98,22 @@ def main() -> int:
                 runs.append(timed(status, env))
             slow = [timed([python, "-c", TYPER_COERCION, *status[1:]], env)
                     for _ in range(args.typer_runs)]
+            cold_env = no_bytecode_env(env, str(Path(tmp, "no-pycache")))
+            cold = [timed(status, cold_env) for _ in range(args.typer_runs)]
         finally:
             fake.terminate()
             fake.wait(timeout=10)
 
     b, r, s = statistics.median(base), statistics.median(runs), statistics.median(slow)
+    c = statistics.median(cold)
     ratio = r / b
     print(f"python -c pass                 median {b * 1000:7.1f} ms  (n={args.n})")
     print(f"balloonctl status vm1 --json   median {r * 1000:7.1f} ms  (n={args.n})  "
           f"ratio {ratio:.2f}x  (target <= {TARGET_RATIO:g}x)")
     print(f"  with typer's own coercion    median {s * 1000:7.1f} ms  (n={args.typer_runs})  "
           f"ratio {s / b:.2f}x  (for comparison)")
+    print(f"  with no bytecode cache (all) median {c * 1000:7.1f} ms  (n={args.typer_runs})  "
+          f"ratio {c / b:.2f}x  (for comparison)")
     if args.check and ratio > TARGET_RATIO:
         print(f"FAIL: status is {ratio:.2f}x python -c pass (target {TARGET_RATIO:g}x)",
               file=sys.stderr)

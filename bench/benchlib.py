@@ -95,3 +95,27 @@ def show_spread(values: Sequence[float], fmt: str = ".1f") -> str:
     """``min / median / max`` of ``values``, each formatted with ``fmt``."""
     low, mid, high = spread(values)
     return f"{low:{fmt}} / {mid:{fmt}} / {high:{fmt}}"
+
+
+def compile_bytecode() -> int:
+    """Write the ``.pyc`` files of balloonctl and tui, as ``pip install`` does, so a
+    start-up bench measures what an installed balloonctl pays (an editable install with
+    ``PYTHONDONTWRITEBYTECODE`` set would recompile every module at every start). Returns
+    the number of packages compiled."""
+    import compileall
+    import importlib.util
+
+    done = 0
+    for package in ("balloonctl", "tui"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            for where in spec.submodule_search_locations:
+                compileall.compile_dir(where, quiet=2, force=False, legacy=False)
+            done += 1
+    return done
+
+
+def no_bytecode_env(env: dict[str, str], empty_dir: str) -> dict[str, str]:
+    """``env`` in which Python finds no ``.pyc`` and writes none: every module, the standard
+    library's too, is compiled from source at each start."""
+    return {**env, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": empty_dir}

@@ -15,22 +15,8 @@ from typing import Annotated
 import typer
 
 from balloonctl import __version__
-from balloonctl.cli import automation as automation_cmd
-from balloonctl.cli import completion as completion_cmd
-from balloonctl.cli import dashboard as dashboard_cmd
-from balloonctl.cli import experiment as experiment_cmd
-from balloonctl.cli import fake as fake_cmd
-from balloonctl.cli import hint as hint_cmd
-from balloonctl.cli import journalcmds as journal_cmd
-from balloonctl.cli import preflight as preflight_cmd
-from balloonctl.cli import serve_cmd
-from balloonctl.cli import set as set_cmd
-from balloonctl.cli import stats as stats_cmd
-from balloonctl.cli import status as status_cmd
-from balloonctl.cli import watch as watch_cmd
-from balloonctl.cli import wave as wave_cmd
 from balloonctl.cli.common import Settings, duration, set_settings
-from balloonctl.cli.group import BalloonGroup
+from balloonctl.cli.group import BalloonGroup, Lazy
 
 __all__ = ["app", "run"]
 
@@ -109,30 +95,33 @@ def main(
     ))
 
 
-# The commands, in the order of the help.
-app.command("status")(status_cmd.status)
-app.command(
-    "set",
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True},
-)(set_cmd.set_)
-app.command("hint")(hint_cmd.hint)
-app.command("stats")(stats_cmd.stats)
-app.command("preflight")(preflight_cmd.preflight)
-app.command("watch")(watch_cmd.watch)
-app.command("wave")(wave_cmd.wave)
-app.command("plan")(automation_cmd.plan)
-app.command("auto")(automation_cmd.auto)
-app.command("history")(journal_cmd.history)
-app.command("undo")(journal_cmd.undo)
-app.add_typer(experiment_cmd.experiment_app, name="experiment")
-app.command("fake")(fake_cmd.fake)
-app.command("dashboard")(dashboard_cmd.dashboard)
-app.command("top", help="Open the live dashboard on the selected VMs (alias of dashboard).")(
-    dashboard_cmd.dashboard
-)
-app.command("demo")(fake_cmd.demo)
-app.command("completion")(completion_cmd.completion)
-serve_cmd.register(app)
+# The commands, in the order of the help (the groups last, as typer lists them). Each
+# module is imported only when its command runs (or for the help and the completion spec,
+# which list them all): ``status`` pays for ``status`` alone.
+_SETTINGS = {"ignore_unknown_options": True, "allow_interspersed_args": True}
+COMMANDS: dict[str, Lazy] = {
+    "status": Lazy("balloonctl.cli.status", "status"),
+    "set": Lazy("balloonctl.cli.set", "set_", context_settings=_SETTINGS),
+    "hint": Lazy("balloonctl.cli.hint", "hint"),
+    "stats": Lazy("balloonctl.cli.stats", "stats"),
+    "preflight": Lazy("balloonctl.cli.preflight", "preflight"),
+    "watch": Lazy("balloonctl.cli.watch", "watch"),
+    "wave": Lazy("balloonctl.cli.wave", "wave"),
+    "plan": Lazy("balloonctl.cli.automation", "plan"),
+    "auto": Lazy("balloonctl.cli.automation", "auto"),
+    "history": Lazy("balloonctl.cli.journalcmds", "history"),
+    "undo": Lazy("balloonctl.cli.journalcmds", "undo"),
+    "fake": Lazy("balloonctl.cli.fake", "fake"),
+    "dashboard": Lazy("balloonctl.cli.dashboard", "dashboard"),
+    "top": Lazy("balloonctl.cli.dashboard", "dashboard",
+                help="Open the live dashboard on the selected VMs (alias of dashboard)."),
+    "demo": Lazy("balloonctl.cli.fake", "demo"),
+    "completion": Lazy("balloonctl.cli.completion", "completion"),
+    "serve": Lazy("balloonctl.cli.serve_cmd", "serve"),
+    "experiment": Lazy("balloonctl.cli.experiment", "experiment_app", group=True),
+    "token": Lazy("balloonctl.cli.serve_cmd", "token_app", group=True),
+}
+BalloonGroup.lazy = COMMANDS
 
 
 def run() -> None:

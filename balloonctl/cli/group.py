@@ -3,11 +3,13 @@ command raises, and global options accepted after the command name."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import typer
 from typer._click import exceptions as click_exceptions
@@ -19,10 +21,36 @@ from balloonctl.cli.output import WarningLines, error
 from balloonctl.cli.params import tune
 from balloonctl.errors import BalloonError
 
-__all__ = ["BalloonGroup"]
+__all__ = ["BalloonGroup", "Lazy"]
 
 _QUIET = logging.NullHandler()
 _WARNINGS = WarningLines()
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A command whose module is imported when the command is first looked up: ``attr`` in
+    ``module`` is a typer command function, or a ``typer.Typer`` sub-app when ``group``."""
+
+    module: str
+    attr: str
+    group: bool = False
+    help: str | None = None
+    context_settings: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, name: str) -> Any:
+        target = getattr(importlib.import_module(self.module), self.attr)
+        command: Any
+        if self.group:
+            command = typer.main.get_group(target)
+        else:
+            one = typer.Typer(add_completion=False, rich_markup_mode=None,
+                              pretty_exceptions_enable=False)
+            one.command(name, help=self.help, context_settings=self.context_settings or None)(
+                target)
+            command = typer.main.get_command(one)
+        command.name = name
+        return command
 
 
 class BalloonGroup(TyperGroup):
@@ -30,9 +58,27 @@ class BalloonGroup(TyperGroup):
     (typer would draw a box around usage errors and print tracebacks). Its parameters, and
     its commands', coerce without pydantic (``params.tune``)."""
 
+    lazy: ClassVar[dict[str, Lazy]] = {}  # app.py fills it: name -> where the command lives
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         tune(self)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*self.lazy, *(n for n in super().list_commands(ctx) if n not in self.lazy)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        return self.resolve(cmd_name)
+
+    def resolve(self, name: str) -> Any:
+        """The command called ``name`` (imported and built on first use), or None."""
+        command = self.commands.get(name)
+        if command is None and name in self.lazy:
+            command = self.lazy[name].load(name)
+            tune(command, help_names=list(
+                self.context_settings.get("help_option_names", ["--help"])))
+            self.commands[name] = command
+        return command
 
     def main(  # type: ignore[override]
         self,
@@ -109,7 +155,8 @@ def _hoist_global_options(group: TyperGroup, args: Sequence[str]) -> list[str]:
     while i < len(args) and args[i].startswith("-") and args[i] != "--":
         found = globals_.get(args[i].split("=", 1)[0])
         i += 1 if found is None else _words(found, args[i])
-    command = group.commands.get(args[i]) if i < len(args) else None
+    resolve = getattr(group, "resolve", group.commands.get)
+    command = resolve(args[i]) if i < len(args) else None
     if command is None:
         return args
     own = _options(command.params)

@@ -17,7 +17,7 @@ import typer
 from balloonctl.cli.output import note
 from balloonctl.errors import BalloonError, UsageError
 
-__all__ = ["register"]
+__all__ = ["serve", "token_app"]
 
 
 class _Stop(Exception):
@@ -26,16 +26,6 @@ class _Stop(Exception):
 
 def _on_sigterm(signum: int, frame: object) -> None:
     raise _Stop
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``serve`` and ``token`` to ``app``."""
-    app.command("serve")(serve)
-    token_app = typer.Typer(help="The bearer token of balloonctl serve's TCP listener.",
-                            no_args_is_help=True, rich_markup_mode=None)
-    token_app.command("rotate")(token_rotate)
-    token_app.command("show")(token_show)
-    app.add_typer(token_app, name="token")
 
 
 TokenFileOpt = Annotated[Path | None, typer.Option(
@@ -171,3 +161,9 @@ def token_show(token_file: TokenFileOpt = None) -> None:
     print(ensure_token(token_path(token_file)), flush=True)
     if sys.stdout.isatty():
         note("clients send it as BALLOONCTL_TOKEN=... or read it from the same file")
+
+
+token_app = typer.Typer(help="The bearer token of balloonctl serve's TCP listener.",
+                        no_args_is_help=True, rich_markup_mode=None, add_completion=False)
+token_app.command("rotate")(token_rotate)
+token_app.command("show")(token_show)
