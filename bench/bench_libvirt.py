@@ -31,18 +31,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from benchlib import compile_bytecode  # noqa: E402
+from benchlib import compile_bytecode, timed  # noqa: E402
 
 from balloonctl.libvirt import LibvirtClient  # noqa: E402
 
 TARGET_RATIO = 1.5
 
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                   check=True, timeout=60)
-    return time.perf_counter() - started
 
 
 async def in_process(uri: str, domain: str, n: int) -> float:
@@ -85,14 +79,14 @@ def main() -> int:
     floor = [sys.executable, "-c", f"import libvirt; libvirt.open({args.uri!r}).close()"]
     compile_bytecode()  # as pip install does
     try:
-        timed(ours, env)  # warm the page cache for both
-        timed(theirs, env)
+        timed(ours, env, check=True)  # warm the page cache for both
+        timed(theirs, env, check=True)
         a: list[float] = []
         b: list[float] = []
         c: list[float] = []
         for _ in range(args.n):
-            a.append(timed(ours, env))
-            b.append(timed(theirs, env))
+            a.append(timed(ours, env, check=True))
+            b.append(timed(theirs, env, check=True))
             c.append(timed(floor, env))
         inner = asyncio.run(in_process(args.uri, domain, args.n))
     finally:

@@ -25,11 +25,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import compile_bytecode, no_bytecode_env
+from benchlib import compile_bytecode, no_bytecode_env, timed
 
 TARGET_RATIO = 8.0
 
@@ -43,12 +42,6 @@ sys.argv = ["balloonctl", *sys.argv[1:]]
 run()
 """
 
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   check=False)
-    return time.perf_counter() - start
 
 
 def main() -> int:

@@ -119,3 +119,12 @@ def no_bytecode_env(env: dict[str, str], empty_dir: str) -> dict[str, str]:
     """``env`` in which Python finds no ``.pyc`` and writes none: every module, the standard
     library's too, is compiled from source at each start."""
     return {**env, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": empty_dir}
+
+
+def timed(argv: Sequence[str], env: dict[str, str], *, check: bool = False) -> float:
+    """Seconds one whole process ``argv`` takes, its output discarded (``check``: fail if it
+    exits non-zero, within 60 s)."""
+    start = time.perf_counter()
+    subprocess.run(list(argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=check, timeout=60 if check else None)
+    return time.perf_counter() - start

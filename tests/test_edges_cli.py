@@ -4,56 +4,32 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cliproc import cli_env, on_vm_loop, run
 
 from balloonctl.fake import FakeVM, run_in_thread
 from balloonctl.units import GiB, MiB
 
-BALLOONCTL = str(Path(sys.executable).with_name("balloonctl"))
 # Stats polling on (every 2 s, as tests/conftest.py's fakes): with it off a VM is `stale`.
 FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB, "stats_interval": 2}
 
 
-def on_vm_loop(vm: FakeVM, fn: Any) -> None:
-    """Run ``fn()`` on the fake VM's loop and wait until it has run."""
-    done = threading.Event()
-
-    def call() -> None:
-        try:
-            fn()
-        finally:
-            done.set()
-
-    vm.call_threadsafe(call)
-    assert done.wait(10)
-
-
 @pytest.fixture
 def env(fake_dir: Path, tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("_BALLOONCTL")}
-    e.update({"BALLOONCTL_DIR": str(fake_dir), "BALLOONCTL_STATE": str(tmp_path / "state"),
-              "BALLOONCTL_CONFIG": str(tmp_path / "absent.toml"), "BALLOONCTL_WELLKNOWN": ""})
-    return e
+    return cli_env(fake_dir, tmp_path)
 
 
 @pytest.fixture
 def vm1(fake_dir: Path) -> Iterator[FakeVM]:
     with run_in_thread(FakeVM("vm1", fake_dir, **FAST)) as vm:
         yield vm
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BALLOONCTL, *args], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
 
 
 def steps(r: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:

@@ -20,40 +20,18 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 import pytest
+from cliproc import BALLOONCTL, cli_env, on_vm_loop, run
 
 from balloonctl.cli.exitcodes import ExitCode
 from balloonctl.fake import FakeVM, run_in_thread
 from balloonctl.units import GiB, MiB
 
-BALLOONCTL = str(Path(sys.executable).with_name("balloonctl"))
 FAST: dict[str, Any] = {"tick": 0.01, "rate": 4 * GiB}
-
-
-def on_vm_loop(vm: FakeVM, fn: Any) -> None:
-    """Run ``fn()`` on the fake VM's loop and wait until it has run."""
-    done = threading.Event()
-
-    def call() -> None:
-        try:
-            fn()
-        finally:
-            done.set()
-
-    vm.call_threadsafe(call)
-    assert done.wait(10)
 
 
 @pytest.fixture
 def env(fake_dir: Path, tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("_BALLOONCTL")}
-    e.update({"BALLOONCTL_DIR": str(fake_dir), "BALLOONCTL_STATE": str(tmp_path / "state"),
-              "BALLOONCTL_CONFIG": str(tmp_path / "absent.toml"), "BALLOONCTL_WELLKNOWN": ""})
-    return e
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BALLOONCTL, *args], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return cli_env(fake_dir, tmp_path)
 
 
 def one_error_line(r: subprocess.CompletedProcess[str], *needles: str) -> None:
