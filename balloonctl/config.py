@@ -214,6 +214,16 @@ def _name_for_path(path: str) -> str:
     return p.stem or path
 
 
+def uri_label(uri: str) -> str:
+    """A short, name-safe label for a libvirt URI: its host and path
+    (``qemu+ssh://hv2/system`` -> ``hv2-system``, ``qemu:///session`` -> ``session``)."""
+    head, _, rest = uri.partition("://")
+    host, _, path = rest.partition("/")
+    host = host.rpartition("@")[2]  # no user name
+    words = [w for w in re.split(r"[^A-Za-z0-9._-]+", f"{host}/{path.partition('?')[0]}") if w]
+    return "-".join(words) or re.sub(r"[^A-Za-z0-9._-]+", "-", head) or "libvirt"
+
+
 def _parse_qmp_arg(arg: str) -> tuple[str, str]:
     name, sep, path = arg.partition("=")
     if sep and name and path and "/" not in name:
@@ -300,9 +310,16 @@ class Inventory:
                 from balloonctl.libvirt import list_domains as lister
             else:
                 lister = list_domains
+            taken: dict[str, str] = {}  # domain name -> the first URI that has it
             for uri in uris:
-                add(VmRef(name=domain, qmp=f"{uri}#{domain}", source="libvirt",
-                          backend="libvirt", uri=uri) for domain in lister(uri))
+                refs = []
+                for domain in lister(uri):
+                    name = domain
+                    if taken.setdefault(domain, uri) != uri:  # the same name on another URI
+                        name = f"{domain}@{uri_label(uri)}"
+                    refs.append(VmRef(name=name, qmp=f"{uri}#{domain}", source="libvirt",
+                                      backend="libvirt", uri=uri))
+                add(refs)
 
         inventory = cls(config=cfg, watched=watched)
         return cls([inventory._settled(ref) for ref in found.values()], config=cfg,

@@ -164,3 +164,19 @@ def test_the_package_imports_neither_the_binding_nor_qemu() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.splitlines() == ["[]", "True False"]
+
+
+def test_a_domain_name_on_two_uris_hides_neither(env: dict[str, str]) -> None:
+    """Two URIs each running a domain called web1: both are listed, the second qualified by
+    its URI's host and path, and each client reaches its own URI's domain."""
+    inv = Inventory.load(
+        libvirt=["qemu:///system", "qemu+ssh://root@hv2/system", "qemu:///session"], env=env,
+        list_domains=lister({"qemu:///system": ["web1"],
+                             "qemu+ssh://root@hv2/system": ["web1", "db"],
+                             "qemu:///session": ["web1"]}, []))
+    assert inv.names == ["web1", "web1@hv2-system", "db", "web1@session"]
+    for name, uri in [("web1", "qemu:///system"), ("web1@hv2-system", "qemu+ssh://root@hv2/system"),
+                      ("web1@session", "qemu:///session")]:
+        client = LibvirtClient.from_ref(inv.get(name))
+        assert (client.name, client.domain, client.uri) == (name, "web1", uri)
+    assert LibvirtClient.from_ref(inv.get("db")).domain == "db"

@@ -136,7 +136,10 @@ class LibvirtClient:
     @classmethod
     def from_ref(cls, ref: VmRef, **kw: Any) -> LibvirtClient:
         """A client for an inventory entry of backend ``libvirt``."""
-        return cls(ref.uri or binding.DEFAULT_URI, ref.name, **{**ref_settings(ref), **kw})
+        uri = ref.uri or binding.DEFAULT_URI
+        prefix = f"{uri}#"  # the inventory's address; the name may be qualified (web1@hv2-system)
+        domain = ref.qmp[len(prefix):] if ref.qmp.startswith(prefix) else ref.name
+        return cls(uri, domain, **{**ref_settings(ref), **kw})
 
     def __repr__(self) -> str:
         return f"<LibvirtClient {self.name} {self.address}>"
