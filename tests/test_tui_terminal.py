@@ -67,10 +67,15 @@ def fake_fleet_dir(tmp_path: Path) -> Iterator[Path]:
         proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_restores_the_terminal_and_ends_the_dashboard(
-    fake_fleet_dir: Path, tmp_path: Path, signum: signal.Signals
+@pytest.mark.parametrize("stop", [
+    signal.SIGTERM, signal.SIGHUP, signal.SIGINT,
+    b"q", b"\x03", b"\x1b[21~",  # the keys q, Ctrl-C (raw mode: a byte, not SIGINT), F10
+], ids=["SIGTERM", "SIGHUP", "SIGINT", "q", "ctrl+c", "f10"])
+def test_a_signal_or_a_quit_key_restores_the_terminal_and_ends_the_dashboard(
+    fake_fleet_dir: Path, tmp_path: Path, stop: signal.Signals | bytes
 ) -> None:
+    """docs/cli.md: the dashboard quits with q, Ctrl-C or F10, and SIGTERM, SIGHUP (and
+    SIGINT) end it cleanly: exit 0, the terminal as it was."""
     main, side = pty.openpty()
     fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     modes_before = termios.tcgetattr(side)
@@ -85,7 +90,10 @@ def test_a_signal_restores_the_terminal_and_ends_the_dashboard(
         # Up and showing the fleet: the alternate screen entered and both rows drawn.
         shown = _read(main, b"vm2", time.monotonic() + 30)
         assert ENTER_ALT in shown and b"vm2" in shown, shown[-500:]
-        proc.send_signal(signum)
+        if isinstance(stop, bytes):
+            os.write(main, stop)
+        else:
+            proc.send_signal(stop)
         rest = _read(main, None, time.monotonic() + 15, proc)
         code = proc.wait(timeout=15)
         modes_after = termios.tcgetattr(side)
