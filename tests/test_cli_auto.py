@@ -20,7 +20,7 @@ from balloonctl.fake import FakeFleet, run_in_thread
 from balloonctl.fake.guest import GuestSim
 from balloonctl.host import host_root_for, read_host
 from balloonctl.journal import Origin, read_journal
-from balloonctl.units import GiB, MiB
+from balloonctl.units import GiB, MiB, format_size
 from tests.test_cli_process import BALLOONCTL, read_lines
 
 RAM = 2 * GiB
@@ -268,3 +268,43 @@ def test_status_host_flag(env: dict[str, str], fleet: FakeFleet) -> None:
     table = run(env, "status", "--host").stdout.splitlines()
     assert table[0].startswith("host 3 GiB, available ") and table[1].startswith("NAME")
     assert run(env, "status", "--host", "-f", "csv").returncode == ExitCode.USAGE
+
+
+def test_auto_leaves_a_foreign_vm_alone_until_reclaim_takes_it_back(
+    env: dict[str, str], fleet: FakeFleet, fake_dir: Path, journal: Path,
+) -> None:
+    """docs/cli.md: a VM moved by another writer is left alone by `auto` (journaled once as
+    foreign) until `--reclaim VM` takes it back; --reclaim of a VM auto does not manage is a
+    usage error."""
+    assert run(env, "set", "vm1", "1.5G", "--wait").returncode == ExitCode.OK
+    assert run(env, "status", "vm1", "--json").returncode == ExitCode.OK  # seen reached
+    vm1 = fleet.vms[0]
+    on_loop(fleet, vm1.guest.set_target, 1792 * MiB)  # another QMP client moves it
+    deadline = time.monotonic() + 5
+    while vm1.guest.actual != 1792 * MiB:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    squeeze(fleet, fake_dir)  # host pressure: auto would shrink every VM it manages
+    # two cycles: a foreign move is journaled once it has stood still for a cycle
+    left = run(env, "auto", "--cycles", "2")
+    assert left.returncode == ExitCode.OK, left.stderr
+    changed = [line.split()[1].rstrip(":") for line in left.stdout.splitlines()
+               if "(shrink)" in line]  # "12:00:01  vm2: 2 GiB -> 1.6 GiB (shrink): ..."
+    assert "vm2" in changed and "vm1" not in changed, left.stdout
+    moved = f"vm1: moved by another writer (1.5 GiB -> {format_size(1792 * MiB)}): left alone "
+    assert left.stdout.count(moved + "until reclaimed") == 1, left.stdout
+    assert RAM - vm1.guest.balloon_target == 1792 * MiB  # its target untouched
+    foreign = [e for e in entries(journal) if e.origin is Origin.FOREIGN]
+    assert [(e.vm, e.target) for e in foreign] == [("vm1", 1792 * MiB)]
+    assert run(env, "auto", "--cycles", "1", "--reclaim", "ghost").returncode == ExitCode.USAGE
+    out = run(env, "auto", "vm2", "--cycles", "1", "--reclaim", "vm1")
+    assert out.returncode == ExitCode.USAGE and "not among the VMs auto manages" in out.stderr
+    back = run(env, "auto", "--cycles", "1", "--reclaim", "vm1", "--reclaim", "vm2")
+    assert back.returncode == ExitCode.OK, back.stderr
+    lines = back.stdout.splitlines()
+    assert "vm1: taken back from another writer" in lines
+    assert "vm2: was not marked as moved by another writer" in lines
+    status = json.loads(run(env, "status", "vm1", "--json").stdout)[0]
+    assert status["owner"] != "foreign"
+    plan = json.loads(run(env, "plan", "vm1", "--json").stdout)[0]
+    assert "another writer" not in plan["reason"], plan  # the policy manages it again
