@@ -253,10 +253,12 @@ async def test_the_actual_sparkline_has_a_gap_where_the_vm_was_unreachable() -> 
 
 # -- the event log -------------------------------------------------------------------------------
 def log_text(lines: Sequence[str]) -> str:
-    """The event log's box (the right half of the panels on a wide terminal)."""
+    """The event log's box (the right half of the panels on a wide terminal), inside its
+    borders: not the footer below it."""
     top = next(i for i, line in enumerate(lines) if "╭─ events" in line)
     left = lines[top].index("╭─ events")
-    return "\n".join(line[left + 1:-1].strip() for line in lines[top + 1:] if line)
+    bottom = next(i for i in range(top + 1, len(lines)) if lines[i][left:left + 1] == "╰")
+    return "\n".join(line[left + 1:-1].strip() for line in lines[top + 1:bottom] if line)
 
 
 async def test_the_event_log_records_state_changes() -> None:
