@@ -77,6 +77,7 @@ def main() -> int:
     ours = [balloonctl, "--libvirt", args.uri, "status", domain, "--json"]
     theirs = [shutil.which("virsh") or "virsh", "-c", args.uri, "dommemstat", domain]
     floor = [sys.executable, "-c", f"import libvirt; libvirt.open({args.uri!r}).close()"]
+    framework = [sys.executable, "-c", "import typer, asyncio"]
     compile_bytecode()  # as pip install does
     try:
         timed(ours, env, check=True)  # warm the page cache for both
@@ -84,10 +85,12 @@ def main() -> int:
         a: list[float] = []
         b: list[float] = []
         c: list[float] = []
+        d: list[float] = []
         for _ in range(args.n):
             a.append(timed(ours, env, check=True))
             b.append(timed(theirs, env, check=True))
             c.append(timed(floor, env))
+            d.append(timed(framework, env))
         inner = asyncio.run(in_process(args.uri, domain, args.n))
     finally:
         if booted is not None:
@@ -99,9 +102,11 @@ def main() -> int:
     print(f"virsh dommemstat:         median {mb * 1000:.0f} ms over {args.n} runs")
     print(f"ratio {ratio:.1f}x (target at most {TARGET_RATIO}x): "
           f"{'ok' if ratio <= TARGET_RATIO else 'MISSED'}")
-    mc = statistics.median(c)
+    mc, md = statistics.median(c), statistics.median(d)
     print(f"python importing libvirt and opening the URI, nothing else: median "
           f"{mc * 1000:.0f} ms ({mc / mb:.1f}x virsh): the floor for any Python client")
+    print(f"python importing typer and asyncio, nothing else: median {md * 1000:.0f} ms "
+          f"({md / mb:.1f}x virsh): the floor for a typer CLI")
     print(f"of which LibvirtClient.snapshot() in a running process: median "
           f"{inner * 1000:.1f} ms (the rest is process start-up and imports)")
     return 1 if args.check and ratio > TARGET_RATIO else 0
