@@ -15,19 +15,13 @@ Nothing here builds state from events: ``query-balloon`` is the source of truth.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from balloonctl import converge
 from balloonctl.errors import (
-    BadReply,
-    BalloonError,
-    ConnectFailed,
-    Disconnected,
     NoBalloonDevice,
     QMPCommandError,
-    QMPTimeout,
 )
 from balloonctl.model import (
     BalloonState,
@@ -57,6 +51,7 @@ from balloonctl.replies import (
     qom_list,
 )
 from balloonctl.runfacts import KnownRun, RunFacts
+from balloonctl.snapshots import TARGET_STALE_AFTER, ref_settings, take_snapshot
 from balloonctl.store import MemoryStore, Store
 from balloonctl.units import TargetSpec
 
@@ -71,8 +66,6 @@ __all__ = [
     "BoundedEventListener",
     "RunFacts",
     "Trace",
-    "ref_settings",
-    "take_snapshot",
 ]
 
 T = TypeVar("T")
@@ -87,9 +80,6 @@ BALLOON_TYPES: Final = frozenset(
         "virtio-balloon-device",
     )
 )
-# A stored target that the VM has not reached this long after balloonctl set it is taken
-# as unknown: something else (virsh, qmp-shell, another tool) has probably changed it.
-TARGET_STALE_AFTER: Final = 120.0
 
 
 class BalloonClient:
@@ -513,53 +503,3 @@ class BalloonClient:
             ConnectFailed, SocketBusy: connecting failed.
         """
         return self.session.events()
-
-
-def ref_settings(ref: VmRef) -> dict[str, Any]:
-    """A client's keyword arguments that an inventory entry gives (name, guest agent socket,
-    limits, hint preferences); ``from_ref`` of every client starts from them."""
-    return {"name": ref.name, "qga": ref.qga, "minimum": ref.minimum, "maximum": ref.maximum,
-            "hint": ref.hint, "hint_mount_cgroup": bool(ref.hint_mount_cgroup)}
-
-
-class Snapshotting(Protocol):
-    """What ``take_snapshot`` needs of a VM's client (``BalloonClient``, ``LibvirtClient``)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def address(self) -> str: ...
-
-    def last_target(self) -> int | None: ...
-
-    async def connect(self) -> None: ...
-
-
-async def take_snapshot(client: Snapshotting,
-                        fill: Callable[[dict[str, Any]], Awaitable[None]]) -> BalloonState:
-    """A ``BalloonState`` of ``client``'s VM: connect, then ``fill(found)`` adds the fields
-    it reads. Never raises ``BalloonError``: a failure part-way keeps the fields found so
-    far and becomes ``reachable``/``error``/``error_kind`` (``has_device`` False for
-    ``NoBalloonDevice``; a lost connection or a timeout is unreachable)."""
-    found: dict[str, Any] = {"name": client.name, "qmp": client.address,
-                             "target": client.last_target()}
-    try:
-        await client.connect()
-    except BalloonError as exc:  # a bad qmp_capabilities reply is an answer, though
-        return _failed(found, exc, reachable=isinstance(exc, BadReply))
-    try:
-        await fill(found)
-    except NoBalloonDevice as exc:
-        return _failed(found, exc, reachable=True, has_device=False)
-    except (ConnectFailed, Disconnected, QMPTimeout) as exc:
-        return _failed(found, exc, reachable=False)
-    except BalloonError as exc:
-        return _failed(found, exc, reachable=True)
-    return BalloonState(**found, taken_at=time.time())
-
-
-def _failed(found: dict[str, Any], exc: BalloonError, *, reachable: bool,
-            **more: Any) -> BalloonState:
-    return BalloonState(**{**found, **more, "reachable": reachable, "error": exc.message,
-                           "error_kind": type(exc).__name__, "taken_at": time.time()})

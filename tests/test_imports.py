@@ -132,7 +132,8 @@ PRIMITIVES = {
     "qmpsession": CORE,
     "runfacts": CORE | {"qmpsession"},
     "converge": CORE,
-    "qmp": CORE | {"qmpsession", "runfacts", "converge", "qga"},
+    "snapshots": CORE,
+    "qmp": CORE | {"qmpsession", "runfacts", "converge", "qga", "snapshots"},
     "qga": CORE,
     "host": CORE,
 }

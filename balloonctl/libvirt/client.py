@@ -49,8 +49,8 @@ from balloonctl.model import (
     VmRef,
     default_floor,
 )
-from balloonctl.qmp import TARGET_STALE_AFTER, ref_settings, take_snapshot
 from balloonctl.qmpsession import BalloonEvent, Trace
+from balloonctl.snapshots import TARGET_STALE_AFTER, ref_settings, take_snapshot
 from balloonctl.store import MemoryStore, Store
 from balloonctl.targets import RememberedTargets
 from balloonctl.units import KiB, TargetSpec
