@@ -261,13 +261,13 @@ def test_wave_journals_every_target_it_sets(
 def test_status_host_flag(env: dict[str, str], fleet: FakeFleet) -> None:
     plain = json.loads(run(env, "status", "--json").stdout)
     assert isinstance(plain, list)  # unchanged without --host
-    data = json.loads(run(env, "status", "--host", "--json").stdout)
+    data = json.loads(run(env, "status", "--host-memory", "--json").stdout)
     assert set(data) == {"host", "vms"} and len(data["vms"]) == 2
     assert data["host"]["total"] == 3 * GiB and data["host"]["guest_ram"] == 4 * GiB
     assert data["host"]["overcommit"] == pytest.approx(4 / 3, abs=0.001)
-    table = run(env, "status", "--host").stdout.splitlines()
+    table = run(env, "status", "--host-memory").stdout.splitlines()
     assert table[0].startswith("host 3 GiB, available ") and table[1].startswith("NAME")
-    assert run(env, "status", "--host", "-f", "csv").returncode == ExitCode.USAGE
+    assert run(env, "status", "--host-memory", "-f", "csv").returncode == ExitCode.USAGE
 
 
 def test_auto_leaves_a_foreign_vm_alone_until_reclaim_takes_it_back(

@@ -1,5 +1,5 @@
 """The host's memory beside ``status``: a first line of the table (``describe_host``), or,
-with ``--host --json``, an object ``{"host": {...}, "vms": [...]}`` (``host_record``)."""
+with ``--host-memory --json``, an object ``{"host": {...}, "vms": [...]}`` (``host_record``)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def with_host(text: str, states: Sequence[BalloonState], fmt: Format, show: bool
     if not show:
         return text
     if fmt in (Format.NDJSON, Format.CSV):
-        raise UsageError(f"--host works with table and json output, not {fmt.value}")
+        raise UsageError(f"--host-memory works with table and json output, not {fmt.value}")
     try:
         host = read_inventory_host()
     except HostReadError as exc:

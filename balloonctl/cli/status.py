@@ -46,8 +46,8 @@ def status(
         "--count", metavar="N", help="With --watch, stop after N refreshes.",
     )] = None,
     host: Annotated[bool, typer.Option(
-        "--host", help="Show the host's memory: a first line in tables (the default on a "
-                       "terminal); with --json an object {host, vms}.",
+        "--host-memory", help="Show the host's memory: a first line in tables (the default "
+                              "on a terminal); with --json an object {host, vms}.",
     )] = False,
 ) -> None:
     """A table of every selected VM's balloon: actual, RAM, target, free, cached, hint."""
@@ -59,7 +59,8 @@ def status(
     refs = [] if services is not None else settings().select(vms or [], all_vms=all_vms)
     remote = services is not None and any(ep.uds is None for ep in services)
     if host and remote:  # the host line is this machine's memory, not a remote service's
-        raise UsageError("status --host shows this machine's memory; a remote service's is "
+        raise UsageError("status --host-memory shows this machine's memory; a remote "
+                         "service's is "
                          "GET /v1/host, or the host lines of dashboard --host URL")
     host = host or (is_tty() and fmt is Format.TABLE and not remote)
 
