@@ -181,13 +181,18 @@ def host_from_json(body: Any, where: str = "GET /v1/host") -> HostMemory:
     source = body.get("source")
     return HostMemory(
         **sizes,
-        psi=None if psi is None else Psi(**{
-            k: _ratio(psi, k, f"{where} psi") for k in (
-                "some_avg10", "some_avg60", "some_avg300",
-                "full_avg10", "full_avg60", "full_avg300")}),
+        psi=None if psi is None else _psi(psi, f"{where} psi"),
         ksm=None if ksm is None else _ksm(ksm, f"{where} ksm"),
         source=source if isinstance(source, str) else "balloonctl serve",
     )
+
+
+def _psi(body: Mapping[str, Any], where: str) -> Psi:
+    def r(key: str) -> float:
+        return _ratio(body, key, where)
+
+    return Psi(r("some_avg10"), r("some_avg60"), r("some_avg300"),
+               r("full_avg10"), r("full_avg60"), r("full_avg300"))
 
 
 def _ksm(body: Mapping[str, Any], where: str) -> Ksm:
