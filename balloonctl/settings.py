@@ -1,6 +1,6 @@
 """balloonctl's settings: the TOML config file (``[defaults]``, ``[vm.NAME]``, ``[policy]``,
-``[journal]``, ``[hosts.URL]``, ``libvirt``), parsed in one place into typed values; every wrong shape is a
-``UsageError`` naming the file and the setting.
+``[journal]``, ``[hosts.URL]``, ``libvirt``), parsed in one place into typed values; every
+wrong shape is a ``UsageError`` naming the file and the setting.
 
 The config is at ``$BALLOONCTL_CONFIG`` or ``$XDG_CONFIG_HOME/balloonctl/config.toml``; which VMs
 exist (the inventory, discovery of sockets) is ``balloonctl.config``.

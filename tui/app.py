@@ -50,6 +50,7 @@ DEFAULT_MEMINFO = Path("/proc/meminfo")
 if TYPE_CHECKING:
     from balloonctl.auto import AutoController
     from balloonctl.fleet import DataSource
+    from balloonctl.http.hosts import HostStatus
 
 __all__ = ["DashboardApp", "backoff", "run_dashboard"]
 
@@ -130,6 +131,7 @@ class DashboardApp(App[None]):
         self.main = MainScreen(
             self.view, step=step, stats_interval=stats_interval, clock=clock,
             refresh_now=self._wake.set, sample_every=interval,
+            hosts=list(getattr(source, "labels", ())),
         )
 
     def on_mount(self) -> None:
@@ -301,9 +303,10 @@ class DashboardApp(App[None]):
     # -- results ----------------------------------------------------------------------------
     @on(SnapshotReady)
     def _snapshot(self, message: SnapshotReady) -> None:
-        host_lines: Callable[[], list[str]] | None = getattr(self.source, "host_lines", None)
-        if host_lines is not None:  # several balloonctl serve: a line per host
-            self.main.show_hosts(host_lines())
+        host_status: Callable[[], list[HostStatus]] | None = getattr(
+            self.source, "host_status", None)
+        if host_status is not None:  # balloonctl serve instances: a line per host
+            self.main.show_hosts(host_status())
         self._log_changes(self.view.apply(message.states, poll_round=message.poll_round))
         self.polls += 1
         self.main.show_source_error(None)
