@@ -120,6 +120,9 @@ class DashboardApp(App[None]):
         self.watch_events = events
         self.close_source = close_source
         self.view = FleetView(source.names, history=history)
+        hosts = list(getattr(source, "labels", ()))
+        if len(hosts) > 1:  # several hosts: grouped by host until another sort is chosen
+            self.view.sort_key = "host"
         self.polls = 0  # snapshots applied so far (tests wait on this)
         self._poll_round = 0  # polls started so far
         self._target_locks: dict[str, asyncio.Lock] = {}
@@ -131,7 +134,7 @@ class DashboardApp(App[None]):
         self.main = MainScreen(
             self.view, step=step, stats_interval=stats_interval, clock=clock,
             refresh_now=self._wake.set, sample_every=interval,
-            hosts=list(getattr(source, "labels", ())),
+            hosts=hosts,
         )
 
     def on_mount(self) -> None:

@@ -32,9 +32,15 @@ def host_line(t: HostTotals, status: HostStatus, *, compact: bool = False) -> Te
     if status.error is not None:
         text.append(f"  unreachable: {escape_text(status.error)}", style="bold red")
         return text
-    labels = (("RAM", "act", "free", "cache") if compact
-              else ("guest RAM", "actual", "free", "cached"))
-    for label, value in zip(labels, (t.guest_ram, t.actual, t.free, t.cached), strict=True):
+    sums: tuple[tuple[str, int], ...]
+    if compact:  # "act 9.8G/12G": actual of guest RAM
+        text.append(" act ", style="dim")
+        text.append(f"{size(t.actual)}/{size(t.guest_ram)}")
+        sums = (("free", t.free), ("cache", t.cached))
+    else:
+        sums = (("guest RAM", t.guest_ram), ("actual", t.actual), ("free", t.free),
+                ("cached", t.cached))
+    for label, value in sums:
         text.append(f" {label} " if compact else f"  {label} ", style="dim")
         text.append(size(value))
     text.append(" │ host " if compact else "  │  host ", style="dim")
@@ -43,11 +49,11 @@ def host_line(t: HostTotals, status: HostStatus, *, compact: bool = False) -> Te
         text.append(escape_text(status.memory_error or "-"), style="dim")
         return text
     text.append(size(host.total))
-    text.append(" avail " if compact else "  available ", style="dim")
+    text.append(" av " if compact else "  available ", style="dim")
     text.append(size(host.available))
     psi = host.psi
     text.append(" PSI " if compact else "  PSI some ", style="dim")
-    text.append("-" if psi is None else f"{psi.some_avg10:.1f}%" if compact
+    text.append("-" if psi is None else f"{psi.some_avg10:.0f}%" if compact
                 else f"{psi.some_avg10:.2f} %")
     ksm = host.ksm
     text.append(" KSM " if compact else "  KSM saved ", style="dim")
@@ -101,8 +107,10 @@ class FleetHeader(Static):
         if width and max(line.cell_len for line in text.split("\n")) > width:
             text = self._render_text(compact=True)
         if self._shown is None or text != self._shown:
+            # a line more or less (a host's line, a source error) changes the layout
+            lines = self._shown is None or text.plain.count("\n") != self._shown.plain.count("\n")
             self._shown = text
-            self.update(text, layout=False)
+            self.update(text, layout=lines)
 
     def _render_text(self, *, compact: bool) -> Text:
         def size(value: int | None) -> str:
