@@ -224,3 +224,31 @@ async def test_host_column_and_per_host_totals_from_the_services_figures(root: P
     finally:
         for fleet in fleets:
             await fleet.stop()
+
+
+async def test_demo_hosts_fit_80x24_with_the_footer(root: Path) -> None:
+    """``demo --hosts 3``'s services (six VMs each) at 80x24: a line per host, not wrapped,
+    with its memory; the host and VM columns; the footer's help and quit."""
+    from balloonctl.cli.hosts_cmd import ServedHosts, multi_host
+    from tui.testing import screen_text
+
+    with ServedHosts(root, 3, vms=6, ram=2 * GiB, workload="compile").running() as served_:
+        app = DashboardApp(multi_host(served_.endpoints), interval=0.5, meminfo=None,
+                           close_source=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: len(app.view.rows) == 18, what="18 rows")
+            await wait_until(pilot, lambda: "KSM" in screen_text(app)[3], within=20,
+                             what="every host's memory")
+            # the footer is composed again after the first focus: wait for it
+            await wait_until(pilot, lambda: "q Quit" in screen_text(app)[-1],
+                             what="the footer")
+            lines = screen_text(app)
+            assert len(lines) == 24
+            for i, host in enumerate(("hv1", "hv2", "hv3"), start=1):
+                assert lines[i].startswith(f" {host} 6/6 act "), lines[i]
+                assert " free " in lines[i] and " cache " in lines[i]
+                assert "│ host " in lines[i] and " av " in lines[i] and " PSI " in lines[i]
+            assert lines[4].lstrip().startswith("filter")
+            assert lines[5].split()[:2] == ["host", "VM"]
+            assert lines[6].split()[:2] == ["hv1", "vm1"]
+            assert "? Help" in lines[-1] and "q Quit" in lines[-1], "\n".join(lines)

@@ -44,6 +44,9 @@ PANEL_MAX = 18  # lines the panels take at most: a bigger terminal gives the tab
 
 class MainScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = bindings()
+    # The table, not the first focusable widget (the filter): Textual's auto-focus may
+    # run after on_mount, and a focused filter would take q, t, h... as text.
+    AUTO_FOCUS = "#fleet"
 
     def __init__(
         self,
