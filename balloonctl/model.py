@@ -16,6 +16,7 @@ from balloonctl.units import MiB, format_exact, format_size
 
 __all__ = [
     "HARD_MINIMUM",
+    "HOST_SEP",
     "JSON_KEYS",
     "PRESSURE_MAJOR_FAULTS",
     "PRESSURE_SWAP",
@@ -34,6 +35,7 @@ __all__ = [
     "default_floor",
     "derive",
     "seconds_between",
+    "split_host_name",
     "validate_target",
 ]
 
@@ -43,6 +45,17 @@ STAT_NOT_REPORTED = 2**64 - 1
 # Even a forced target never goes below this: a Linux guest squeezed further thrashes or
 # OOM-kills its own init.
 HARD_MINIMUM = 128 * MiB
+
+# A VM of one of several ``balloonctl serve`` hosts is named ``HOST/VM`` (``http.hosts``);
+# a VM's own name never holds a "/" (it is a socket file name or a libvirt domain name).
+HOST_SEP = "/"
+
+
+def split_host_name(name: str) -> tuple[str | None, str]:
+    """``("hv1", "vm1")`` for ``"hv1/vm1"``; ``(None, name)`` for a name without a host."""
+    host, sep, vm = name.partition(HOST_SEP)
+    return (host, vm) if sep else (None, name)
+
 
 # The version of the snapshot and event JSON (``BalloonState.to_json``, ``watch``'s event
 # lines): raised when a key changes meaning or goes away.

@@ -1,6 +1,6 @@
 """balloonctl's settings: the TOML config file (``[defaults]``, ``[vm.NAME]``, ``[policy]``,
-``[journal]``, ``libvirt``), parsed in one place into typed values; every wrong shape is a
-``UsageError`` naming the file and the setting.
+``[journal]``, ``[hosts.URL]``, ``libvirt``), parsed in one place into typed values; every
+wrong shape is a ``UsageError`` naming the file and the setting.
 
 The config is at ``$BALLOONCTL_CONFIG`` or ``$XDG_CONFIG_HOME/balloonctl/config.toml``; which VMs
 exist (the inventory, discovery of sockets) is ``balloonctl.config``.
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from balloonctl.errors import SizeError, UsageError
 from balloonctl.model import VmRef
@@ -21,7 +22,7 @@ from balloonctl.policy.settings import PolicySettings, VmPolicy
 from balloonctl.units import MAX_BYTES, format_size, parse_duration, parse_size
 
 __all__ = ["ENV_CONFIG", "LIBVIRT_DEFAULT_URI", "MAX_TIMEOUT", "Config", "Defaults",
-           "config_path", "load_config"]
+           "HostToken", "config_path", "host_keys", "load_config"]
 
 ENV_CONFIG = "BALLOONCTL_CONFIG"
 LIBVIRT_DEFAULT_URI = "qemu:///system"
@@ -44,6 +45,33 @@ class Defaults:
 
 
 @dataclass(frozen=True, slots=True)
+class HostToken:
+    """A ``[hosts.KEY]`` table: the bearer token for one ``balloonctl serve``, given as
+    ``token`` or read from ``token_file`` when used; ``setting`` names the table in errors."""
+
+    setting: str
+    token: str | None = None
+    token_file: str | None = None
+
+
+def host_keys(url: str) -> tuple[str, ...]:
+    """The ``[hosts]`` keys that name the service at ``url`` (``--host``), most specific
+    first: ``http://hv1:9847``, ``hv1:9847``, ``hv1``; host names in lower case."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = parts.port
+    except ValueError:
+        return ()
+    host = (parts.hostname or "").lower()
+    if not host:
+        return ()
+    where = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
+    netloc = where if port is None else f"{where}:{port}"
+    keys = (f"{parts.scheme.lower()}://{netloc}", netloc, where)
+    return tuple(dict.fromkeys(keys))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path | None = None
     defaults: Defaults = field(default_factory=Defaults)
@@ -55,6 +83,16 @@ class Config:
     # [policy] with the per-VM reserves of the [vm.NAME] tables in ``policy.vms``
     policy: PolicySettings = field(default_factory=PolicySettings)
     journal: str | None = None  # [journal] path: where target changes are journaled
+    # [hosts.KEY]: tokens of balloonctl serve instances, by host_keys()' first key of KEY
+    hosts: Mapping[str, HostToken] = field(default_factory=dict)
+
+    def host_token(self, url: str) -> HostToken | None:
+        """The ``[hosts]`` entry for the service at ``url``: by URL, else host:port, else
+        host name."""
+        for key in host_keys(url):
+            if key in self.hosts:
+                return self.hosts[key]
+        return None
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
@@ -161,7 +199,7 @@ def load_config(path: Path | None = None, *, env: Mapping[str, str] | None = Non
 
 def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     """Raises: UsageError: a bad setting (named, without the file)."""
-    unknown = set(doc) - {"defaults", "vm", "policy", "journal", "libvirt"}
+    unknown = set(doc) - {"defaults", "vm", "policy", "journal", "hosts", "libvirt"}
     if unknown:
         raise UsageError(f"unknown table(s) {', '.join(sorted(unknown))}")
     libvirt = _libvirt_uris(doc.get("libvirt", False))
@@ -205,7 +243,59 @@ def _parse_config(doc: Mapping[str, Any], path: Path) -> Config:
             overlays[name]["qga"] = qga
     return Config(path=path, defaults=defaults, vms=tuple(vms), overlays=overlays,
                   policy=_policy(doc.get("policy", {}), reserves),
-                  journal=_journal(doc.get("journal", {})), libvirt=libvirt)
+                  journal=_journal(doc.get("journal", {})), libvirt=libvirt,
+                  hosts=_hosts(doc.get("hosts", {})))
+
+
+def _hosts(raw: Any) -> dict[str, HostToken]:
+    """The ``[hosts]`` table: ``[hosts."URL"]`` or ``[hosts.NAME]`` (``hv1``, ``hv1:9847``)
+    tables, each with exactly one of ``token`` and ``token_file``.
+
+    Raises:
+        UsageError: not a table, a key that names no host, two keys for one host, an
+            unknown setting, a value that is not a non-empty string, or both or neither of
+            ``token`` and ``token_file`` (named ``hosts."KEY".SETTING``).
+    """
+    if not isinstance(raw, dict):
+        raise UsageError("[hosts] must be a table of [hosts.\"URL\"] tables")
+    out: dict[str, HostToken] = {}
+    for key, table in raw.items():
+        where = f"hosts.{_quoted(key)}"
+        path = urlsplit(key).path if "://" in key else ""
+        keys = () if any(c.isspace() or not c.isprintable() for c in key) else host_keys(key)
+        if not keys or path not in ("", "/") or ("://" in key and not key.lower().startswith(
+                ("http://", "https://"))):
+            raise UsageError(f"{where}: expected a host name, host:port or an http(s) URL "
+                             "such as http://hv1:9847")
+        if not isinstance(table, dict):
+            raise UsageError(f"{where} must be a table with token or token_file")
+        unknown = sorted(set(table) - {"token", "token_file"})
+        if unknown:
+            raise UsageError(f"{where}.{unknown[0]}: unknown setting {unknown[0]!r}")
+        if len(table) != 1:
+            raise UsageError(f"{where}: give exactly one of token and token_file")
+        (name, value), = table.items()
+        if not isinstance(value, str) or not value.strip() or "\0" in value:
+            if name == "token":  # never echo what may be a secret
+                raise UsageError(f"{where}.token: expected a token (a non-empty string)")
+            raise UsageError(f"{where}.token_file: expected a file path, got {value!r}")
+        # a URL key names exactly that service; a name, every port of it
+        first = keys[0] if "://" in key else keys[1]
+        if first in out:
+            raise UsageError(f"{where}: {out[first].setting} names the same host")
+        out[first] = HostToken(
+            setting=where, token=value if name == "token" else None,
+            token_file=os.path.expanduser(value) if name == "token_file" else None)
+    return out
+
+
+def _quoted(key: str) -> str:
+    """A TOML key as the user wrote it: bare when it can be, else quoted and escaped."""
+    if key and all(c.isalnum() or c in "-_" for c in key) and key.isascii():
+        return key
+    import json
+
+    return json.dumps(key)
 
 
 def _journal(raw: Any) -> str | None:

@@ -135,3 +135,24 @@ async def test_an_unknown_route_is_404_and_a_wrong_method_405() -> None:
         assert (await client.post("/v1/vms/nope/stats", json={"interval": 1})).status_code == 404
         ok = await client.post("/v1/vms/vm1/stats", json={"interval": 0})
         assert (ok.status_code, ok.json()) == (200, {"name": "vm1", "interval": 0})
+
+
+def test_the_host_answer_is_parsed_once_and_a_wrong_shape_is_bad_reply() -> None:
+    from balloonctl.errors import BadReply
+    from balloonctl.host import HostMemory, Ksm, Psi
+    from balloonctl.http.wire import host_from_json
+    from balloonctl.serve.api import host_json
+
+    host = HostMemory(total=8 << 30, available=2 << 30, free=1 << 30, cached=512 << 20,
+                      anon=3 << 30, swap_total=0, swap_free=0,
+                      psi=Psi(4.2, 3.0, 2.0, 1.1, 1.0, 0.5), ksm=Ksm(True, 10, 300, 4096))
+    back = host_from_json(host_json(host, 12 << 30))
+    assert (back.total, back.available, back.ksm.saved, back.psi.some_avg10) == (  # type: ignore[union-attr]
+        8 << 30, 2 << 30, 300 * 4096, 4.2)
+    good = host_json(host, 0)
+    for bad in ([], {**good, "total": -1}, {**good, "available": "2G"},
+                {**good, "total": True}, {**good, "psi": {"some_avg10": 101}},
+                {**good, "psi": 3}, {**good, "ksm": {**good["ksm"], "run": 1}},
+                {**good, "ksm": {**good["ksm"], "saved": 301}}):
+        with pytest.raises(BadReply):
+            host_from_json(bad)

@@ -1,6 +1,7 @@
 """The dashboard over three balloonctl serve instances (real uvicorn on unix sockets, fake
-fleets with simulated hosts): a row per VM named HOST/VM, a line per host, and a service
-that restarts while the dashboard runs."""
+fleets with simulated hosts): a row per VM named HOST/VM with the host in its own column, a
+line per host whose totals are the sums of its VMs' figures in the service's own JSON, and a
+service that stops and restarts while the dashboard runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from test_cli_process import BALLOONCTL
@@ -25,8 +27,9 @@ from balloonctl.http.hosts import MultiHost
 from balloonctl.model import VmStatus
 from balloonctl.serve import HostService, create_app
 from balloonctl.serve.runner import bind_unix
-from balloonctl.units import GiB, parse_target
+from balloonctl.units import GiB, format_size, parse_target
 from tui.app import DashboardApp
+from tui.fleetview import HostTotals
 from tui.testing import wait_until
 from tui.widgets.header import FleetHeader
 
@@ -87,10 +90,10 @@ async def test_three_hosts_in_one_dashboard_and_a_restart(root: Path) -> None:
                 await wait_until(pilot, lambda: len(app.view.rows) == 6, what="six rows")
                 assert sorted(app.view.rows) == [f"hv{h}/vm{v}" for h in (1, 2, 3)
                                                  for v in (1, 2)]
-                await wait_until(pilot, lambda: "hv3: VMs 2/2" in header_text(app),
+                await wait_until(pilot, lambda: "hv3  VMs 2/2" in header_text(app),
                                  what="a line per host")
                 text = header_text(app)
-                assert "hv1: VMs 2/2" in text and "hv2: VMs 2/2" in text
+                assert "hv1  VMs 2/2" in text and "hv2  VMs 2/2" in text
                 assert "host 5 GiB" in text and "host 7 GiB" in text  # each host's own
                 # hv2's service goes away: its rows stay, marked unreachable
                 await hv2.__aexit__(None, None, None)
@@ -101,6 +104,10 @@ async def test_three_hosts_in_one_dashboard_and_a_restart(root: Path) -> None:
                 assert VmStatus.UNREACHABLE not in rows_of(app, "hv1") + rows_of(app, "hv3")
                 await wait_until(pilot, lambda: "unreachable" in header_text(app),
                                  what="hv2's line says unreachable")
+                lines = {line.split()[0]: line for line in header_text(app).splitlines()[1:]}
+                assert lines["hv2"].startswith("hv2  VMs 0/2  unreachable: ")
+                assert "unreachable" not in lines["hv1"] + lines["hv3"]
+                assert "VMs 2/2" in lines["hv1"] and "VMs 2/2" in lines["hv3"]
                 # ... and comes back
                 async with served(fleets[1].directory, socks[1], "hv2"):
                     await wait_until(
@@ -126,3 +133,122 @@ def test_demo_hosts_once_shows_every_host(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     names = [vm["name"] for vm in json.loads(done.stdout)]
     assert names == [f"hv{h}/vm{v}" for h in (1, 2, 3) for v in (1, 2)]
+
+
+async def totals_from_json(sock: Path, host: str) -> HostTotals:
+    """The oracle: a host's line from ``GET /v1/vms`` by docs/dashboard.md's rules (sums
+    over the VMs that answer; free and cached never counted above ``actual``)."""
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock)),
+                                 base_url="http://serve") as client:
+        vms = (await client.get("/v1/vms")).json()
+    up = [vm for vm in vms if vm["reachable"]]
+    free = cached = 0
+    for vm in up:
+        if vm["driver_ready"]:
+            room = min(vm["actual"], vm["guest_ram"])
+            free += min(vm["free_memory"], room)
+            cached += min(vm["disk_caches"], room - min(vm["free_memory"], room))
+    return HostTotals(host, len(vms), len(up), sum(vm["guest_ram"] for vm in up),
+                      sum(vm["actual"] for vm in up), free, cached)
+
+
+def full_line(t: HostTotals) -> str:
+    return (f"{t.host}  VMs {t.reachable}/{t.vms}  guest RAM {format_size(t.guest_ram)}"
+            f"  actual {format_size(t.actual)}  free {format_size(t.free)}"
+            f"  cached {format_size(t.cached)}  │  host ")
+
+
+async def test_host_column_and_per_host_totals_from_the_services_figures(root: Path) -> None:
+    # guest RAM differs per host (1, 2, 3 GiB), so a sum taken over the wrong host shows
+    fleets = [FakeFleet(2, root / f"hv{i}", tick=0.01, rate=4 * GiB, ram=i * GiB,
+                        host_mem=(4 + i) * GiB, stats_interval=1) for i in (1, 2, 3)]
+    for fleet in fleets:
+        await fleet.start()
+    socks = [root / "run" / f"hv{i}.sock" for i in (1, 2, 3)]
+    hosts = ["hv1", "hv2", "hv3"]
+    try:
+        async with served(fleets[0].directory, socks[0], "hv1"), \
+                served(fleets[1].directory, socks[1], "hv2"), \
+                served(fleets[2].directory, socks[2], "hv3"):
+            source = MultiHost([(h, HttpSource(uds=str(s), timeout=5))
+                                for h, s in zip(hosts, socks, strict=True)])
+            app = DashboardApp(source, interval=0.2, meminfo=None, close_source=True)
+            async with app.run_test(size=(160, 40)) as pilot:
+                await wait_until(pilot, lambda: len(app.view.rows) == 6, what="six rows")
+                table = app.main.table
+                for host in hosts:
+                    for vm in ("vm1", "vm2"):
+                        key = f"{host}/{vm}"
+                        assert (table.get_cell(key, "host"), table.get_cell(key, "name")) \
+                            == (host, vm)
+                # grouped by host; the VM column sorts by the VMs' own names across hosts
+                assert [str(r.key.value) for r in table.ordered_rows] == [
+                    f"{h}/{v}" for h in hosts for v in ("vm1", "vm2")]
+                await pilot.press("1")
+                await pilot.pause()
+                assert [str(r.key.value) for r in table.ordered_rows] == [
+                    f"{h}/{v}" for v in ("vm1", "vm2") for h in hosts]
+                await pilot.press("H", "H")  # by host, reversed
+                await pilot.pause()
+                assert [str(r.key.value) for r in table.ordered_rows] == [
+                    f"{h}/{v}" for h in reversed(hosts) for v in ("vm2", "vm1")]
+                # the filter matches the host column
+                app.main.query_one("#filter").value = "hv2"  # type: ignore[attr-defined]
+                await wait_until(pilot, lambda: table.row_count == 2, what="hv2's rows")
+                assert {str(r.key.value) for r in table.ordered_rows} == {"hv2/vm1",
+                                                                            "hv2/vm2"}
+                app.main.query_one("#filter").value = ""  # type: ignore[attr-defined]
+                # a balloon moved on hv2 only: its actual sum differs from its RAM's
+                await source.set_target("hv2/vm1", parse_target("1.5G"))
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 30
+                while True:
+                    expected = [await totals_from_json(s, h)
+                                for h, s in zip(hosts, socks, strict=True)]
+                    got = app.view.host_totals(hosts)
+                    if got == expected and expected[1].actual == 2 * 2 * GiB - GiB // 2 \
+                            and all(t.free > 0 for t in expected):
+                        break
+                    assert loop.time() < deadline, (got, expected)
+                    await pilot.pause(0.1)
+                text = header_text(app)
+                for t in got:
+                    assert full_line(t) in text, (full_line(t), text)
+                # each host's own memory, as its service reports it
+                assert "host 5 GiB  available" in text and "host 7 GiB  available" in text
+                assert text.count("KSM saved") == 3 and text.count("PSI some") == 3
+                # the detail pane names the host
+                host, _, vm = (table.cursor_vm or "").partition("/")
+                detail = str(app.main.query_one("#detail-facts").render())
+                assert host in hosts and detail.startswith(f"{vm} on host {host}  "), detail
+    finally:
+        for fleet in fleets:
+            await fleet.stop()
+
+
+async def test_demo_hosts_fit_80x24_with_the_footer(root: Path) -> None:
+    """``demo --hosts 3``'s services (six VMs each) at 80x24: a line per host, not wrapped,
+    with its memory; the host and VM columns; the footer's help and quit."""
+    from balloonctl.cli.hosts_cmd import ServedHosts, multi_host
+    from tui.testing import screen_text
+
+    with ServedHosts(root, 3, vms=6, ram=2 * GiB, workload="compile").running() as served_:
+        app = DashboardApp(multi_host(served_.endpoints), interval=0.5, meminfo=None,
+                           close_source=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: len(app.view.rows) == 18, what="18 rows")
+            await wait_until(pilot, lambda: "KSM" in screen_text(app)[3], within=20,
+                             what="every host's memory")
+            # the footer is composed again after the first focus: wait for it
+            await wait_until(pilot, lambda: "q Quit" in screen_text(app)[-1],
+                             what="the footer")
+            lines = screen_text(app)
+            assert len(lines) == 24
+            for i, host in enumerate(("hv1", "hv2", "hv3"), start=1):
+                assert lines[i].startswith(f" {host} 6/6 act "), lines[i]
+                assert " free " in lines[i] and " cache " in lines[i]
+                assert "│ host " in lines[i] and " av " in lines[i] and " PSI " in lines[i]
+            assert lines[4].lstrip().startswith("filter")
+            assert lines[5].split()[:2] == ["host", "VM"]
+            assert lines[6].split()[:2] == ["hv1", "vm1"]
+            assert "? Help" in lines[-1] and "q Quit" in lines[-1], "\n".join(lines)

@@ -174,3 +174,32 @@ def test_the_detail_pane_says_which_method_the_hint_uses_and_why() -> None:
         in text
     unknown = sample_states(1)[0].with_changes(hint=HintState(HintMode.AGENT, False, "x"))
     assert "method" not in describe(unknown).plain
+
+
+def test_rows_of_several_hosts_sort_filter_and_total_by_host() -> None:
+    states = [s.with_changes(name=f"{host}/{s.name}")
+              for host in ("hv2", "hv1") for s in sample_states(2)]
+    view = FleetView([s.name for s in states])
+    view.apply(states)
+    assert view.multi_host
+    row = view.rows["hv2/vm1"]
+    assert (row.host, row.vm_name) == ("hv2", "vm1")
+    view.sort_by("host")
+    assert [r.name for r in view.visible()] == ["hv1/vm1", "hv1/vm2", "hv2/vm1", "hv2/vm2"]
+    view.sort_by("name")  # the VM's own name, across hosts
+    assert [r.name for r in view.visible()] == ["hv1/vm1", "hv2/vm1", "hv1/vm2", "hv2/vm2"]
+    view.filter_text = "hv1"
+    assert [r.name for r in view.visible()] == ["hv1/vm1", "hv1/vm2"]
+    hv1, hv2 = view.host_totals(["hv1", "hv2"])
+    mine = [s for s in states if s.name.startswith("hv1/")]
+    assert (hv1.host, hv1.vms, hv1.guest_ram, hv1.actual) == (
+        "hv1", 2, sum(s.guest_ram or 0 for s in mine), sum(s.actual or 0 for s in mine))
+    assert hv2.vms == 2 and view.host_totals(["hv9"])[0].vms == 0
+
+
+def test_one_host_has_no_host_sort_in_the_cycle() -> None:
+    view = FleetView()
+    view.apply(sample_states(2))
+    assert not view.multi_host
+    seen = {view.cycle_sort() for _ in range(20)}
+    assert "host" not in seen and "name" in seen

@@ -50,6 +50,7 @@ DEFAULT_MEMINFO = Path("/proc/meminfo")
 if TYPE_CHECKING:
     from balloonctl.auto import AutoController
     from balloonctl.fleet import DataSource
+    from balloonctl.http.hosts import HostStatus
 
 __all__ = ["DashboardApp", "backoff", "run_dashboard"]
 
@@ -119,6 +120,9 @@ class DashboardApp(App[None]):
         self.watch_events = events
         self.close_source = close_source
         self.view = FleetView(source.names, history=history)
+        hosts = list(getattr(source, "labels", ()))
+        if len(hosts) > 1:  # several hosts: grouped by host until another sort is chosen
+            self.view.sort_key = "host"
         self.polls = 0  # snapshots applied so far (tests wait on this)
         self._poll_round = 0  # polls started so far
         self._target_locks: dict[str, asyncio.Lock] = {}
@@ -130,6 +134,7 @@ class DashboardApp(App[None]):
         self.main = MainScreen(
             self.view, step=step, stats_interval=stats_interval, clock=clock,
             refresh_now=self._wake.set, sample_every=interval,
+            hosts=hosts,
         )
 
     def on_mount(self) -> None:
@@ -301,9 +306,10 @@ class DashboardApp(App[None]):
     # -- results ----------------------------------------------------------------------------
     @on(SnapshotReady)
     def _snapshot(self, message: SnapshotReady) -> None:
-        host_lines: Callable[[], list[str]] | None = getattr(self.source, "host_lines", None)
-        if host_lines is not None:  # several balloonctl serve: a line per host
-            self.main.show_hosts(host_lines())
+        host_status: Callable[[], list[HostStatus]] | None = getattr(
+            self.source, "host_status", None)
+        if host_status is not None:  # balloonctl serve instances: a line per host
+            self.main.show_hosts(host_status())
         self._log_changes(self.view.apply(message.states, poll_round=message.poll_round))
         self.polls += 1
         self.main.show_source_error(None)

@@ -61,9 +61,11 @@ ACTIONS: tuple[Action, ...] = (
                f"Sort by {label} (again: reverse)", footer=False, in_help=False)
         for digit, key, label in SORT_COLUMNS
     ),
+    Action("sort('host')", "H", "H", "Sort by host", "Sort by host, then VM (again: "
+           "reverse); with several hosts", footer=False),
     Action("reverse_sort", "r", "r", "Reverse sort", "Reverse the sort order", footer=False),
-    Action("filter", "slash", "/", "Filter", "Filter rows by what the VM, state and hint "
-           "cells show"),
+    Action("filter", "slash", "/", "Filter", "Filter rows by what the host, VM, state and "
+           "hint cells show"),
     Action("panels", "p", "p", "Panels", "Bottom panels: both (detail and events), detail "
            "only, events only, hidden", footer=False),
     Action("refresh", "ctrl+r", "^r", "Refresh now", "Poll the fleet now", footer=False),

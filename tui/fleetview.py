@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from balloonctl.model import BalloonState, VmStatus
+from balloonctl.model import BalloonState, VmStatus, split_host_name
 from balloonctl.policy import Decision
 from balloonctl.units import format_exact
 from tui.history import VmHistory
@@ -21,6 +21,7 @@ __all__ = [
     "SORT_KEYS",
     "STUCK_AFTER",
     "FleetView",
+    "HostTotals",
     "StateChange",
     "Totals",
     "VmRow",
@@ -54,6 +55,16 @@ class VmRow:
     @property
     def name(self) -> str:
         return self.state.name
+
+    @property
+    def host(self) -> str | None:
+        """The host of a row of a dashboard over several hosts (``HOST/VM``), else None."""
+        return split_host_name(self.state.name)[0]
+
+    @property
+    def vm_name(self) -> str:
+        """The VM's own name, without its host."""
+        return split_host_name(self.state.name)[1]
 
 
 def guest_free_cached(state: BalloonState) -> tuple[int, int]:
@@ -142,7 +153,8 @@ _STATUS_ORDER = {status: i for i, status in enumerate(reversed(list(VmStatus)))}
 
 # Sort keys in the order of the columns (the sort key cycles through them in this order).
 SORT_KEYS: dict[str, Callable[[VmRow], Any]] = {
-    "name": lambda row: row.name,
+    "host": lambda row: None if row.host is None else (row.host, row.vm_name),
+    "name": lambda row: (row.vm_name, row.host or ""),
     "state": lambda row: _STATUS_ORDER[row.state.status],
     "actual": lambda row: row.state.actual,
     "free": _stat("free_memory"),
@@ -174,6 +186,28 @@ class Totals:
     ballooned: int
     free: int
     cached: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostTotals:
+    """One host's line: its VMs, how many answer, and sums over those that answer (guest
+    RAM, actual, and free and cached as the fleet's ``Totals`` count them)."""
+
+    host: str
+    vms: int
+    reachable: int
+    guest_ram: int
+    actual: int
+    free: int
+    cached: int
+
+
+def _totals(states: Sequence[BalloonState]) -> tuple[int, int, int, int, int]:
+    """(reachable, guest RAM, actual, free, cached) over the reachable ``states``."""
+    up = [s for s in states if s.reachable]
+    guest = [guest_free_cached(s) for s in up]
+    return (len(up), sum(s.guest_ram or 0 for s in up), sum(s.actual or 0 for s in up),
+            sum(free for free, _ in guest), sum(cached for _, cached in guest))
 
 
 class FleetView:
@@ -363,9 +397,15 @@ class FleetView:
         usable = [s for s in states if s.hint.mode.value in ("agent", "device")] or states
         return not all(s.hint.enabled for s in usable)
 
+    @property
+    def multi_host(self) -> bool:
+        """Rows of several hosts (``HOST/VM``): the host column and sort key apply."""
+        return any(row.host is not None for row in self.rows.values())
+
     def cycle_sort(self) -> str:
-        keys = list(SORT_KEYS)
-        self.sort_key = keys[(keys.index(self.sort_key) + 1) % len(keys)]
+        keys = [k for k in SORT_KEYS if k != "host" or self.multi_host]
+        current = self.sort_key if self.sort_key in keys else keys[-1]
+        self.sort_key = keys[(keys.index(current) + 1) % len(keys)]
         return self.sort_key
 
     def toggle_selected(self, name: str) -> None:
@@ -382,12 +422,20 @@ class FleetView:
 
     def totals(self) -> Totals:
         states = [row.state for row in self.rows.values()]
-        guest = [guest_free_cached(s) for s in states if s.reachable]
+        reachable, guest_ram, _, free, cached = _totals(states)
         return Totals(
             vms=len(self._order),
-            reachable=sum(1 for s in states if s.reachable),
-            guest_ram=sum(s.guest_ram or 0 for s in states if s.reachable),
+            reachable=reachable,
+            guest_ram=guest_ram,
             ballooned=sum(s.ballooned or 0 for s in states if s.reachable),
-            free=sum(free for free, _ in guest),
-            cached=sum(cached for _, cached in guest),
+            free=free,
+            cached=cached,
         )
+
+    def host_totals(self, hosts: Sequence[str]) -> list[HostTotals]:
+        """Each of ``hosts``' totals over its rows (``HOST/VM``), in the order given."""
+        by_host: dict[str, list[BalloonState]] = {h: [] for h in hosts}
+        for row in self.rows.values():
+            if row.host in by_host:
+                by_host[row.host].append(row.state)
+        return [HostTotals(h, len(states), *_totals(states)) for h, states in by_host.items()]

@@ -82,11 +82,14 @@ class Settings:
         """The balloonctl serve instances to go through (None: talk QMP directly).
 
         Raises:
-            UsageError: a bad ``--host`` URL or ``$BALLOONCTL_TOKEN``.
+            UsageError: a bad ``--host`` URL, ``$BALLOONCTL_TOKEN``, config or configured
+                token (the config's ``[hosts]`` gives a ``--host`` its token).
         """
         from balloonctl.cli.remote import endpoints
+        from balloonctl.settings import load_config
 
-        return endpoints(self.hosts, direct=bool(self.qmp or self.directory))
+        return endpoints(self.hosts, direct=bool(self.qmp or self.directory),
+                         config=lambda: load_config(self.config))
 
     def inventory(self) -> Inventory:
         if self._inventory is None:

@@ -5,7 +5,8 @@ When the local service's socket exists (``serve.paths.default_socket``; set
 and no ``--qmp``/``--dir`` names VMs
 directly, ``status``, ``set`` and ``hint`` ask the service: they never fight it for a QMP
 socket. ``--host URL`` (repeatable) asks remote services; their token comes from
-``$BALLOONCTL_TOKEN`` or the local token file. With several services, VMs are named
+``$BALLOONCTL_TOKEN``, else the config's ``[hosts]`` entry for that service, else the
+local token file. With several services, VMs are named
 ``HOST/VM`` and patterns may name a host (``hv2/web-*``).
 """
 
@@ -26,6 +27,7 @@ from balloonctl.model import BalloonState
 
 if TYPE_CHECKING:
     from balloonctl.http.client import HttpSource
+    from balloonctl.settings import Config
 
 __all__ = ["Endpoint", "endpoints", "remote_each", "remote_states"]
 
@@ -51,23 +53,32 @@ class Endpoint:
 def host_endpoint(url: str, token: str | None) -> Endpoint:
     """Raises: UsageError: not an http(s) URL with a host."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        parts = parts._replace(netloc="")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--host {url!r}: expected a URL such as http://hv1:8765")
     return Endpoint(label=parts.hostname, url=f"{parts.scheme}://{parts.netloc}", token=token)
 
 
-def endpoints(hosts: Sequence[str], *, direct: bool) -> list[Endpoint] | None:
+def endpoints(hosts: Sequence[str], *, direct: bool,
+              config: Callable[[], Config] | None = None) -> list[Endpoint] | None:
     """The services to ask, or None to talk QMP directly. ``direct`` is True when VMs were
-    named on the command line (``--qmp``/``--dir``).
+    named on the command line (``--qmp``/``--dir``). ``config()`` gives the config whose
+    ``[hosts]`` tokens a ``--host`` uses when ``$BALLOONCTL_TOKEN`` is not set.
 
     Raises:
-        UsageError: a bad ``--host`` URL or ``$BALLOONCTL_TOKEN``.
+        UsageError: a bad ``--host`` URL, ``$BALLOONCTL_TOKEN``, config, or configured
+            token (file).
     """
-    from balloonctl.serve.paths import ENV_SOCKET, client_token, default_socket
+    from balloonctl.serve.paths import ENV_SOCKET, ENV_TOKEN, client_token, default_socket
 
     if hosts:
-        token = client_token()
-        found = [host_endpoint(h, token) for h in hosts]
+        cfg = None if config is None or os.environ.get(ENV_TOKEN) else config()
+        found = [host_endpoint(h, None) for h in hosts]
+        found = [Endpoint(label=e.label, url=e.url, token=client_token(
+            configured=None if cfg is None else cfg.host_token(e.url))) for e in found]
         labels = [e.label for e in found]
         if len(set(labels)) < len(labels):  # two ports on one host: label by host:port
             found = [Endpoint(label=urlsplit(e.url).netloc, url=e.url, token=e.token)

@@ -1,9 +1,10 @@
 """``MultiHost``: one ``DataSource`` over several ``balloonctl serve`` instances.
 
-VMs are named ``HOST/VM`` (the host column of the dashboard's name); with a single service
-they keep their own names. A service that cannot be reached keeps its VMs' rows, marked
-unreachable with the reason, until it answers again; ``host_lines`` says which hosts are
-unreachable (a host never reached has no rows yet).
+VMs are named ``HOST/VM`` (``model.split_host_name``: the dashboard shows the host in a
+column of its own); with a single service they keep their own names. A service that
+cannot be reached keeps its VMs' rows, marked unreachable with the reason, until it
+answers again; ``host_status`` says, per host, why it is unreachable or what its memory is
+(``GET /v1/host``).
 """
 
 from __future__ import annotations
@@ -12,18 +13,16 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from balloonctl.errors import BalloonError, UnknownVM
+from balloonctl.host import HostMemory
 from balloonctl.http.client import HttpSource
-from balloonctl.model import BalloonState, HintState
+from balloonctl.http.wire import host_from_json
+from balloonctl.model import HOST_SEP, BalloonState, HintState, split_host_name
 from balloonctl.qmp import BalloonEvent
-from balloonctl.text import escape_text
-from balloonctl.units import TargetSpec, format_size
+from balloonctl.units import TargetSpec
 
-__all__ = ["HostTotals", "MultiHost"]
-
-SEP = "/"
+__all__ = ["HostStatus", "MultiHost"]
 
 
 @dataclass(slots=True)
@@ -32,19 +31,19 @@ class _Host:
     source: HttpSource
     last: list[BalloonState] = field(default_factory=list)
     error: str | None = None
-    memory: dict[str, Any] | None = None  # GET /v1/host, when the service reads it
+    memory: HostMemory | None = None  # GET /v1/host, when the service reads it
+    memory_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class HostTotals:
-    """One host's line: its VMs, how many answer, their RAM and what the balloons hold."""
+class HostStatus:
+    """One host as the last poll found it: ``error`` when its service did not answer (its
+    VMs' rows are then shown unreachable), else its ``memory`` or why it has none."""
 
     label: str
-    vms: int
-    reachable: int
-    guest_ram: int
-    actual: int
-    error: str | None
+    error: str | None = None
+    memory: HostMemory | None = None
+    memory_error: str | None = None
 
 
 class MultiHost:
@@ -54,8 +53,13 @@ class MultiHost:
         self._hosts = [_Host(label, source) for label, source in hosts]
         self._prefix = len(self._hosts) > 1
 
+    @property
+    def labels(self) -> Sequence[str]:
+        """The hosts' labels, in order (more than one: rows are named ``HOST/VM``)."""
+        return [h.label for h in self._hosts]
+
     def _name(self, host: _Host, vm: str) -> str:
-        return f"{host.label}{SEP}{vm}" if self._prefix else vm
+        return f"{host.label}{HOST_SEP}{vm}" if self._prefix else vm
 
     @property
     def names(self) -> Sequence[str]:
@@ -64,9 +68,9 @@ class MultiHost:
     def _route(self, name: str) -> tuple[_Host, str]:
         if not self._prefix:
             return self._hosts[0], name
-        label, sep, vm = name.partition(SEP)
+        label, vm = split_host_name(name)
         for host in self._hosts:
-            if sep and host.label == label:
+            if host.label == label:
                 return host, vm
         raise UnknownVM(f"no VM named {name!r} (expected HOST/VM)")
 
@@ -74,7 +78,7 @@ class MultiHost:
         try:
             states = await host.source.snapshot()
         except BalloonError as exc:
-            host.error = exc.message
+            host.error, host.memory, host.memory_error = exc.message, None, None
             now = time.time()
             return [s.with_changes(reachable=False, error=f"balloonctl serve unreachable: "
                                    f"{exc.message}", error_kind="ConnectFailed", taken_at=now)
@@ -82,9 +86,10 @@ class MultiHost:
         host.error = None
         host.last = states
         try:
-            host.memory = await host.source.get("/host")
-        except BalloonError:
-            host.memory = None
+            host.memory = host_from_json(await host.source.get("/host"))
+            host.memory_error = None
+        except BalloonError as exc:  # no host files on that host: its VMs still show
+            host.memory, host.memory_error = None, exc.message
         return states
 
     async def snapshot(self) -> list[BalloonState]:
@@ -93,38 +98,9 @@ class MultiHost:
         return [s.with_changes(name=self._name(h, s.name))
                 for h, states in zip(self._hosts, per_host, strict=True) for s in states]
 
-    def totals(self, states: Sequence[BalloonState]) -> list[HostTotals]:
-        """Per-host totals of a snapshot (by the ``HOST/`` prefix)."""
-        out = []
-        for host in self._hosts:
-            mine = [s for s in states if not self._prefix or
-                    s.name.startswith(host.label + SEP)]
-            out.append(HostTotals(host.label, len(mine), sum(s.reachable for s in mine),
-                                  sum(s.guest_ram or 0 for s in mine),
-                                  sum(s.actual or 0 for s in mine), host.error))
-        return out
-
-    def host_lines(self) -> list[str]:
-        """One line per host for the dashboard's header: totals, host memory, or why the
-        host is unreachable."""
-        size = format_size
-        lines = []
-        for t, host in zip(self.totals([self._renamed(h, s) for h in self._hosts
-                                         for s in h.last]), self._hosts, strict=True):
-            line = (f"{t.label}: VMs {t.reachable}/{t.vms}  guest RAM {size(t.guest_ram)}"
-                    f"  ballooned {size(max(0, t.guest_ram - t.actual))}")
-            memory = host.memory
-            if t.error is not None:
-                line += f"  unreachable: {escape_text(t.error)}"
-            elif memory is not None:
-                line += (f"  │  host {size(int(memory['total']))} avail "
-                         f"{size(int(memory['available']))}")
-            lines.append(line)
-        return lines
-
-    def _renamed(self, host: _Host, state: BalloonState) -> BalloonState:
-        return state.with_changes(name=self._name(host, state.name))
-
+    def host_status(self) -> list[HostStatus]:
+        """Each host as the last ``snapshot`` found it, in order."""
+        return [HostStatus(h.label, h.error, h.memory, h.memory_error) for h in self._hosts]
     async def set_target(self, name: str, spec: TargetSpec, *, force: bool = False) -> int:
         """Raises: UnknownVM, and what the host's service raises."""
         host, vm = self._route(name)

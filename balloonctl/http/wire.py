@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from balloonctl import errors
-from balloonctl.errors import BalloonError
+from balloonctl.errors import BadReply, BalloonError
+from balloonctl.host import HostMemory, Ksm, Psi
 from balloonctl.model import BalloonState
 from balloonctl.qmp import BalloonEvent
 from balloonctl.units import SizeKind, TargetSpec
@@ -22,6 +23,7 @@ __all__ = [
     "error_from_body",
     "event_from_json",
     "event_to_json",
+    "host_from_json",
     "plain_error",
     "spec_text",
     "status_for",
@@ -143,3 +145,63 @@ def event_from_json(body: Mapping[str, Any]) -> tuple[str, BalloonEvent]:
     return str(body["vm"]), BalloonEvent(
         str(body["event"]), data, float(body.get("timestamp") or 0.0)
     )
+
+
+def _count(body: Mapping[str, Any], key: str, where: str) -> int:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadReply(f"{where}: {key!r} is not a byte count: {value!r:.40}")
+    return value
+
+
+def _ratio(body: Mapping[str, Any], key: str, where: str) -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise BadReply(f"{where}: {key!r} is not a percentage: {value!r:.40}")
+    return float(value)
+
+
+def host_from_json(body: Any, where: str = "GET /v1/host") -> HostMemory:
+    """The service's ``GET /v1/host`` answer (``serve.api.host_json``) as a ``HostMemory``:
+    RAM, available, free, cache, swap, PSI (percent) and KSM (``saved`` bytes kept).
+
+    Raises:
+        BadReply: not the shape the service sends (``where`` names the request).
+    """
+    if not isinstance(body, Mapping):
+        raise BadReply(f"{where}: expected an object, got {type(body).__name__}")
+    sizes = {k: _count(body, k, where) for k in ("total", "available", "free", "cached",
+                                                  "anon", "swap_total", "swap_free")}
+    psi = body.get("psi")
+    ksm = body.get("ksm")
+    if psi is not None and not isinstance(psi, Mapping):
+        raise BadReply(f"{where}: 'psi' is not an object")
+    if ksm is not None and not isinstance(ksm, Mapping):
+        raise BadReply(f"{where}: 'ksm' is not an object")
+    source = body.get("source")
+    return HostMemory(
+        **sizes,
+        psi=None if psi is None else _psi(psi, f"{where} psi"),
+        ksm=None if ksm is None else _ksm(ksm, f"{where} ksm"),
+        source=source if isinstance(source, str) else "balloonctl serve",
+    )
+
+
+def _psi(body: Mapping[str, Any], where: str) -> Psi:
+    def r(key: str) -> float:
+        return _ratio(body, key, where)
+
+    return Psi(r("some_avg10"), r("some_avg60"), r("some_avg300"),
+               r("full_avg10"), r("full_avg60"), r("full_avg300"))
+
+
+def _ksm(body: Mapping[str, Any], where: str) -> Ksm:
+    run = body.get("run")
+    if not isinstance(run, bool):
+        raise BadReply(f"{where}: 'run' is not true or false")
+    sharing, saved = _count(body, "pages_sharing", where), _count(body, "saved", where)
+    # the service sends the bytes saved; the page size is what makes them from the pages
+    page = saved // sharing if sharing and saved % sharing == 0 else 4096
+    if sharing and page * sharing != saved:
+        raise BadReply(f"{where}: 'saved' is not a whole number of pages_sharing pages")
+    return Ksm(run, _count(body, "pages_shared", where), sharing, page)

@@ -15,16 +15,22 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from balloonctl.errors import UsageError
 from balloonctl.store import default_state_path
+
+if TYPE_CHECKING:
+    from balloonctl.settings import HostToken
 
 __all__ = [
     "ENV_SOCKET",
     "ENV_TOKEN",
     "client_token",
+    "configured_token",
     "default_socket",
     "ensure_token",
     "read_token",
@@ -38,6 +44,7 @@ ENV_TOKEN = "BALLOONCTL_TOKEN"
 TOKEN_NAME = "serve.token"
 _TOKEN_BYTES = 32
 _MAX_TOKEN = 256
+_MAX_TOKEN_FILE = 4096  # a token and a newline; more is not a token file
 
 
 def default_socket(env: Mapping[str, str] | None = None) -> Path:
@@ -73,12 +80,23 @@ def read_token(path: Path) -> str | None:
         UsageError: the file is unreadable or holds no token.
     """
     try:
-        text = path.read_text(encoding="ascii", errors="replace")
+        # never blocks (a FIFO) and never reads more than a token file holds
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise UsageError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
-    return _check_token(text, f"token file {path}")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"token file {path}: not a regular file")
+        data = os.read(fd, _MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_TOKEN_FILE:
+        raise UsageError(f"token file {path}: too large to hold a token")
+    return _check_token(data.decode("ascii", errors="replace"), f"token file {path}")
 
 
 def _write_token(path: Path) -> str:
@@ -117,21 +135,45 @@ def rotate_token(path: Path) -> str:
     return _write_token(path)
 
 
-def client_token(env: Mapping[str, str] | None = None, path: Path | None = None) -> str | None:
-    """The token a client sends: ``$BALLOONCTL_TOKEN``, else the local token file if
-    readable, else None.
+def client_token(env: Mapping[str, str] | None = None, path: Path | None = None,
+                 configured: HostToken | None = None) -> str | None:
+    """The token a client sends: ``$BALLOONCTL_TOKEN``, else ``configured`` (the config's
+    ``[hosts]`` entry for the service), else the local token file if readable, else None.
 
     Raises:
-        UsageError: ``$BALLOONCTL_TOKEN`` is not a token.
+        UsageError: ``$BALLOONCTL_TOKEN`` or the configured token is not a token, or the
+            configured token file cannot be read or holds none (named by its setting).
     """
     env = os.environ if env is None else env
     given = env.get(ENV_TOKEN)
     if given:
         return _check_token(given, f"${ENV_TOKEN}")
+    if configured is not None:
+        return configured_token(configured)
     try:
         return read_token(path or token_path())
     except UsageError:
         return None
+
+
+def configured_token(entry: HostToken) -> str:
+    """The token of a config's ``[hosts]`` entry: its ``token``, or its ``token_file`` read
+    as the service reads its own (a regular file, at most a few KiB, one token).
+
+    Raises:
+        UsageError: not a token, or a token file that is missing, unreadable, not a regular
+            file or holds no token; the message names the setting.
+    """
+    if entry.token is not None:
+        return _check_token(entry.token, f"{entry.setting}.token")
+    assert entry.token_file is not None
+    try:
+        token = read_token(Path(entry.token_file))
+    except UsageError as exc:
+        raise UsageError(f"{entry.setting}.token_file: {exc.message}") from None
+    if token is None:
+        raise UsageError(f"{entry.setting}.token_file: {entry.token_file}: no such file")
+    return token
 
 
 def token_matches(given: str | bytes, expected: str) -> bool:

@@ -7,8 +7,8 @@ never talks to the data source itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -29,6 +29,9 @@ from tui.screens.target import SetTargetDialog
 from tui.targets import TargetPlan, plan_targets
 from tui.widgets import DetailPane, EventLog, FleetHeader, FleetTable
 
+if TYPE_CHECKING:
+    from balloonctl.http.hosts import HostStatus
+
 __all__ = ["PANEL_MODES", "MainScreen"]
 
 # What the bottom panels show, in the order the panels key cycles through: "both" puts the
@@ -41,6 +44,9 @@ PANEL_MAX = 18  # lines the panels take at most: a bigger terminal gives the tab
 
 class MainScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = bindings()
+    # The table, not the first focusable widget (the filter): Textual's auto-focus may
+    # run after on_mount, and a focused filter would take q, t, h... as text.
+    AUTO_FOCUS = "#fleet"
 
     def __init__(
         self,
@@ -51,9 +57,12 @@ class MainScreen(Screen[None]):
         clock: Callable[[], float] = time.time,
         refresh_now: Callable[[], None] = lambda: None,
         sample_every: float = 1.0,
+        hosts: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.sample_every = sample_every
+        self.hosts = list(hosts)  # several: a host column (see FleetTable)
+        self._host_status: list[HostStatus] = []
         self.panels = PANEL_MODES[0]
         self.view = view
         self.step = step
@@ -68,7 +77,7 @@ class MainScreen(Screen[None]):
         with Horizontal(id="toolbar"):
             yield Input(placeholder="filter (/)", id="filter")
             yield Static(id="status-line")
-        yield FleetTable(id="fleet")
+        yield FleetTable(hosts=self.hosts, id="fleet")
         with Horizontal(id="bottom"):
             yield DetailPane(sample_every=self.sample_every, id="detail")
             yield EventLog(clock=self._clock, id="log")
@@ -134,6 +143,9 @@ class MainScreen(Screen[None]):
             self._fit()
         self.table.mark_sort(view.sort_key, view.reverse)
         self._header.show(view.totals() if view.rows else None)
+        if self._host_status:
+            totals = view.host_totals([s.label for s in self._host_status])
+            self._header.hosts(list(zip(totals, self._host_status, strict=True)))
         status = f"sort {view.sort_key} {'▼' if view.reverse else '▲'}"
         if view.selected:
             status += f"  selected {len(view.selected)}"
@@ -172,9 +184,9 @@ class MainScreen(Screen[None]):
         if self._ready:
             self._header.show(host=host, host_error=error)
 
-    def show_hosts(self, lines: list[str]) -> None:
-        if self._ready:
-            self._header.hosts(lines)
+    def show_hosts(self, hosts: Sequence[HostStatus]) -> None:
+        """Each host's status (several services): its line shows at the next redraw."""
+        self._host_status = list(hosts)
 
     def show_source_error(self, error: str | None) -> None:
         if self._ready:
@@ -230,6 +242,9 @@ class MainScreen(Screen[None]):
             self.table.action_cursor_up()
 
     def action_sort(self, key: str) -> None:
+        if key == "host" and not self.view.multi_host:
+            self.notify("One host: no host column to sort by", timeout=2)
+            return
         self.view.sort_by(key)
         self.show_fleet()
 

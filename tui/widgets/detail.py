@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Static
 
-from balloonctl.model import BalloonState
+from balloonctl.model import BalloonState, split_host_name
 from balloonctl.policy import Decision
 from balloonctl.units import format_duration, format_exact, format_size, format_size_aligned
 from tui.fleetview import hint_text, reason
@@ -32,7 +32,11 @@ def describe(state: BalloonState, plan: Decision | None = None, auto: bool = Fal
         return format_exact(value, with_bytes=False)
 
     text = Text()
-    text.append(state.name, style="bold")
+    host, vm = split_host_name(state.name)
+    text.append(vm, style="bold")
+    if host is not None:
+        text.append(" on host ", style="dim")
+        text.append(host, style="bold")
     text.append(f"  {state.status.value}  ")
     text.append(state.qmp, style="dim")
     if state.error:

@@ -8,16 +8,17 @@ from dataclasses import dataclass
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual._two_way_dict import TwoWayDict
 from textual.cache import LRUCache
 from textual.widgets import DataTable
-from textual.widgets.data_table import ColumnKey
+from textual.widgets.data_table import ColumnKey, RowKey
 
 from balloonctl.model import VmStatus
 from balloonctl.units import format_duration, format_size_aligned
 from tui.fleetview import VmRow, hint_text, state_text
 from tui.widgets.memory_bar import memory_bar
 
-__all__ = ["COLUMNS", "STATE_WIDTHS", "Column", "FleetTable", "row_cells"]
+__all__ = ["COLUMNS", "HOST_COLUMN", "STATE_WIDTHS", "Column", "FleetTable", "row_cells"]
 
 Cell = str | Text
 
@@ -123,7 +124,7 @@ class Column:
 # The guest's numbers (actual, free, cached) come first so that they fit an 80-column
 # terminal; the state column gives up width first (see ``FleetTable.fit``).
 COLUMNS: tuple[Column, ...] = (
-    Column("name", "VM", 10, lambda row: row.name),
+    Column("name", "VM", 10, lambda row: row.vm_name),
     Column("state", "state", 28, _state),
     Column("actual", "actual", 6, lambda row: _size(row.state.actual), numeric=True),
     Column("free", "free", 6, _stat_size("free_memory"), numeric=True),
@@ -139,18 +140,31 @@ COLUMNS: tuple[Column, ...] = (
     Column("bar", "free/cached/used/balloon", 24, lambda row: memory_bar(row.state, 24)),
 )
 STATE_WIDTHS = (14, 28)  # the state column's narrowest and widest
+# First with several hosts (``HOST/VM`` rows); its width is the longest host label's.
+HOST_COLUMN = Column("host", "host", 4, lambda row: row.host or "")
+HOST_WIDTHS = (4, 16)
 
 
-def row_cells(row: VmRow, selected: bool) -> tuple[Cell, ...]:
+def row_cells(row: VmRow, selected: bool,
+              columns: Sequence[Column] = COLUMNS) -> tuple[Cell, ...]:
     mark: Cell = Text("●", style="bold magenta") if selected else " "
-    return (mark, *(column.cell(row) for column in COLUMNS))
+    return (mark, *(column.cell(row) for column in columns))
 
 
 class FleetTable(DataTable[Cell]):
-    """Keyed rows (the VM name is the key); ``show`` changes only the cells that changed."""
+    """Keyed rows (the VM name is the key); ``show`` changes only the cells that changed.
 
-    def __init__(self, *, id: str | None = None) -> None:
+    ``hosts``: the labels of the hosts shown, when there are several: the host column
+    comes first, as wide as the longest label (within ``HOST_WIDTHS``)."""
+
+    def __init__(self, *, hosts: Sequence[str] = (), id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        self.columns_shown: tuple[Column, ...] = COLUMNS
+        if len(hosts) > 1:
+            low, high = HOST_WIDTHS
+            width = max(low, min(high, max(len(h) for h in hosts)))
+            self.columns_shown = (
+                Column(HOST_COLUMN.key, HOST_COLUMN.label, width, HOST_COLUMN.cell), *COLUMNS)
         self._cells: dict[str, tuple[Cell, ...]] = {}
         # The row and selection each VM's cells were made from: an unchanged row (the same
         # frozen VmRow) is not rendered into cells again.
@@ -167,12 +181,12 @@ class FleetTable(DataTable[Cell]):
         self._row_render_cache = LRUCache(256)
         self._row_renderable_cache = LRUCache(256)
         self._line_cache = LRUCache(256)
-        self.fixed_columns = 2
+        self.fixed_columns = 1 + self.columns_shown.index(COLUMNS[0]) + 1  # mark, host, VM
         self.add_column(" ", key="sel", width=1)
-        for column in COLUMNS:
+        for column in self.columns_shown:
             self.add_column(self._label(column, None), key=column.key, width=column.width)
             self._labels[column.key] = column.label
-        self._numeric = {c.key for c in COLUMNS if c.numeric}
+        self._numeric = {c.key for c in self.columns_shown if c.numeric}
 
     @property
     def cursor_vm(self) -> str | None:
@@ -191,14 +205,14 @@ class FleetTable(DataTable[Cell]):
             self.remove_row(name)
             del self._cells[name]
             self._shown.pop(name, None)
-        column_keys = ("sel", *(column.key for column in COLUMNS))
+        column_keys = ("sel", *(column.key for column in self.columns_shown))
         for row in rows:
             source = (row, row.name in selected)
             shown = self._shown.get(row.name)
             if shown is not None and shown[0] is row and shown[1] == source[1]:
                 continue
             self._shown[row.name] = source
-            cells = row_cells(row, source[1])
+            cells = row_cells(row, source[1], self.columns_shown)
             old = self._cells.get(row.name)
             if old is None:
                 # A row shown again (after a filter) must not hit renders of its old values.
@@ -213,7 +227,11 @@ class FleetTable(DataTable[Cell]):
             self._cells[row.name] = cells
         position = {name: i for i, name in enumerate(wanted)}
         if [r.key.value for r in self.ordered_rows] != wanted:
-            self.sort("name", key=lambda name: position[str(name)])
+            # what DataTable.sort does, by row key: the name cell holds only the VM's own
+            # name, which several hosts may share
+            self._row_locations = TwoWayDict({RowKey(n): i for i, n in enumerate(wanted)})
+            self._update_count += 1
+            self.refresh()
         # Removing or adding rows keeps the cursor's row index, not its VM: put it back on
         # its VM when that is still shown, else near where it was.
         if cursor_vm is not None and cursor_vm in position:
@@ -272,7 +290,7 @@ class FleetTable(DataTable[Cell]):
         if self._sorted_by == (key, reverse):
             return
         self._sorted_by = (key, reverse)
-        for column in COLUMNS:
+        for column in self.columns_shown:
             arrow = (" ▼" if reverse else " ▲") if column.key == key else None
             self.columns[column.key].label = self._label(column, arrow)  # type: ignore[index]
         self.refresh()
@@ -280,7 +298,8 @@ class FleetTable(DataTable[Cell]):
     def fit(self, width: int) -> None:
         """Share ``width`` terminal columns: the state column narrows (to
         ``STATE_WIDTHS[0]``) before the guest's numbers leave the screen."""
-        fixed = sum(c.width + 2 * self.cell_padding for c in COLUMNS[:8] if c.key != "state")
+        kept = self.columns_shown[:len(self.columns_shown) - len(COLUMNS) + 8]
+        fixed = sum(c.width + 2 * self.cell_padding for c in kept if c.key != "state")
         fixed += 1 + 2 * self.cell_padding  # the selection mark
         narrow, wide = STATE_WIDTHS
         state_width = max(narrow, min(wide, width - fixed - 2 * self.cell_padding - 1))
