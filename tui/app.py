@@ -42,8 +42,8 @@ from tui.messages import (
     ToggleAuto,
     ToggleHint,
 )
+from tui.requests import hint_calls, reclaim_calls, stats_calls, target_calls
 from tui.screens.main import MainScreen
-from tui.targets import absolute
 
 DEFAULT_MEMINFO = Path("/proc/meminfo")
 
@@ -387,45 +387,16 @@ class DashboardApp(App[None]):
     def _set_targets(self, message: SetTargets) -> None:
         # The screen already shows these targets (FleetView.target_sent) until the results
         # are in. Targets of one VM go out in the order they were asked for.
-        source, force = self.source, message.force
-
-        def call(name: str, target: int) -> Callable[[], Awaitable[str]]:
-            async def run() -> str:
-                async with self._target_lock(name):
-                    sent = await source.set_target(name, absolute(target), force=force)
-                return f"target set to {format_size(sent)}"
-
-            return run
-
-        self._start("target", {n: call(n, t) for n, t in message.targets.items()})
+        self._start("target", target_calls(self.source, message.targets, force=message.force,
+                                           lock=self._target_lock))
 
     @on(ToggleHint)
     def _toggle_hint(self, message: ToggleHint) -> None:
-        source = self.source
-
-        def call(name: str, enabled: bool) -> Callable[[], Awaitable[str]]:
-            async def run() -> str:
-                hint = await source.set_hint(name, enabled)
-                state = "on" if hint.enabled else "off"
-                done = f"hint {state} ({hint.mode.value} mode)"
-                return f"{done}: {hint.detail}" if hint.detail else done
-
-            return run
-
-        self._start("hint", {n: call(n, e) for n, e in message.hints.items()})
+        self._start("hint", hint_calls(self.source, message.hints))
 
     @on(EnableStats)
     def _enable_stats(self, message: EnableStats) -> None:
-        source, interval = self.source, message.interval
-
-        def call(name: str) -> Callable[[], Awaitable[str]]:
-            async def run() -> str:
-                await source.enable_stats(name, interval)
-                return f"stats polling every {interval}s"
-
-            return run
-
-        self._start("stats", {n: call(n) for n in message.names})
+        self._start("stats", stats_calls(self.source, message.names, message.interval))
 
     # -- automatic ballooning ---------------------------------------------------------------
     def _auto_on(self, name: str) -> bool:
@@ -483,21 +454,9 @@ class DashboardApp(App[None]):
 
     @on(Reclaim)
     def _reclaim(self, message: Reclaim) -> None:
-        auto = self.auto
-        if auto is None:
+        if self.auto is None:
             return
-
-        def call(name: str) -> Callable[[], Awaitable[str]]:
-            async def run() -> str:
-                result = (await auto.reclaim([name]))[name]
-                if isinstance(result, BalloonError):
-                    raise result
-                return "taken back: auto manages it again" if result else \
-                    "not marked as moved by another writer"
-
-            return run
-
-        self._start("take back", {n: call(n) for n in message.names})
+        self._start("take back", reclaim_calls(self.auto, message.names))
         self._auto_wake.set()
 
     def _start(self, action: str, calls: Mapping[str, Callable[[], Awaitable[str]]]) -> None:

@@ -1,0 +1,79 @@
+"""What the dashboard's requests do, as one call per VM: each call runs in the App's action
+worker (``DashboardApp._act``) and returns the result line for the event log, or raises a
+``BalloonError`` that becomes a failure line. The App only routes messages to these."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from balloonctl.errors import BalloonError
+from balloonctl.units import format_size
+from tui.targets import absolute
+
+if TYPE_CHECKING:
+    from balloonctl.auto import AutoController
+    from balloonctl.fleet import DataSource
+
+__all__ = ["Calls", "hint_calls", "reclaim_calls", "stats_calls", "target_calls"]
+
+Calls = dict[str, Callable[[], Awaitable[str]]]
+
+
+def target_calls(source: DataSource, targets: Mapping[str, int], *, force: bool,
+                 lock: Callable[[str], asyncio.Lock]) -> Calls:
+    """Set each VM's target; ``lock(name)`` keeps one VM's targets in the order asked."""
+
+    def call(name: str, target: int) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            async with lock(name):
+                sent = await source.set_target(name, absolute(target), force=force)
+            return f"target set to {format_size(sent)}"
+
+        return run
+
+    return {n: call(n, t) for n, t in targets.items()}
+
+
+def hint_calls(source: DataSource, hints: Mapping[str, bool]) -> Calls:
+    """Turn each VM's cache-first hint on or off."""
+
+    def call(name: str, enabled: bool) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            hint = await source.set_hint(name, enabled)
+            done = f"hint {'on' if hint.enabled else 'off'} ({hint.mode.value} mode)"
+            return f"{done}: {hint.detail}" if hint.detail else done
+
+        return run
+
+    return {n: call(n, e) for n, e in hints.items()}
+
+
+def stats_calls(source: DataSource, names: Iterable[str], interval: int) -> Calls:
+    """Set each VM's stats polling interval."""
+
+    def call(name: str) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            await source.enable_stats(name, interval)
+            return f"stats polling every {interval}s"
+
+        return run
+
+    return {n: call(n) for n in names}
+
+
+def reclaim_calls(auto: AutoController, names: Iterable[str]) -> Calls:
+    """Take each VM back from another writer, so ``auto`` manages it again."""
+
+    def call(name: str) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            result = (await auto.reclaim([name]))[name]
+            if isinstance(result, BalloonError):
+                raise result
+            return "taken back: auto manages it again" if result else \
+                "not marked as moved by another writer"
+
+        return run
+
+    return {n: call(n) for n in names}
