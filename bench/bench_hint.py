@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from rawqmp import RawQMP  # type: ignore[import-not-found]  # noqa: E402
 from realvm.qemu import GuestImage, QemuVM  # type: ignore[import-not-found]  # noqa: E402
 
+from balloonctl.converge import POLL_INTERVAL  # noqa: E402
 from balloonctl.model import CONVERGED_TOLERANCE, HintMethod  # noqa: E402
-from balloonctl.qmp import POLL_INTERVAL, BalloonClient  # noqa: E402
+from balloonctl.qmp import BalloonClient  # noqa: E402
 from balloonctl.store import FileStore  # noqa: E402
 from balloonctl.units import MiB  # noqa: E402
 
