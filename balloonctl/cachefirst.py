@@ -60,8 +60,6 @@ HINT_BUDGET: Final = 5.0
 # How long a guest-agent probe's answer (guest-exec allowed, or refused) is trusted; an
 # unreachable agent is asked again at the next probe.
 QGA_RECHECK: Final = 30.0
-# How often the reclaim script's end is looked for (as QgaClient.exec does).
-_EXEC_POLL: Final = 0.05
 
 
 def _describe(method: HintMethod | None, why: str, remembered: dict[str, Any]) -> str:
@@ -332,14 +330,17 @@ class CacheFirst:
     @contextlib.asynccontextmanager
     async def reclaiming(self, n: int) -> AsyncIterator[None]:
         """``set_target`` sends an inflation of ``n`` bytes inside this. With the agent-mode
-        hint on, the guest starts reclaiming that much clean page cache (the reclaim script,
-        one guest-exec: see ``balloonctl.reclaim``) before the body runs, and runs alongside
-        the balloon, as the RFC's per-page reclaim does; on the way out its report is read
+        hint on, the guest is asked to reclaim that much clean page cache (the reclaim
+        script, one guest-exec: see ``balloonctl.reclaim``) before the body runs: the body
+        (the balloon command) waits only until the request is written (with the guest-agent
+        handshake, in one write), not for the agent's answer, and the script runs alongside
+        the balloon, as the RFC's per-page reclaim does. On the way out its report is read
         and the method and what was released are recorded.
 
         Everything the guest agent does here fits in ``budget()`` seconds, before and after
         the body together: a slow or broken agent delays the balloon command by at most
-        that, and its failure is recorded in the hint state, never raised.
+        that (only when the socket itself does not take the request), and its failure is
+        recorded in the hint state, never raised.
 
         Raises:
             NoBalloonDevice, and what ``BalloonClient.execute`` raises (QMP only, on the
@@ -358,27 +359,36 @@ class CacheFirst:
         budget = self.budget()
         deadline = asyncio.get_running_loop().time() + budget
         qga = self._qga()
-        pid: int | None = None
         error: AgentError | None = None
+        report: ReclaimReport | None = None
+        written = asyncio.Event()
+        # The balloon goes out once the guest-exec request is written, not once the agent
+        # answers: qemu-ga on virtio-serial sleeps 100 ms whenever its channel reads empty
+        # (as right after a host-side close or connect), and the inflation need not wait
+        # for that; the script starts in the guest as the agent reads it, alongside.
+        start = asyncio.create_task(qga.exec_start(
+            "/bin/sh", reclaim_argv(n, mount_cgroup=mount), sent=written.set))
         try:
+            sending = asyncio.create_task(written.wait())
+            try:
+                # connecting took the whole budget: start's outcome below says so
+                await asyncio.wait([start, sending], return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+            finally:
+                sending.cancel()
+            yield
             try:
                 async with asyncio.timeout_at(deadline):
-                    pid = await qga.exec_start("/bin/sh", reclaim_argv(n, mount_cgroup=mount))
+                    pid = await start
+                    report = self._parse(await qga.exec_wait(pid))
             except TimeoutError:
                 error = self._too_slow(budget)
             except AgentError as exc:
                 error = exc
-            yield
-            report: ReclaimReport | None = None
-            if pid is not None:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        report = await self._report(qga, pid)
-                except TimeoutError:
-                    error = self._too_slow(budget)
-                except AgentError as exc:
-                    error = exc
         finally:
+            if not start.done():
+                start.cancel()
+                await asyncio.wait([start])
             await qga.close()
         if report is not None:
             await self._remember_report(report, mount=mount, measured=True,
@@ -399,19 +409,6 @@ class CacheFirst:
     def _too_slow(self, budget: float) -> AgentError:
         return AgentError(f"the guest agent did not finish reclaiming page cache within "
                           f"{budget:g}s; the inflation went ahead", vm=self.vm)
-
-    async def _report(self, qga: QgaClient, pid: int) -> ReclaimReport:
-        """Wait for the reclaim script (polled like ``QgaClient.exec``) and parse its report.
-
-        Raises:
-            AgentError: the agent failed, the script exited non-zero or printed something of
-                the wrong shape.
-        """
-        while True:
-            result = await qga.exec_status(pid)
-            if result is not None:
-                return self._parse(result)
-            await asyncio.sleep(_EXEC_POLL)
 
     def _parse(self, result: ExecResult) -> ReclaimReport:
         """Raises: AgentError: non-zero exit, or output of the wrong shape."""

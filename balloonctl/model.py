@@ -255,6 +255,14 @@ class HintState:
     released: int | None = None
     method: HintMethod | None = None
 
+    @property
+    def honoured_by(self) -> str | None:
+        """How the hint is honoured, in one word: ``reclaim`` or ``drop`` (agent mode, by
+        ``method``), ``device`` (the patched device); None when it is not (or not known)."""
+        if self.mode is HintMode.DEVICE:
+            return HintMode.DEVICE.value
+        return None if self.method is None else self.method.value
+
 
 @dataclass(frozen=True, slots=True)
 class BalloonState:

@@ -34,14 +34,16 @@ from balloonctl.replies import (
 )
 from balloonctl.text import escape_text
 
-__all__ = ["DROP_CACHES", "ExecResult", "QgaClient"]
+__all__ = ["DROP_CACHES", "EXEC_POLL_FIRST", "EXEC_POLL_MAX", "ExecResult", "QgaClient"]
 
 T = TypeVar("T")
 
 # Clean, unmapped page cache only (1 = pagecache); sync first so dirty pages become clean.
 DROP_CACHES: Final = "sync; echo 1 > /proc/sys/vm/drop_caches"
 
-_EXEC_POLL: Final = 0.05
+# guest-exec-status polling (exec_wait): first look, then doubling up to the most.
+EXEC_POLL_FIRST: Final = 0.01
+EXEC_POLL_MAX: Final = 0.1
 _BLOCKED_HINT: Final = (
     "allow it in the guest's qemu-ga configuration (remove guest-exec from block-rpcs, or add "
     "it to allow-rpcs)"
@@ -132,6 +134,15 @@ class QgaClient:
         """
         if self._writer is not None:
             return
+        await self._open()
+        try:
+            await self.sync()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> None:
+        """Open the socket (no handshake). Raises: AgentError."""
         try:
             async with asyncio.timeout(self.timeout):
                 self._reader, self._writer = await asyncio.open_unix_connection(
@@ -139,11 +150,6 @@ class QgaClient:
         except Exception as exc:
             raise _translate(exc, path=self.path, cmd="connect", timeout=self.timeout,
                              vm=self.vm) from exc
-        try:
-            await self.sync()
-        except BaseException:
-            await self.close()
-            raise
 
     async def close(self) -> None:
         """Close the socket (never raises)."""
@@ -179,15 +185,27 @@ class QgaClient:
             AgentError: no matching reply within the timeout (the message shows the last
                 line that did not match, if any).
         """
+        async with self._lock:
+            await self._sync_locked()
+
+    async def _sync_locked(self, then: dict[str, Any] | None = None,
+                           sent: Callable[[], None] | None = None) -> None:
+        """``sync`` with the lock held; ``then`` (a command) goes out in the same write,
+        right behind ``guest-sync`` (the agent answers in order, so its reply is the next
+        line after the sync's), and ``sent()`` is called once it is written."""
         token = random.randrange(1, 2**31)
         last: list[Any] = []
         try:
-            async with self._lock, asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout):
                 # 0xFF resets qemu-ga's JSON parser in case an earlier client left half a
                 # command in it; whatever it answers to that is discarded below.
                 assert self._writer is not None
                 self._writer.write(b"\xff")
                 self._send({"execute": "guest-sync", "arguments": {"id": token}})
+                if then is not None:
+                    self._send(then)
+                    if sent is not None:
+                        sent()
                 while True:
                     try:
                         reply = await self._recv()
@@ -207,27 +225,42 @@ class QgaClient:
                     received=last[0])
             raise error from exc
 
-    async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None, *,
+                      sent: Callable[[], None] | None = None) -> Any:
         """Run one agent command and return its ``return`` value, unparsed (``query``
-        parses it). Connects when needed.
+        parses it). Connects when needed: then the command goes out in the same write as
+        the ``guest-sync`` handshake, not one round trip later. ``sent()`` is called once
+        the command is written, before any reply is awaited.
 
         Raises:
             AgentError: the agent is unreachable, timed out, or answered with an error.
             AgentExecBlocked: a guest-exec command the agent refuses.
             BadAgentReply: the reply is not JSON, or neither a return nor a well-formed error.
         """
-        await self.connect()
         msg: dict[str, Any] = {"execute": cmd}
         if args is not None:
             msg["arguments"] = args
-        try:
-            async with self._lock, asyncio.timeout(self.timeout):
-                self._send(msg)
-                reply = await self._recv()
-        except Exception as exc:
-            await self.close()  # the stream is out of step; the next call resyncs
-            raise _translate(exc, path=self.path, cmd=cmd, timeout=self.timeout,
-                             vm=self.vm) from exc
+        fresh = self._writer is None
+        if fresh:
+            await self._open()
+        async with self._lock:
+            if fresh:
+                try:
+                    await self._sync_locked(then=msg, sent=sent)
+                except BaseException:
+                    await self.close()
+                    raise
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if not fresh:
+                        self._send(msg)
+                        if sent is not None:
+                            sent()
+                    reply = await self._recv()
+            except Exception as exc:
+                await self.close()  # the stream is out of step; the next call resyncs
+                raise _translate(exc, path=self.path, cmd=cmd, timeout=self.timeout,
+                                 vm=self.vm) from exc
         try:
             result = parse_qga(envelope, reply, cmd=cmd, args=args, vm=self.vm, path=self.path)
         except BadAgentReply:
@@ -240,14 +273,15 @@ class QgaClient:
         return result.value
 
     async def query(self, cmd: str, args: dict[str, Any] | None,
-                    parse: Callable[[Any], T]) -> T:
+                    parse: Callable[[Any], T], *,
+                    sent: Callable[[], None] | None = None) -> T:
         """Run one agent command and parse its ``return`` value with ``parse`` (a
-        ``balloonctl.replies`` parser).
+        ``balloonctl.replies`` parser); ``sent`` as for ``execute``.
 
         Raises:
             BadAgentReply: the reply has the wrong shape; and what ``execute`` raises.
         """
-        value = await self.execute(cmd, args)
+        value = await self.execute(cmd, args, sent=sent)
         return parse_qga(parse, value, cmd=cmd, args=args, vm=self.vm, path=self.path)
 
     async def ping(self) -> None:
@@ -305,20 +339,36 @@ class QgaClient:
         """
         limit = self.timeout if timeout is None else timeout
         pid = await self.exec_start(path, args)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit
+        try:
+            async with asyncio.timeout(limit):
+                return await self.exec_wait(pid)
+        except TimeoutError:
+            raise AgentError(f"guest process {path} (pid {pid}) did not exit within "
+                             f"{limit:g}s", vm=self.vm) from None
+
+    async def exec_wait(self, pid: int) -> ExecResult:
+        """Poll ``exec_status`` until the process exits (no limit of its own: wrap it in a
+        timeout). The first look is after ``EXEC_POLL_FIRST``, each wait then doubles up to
+        ``EXEC_POLL_MAX``: a short script is seen to end soon after it does, and a long one
+        costs the guest (whose agent answers every poll) few wake-ups.
+
+        Raises:
+            BadAgentReply: guest-exec-status answered with the wrong shape.
+            AgentError: the agent failed.
+        """
+        wait = EXEC_POLL_FIRST
         while True:
+            await asyncio.sleep(wait)
             result = await self.exec_status(pid)
             if result is not None:
                 return result
-            if loop.time() >= deadline:
-                raise AgentError(f"guest process {path} (pid {pid}) did not exit within "
-                                 f"{limit:g}s", vm=self.vm)
-            await asyncio.sleep(_EXEC_POLL)
+            wait = min(wait * 2, EXEC_POLL_MAX)
 
-    async def exec_start(self, path: str, args: list[str] | None = None) -> int:
+    async def exec_start(self, path: str, args: list[str] | None = None, *,
+                         sent: Callable[[], None] | None = None) -> int:
         """Start a program in the guest with its output captured (``guest-exec``); return
-        its pid for ``exec_status``.
+        its pid for ``exec_status``. ``sent()`` is called as soon as the request is written
+        (on a new session, in the same write as the handshake), before the agent answers.
 
         Raises:
             AgentExecBlocked: the agent refuses guest-exec.
@@ -326,7 +376,8 @@ class QgaClient:
             AgentError: the agent failed.
         """
         return await self.query("guest-exec", {"path": path, "arg": list(args or []),
-                                               "capture-output": True}, exec_pid)
+                                               "capture-output": True}, exec_pid,
+                               sent=sent)
 
     async def exec_status(self, pid: int) -> ExecResult | None:
         """What a process started by ``exec_start`` left behind (``guest-exec-status``), or

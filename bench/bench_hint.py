@@ -3,7 +3,7 @@
 One real QEMU guest (``scripts/build-guest``, 1 GiB, busybox, Linux 6.1, qemu-ga), booted
 once. Each repetition, in rotating order so all see the same machine load, inflates
 1 GiB -> 512 MiB three ways, every time from full RAM with ~200 MiB of clean page cache
-(a file read in the guest first, then 0.5 s for the guest to settle):
+(a file read in the guest first, through the guest agent, right before):
 
 - raw: a raw asyncio QMP client (``tests/rawqmp.py``): ``balloon``, then ``query-balloon``
   every ``POLL_INTERVAL`` (as balloonctl polls) until ``actual`` is within 2 MiB;
@@ -40,15 +40,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 from rawqmp import RawQMP  # type: ignore[import-not-found]  # noqa: E402
 from realvm.qemu import GuestImage, QemuVM  # type: ignore[import-not-found]  # noqa: E402
 
+from balloonctl.converge import POLL_INTERVAL  # noqa: E402
 from balloonctl.model import CONVERGED_TOLERANCE, HintMethod  # noqa: E402
-from balloonctl.qmp import POLL_INTERVAL, BalloonClient  # noqa: E402
+from balloonctl.qmp import BalloonClient  # noqa: E402
 from balloonctl.store import FileStore  # noqa: E402
 from balloonctl.units import MiB  # noqa: E402
 
 TARGET_RATIO = 1.2
 TARGET = 512 * MiB
 BIG_FILE = "/data/big.bin"
-SETTLE = 0.5
 
 
 async def poll_actual(qmp: RawQMP, target: int, tolerance: int) -> None:
@@ -103,10 +103,9 @@ async def prepare(vm: QemuVM) -> None:
     finally:
         await qmp.close()
     await asyncio.to_thread(vm.guest_exec, "sh", "-c", f"cat {BIG_FILE} > /dev/null")
-    # Let the guest settle, as before any inflation an operator asks for: right after a
-    # guest-agent session closes (here, the cat's guest-exec) the next one was seen to wait
-    # up to 0.1 s for its first reply, which is not the hint's own cost.
-    await asyncio.sleep(SETTLE)
+    # No pause: qemu-ga sleeps 100 ms after the cat's session closes, and the hint must
+    # not make the inflation wait for that (the balloon goes out once the reclaim's
+    # guest-exec is written, not once qemu-ga answers).
 
 
 async def measure(vm: QemuVM, reps: int, state: Path) -> dict[str, list[float]]:

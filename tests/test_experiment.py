@@ -186,9 +186,11 @@ def test_the_json_has_exactly_the_documented_keys_and_types(cli: Cli) -> None:
         assert set(run) == {"hint", "vms", "host"}
         assert isinstance(run["hint"], bool)
         for vm in run["vms"]:
-            assert set(vm) == set(VM_KEYS)
+            assert set(vm) == {*VM_KEYS, "hint_method"}
             for key, kind in VM_KEYS.items():
                 assert type(vm[key]) is kind, (key, vm[key])  # ints are not floats
+            # The simulator's VMs have the RFC's patched device: the hint-on run says so.
+            assert vm["hint_method"] == ("device" if run["hint"] else None)
         assert set(run["host"]) == set(HOST_KEYS)
         for key, kind in HOST_KEYS.items():
             assert type(run["host"][key]) is kind, (key, run["host"][key])
@@ -204,6 +206,14 @@ def test_the_table_shows_each_run_and_the_difference(cli: Cli) -> None:
     assert "difference, hint on - off" in text
     header = [line for line in text.splitlines() if line.startswith("VM ")]
     assert len(header) == 3 and "RUN TIME" in header[0]
+    # Each run's table ends in the hint's method per VM: none with the hint off, the
+    # patched device (the simulator's) with it on; the difference has no such column.
+    off, on = (part.split("\n\n")[0] for part in text.split("experiment wave")[1:3])
+    off_rows = [line.split() for line in off.splitlines()[2:] if not line.startswith("host")]
+    on_rows = [line.split() for line in on.splitlines()[2:] if not line.startswith("host")]
+    assert header[0].split()[-2:] == ["HINT", "METHOD"] and "METHOD" not in header[2]
+    assert off_rows and all(row[-1] == "-" for row in off_rows)
+    assert on_rows and all(row[-1] == "device" for row in on_rows)
     assert text.count("host: ") == 3
 
 

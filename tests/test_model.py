@@ -114,3 +114,16 @@ def test_validate_target_maximum_and_minimum() -> None:
     with pytest.raises(UnsafeTarget, match="floor 1 GiB"):
         validate_target(900 * MiB, guest_ram=4 * GiB, minimum=1 * GiB)
     assert validate_target(900 * MiB, guest_ram=4 * GiB, minimum=1 * GiB, force=True)
+
+
+@pytest.mark.parametrize(("state", "word"), [
+    (HintState(HintMode.AGENT, True, method=HintMethod.RECLAIM), "reclaim"),
+    (HintState(HintMode.AGENT, True, method=HintMethod.DROP), "drop"),
+    (HintState(HintMode.AGENT, True), None),  # agent mode, method not found yet
+    (HintState(HintMode.DEVICE, True), "device"),
+    (HintState(HintMode.UNSUPPORTED, False), None),
+    (HintState(), None),
+])
+def test_how_the_hint_is_honoured_in_one_word(state: HintState, word: str | None) -> None:
+    # what experiment results show per VM (HINT METHOD, hint_method)
+    assert state.honoured_by == word

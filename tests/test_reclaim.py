@@ -4,8 +4,10 @@ Running it for real is tests/realvm's job (busybox, a 6.1 kernel)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +97,50 @@ def test_the_script_parses_under_the_shells_guests_have(shell: list[str]) -> Non
     result = subprocess.run([*shell, "-n", "-c", RECLAIM_SCRIPT], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+# /proc/meminfo as Linux 6.1 prints it, up to the last line the script needs, then more.
+_MEMINFO_HEAD = """MemTotal:        1002244 kB
+MemFree:          742240 kB
+MemAvailable:     905120 kB
+Buffers:              20 kB
+Cached:           213408 kB
+SwapCached:            0 kB
+Active:            14284 kB
+Inactive:         211880 kB
+Active(anon):      12700 kB
+Inactive(anon):        0 kB
+Active(file):       1584 kB
+Inactive(file):   211880 kB
+"""
+
+
+def _readmem(shell: list[str], meminfo: str, tmp_path: Path) -> str:
+    """Run the script's own ``readmem`` on ``meminfo`` (only the file's path is changed)."""
+    match = re.search(r"^readmem\(\) \{\n.*?^\}\n", RECLAIM_SCRIPT, re.S | re.M)
+    assert match is not None, "the script has no readmem function"
+    path = tmp_path / "meminfo"
+    path.write_text(meminfo)
+    function = match.group(0).replace("/proc/meminfo", str(path))
+    result = subprocess.run([*shell, "-c", function + 'readmem; echo "$c $b $f $af $inf"'],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("shell", _SHELLS, ids=lambda s: s[0])
+def test_meminfo_is_read_only_up_to_the_last_line_needed(shell: list[str],
+                                                         tmp_path: Path) -> None:
+    # A shell reads a file one byte per system call: the whole of /proc/meminfo cost ten
+    # times the guest CPU, taken from the inflation on a one-vCPU guest. A later line with
+    # a needed name must not be reached (the kernel prints each name once).
+    if shutil.which(shell[0]) is None:
+        pytest.skip(f"{shell[0]} is not installed here")  # the others still run
+    later = "SwapTotal:       0 kB\nCached:          1 kB\nMemFree:         2 kB\n"
+    assert _readmem(shell, _MEMINFO_HEAD + later, tmp_path) == "213408 20 742240 1584 211880"
+    # In another order every field is still found (it stops only once it has all five).
+    lines = _MEMINFO_HEAD.splitlines(keepends=True)
+    assert _readmem(shell, "".join(lines[::-1]), tmp_path) == "213408 20 742240 1584 211880"
+    # A kernel without the file LRU lines: no file pages known, the rest still read.
+    no_lru = "".join(line for line in lines if "(file)" not in line)
+    assert _readmem(shell, no_lru, tmp_path) == "213408 20 742240 0 0"

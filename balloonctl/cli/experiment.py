@@ -85,9 +85,9 @@ def _run_table(result: ExperimentResult, r: RunResult) -> str:
             f"{'on' if r.hint else 'off'}, {r.seconds:.0f} s")
     rows = [[v.name, format_size(v.mean_free), format_size(v.mean_cached),
              format_size(v.mean_actual), format_size(v.swap_in), format_size(v.swap_out),
-             _seconds(v.run_time)] for v in r.vms]
+             _seconds(v.run_time), v.hint_method or "-"] for v in r.vms]
     body = table(["VM", "MEAN FREE", "MEAN CACHED", "MEAN ACTUAL", "SWAP IN", "SWAP OUT",
-                  "RUN TIME"], rows)
+                  "RUN TIME", "HINT METHOD"], rows)
     h = r.host
     host = (f"host: mean free {format_size(h.mean_free)}, mean anon {format_size(h.mean_anon)}"
             f", KSM saved {format_size(h.ksm_saved)}")

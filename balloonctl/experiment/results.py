@@ -30,8 +30,10 @@ EXPERIMENTS: Final = ("wave", "overcommit")
 @dataclass(frozen=True, slots=True)
 class VmResult:
     """One VM over one run: means of its samples (bytes), the swapping during the run
-    (bytes), and how long its workload took (seconds; None: no workload timed, or it did
-    not finish before the run ended)."""
+    (bytes), how long its workload took (seconds; None: no workload timed, or it did
+    not finish before the run ended), and how the hint was honoured in a hint-on run
+    (``hint_method``: ``reclaim`` or ``drop`` in agent mode, ``device`` for the patched
+    device; None in a hint-off run, or when the VM did not say)."""
 
     name: str
     mean_free: int
@@ -40,12 +42,14 @@ class VmResult:
     swap_in: int
     swap_out: int
     run_time: float | None
+    hint_method: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "mean_free": self.mean_free, "mean_cached": self.mean_cached,
                 "mean_actual": self.mean_actual, "swap_in": self.swap_in,
                 "swap_out": self.swap_out,
-                "run_time": None if self.run_time is None else round(self.run_time, 3)}
+                "run_time": None if self.run_time is None else round(self.run_time, 3),
+                "hint_method": self.hint_method}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +167,10 @@ class Recorder:
             self._ksm.append(host.ksm.saved if host.ksm is not None else 0)
 
     def result(self, hint: bool, run_times: Mapping[str, float | None],
-               seconds: float) -> RunResult:
+               seconds: float, hint_methods: Mapping[str, str | None] | None = None,
+               ) -> RunResult:
+        """The run's result; ``hint_methods`` says per VM how the hint was honoured."""
+        methods = hint_methods or {}
         vms = []
         for name, s in self._vms.items():
             swap_in = swap_out = 0
@@ -174,7 +181,7 @@ class Recorder:
                 swap_in = max(0, s.last.swap_in - s.first.swap_in)
                 swap_out = max(0, s.last.swap_out - s.first.swap_out)
             vms.append(VmResult(name, _mean(s.free), _mean(s.cached), _mean(s.actual),
-                                swap_in, swap_out, run_times.get(name)))
+                                swap_in, swap_out, run_times.get(name), methods.get(name)))
         host = HostResult(_mean(self._host_free), _mean(self._host_anon), _mean(self._ksm))
         series = Series(tuple(self._t), tuple(self._free), tuple(self._cached))
         return RunResult(hint, vms, host, series, seconds)

@@ -224,7 +224,27 @@ async def run_once(bench: Bench, hint: bool, control: Control, *, duration: floa
             await clock.sleep_until(start + min(next_control, next_sample, end))
     finally:
         run_times = await bench.stop_workloads()
-    return recorder.result(hint, run_times, clock.now() - start)
+    seconds = clock.now() - start
+    methods = await _hint_methods(clients) if hint else {}
+    return recorder.result(hint, run_times, seconds, methods)
+
+
+async def _hint_methods(clients: Mapping[str, VmClient]) -> dict[str, str | None]:
+    """How each VM honoured the hint, from its hint state (what ``status`` shows):
+    ``reclaim`` or ``drop`` in agent mode, ``device`` in device mode, else None."""
+    names = list(clients)
+    got = await asyncio.gather(*(clients[n].hint_status() for n in names),
+                               return_exceptions=True)
+    out: dict[str, str | None] = {}
+    for name, r in zip(names, got, strict=True):
+        if isinstance(r, BalloonError):
+            log.warning("%s: hint method not known: %s", name, r)
+            out[name] = None
+        elif isinstance(r, BaseException):
+            raise r
+        else:
+            out[name] = r.honoured_by
+    return out
 
 
 async def run_experiment(

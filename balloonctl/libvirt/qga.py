@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from balloonctl.errors import (
@@ -48,9 +49,11 @@ class LibvirtQga(QgaClient):
     async def sync(self) -> None:
         return None
 
-    async def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    async def execute(self, cmd: str, args: dict[str, Any] | None = None, *,
+                      sent: Callable[[], None] | None = None) -> Any:
         """Run one agent command through libvirt; its ``return`` value, unparsed (``query``
         parses it with the same ``balloonctl.replies`` parsers as on a qga socket).
+        ``sent()`` is called as the command is handed to libvirt.
 
         Raises:
             AgentError: libvirt or the agent failed (AgentExecBlocked for a refused
@@ -65,6 +68,8 @@ class LibvirtQga(QgaClient):
         await self.client.connect()
         dom = self.client.domain_object()
         wait = max(1, math.ceil(self.timeout))
+        if sent is not None:
+            sent()
         try:
             text = await self.client.blocking(
                 lambda: qemu.qemuAgentCommand(dom, json.dumps(msg), wait, 0),
