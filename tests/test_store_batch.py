@@ -215,7 +215,8 @@ def _batch_on_a_full_disk(path: str, keys: list[str], strict: bool) -> Any:
     warnings: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("balloonctl.store").addHandler(handler)
+    logger = logging.getLogger("balloonctl.store")
+    logger.handlers, logger.propagate = [handler], False  # none writing to a file past the limit
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     size = os.path.getsize(path)
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + 16, size + 16))
@@ -234,7 +235,10 @@ def _run_child(target: Any, *args: Any) -> Any:
     out = FORK.Queue()
 
     def run() -> None:
-        out.put(target(*args))
+        try:
+            out.put(target(*args))
+        except BaseException as exc:
+            out.put({"child raised": f"{type(exc).__name__}: {exc}"})
 
     child = FORK.Process(target=run)
     child.start()
@@ -253,6 +257,7 @@ def test_a_batch_that_cannot_be_written_warns_and_keeps_the_file(tmp_path: Path,
 
     result = _run_child(_batch_on_a_full_disk, str(path), vms, strict)
 
+    assert "child raised" not in result, result
     assert path.read_bytes() == saved  # the previous version, complete
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     if strict:
