@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -177,12 +178,18 @@ def scan_proxmox(roots: Iterable[Path],
             for r, name in named]
 
 
+@functools.lru_cache(maxsize=4)
+def _libvirt_roots(roots: tuple[str, ...]) -> tuple[str, ...]:
+    # resolved once per process: every client made (each polite poll) asks
+    return tuple({r for root in roots for r in (root, os.path.realpath(root))})
+
+
 def is_libvirt_socket(path: str) -> bool:
     """True when the socket lives where libvirt keeps the monitors of its domains."""
     # a symlink (or /var/run -> /run) to libvirt's socket is still libvirt's
     real = os.path.realpath(path)
-    roots = {r for root in LIBVIRT_ROOTS for r in (root, os.path.realpath(root))}
-    return any(real == root or real.startswith(root + os.sep) for root in roots)
+    return any(real == root or real.startswith(root + os.sep)
+               for root in _libvirt_roots(LIBVIRT_ROOTS))
 
 
 def libvirt_domain_of(path: str) -> str | None:

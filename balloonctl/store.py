@@ -12,7 +12,21 @@ reader sees one complete version, and a full disk or a writer killed mid-write l
 previous version in place. Writers serialise their read-modify-write with an exclusive
 ``flock`` on the directory. The file is created 0600 (its directory 0700). Each write drops
 the entries of unix sockets that no longer exist; an edit that changes nothing writes
-nothing.
+nothing. The temp files of writers killed mid-write are removed at a store's first write,
+and at most once a minute after.
+
+A *batch* (``FileStore.batch()``, a ``with`` block) saves many edits in one write: what
+``auto`` does in one cycle. Edits made in the block, by the code that opened it and the
+asyncio tasks that code starts (a context variable), are kept in memory, and reads in the
+block see them; reads of other entries see the file as the batch first read it. When the
+block ends, however it ends, the batch is saved in one write: under the lock the file is
+read afresh and every change is applied again, in order, to its entry there (so what other
+processes saved meanwhile is kept, and a change may run twice: it must depend only on the
+entry it is given). An ``immediate`` edit in a batch (a claim other processes must see at
+once) is saved at once, with the batch's edits so far. Edits of other tasks, and of tasks
+that outlive the block, are saved as usual. A batch opened inside a batch joins it. Until
+the block ends the batch's edits are only in memory: a crash loses them, never what was
+saved before.
 
 A ``FileStore`` keeps the last version it read or wrote, keyed by the file's identity
 (device, inode, size, mtime, ctime): a read of an unchanged file neither parses it nor
@@ -25,7 +39,9 @@ A state file that cannot be used (unreadable, a directory, not UTF-8, not JSON o
 shape, a dangling symlink, an unwritable directory, a full disk) is a ``StateFileError``
 naming the file. ``FileStore`` raises it only when ``strict``; by default it logs the error
 once as a warning (logger ``balloonctl.store``) and goes on in memory for the rest of its
-life: reads see nothing (or what this process recorded), and the file keeps what it had.
+life: reads see nothing (or what this process recorded), and the file keeps what it had. A
+batch whose write fails is the same warning when its block ends, and its edits go on in
+memory.
 
 The store itself is a dumb key -> dict map. ``BalloonClient`` records with each entry the
 identity of the VM *instance* (one run of QEMU) it belongs to and ignores entries of any
@@ -35,17 +51,28 @@ other instance; see ``BalloonClient`` for the rule.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
 
 from balloonctl.errors import StateFileError
+from balloonctl.statefile import (
+    Version,
+    locked,
+    read_file,
+    remove_leftovers,
+    replace_atomically,
+    settled,
+    stamp,
+    why,
+    write_target,
+)
 
 __all__ = [
     "STATE_ENV",
@@ -62,12 +89,10 @@ log = logging.getLogger(__name__)
 
 STATE_ENV = "BALLOONCTL_STATE"
 
-# Bigger than any state balloonctl writes (a few hundred bytes per VM): not a state file.
-_MAX_FILE_BYTES = 16 * 1024 * 1024
-
 Change = Callable[[dict[str, Any]], dict[str, Any]]
 """``change(entry) -> new entry``: gets a copy of the entry ({} when none) and returns what to
-store in its place; it runs under the store's lock (a read-modify-write no one interleaves)."""
+store in its place; it runs under the store's lock (a read-modify-write no one interleaves).
+In a batch it runs again, on the entry as saved then, when the batch is saved."""
 
 
 class Store(Protocol):
@@ -75,8 +100,13 @@ class Store(Protocol):
 
     def update(self, key: str, **values: Any) -> None: ...
 
-    def edit(self, key: str, change: Change) -> dict[str, Any]:
-        """Replace the entry with ``change(entry)`` atomically; return the new entry."""
+    def edit(self, key: str, change: Change, *, immediate: bool = False) -> dict[str, Any]:
+        """Replace the entry with ``change(entry)`` atomically; return the new entry.
+        ``immediate``: saved at once even in a batch."""
+        ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Save the edits made while the block runs in one write (see the module docstring)."""
         ...
 
 
@@ -129,12 +159,16 @@ class MemoryStore:
     def update(self, key: str, **values: Any) -> None:
         self.edit(key, lambda entry: {**entry, **values})
 
-    def edit(self, key: str, change: Change) -> dict[str, Any]:
+    def edit(self, key: str, change: Change, *, immediate: bool = False) -> dict[str, Any]:
         old, entry = _lookup(self._data, key)
         new = dict(change(dict(entry)))
         self._data.pop(old, None)
         self._data[state_key(key)] = new
         return dict(new)
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Nothing to batch in memory: every edit is already saved."""
+        return contextlib.nullcontext()
 
 
 def default_state_path() -> Path:
@@ -160,10 +194,6 @@ def private_state(path: Path) -> Iterator[None]:
             os.environ.pop(STATE_ENV, None)
         else:
             os.environ[STATE_ENV] = old
-
-
-def _why(exc: OSError) -> str:
-    return exc.strerror or str(exc)
 
 
 def _parse(raw: bytes, path: str) -> dict[str, dict[str, Any]]:
@@ -197,59 +227,56 @@ def _parse(raw: bytes, path: str) -> dict[str, dict[str, Any]]:
     return data
 
 
-def _create_temp(directory: Path, name: str) -> tuple[int, str]:
-    """A new file ``.<name>.<pid>.<n>.tmp`` in ``directory``, mode 0600, opened for writing
-    (``tempfile`` would cost every balloonctl run its import).
-
-    Raises:
-        OSError: it cannot be created.
-    """
-    while True:
-        path = str(directory / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            continue
-        return fd, path
-
-
-def _prune(data: dict[str, dict[str, Any]], keep: str) -> bool:
-    """Drop the entries of unix sockets that are gone (their VM has exited); whether any
-    was dropped."""
+def _prune(data: dict[str, dict[str, Any]], keep: set[str]) -> bool:
+    """Drop the entries of unix sockets that are gone (their VM has exited), except those in
+    ``keep``; whether any was dropped."""
     dropped = False
     for key in list(data):
-        if key != keep and key.startswith("/") and not os.path.exists(key):
+        if key not in keep and key.startswith("/") and not os.path.exists(key):
             del data[key]
             dropped = True
     return dropped
 
 
-# How long after its last change a file's identity alone (inode, size, times) is trusted:
-# file times come from a coarse clock (a jiffy on Linux, 2 s on FAT), so two writes within
-# one tick, of the same size, into a reused inode would look alike; 3 s later they cannot.
-_SETTLED_NS = 3_000_000_000
+def _apply(data: dict[str, dict[str, Any]],
+           edits: list[tuple[str, Change]]) -> tuple[list[dict[str, Any]], bool]:
+    """Apply ``edits`` in order to ``data`` (a copy of the file's entries), then prune the
+    entries of gone sockets (not those edited): each edit's new entry, and whether ``data``
+    changed."""
+    results: list[dict[str, Any]] = []
+    changed = False
+    keep: set[str] = set()
+    for key, change in edits:
+        old, entry = _lookup(data, key)
+        new = dict(change(dict(entry)))
+        real = state_key(key)
+        changed = changed or new != entry or old != real or old not in data
+        data.pop(old, None)
+        data[real] = new
+        keep.add(real)
+        results.append(dict(new))
+    return results, _prune(data, keep) or changed
 
-_Stamp = tuple[int, int, int, int, int]
+
+# How often a long-lived store looks for the temp files of writers killed mid-write.
+_SWEEP_EVERY = 60.0
 
 
-def _stamp(st: os.stat_result) -> _Stamp:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+class _Batch:
+    """The edits of one ``FileStore.batch()`` block not saved yet: in order (``edits``) and
+    as they stand (``entries``, by real key), over the file as the batch first read it."""
+
+    __slots__ = ("base", "edits", "entries", "open", "store")
+
+    def __init__(self, store: FileStore) -> None:
+        self.store = store
+        self.open = True
+        self.base: dict[str, dict[str, Any]] | None = None
+        self.edits: list[tuple[str, Change]] = []
+        self.entries: dict[str, dict[str, Any]] = {}
 
 
-def _settled(st: os.stat_result) -> bool:
-    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS
-
-
-class _Version:
-    """The last version of the file this store read or wrote: its identity, its bytes, its
-    parsed entries (never mutated: readers copy what they change), and whether the identity
-    alone may be trusted."""
-
-    __slots__ = ("data", "raw", "settled", "stamp")
-
-    def __init__(self, stamp: _Stamp, raw: bytes, data: dict[str, dict[str, Any]],
-                 settled: bool) -> None:
-        self.stamp, self.raw, self.data, self.settled = stamp, raw, data, settled
+_BATCH: ContextVar[_Batch | None] = ContextVar("balloonctl_store_batch", default=None)
 
 
 class FileStore:
@@ -264,18 +291,26 @@ class FileStore:
         self.strict = strict
         self.problem: StateFileError | None = None  # why the file is no longer used
         self._memory: MemoryStore | None = None  # where a non-strict store went on
-        self._version: _Version | None = None  # the file as last read or written
+        self._version: Version | None = None  # the file as last read or written
+        self._batches: list[_Batch] = []  # open, or being saved
+        self._swept_at: float | None = None  # when leftover temp files were last removed
 
     def get(self, key: str) -> dict[str, Any]:
-        """The entry for ``key`` ({} when none).
+        """The entry for ``key`` ({} when none); in a batch, as the batch has it.
 
         Raises:
             StateFileError: (only when ``strict``) the file cannot be read.
         """
         if self._memory is not None:
             return self._memory.get(key)
+        batch = self._open_batch()
         try:
-            return dict(_lookup(self._read(), key)[1])
+            if batch is None:
+                return dict(_lookup(self._read(), key)[1])
+            real = state_key(key)
+            if real in batch.entries:
+                return dict(batch.entries[real])
+            return dict(_lookup(self._base(batch), key)[1])
         except StateFileError as exc:
             self._give_up(exc, {})
             return {}
@@ -283,8 +318,9 @@ class FileStore:
     def update(self, key: str, **values: Any) -> None:
         self.edit(key, lambda entry: {**entry, **values})
 
-    def edit(self, key: str, change: Change) -> dict[str, Any]:
-        """Replace the entry with ``change(entry)`` in the file; return the new entry.
+    def edit(self, key: str, change: Change, *, immediate: bool = False) -> dict[str, Any]:
+        """Replace the entry with ``change(entry)`` in the file; return the new entry. In a
+        batch, unless ``immediate``, the file is written when the batch ends.
 
         Raises:
             StateFileError: (only when ``strict``) the file cannot be read or written; the
@@ -292,25 +328,90 @@ class FileStore:
         """
         if self._memory is not None:
             return self._memory.edit(key, change)
-        before: dict[str, dict[str, Any]] = {}
+        batch = self._open_batch()
+        if batch is None or immediate:
+            pending = batch.edits if batch is not None else []
+            saved = self._save([*pending, (key, change)])
+            if saved is None:  # gone on in memory (with the batch's edits)
+                assert self._memory is not None
+                return self._memory.edit(key, change)
+            if batch is not None:  # the batch's edits are in the file now
+                batch.edits, batch.entries, batch.base = [], {}, None
+            return saved[-1]
         try:
-            target = self._target()
-            with self._locked(target.parent):
-                before = self._read()
-                data = dict(before)
-                old, entry = _lookup(data, key)
-                new = dict(change(dict(entry)))
-                real = state_key(key)
-                data.pop(old, None)
-                data[real] = new
-                pruned = _prune(data, keep=real)
-                if new != entry or old != real or pruned or old not in before:
-                    self._write(target, data)
-                return dict(new)
+            base = self._base(batch)
         except StateFileError as exc:
-            self._give_up(exc, before)
+            self._give_up(exc, {})
             assert self._memory is not None
             return self._memory.edit(key, change)
+        real = state_key(key)
+        entry = batch.entries[real] if real in batch.entries else _lookup(base, key)[1]
+        new = dict(change(dict(entry)))
+        batch.entries[real] = new
+        batch.edits.append((key, change))
+        return dict(new)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Save the edits made while the block runs in one write when it ends (see the
+        module docstring); inside a batch of this store, join it.
+
+        Raises (when the block ends):
+            StateFileError: (only when ``strict``) the batch cannot be saved; the file
+                keeps what it had.
+        """
+        if self._open_batch() is not None:
+            yield
+            return
+        batch = _Batch(self)
+        self._batches.append(batch)
+        token = _BATCH.set(batch)
+        try:
+            yield
+        finally:
+            _BATCH.reset(token)
+            batch.open = False
+            try:
+                if batch.edits and self._memory is None:
+                    self._save(batch.edits)
+            finally:
+                self._batches.remove(batch)
+
+    def _open_batch(self) -> _Batch | None:
+        batch = _BATCH.get()
+        return batch if batch is not None and batch.store is self and batch.open else None
+
+    def _base(self, batch: _Batch) -> dict[str, dict[str, Any]]:
+        """The file's entries as ``batch`` first read them.
+
+        Raises:
+            StateFileError: it cannot be read or parsed.
+        """
+        if batch.base is None:
+            batch.base = self._read()
+        return batch.base
+
+    def _save(self, edits: list[tuple[str, Change]]) -> list[dict[str, Any]] | None:
+        """Apply ``edits`` to the file in one read-modify-write under the lock, writing it
+        when anything changed; each edit's new entry. None when the store went on in
+        memory instead (the warning; the open batches' edits are in memory).
+
+        Raises:
+            StateFileError: (only when ``strict``) the file cannot be read or written.
+        """
+        before: dict[str, dict[str, Any]] = {}
+        try:
+            target = write_target(self.path)
+            with locked(target.parent, self.path):
+                before = self._read()
+                data = dict(before)
+                results, changed = _apply(data, edits)
+                if changed:
+                    self._write(target, data)
+                return results
+        except StateFileError as exc:
+            self._give_up(exc, before)
+            return None
 
     # ---- the file ---------------------------------------------------------------------
 
@@ -324,79 +425,16 @@ class FileStore:
         known = self._version
         if known is not None and known.settled:
             with contextlib.suppress(OSError):
-                if _stamp(os.stat(path)) == known.stamp:
+                if stamp(os.stat(path)) == known.stamp:
                     return known.data  # unchanged and settled: no read, no parse
-        try:
-            # O_NONBLOCK: a FIFO in its place must not hang balloonctl
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if os.path.islink(path):
-                raise StateFileError(path, f"is a symlink to {os.readlink(path)}, "
-                                           "which does not exist") from None
+        found = read_file(path)
+        if found is None:
             return {}
-        except NotADirectoryError:
-            raise StateFileError(path, "a component of the path is not a directory") from None
-        except OSError as exc:
-            raise StateFileError(path, f"cannot be read: {_why(exc)}") from None
-        st = os.fstat(fd)
-        mode = st.st_mode
-        if not stat.S_ISREG(mode):
-            os.close(fd)
-            raise StateFileError(path, "is a directory, not a file" if stat.S_ISDIR(mode)
-                                 else "is not a regular file")
-        with os.fdopen(fd, "rb") as fh:
-            try:
-                raw = fh.read(_MAX_FILE_BYTES + 1)
-            except OSError as exc:
-                raise StateFileError(path, f"cannot be read: {_why(exc)}") from None
-        if len(raw) > _MAX_FILE_BYTES:
-            raise StateFileError(path, f"is larger than {_MAX_FILE_BYTES} bytes: "
-                                       "not a balloonctl state file")
+        st, raw = found
         # the same bytes as last time: the same entries, without parsing or resolving keys
         data = known.data if known is not None and known.raw == raw else _parse(raw, path)
-        self._version = _Version(_stamp(st), raw, data, _settled(st))
+        self._version = Version(stamp(st), raw, data, settled(st))
         return data
-
-    def _target(self) -> Path:
-        """The file a write replaces: the path itself, or the file a symlink points to
-        (replacing the symlink would move the state out of where the user put it).
-
-        Raises:
-            StateFileError: the directory cannot be created.
-        """
-        target = self.path
-        if target.is_symlink():
-            target = Path(os.path.realpath(target))
-            if not target.exists():  # do not create directories where it points
-                raise StateFileError(str(self.path), f"is a symlink to "
-                                     f"{os.readlink(self.path)}, which does not exist")
-        if not target.parent.is_dir():
-            try:
-                os.makedirs(target.parent, mode=0o700, exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
-                raise StateFileError(str(self.path), "a component of the path is not a "
-                                                     "directory") from None
-            except OSError as exc:
-                raise StateFileError(str(self.path), f"cannot create its directory "
-                                                     f"{target.parent}: {_why(exc)}") from None
-        return target
-
-    @contextlib.contextmanager
-    def _locked(self, directory: Path) -> Iterator[None]:
-        """An exclusive lock among balloonctl writers of state files in ``directory``.
-
-        The lock is on the directory, not the file: the file is replaced by every write.
-        """
-        try:
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise StateFileError(str(self.path), f"cannot open its directory: "
-                                                 f"{_why(exc)}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # also releases the lock
 
     def _write(self, target: Path, data: dict[str, dict[str, Any]]) -> None:
         """Replace ``target`` with ``data`` atomically: the old version stays until the new
@@ -405,41 +443,29 @@ class FileStore:
         Raises:
             StateFileError: the new version cannot be written (the old one is kept).
         """
-        directory = target.parent
-        for stale in directory.glob(f".{target.name}.*.tmp"):
-            with contextlib.suppress(OSError):  # left by a writer killed mid-write
-                stale.unlink()
+        now = time.monotonic()
+        if self._swept_at is None or now - self._swept_at >= _SWEEP_EVERY:
+            remove_leftovers(target)  # left by writers killed mid-write
+            self._swept_at = now
         raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
-        tmp: str | None = None
         try:
-            fd, tmp = _create_temp(directory, target.name)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(raw)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            tmp = None
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)  # the rename itself survives a crash
-            finally:
-                os.close(dir_fd)
-            # Under the lock no one else writes: this is the version just written (the
-            # stat after the rename, which changes the file's ctime).
-            self._version = _Version(_stamp(os.stat(target)), raw, data, False)
+            st = replace_atomically(target, raw)
         except OSError as exc:
-            raise StateFileError(str(self.path), f"cannot be written: {_why(exc)} "
+            raise StateFileError(str(self.path), f"cannot be written: {why(exc)} "
                                                  "(it keeps what it had)") from None
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+        # Under the lock no one else writes: this is the version just written.
+        self._version = Version(stamp(st), raw, data, False)
 
     def _give_up(self, exc: StateFileError, data: dict[str, dict[str, Any]]) -> None:
-        """Strict: raise ``exc``. Otherwise warn once and go on in memory from ``data``."""
+        """Strict: raise ``exc``. Otherwise warn once and go on in memory from ``data``, with
+        the edits of the open batches."""
         if self.strict:
             raise exc
         self.problem = exc
-        self._memory = MemoryStore(data)
+        memory = self._memory = MemoryStore(data)
+        for batch in self._batches:
+            for key, change in batch.edits:
+                memory.edit(key, change)
+            batch.edits, batch.entries = [], {}
         log.warning("%s; balloonctl goes on without it, and what this run sets (targets, "
                     "the hint) will not be remembered", exc)

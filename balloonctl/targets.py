@@ -143,9 +143,14 @@ class RememberedTargets:
         def change(entry: dict[str, Any]) -> dict[str, Any]:
             if instance is None or entry.get("instance") != instance:
                 entry = {"instance": instance}
-            if "target" in values:  # balloonctl sets the target: the VM is its own again
+            at, new = entry.get("target_at"), values
+            if isinstance(at, int | float) and at > values.get("target_at", at):
+                # a target set later (by another process, saved while this one waited in a
+                # batch) stands: never replace it with an older one
+                new = {k: v for k, v in values.items() if k not in _TARGET_KEYS}
+            elif "target" in values:  # balloonctl sets the target: the VM is its own again
                 entry.pop("foreign", None)
-            return {**entry, **values}
+            return {**entry, **new}
 
         self.store.edit(self.client.address, change)
 
@@ -267,8 +272,9 @@ class RememberedTargets:
             claimed.append(dict(mark))
             return {**e, "foreign": {**mark, "journaled": True}}
 
-        self.store.edit(self.client.address, claim)
-        return claimed[0] if claimed else None
+        # at once, even in a batch: another process must see the claim before it journals
+        self.store.edit(self.client.address, claim, immediate=True)
+        return claimed[-1] if claimed else None
 
     async def reclaim(self) -> bool:
         """Take the VM back from another writer: forget the foreign mark (balloonctl's

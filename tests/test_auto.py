@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+import balloonctl.store as store_module
 from balloonctl.auto import AutoController, Cycle
 from balloonctl.config import scan_dir
 from balloonctl.errors import JournalError
@@ -234,3 +236,36 @@ async def test_dry_run_plans_and_sends_nothing(
     assert all(vm.guest.actual == RAM for vm in fake_fleet.vms)
     assert not (tmp_path / "journal.jsonl").exists()
     assert json.dumps([d.to_json() for d in cycle.decisions])  # plan --format json
+
+
+async def test_a_cycle_saves_the_state_file_once_before_it_returns(
+    fake_fleet: FakeFleet, controller: AutoController, fake_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "state.json"
+    writes: list[Path] = []
+    real = store_module.replace_atomically
+
+    def counting(target: Path, raw: bytes) -> os.stat_result:  # the store's one way to write
+        st = real(target, raw)
+        writes.append(target)
+        return st
+
+    monkeypatch.setattr(store_module, "replace_atomically", counting)
+    await controller.cycle()
+    await squeeze(fake_fleet, fake_dir)
+    writes.clear()
+    before = path.stat().st_ino if path.exists() else None
+    cycle = await controller.cycle()
+    assert {c.name for c in cycle.applied} == {"vm1", "vm2", "vm3"}
+    assert writes == [path] and path.stat().st_ino != before  # three targets, one write
+    # saved before the cycle returned: another process sees every target sent
+    saved = json.loads(path.read_text())
+    assert sorted((e["target"], e["target_reached"]) for e in saved.values()) == sorted(
+        (c.target, False) for c in cycle.applied)
+    # and every later cycle (the targets reached and noted, more sent) writes at most once
+    for _ in range(4):
+        await asyncio.sleep(1.1)
+        writes.clear()
+        await controller.cycle()
+        assert len(writes) <= 1

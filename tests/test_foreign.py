@@ -76,3 +76,47 @@ async def test_status_shows_a_balloon_another_client_moved(
         await client.set_target(GiB)
         assert (await client.snapshot()).owner is Owner.BALLOONCTL
         assert await client.targets.foreign() is None
+
+
+async def test_a_claim_in_a_batch_is_seen_by_other_processes_before_the_batch_ends(
+    fake_vm: FakeVM, tmp_path: Path, client_for: Any,
+) -> None:
+    path = tmp_path / "state.json"
+    store = FileStore(path)
+    async with client_for(fake_vm, store=store) as client:
+        await client.set_target(parse_target("1.5G"))
+        await client.wait_for_target(T, timeout=5)
+        await client.snapshot()
+    async with await RawQMP.open(fake_vm.qmp_path) as qmp:
+        await qmp.execute("balloon", {"value": GiB})
+    await poll_until(lambda: fake_vm.guest.actual == GiB, what="the balloon at 1 GiB")
+    async with client_for(fake_vm, store=store) as client:
+        assert (await client.snapshot()).owner is Owner.FOREIGN  # the mark is saved
+    other = FileStore(path)  # another balloonctl process's view of the same file
+    with store.batch():  # as auto's cycle (a QMP socket serves one client at a time)
+        async with client_for(fake_vm, store=store) as client:
+            assert (await client.targets.claim_foreign_report()) is not None
+        async with client_for(fake_vm, store=other) as elsewhere:
+            assert await elsewhere.targets.claim_foreign_report() is None  # journaled once
+    async with client_for(fake_vm, store=store) as client:
+        assert await client.targets.claim_foreign_report() is None
+
+
+async def test_a_target_saved_later_elsewhere_stands_over_a_batch_saved_after_it(
+    fake_vm: FakeVM, tmp_path: Path, client_for: Any,
+) -> None:
+    path = tmp_path / "state.json"
+    store = FileStore(path)
+    with store.batch():  # auto's cycle sends 1.5 GiB, and goes on with other VMs
+        async with client_for(fake_vm, store=store) as client:
+            await client.set_target(parse_target("1.5G"))
+        async with client_for(fake_vm, store=FileStore(path)) as elsewhere:
+            await elsewhere.set_target(GiB)  # `balloonctl set` meanwhile: sent last
+    assert FileStore(path).get(str(fake_vm.qmp_path))["target"] == GiB  # sent last
+    assert fake_vm.guest.ram - fake_vm.guest.balloon_target == GiB
+    async with client_for(fake_vm, store=store) as client:
+        assert await client.current_target() == GiB
+    with store.batch():  # one step on: a later target of the batch's own is saved
+        async with client_for(fake_vm, store=store) as client:
+            await client.set_target(parse_target("1.5G"))
+    assert FileStore(path).get(str(fake_vm.qmp_path))["target"] == T

@@ -119,14 +119,15 @@ def test_journal_and_history_import_only_the_core() -> None:
     out = set(subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                              check=True, timeout=60).stdout.split())
     assert out <= {"balloonctl", "balloonctl.errors", "balloonctl.store", "balloonctl.units",
-                   "balloonctl.text", "balloonctl.journal", "balloonctl.history"}, sorted(out)
+                   "balloonctl.statefile", "balloonctl.text", "balloonctl.journal",
+                   "balloonctl.history"}, sorted(out)
 
 
 # ---- layering: who may import whom inside balloonctl ----------------------------------------
 
 PACKAGE = Path(__file__).resolve().parent.parent / "balloonctl"
-CORE = frozenset({"units", "model", "errors", "store", "text", "replies", "sockpeer",
-                  "deadline"})
+CORE = frozenset({"units", "model", "errors", "store", "statefile", "text", "replies",
+                  "sockpeer", "deadline"})
 # The QMP/QGA/host layer, each with the balloonctl modules it may import at load time.
 PRIMITIVES = {
     "qmpsession": CORE,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import balloonctl.store as store_module
+from balloonctl import statefile
 from balloonctl.store import FileStore, state_key
 
 FORK = multiprocessing.get_context("fork")
@@ -89,7 +90,7 @@ def test_a_settled_file_rewritten_in_place_with_its_old_mtime_is_seen(
     past = old.st_mtime_ns - 10_000_000_000
     os.utime(path, ns=(past, past))
     # Settled at once (ctime cannot be put in the past): the reader trusts the identity.
-    monkeypatch.setattr(store_module, "_SETTLED_NS", 0)
+    monkeypatch.setattr(statefile, "_SETTLED_NS", 0)
     reader = FileStore(path)
     assert reader.get(vm1) == {"target": 1111}
     seen_ctime = path.stat().st_ctime_ns
