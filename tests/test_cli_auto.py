@@ -308,3 +308,29 @@ def test_auto_leaves_a_foreign_vm_alone_until_reclaim_takes_it_back(
     assert status["owner"] != "foreign"
     plan = json.loads(run(env, "plan", "vm1", "--json").stdout)[0]
     assert "another writer" not in plan["reason"], plan  # the policy manages it again
+
+
+def test_auto_hold_keeps_every_socket_for_the_run(env: dict[str, str], fleet: FakeFleet) -> None:
+    """`auto --hold` keeps the VMs' QMP sockets open (docs/cli.md): meanwhile another QMP
+    client finds them busy, held by that balloonctl process (its PID named)."""
+    child = subprocess.Popen([BALLOONCTL, "auto", "--hold", "--interval", "1s",
+                              "--duration", "60s"], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            states = json.loads(run(env, "status", "--json").stdout)
+            if all(s["status"] == "busy" for s in states):
+                break
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, states
+            time.sleep(0.1)  # polling a condition, with a deadline
+        assert [s["name"] for s in states] == ["vm1", "vm2"]
+        holder = f"held by another balloonctl, pid {child.pid} (balloonctl auto --hold"
+        assert all(holder in s["error"] for s in states), [s["error"] for s in states]
+    finally:
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=30)
+    assert child.returncode == ExitCode.INTERRUPTED
+    after = json.loads(run(env, "status", "--json").stdout)
+    assert [s["status"] for s in after] == ["ok", "ok"]  # released when it ends

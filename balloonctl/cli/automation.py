@@ -48,14 +48,14 @@ def _plan_row(d: Decision) -> list[str]:
     return [d.name, d.action.value, size(d.current), size(d.target), d.reason]
 
 
-def _controller(names: list[str], *, dry_run: bool) -> AutoController:
+def _controller(names: list[str], *, dry_run: bool, hold: bool = False) -> AutoController:
     from balloonctl.auto import AutoController
     from balloonctl.cli.journaling import journal
 
     s = settings()
     inventory = s.inventory()
     refs = [inventory.get(n) for n in names]
-    return AutoController(s.fleet(refs), settings=inventory.config.policy,
+    return AutoController(s.fleet(refs, hold=hold), settings=inventory.config.policy,
                           host_root=inventory.host_root,
                           journal=None if dry_run else journal(), dry_run=dry_run)
 
@@ -157,6 +157,11 @@ def auto(
     fmt: Annotated[AutoFormat, typer.Option(
         "--format", "-f", case_sensitive=False, help="table (one line per change) or ndjson.",
     )] = AutoFormat.TABLE,
+    hold: Annotated[bool, typer.Option(
+        "--hold/--polite",
+        help="Keep every VM's QMP socket open for the run (cheaper; other QMP clients are "
+             "then refused: use balloonctl serve to share) or reconnect for every cycle.",
+    )] = False,
 ) -> None:
     """Apply the automatic-ballooning policy every cycle, one line per change, until
     Ctrl-C or SIGTERM (targets then stay where they are). Every change is journaled; a
@@ -170,7 +175,7 @@ def auto(
     outside = [r.name for r in taken_back if r.name not in names]
     if outside:
         raise UsageError(f"--reclaim {outside[0]}: not among the VMs auto manages")
-    controller = _controller(names, dry_run=dry_run)
+    controller = _controller(names, dry_run=dry_run, hold=hold)
     if controller.journal is not None:
         controller.journal.check_writable()  # refuse before anything is sent
     where = "nothing is sent (dry run)" if dry_run else f"journal {controller.journal.path}" \
