@@ -125,7 +125,8 @@ class ServedHosts:
                 sock, temp = bind_unix(sock_path)
                 temp.rename(sock_path)
                 config = uvicorn.Config(create_app(service), log_level="warning",
-                                        access_log=False, lifespan="on")
+                                        access_log=False, lifespan="on",
+                                        timeout_graceful_shutdown=2)  # open streams
                 server = uvicorn.Server(config)
                 servers.append(server)
                 tasks.append(asyncio.create_task(server.serve(sockets=[sock])))

@@ -189,7 +189,13 @@ class MultiHost:
                         host.plan = item
                     else:
                         vm, event = item
-                        queue.put_nowait((self._name(host, vm), event))
+                        name = self._name(host, vm)
+                        state = event.data.get("state")
+                        if isinstance(state, BalloonState):  # a reconnect's fresh state
+                            event = BalloonEvent(event.name, {
+                                **event.data, "state": state.with_changes(name=name)},
+                                event.timestamp)
+                        queue.put_nowait((name, event))
             except BalloonError as exc:
                 host.auto_error = exc.message
             host.plan = None  # not current any more: shown as no plan until it is
