@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from balloonctl.errors import BalloonError, UnknownVM
+from balloonctl.errors import BadReply, BalloonError, UnknownVM
 from balloonctl.host import HostMemory
 from balloonctl.http.client import HttpSource
 from balloonctl.http.wire import AutoPlan, auto_enabled_from_json, host_from_json
@@ -42,6 +42,7 @@ class _Host:
     memory_error: str | None = None
     plan: AutoPlan | None = None  # the last auto cycle its stream announced
     auto_error: str | None = None  # why its stream failed
+    auto_bad: bool = False  # ... because it sent something of the wrong shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +185,9 @@ class MultiHost:
         while True:
             try:
                 async for item in host.source.feed():
-                    failures, host.auto_error = 0, None
+                    failures = 0
+                    if isinstance(item, AutoPlan) or not host.auto_bad:
+                        host.auto_error = None  # a malformed plan stays until a good one
                     if isinstance(item, AutoPlan):
                         host.plan = item
                     else:
@@ -197,7 +200,7 @@ class MultiHost:
                                 event.timestamp)
                         queue.put_nowait((name, event))
             except BalloonError as exc:
-                host.auto_error = exc.message
+                host.auto_error, host.auto_bad = exc.message, isinstance(exc, BadReply)
             host.plan = None  # not current any more: shown as no plan until it is
             failures += 1
             await asyncio.sleep(min(FEED_RETRY_CAP, FEED_RETRY * 2 ** (failures - 1)))
