@@ -26,7 +26,7 @@ from balloonctl.http.client import HttpSource
 from balloonctl.http.hosts import MultiHost
 from balloonctl.http.wire import stream_item_from_json
 from balloonctl.journal import Journal
-from balloonctl.serve import HostService, create_app
+from balloonctl.serve import create_app
 from balloonctl.serve.runner import bind_unix
 from balloonctl.units import GiB, format_exact, format_size, format_size_aligned
 from tui.app import DashboardApp
