@@ -53,8 +53,9 @@ async def served(directory: Path, sock: Path, label: str) -> AsyncIterator[uvico
                           host_root=directory / "host", label=label)
     listener, temp = bind_unix(sock)
     temp.rename(sock)
+    # as the runner: a dashboard's open stream must not hold the shutdown
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning",
-                                           lifespan="on"))
+                                           lifespan="on", timeout_graceful_shutdown=1))
     task = asyncio.create_task(server.serve(sockets=[listener]))
     try:
         yield server

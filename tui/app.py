@@ -42,7 +42,8 @@ from tui.messages import (
     ToggleAuto,
     ToggleHint,
 )
-from tui.requests import hint_calls, reclaim_calls, stats_calls, target_calls
+from tui.remote import auto_event_line, show_remote, who
+from tui.requests import auto_host_calls, hint_calls, reclaim_calls, stats_calls, target_calls
 from tui.screens.main import MainScreen
 
 DEFAULT_MEMINFO = Path("/proc/meminfo")
@@ -308,8 +309,8 @@ class DashboardApp(App[None]):
     def _snapshot(self, message: SnapshotReady) -> None:
         host_status: Callable[[], list[HostStatus]] | None = getattr(
             self.source, "host_status", None)
-        if host_status is not None:  # balloonctl serve instances: a line per host
-            self.main.show_hosts(host_status())
+        if host_status is not None:  # balloonctl serve instances: a line per host, auto's plan
+            show_remote(self.view, self.main, self.source, host_status())
         self._log_changes(self.view.apply(message.states, poll_round=message.poll_round))
         self.polls += 1
         self.main.show_source_error(None)
@@ -351,6 +352,11 @@ class DashboardApp(App[None]):
     @on(SourceEvent)
     def _source_event(self, message: SourceEvent) -> None:
         name, event = message.name, message.event
+        line = auto_event_line(name, event)  # a service's auto: its changes
+        if line is not None:
+            self.view.note(name, line.note)
+            self.main.log_line(line.text, style=line.style)
+            return
         state = event.data.get("state")
         if isinstance(state, BalloonState):  # the source re-read the VM after connecting
             self._log_changes(self.view.apply([state]))
@@ -365,7 +371,7 @@ class DashboardApp(App[None]):
         if isinstance(error, str):
             text += f": {error}"
         self.view.note(name, text)
-        self.main.log_line(f"{name}: {text}", style="dim")
+        self.main.log_line(f"{who(name)}: {text}", style="dim")
 
     def _target_lock(self, name: str) -> asyncio.Lock:
         lock = self._target_locks.get(name)
@@ -438,8 +444,12 @@ class DashboardApp(App[None]):
     @on(ToggleAuto)
     def _toggle_auto(self, message: ToggleAuto) -> None:
         auto = self.auto
-        if auto is None:
-            self.notify("Automatic ballooning needs a QMP fleet", severity="warning")
+        if auto is None:  # balloonctl serve instances: switch their hosts' auto
+            calls = auto_host_calls(self.source, message.names, message.on)
+            if calls is None:
+                self.notify("Automatic ballooning needs a QMP fleet", severity="warning")
+            else:
+                self._start("auto", calls)
             return
         names = auto.names if message.names is None else message.names
         enabled = set(auto.names) if auto.enabled is None else set(auto.enabled)

@@ -8,7 +8,7 @@ rules are tested without running an app.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,6 +352,14 @@ class FleetView:
             row = self.rows.get(d.name)
             if row is not None:
                 self.rows[d.name] = dataclasses.replace(row, plan=d, auto=auto(d.name))
+
+    def show_plans(self, plans: Mapping[str, tuple[Decision, bool]]) -> None:
+        """Every row's plan from ``plans`` (decision, whether it is applied); a row not in
+        it has none (its host's plan is not known now)."""
+        for name, row in self.rows.items():
+            plan, auto = plans.get(name, (None, False))
+            if row.plan != plan or row.auto != auto:
+                self.rows[name] = dataclasses.replace(row, plan=plan, auto=auto)
 
     def note(self, name: str, text: str) -> None:
         """Remember an event or an action result for the VM's detail pane."""

@@ -5,7 +5,7 @@ worker (``DashboardApp._act``) and returns the result line for the event log, or
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from balloonctl.errors import BalloonError
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from balloonctl.auto import AutoController
     from balloonctl.fleet import DataSource
 
-__all__ = ["Calls", "hint_calls", "reclaim_calls", "stats_calls", "target_calls"]
+__all__ = ["Calls", "auto_host_calls", "hint_calls", "reclaim_calls", "stats_calls",
+           "target_calls"]
 
 Calls = dict[str, Callable[[], Awaitable[str]]]
 
@@ -77,3 +78,24 @@ def reclaim_calls(auto: AutoController, names: Iterable[str]) -> Calls:
         return run
 
     return {n: call(n) for n in names}
+
+
+def auto_host_calls(source: object, names: Sequence[str] | None, on: bool) -> Calls | None:
+    """Switch auto on or off on the services of the hosts of ``names`` (None: every host),
+    one call per host (``MultiHost.set_auto``: a service switches all its VMs); None when
+    the source has no services to switch."""
+    set_auto: Callable[[str, bool], Awaitable[bool]] | None = getattr(source, "set_auto", None)
+    host_of: Callable[[str], str] | None = getattr(source, "host_of", None)
+    labels: Sequence[str] = getattr(source, "labels", ())
+    if set_auto is None or host_of is None or not labels:
+        return None
+    hosts = list(labels) if names is None else list(dict.fromkeys(host_of(n) for n in names))
+
+    def call(label: str) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            enabled = await set_auto(label, on)
+            return f"auto {'on' if enabled else 'off'} (every VM of this host's service)"
+
+        return run
+
+    return {h: call(h) for h in hosts}

@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from balloonctl.model import VmRef
     from balloonctl.serve import HostService
 
-__all__ = ["ServedHosts", "demo_hosts", "multi_host", "served_host"]
+__all__ = [
+    "ServedHosts",
+    "demo_hinted",
+    "demo_host_mem",
+    "demo_hosts",
+    "multi_host",
+    "served_host",
+]
 
 
 def served_host(refs: Sequence[VmRef], *, journal: Journal, host_root: Path, label: str,
@@ -49,8 +56,23 @@ def multi_host(eps: Sequence[Endpoint]) -> MultiHost:
     return MultiHost([(ep.label, ep.source()) for ep in eps])
 
 
+def demo_host_mem(i: int, *, vms: int, ram: int) -> int:
+    """Host ``i``'s RAM (from 1): below its guests' RAM, as ``demo``'s single host, so auto
+    reclaims from the first cycles, and different per host (hv1 a half of the guests' RAM,
+    hv2 0.55, hv3 0.6, then again)."""
+    return vms * ram * (10 + (i - 1) % 3) // 20
+
+
+def demo_hinted(names: Sequence[str]) -> list[str]:
+    """The VMs ``demo`` turns the cache-first hint on for: every other one (vm1, vm3...)."""
+    return list(names[::2])
+
+
 class ServedHosts:
-    """``n`` simulated hosts served on a thread of their own: ``endpoints`` once started."""
+    """``n`` simulated hosts served on a thread of their own: ``endpoints`` once started.
+    Each host is smaller than its guests (``demo_host_mem``), its VMs' stats are polled
+    every second and half of them have the cache-first hint on (``demo_hinted``), as in
+    ``demo``."""
 
     def __init__(self, root: Path, n: int, *, vms: int, ram: int,
                  workload: str | None) -> None:
@@ -90,8 +112,7 @@ class ServedHosts:
         try:
             for i in range(1, self.n + 1):
                 where = self.root / f"hv{i}"
-                # hosts of different sizes, so the multi-host view has something to compare
-                host_mem = self.vms * self.ram * (2 + i) // 4
+                host_mem = demo_host_mem(i, vms=self.vms, ram=self.ram)
                 fleet = FakeFleet(self.vms, where, ram=self.ram, workload=self.workload,
                                   host_mem=host_mem, seed=100 * i)
                 await fleet.start()
@@ -104,11 +125,17 @@ class ServedHosts:
                 sock, temp = bind_unix(sock_path)
                 temp.rename(sock_path)
                 config = uvicorn.Config(create_app(service), log_level="warning",
-                                        access_log=False, lifespan="on")
+                                        access_log=False, lifespan="on",
+                                        timeout_graceful_shutdown=2)  # open streams
                 server = uvicorn.Server(config)
                 servers.append(server)
                 tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
                 self.endpoints.append(Endpoint(label=f"hv{i}", uds=str(sock_path)))
+                hinted = demo_hinted(service.names)
+                for name in service.names:
+                    await service.enable_stats(name, 1)
+                    if name in hinted:
+                        await service.set_hint(name, True)
             self._ready.set()
             await self._stop.wait()
         finally:
@@ -140,12 +167,6 @@ class ServedHosts:
             self._thread.join(30)
 
 
-async def _enable_stats(source: MultiHost, interval: int) -> None:
-    await source.snapshot()
-    await asyncio.gather(*(source.enable_stats(n, interval) for n in source.names),
-                         return_exceptions=True)
-
-
 def demo_hosts(n: int, *, vms: int, ram: int, workload: str | None, once: bool,
                render: Any, open_dashboard: Any) -> list[Any]:
     """Run the multi-host demo: ``render(states)`` with ``once``, else
@@ -155,18 +176,15 @@ def demo_hosts(n: int, *, vms: int, ram: int, workload: str | None, once: bool,
     with tempfile.TemporaryDirectory(prefix="balloonctl-hosts-") as tmp, \
             private_state(Path(tmp) / "state.json"), \
             ServedHosts(Path(tmp), n, vms=vms, ram=ram, workload=workload).running() as hosts:
-        source = multi_host(hosts.endpoints)
-
-        async def prepare() -> list[Any]:
-            await _enable_stats(source, 1)
-            if once:
-                states = await source.snapshot()
-                await source.close()
-                return states
-            return []
-
-        states = asyncio.run(prepare())
         if once:
+            async def read() -> list[Any]:
+                source = multi_host(hosts.endpoints)
+                try:
+                    return await source.snapshot()
+                finally:
+                    await source.close()
+
+            states = asyncio.run(read())
             render(states)
             return states
         open_dashboard(multi_host(hosts.endpoints))

@@ -13,8 +13,15 @@ from urllib.parse import quote
 
 import httpx
 
-from balloonctl.errors import BalloonError, ConnectFailed, Disconnected, QMPTimeout
-from balloonctl.http.wire import API_PREFIX, error_from_body, event_from_json, spec_text
+from balloonctl.errors import BadReply, BalloonError, ConnectFailed, Disconnected, QMPTimeout
+from balloonctl.http.wire import (
+    API_PREFIX,
+    AutoPlan,
+    error_from_body,
+    event_from_json,
+    spec_text,
+    stream_item_from_json,
+)
 from balloonctl.model import BalloonState, HintMode, HintState
 from balloonctl.qmp import BalloonEvent
 from balloonctl.units import TargetSpec
@@ -159,18 +166,42 @@ class HttpSource:
     async def events(self) -> AsyncIterator[tuple[str, BalloonEvent]]:
         """The agent's event stream; ends when the agent ends it.
 
-        Raises: a connection error as in ``open``.
+        Raises: a connection error as in ``open``; BadReply: a line that is not an event.
         """
-        path = "/events"
+        async for body in self._lines("/events"):
+            yield event_from_json(body)
+
+    async def feed(self) -> AsyncIterator[AutoPlan | tuple[str, BalloonEvent]]:
+        """``GET /v1/stream?snapshots=false``: events as they happen (QMP, connections,
+        auto's changes) and auto's plan after every cycle (the last one first); ends when
+        the service ends it.
+
+        Raises: a connection error as in ``open``; BadReply: a line that is not the shape
+        the service sends (``http.wire.stream_item_from_json``).
+        """
+        async for body in self._lines("/stream", {"snapshots": "false"}):
+            item = stream_item_from_json(body)
+            if item is not None:
+                yield item
+
+    async def _lines(self, path: str, params: dict[str, str] | None = None
+                     ) -> AsyncIterator[Any]:
+        """Each NDJSON line of ``GET /v1{path}``, decoded. Raises: as ``feed``."""
         timeout = httpx.Timeout(self.timeout, read=None)
         try:
-            async with self._client.stream("GET", API_PREFIX + path, timeout=timeout) as resp:
+            async with self._client.stream("GET", API_PREFIX + path, params=params,
+                                           timeout=timeout) as resp:
                 if resp.is_error:
                     await resp.aread()
                     self._decode(resp)
                 async for line in resp.aiter_lines():
-                    if line.strip():
-                        yield event_from_json(json.loads(line))
+                    if not line.strip():
+                        continue
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError:
+                        raise BadReply(f"GET {API_PREFIX}{path} at {self.where}: a line is "
+                                       f"not JSON: {line!r:.60}") from None
         except httpx.HTTPError as exc:
             raise self._fail(exc, path) from exc
 

@@ -5,20 +5,34 @@ No third-party imports here, so both sides (and tests) share it cheaply.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from balloonctl import errors
+from balloonctl.auto import AppliedChange, ForeignMove
 from balloonctl.errors import BadReply, BalloonError
 from balloonctl.host import HostMemory, Ksm, Psi
 from balloonctl.model import BalloonState
+from balloonctl.policy import Action, Decision
 from balloonctl.qmp import BalloonEvent
 from balloonctl.units import SizeKind, TargetSpec
 
+if TYPE_CHECKING:
+    from balloonctl.auto import Cycle
+
 __all__ = [
     "API_PREFIX",
+    "AUTO_CHANGE",
+    "AUTO_FAILED",
+    "AUTO_FOREIGN",
     "CODE_STATUS",
+    "AutoPlan",
+    "auto_enabled_from_json",
+    "auto_plan_json",
     "code_for",
+    "cycle_events",
+    "decision_from_json",
     "error_body",
     "error_from_body",
     "event_from_json",
@@ -27,6 +41,7 @@ __all__ = [
     "plain_error",
     "spec_text",
     "status_for",
+    "stream_item_from_json",
 ]
 
 API_PREFIX = "/v1"
@@ -137,14 +152,161 @@ def event_to_json(name: str, event: BalloonEvent) -> dict[str, Any]:
     return {"vm": name, "event": event.name, "data": data, "timestamp": event.timestamp}
 
 
-def event_from_json(body: Mapping[str, Any]) -> tuple[str, BalloonEvent]:
-    data = dict(body.get("data") or {})
+def event_from_json(body: Any, where: str = "GET /v1/events") -> tuple[str, BalloonEvent]:
+    """One event line (``event_to_json``'s shape) as the VM's name and its event; auto's
+    events (``AUTO_CHANGE``, ``AUTO_FOREIGN``, ``AUTO_FAILED``) with their data parsed:
+    ``data["change"]`` an ``AppliedChange``, ``data["move"]`` a ``ForeignMove``,
+    ``data["error"]`` the failure's text.
+
+    Raises:
+        BadReply: not the shape the service sends (``where`` names the request).
+    """
+    if not isinstance(body, Mapping):
+        raise BadReply(f"{where}: an event is not an object: {body!r:.40}")
+    vm, name, raw = body.get("vm"), body.get("event"), body.get("data")
+    if not isinstance(vm, str) or not vm:
+        raise BadReply(f"{where}: an event's 'vm' is not a name: {vm!r:.40}")
+    if not isinstance(name, str) or not name:
+        raise BadReply(f"{where}: {vm}: the event's name is not a string: {name!r:.40}")
+    if raw is not None and not isinstance(raw, Mapping):
+        raise BadReply(f"{where}: {vm} {name}: 'data' is not an object")
+    stamp = body.get("timestamp") or 0.0
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+        raise BadReply(f"{where}: {vm} {name}: 'timestamp' is not a number: {stamp!r:.40}")
+    data = dict(raw or {})
+    here = f"{where}: {vm} {name}"
     state = data.get("state")
     if isinstance(state, dict):
-        data["state"] = BalloonState.from_json(state)
-    return str(body["vm"]), BalloonEvent(
-        str(body["event"]), data, float(body.get("timestamp") or 0.0)
-    )
+        try:
+            data["state"] = BalloonState.from_json(state)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadReply(f"{here}: 'state' is not a VM's state: {exc}") from None
+    if name == AUTO_CHANGE:
+        data["change"] = AppliedChange(
+            vm, _action(data, here), _size_or_none(data, "previous", here),
+            _count(data, "target", here), _text(data, "reason", here))
+    elif name == AUTO_FOREIGN:
+        data["move"] = ForeignMove(vm, _size_or_none(data, "previous", here),
+                                   _count(data, "actual", here), _text(data, "why", here))
+    elif name == AUTO_FAILED:
+        _text(data, "error", here)
+    return vm, BalloonEvent(name, data, float(stamp))
+
+
+# -- automatic ballooning on the stream (docs/serve.md: GET /v1/stream) ----------------------
+AUTO_CHANGE = "AUTO_CHANGE"  # a target auto sent (and journaled)
+AUTO_FOREIGN = "AUTO_FOREIGN"  # a move by another writer auto found (journaled once)
+AUTO_FAILED = "AUTO_FAILED"  # a target auto could not send
+
+
+@dataclass(frozen=True, slots=True)
+class AutoPlan:
+    """A service's latest auto cycle, as its stream announces it: the cycle's ``number``,
+    whether the service applies the decisions (``enabled``), every VM's decision."""
+
+    number: int
+    enabled: bool
+    decisions: tuple[Decision, ...]
+    time: float = 0.0
+
+
+def auto_plan_json(label: str, time: float, number: int, enabled: bool,
+                   decisions: Sequence[Decision]) -> dict[str, Any]:
+    """The stream's ``{"type": "auto", ...}`` line of one cycle."""
+    return {"type": "auto", "host": label, "time": time, "cycle": number,
+            "enabled": enabled, "decisions": [d.to_json() for d in decisions]}
+
+
+def auto_enabled_from_json(body: Any, where: str = "POST /v1/auto") -> bool:
+    """Whether auto is on, from a ``/v1/auto`` answer. Raises: BadReply: no such answer."""
+    enabled = body.get("enabled") if isinstance(body, Mapping) else None
+    if not isinstance(enabled, bool):
+        raise BadReply(f"{where}: 'enabled' is not true or false: {enabled!r:.40}")
+    return enabled
+
+
+def cycle_events(cycle: Cycle, time: float) -> list[tuple[str, BalloonEvent]]:
+    """What one auto cycle did, as events: each target sent, each foreign move found, each
+    VM it failed to move (``event_from_json`` reads them back)."""
+    out: list[tuple[str, BalloonEvent]] = []
+    for c in cycle.applied:
+        out.append((c.name, BalloonEvent(AUTO_CHANGE, {
+            "action": c.action.value, "previous": c.previous, "target": c.target,
+            "reason": c.reason}, time)))
+    for m in cycle.foreign:
+        out.append((m.name, BalloonEvent(AUTO_FOREIGN, {
+            "previous": m.previous, "actual": m.actual, "why": m.why}, time)))
+    for name, exc in cycle.failed.items():
+        out.append((name, BalloonEvent(AUTO_FAILED, {"error": exc.message}, time)))
+    return out
+
+
+def decision_from_json(body: Any, where: str) -> Decision:
+    """One decision (``Decision.to_json``'s shape).
+
+    Raises:
+        BadReply: not that shape.
+    """
+    if not isinstance(body, Mapping):
+        raise BadReply(f"{where}: a decision is not an object: {body!r:.40}")
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadReply(f"{where}: a decision's 'name' is not a VM name: {name!r:.40}")
+    here = f"{where}: {name}"
+    return Decision(name, _action(body, here), _size_or_none(body, "target", here),
+                    _size_or_none(body, "current", here), _text(body, "reason", here))
+
+
+def stream_item_from_json(body: Any, where: str = "GET /v1/stream"
+                          ) -> AutoPlan | tuple[str, BalloonEvent] | None:
+    """One line of the service's stream: an ``AutoPlan`` (``"type": "auto"``), an event (as
+    ``event_from_json``), or None for a snapshot or a type this client does not know.
+
+    Raises:
+        BadReply: a line of a known type that is not its shape.
+    """
+    if not isinstance(body, Mapping):
+        raise BadReply(f"{where}: a line is not an object: {body!r:.40}")
+    kind = body.get("type")
+    if kind == "event":
+        return event_from_json(body, where)
+    if kind != "auto":
+        return None
+    here = f"{where} auto"
+    number, enabled = body.get("cycle"), body.get("enabled")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        raise BadReply(f"{here}: 'cycle' is not a cycle number: {number!r:.40}")
+    if not isinstance(enabled, bool):
+        raise BadReply(f"{here}: 'enabled' is not true or false: {enabled!r:.40}")
+    decisions = body.get("decisions")
+    if not isinstance(decisions, list):
+        raise BadReply(f"{here}: 'decisions' is not a list: {decisions!r:.40}")
+    stamp = body.get("time") or 0.0
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+        raise BadReply(f"{here}: 'time' is not a number: {stamp!r:.40}")
+    return AutoPlan(number, enabled, tuple(
+        decision_from_json(d, f"{here} decisions[{i}]") for i, d in enumerate(decisions)),
+        float(stamp))
+
+
+def _action(body: Mapping[str, Any], where: str) -> Action:
+    value = body.get("action")
+    try:
+        return Action(str(value)) if isinstance(value, str) else Action("")
+    except ValueError:
+        known = ", ".join(a.value for a in Action)
+        raise BadReply(f"{where}: 'action' is not one of {known}: {value!r:.40}") from None
+
+
+def _text(body: Mapping[str, Any], key: str, where: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise BadReply(f"{where}: {key!r} is not text: {value!r:.40}")
+    return value
+
+
+def _size_or_none(body: Mapping[str, Any], key: str, where: str) -> int | None:
+    return None if body.get(key) is None else _count(body, key, where)
 
 
 def _count(body: Mapping[str, Any], key: str, where: str) -> int:

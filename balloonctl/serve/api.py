@@ -241,7 +241,11 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
         return JSONResponse({"entries": [e.to_json() for e in entries]})
 
     async def stream(request: Request) -> Response:
-        return _ndjson(_bridged(service, service.stream))
+        text = request.query_params.get("snapshots", "true")
+        if text not in ("true", "false"):
+            raise UsageError(f"'snapshots' must be true or false, not {text!r}")
+        snapshots = text == "true"
+        return _ndjson(_bridged(service, lambda: service.stream(snapshots=snapshots)))
 
     async def events(request: Request) -> Response:
         async def items() -> AsyncIterator[dict[str, Any]]:

@@ -82,9 +82,13 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
     "/v1/history": {"get": _op("Journal entries, oldest first", errors=(404, 503), params=[
         {"name": "vm", "in": "query", "schema": {"type": "string"}},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}}])},
-    "/v1/stream": {"get": _op("Snapshots after every poll and events, as they happen",
-                              media="application/x-ndjson")},
-    "/v1/events": {"get": _op("QMP events and connection changes, as they happen",
+    "/v1/stream": {"get": _op(
+        "Snapshots after every poll, events (auto's changes among them) and auto's plan "
+        "after every cycle, as they happen", media="application/x-ndjson", errors=(400,),
+        params=[{"name": "snapshots", "in": "query",
+                 "schema": {"type": "string", "enum": ["true", "false"]}}])},
+    "/v1/events": {"get": _op("QMP events, connection changes and auto's changes, as they "
+                              "happen",
                               media="application/x-ndjson")},
     "/v1/health": {"get": _op("The service is up")},
     "/v1/openapi.json": {"get": _op("This document")},

@@ -30,6 +30,7 @@ from balloonctl.errors import BalloonError, UnknownVM, UsageError
 from balloonctl.fleet import CONNECTED, DataSource, Fleet
 from balloonctl.history import history, plan_undo
 from balloonctl.host import HostMemory, read_host
+from balloonctl.http.wire import auto_plan_json, cycle_events, event_to_json
 from balloonctl.journal import Journal, JournalEntry, Origin
 from balloonctl.model import BalloonState, HintState, Owner, VmRef
 from balloonctl.policy import Decision, PolicySettings
@@ -207,23 +208,26 @@ class HostService:
             self.health.stream_dropped += 1
         queue.put_nowait(item)
 
-    async def stream(self, *, snapshots: bool = True,
-                     events: bool = True) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, *, snapshots: bool = True, events: bool = True,
+                     auto: bool = True) -> AsyncIterator[dict[str, Any]]:
         """Items as they happen: ``{"type": "snapshot", "vms": [...]}`` after every poll (the
-        current one first) and ``{"type": "event", "vm", "event", "data"}`` for every event.
-        Ends when the service stops."""
+        current one first), ``{"type": "event", "vm", "event", "data"}`` for every event
+        (auto's changes among them), and ``{"type": "auto", ...}`` after every auto cycle
+        and switch (the last one first). Ends when the service stops."""
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(STREAM_QUEUE)
         self._subscribers.add(queue)
+        wanted = {"snapshot": snapshots, "event": events, "auto": auto}
         try:
             if snapshots:
                 yield {"type": "snapshot", "host": self.label, "time": self.clock(),
                        "vms": [s.to_json() for s in await self.snapshot()]}
+            if auto and self.last_cycle is not None:
+                yield self._auto_item()
             while True:
                 item = await queue.get()
                 if item is None:
                     return
-                if (item["type"] == "snapshot" and snapshots) or \
-                        (item["type"] == "event" and events):
+                if wanted.get(item["type"], False):
                     yield item
         finally:
             self._subscribers.discard(queue)
@@ -319,7 +323,7 @@ class HostService:
             async for pair in self.source.events():
                 yield pair
             return
-        async for item in self.stream(snapshots=False):
+        async for item in self.stream(snapshots=False, auto=False):
             yield item["vm"], BalloonEvent(item["event"], item["data"], item["timestamp"])
 
     async def close(self) -> None:
@@ -437,7 +441,24 @@ class HostService:
         if on:
             self.auto_stopped = None
         self.poke()
+        if self.last_cycle is not None:
+            self._publish(self._auto_item())  # the plan's "enabled" changed
         return self.auto_status()
+
+    def _auto_item(self) -> dict[str, Any]:
+        """The stream's line for the last cycle (``http.wire.auto_plan_json``)."""
+        cycle = self.last_cycle
+        assert cycle is not None
+        return auto_plan_json(self.label, self.clock(), cycle.number, self.auto_on,
+                              cycle.decisions)
+
+    def _publish_cycle(self, cycle: Cycle) -> None:
+        """Stream what one cycle did (its changes, foreign moves and failures as events),
+        then its plan."""
+        now = self.clock()
+        for name, event in cycle_events(cycle, now):
+            self._publish({"type": "event", "host": self.label, **event_to_json(name, event)})
+        self._publish(self._auto_item())
 
     async def _auto_loop(self) -> None:
         while True:
@@ -457,6 +478,7 @@ class HostService:
                 continue
             self.last_cycle = cycle
             self.health.observe_cycle(cycle)
+            self._publish_cycle(cycle)
             if cycle.applied:
                 self.poke()
 

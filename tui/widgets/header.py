@@ -22,7 +22,8 @@ __all__ = ["FleetHeader", "host_line"]
 def host_line(t: HostTotals, status: HostStatus, *, compact: bool = False) -> Text:
     """One host's line: its VMs (answering/all), the sums of their guest RAM, actual, free
     and cached, then the host's own RAM, available memory, PSI (some, avg10) and what KSM
-    saves, as its service reports them; or why the host is unreachable."""
+    saves, as its service reports them; or why the host is unreachable, or why its stream
+    (auto's plan and changes) failed."""
     def size(value: int) -> str:
         return format_size(value, compact=compact)
 
@@ -31,6 +32,9 @@ def host_line(t: HostTotals, status: HostStatus, *, compact: bool = False) -> Te
     text.append(f" {t.reachable}/{t.vms}" if compact else f"  VMs {t.reachable}/{t.vms}")
     if status.error is not None:
         text.append(f"  unreachable: {escape_text(status.error)}", style="bold red")
+        return text
+    if status.auto_error is not None:  # its stream failed: no plan, no auto changes
+        text.append(f"  auto: {escape_text(status.auto_error)}", style="bold red")
         return text
     sums: tuple[tuple[str, int], ...]
     if compact:  # "act 9.8G/12G": actual of guest RAM
