@@ -56,7 +56,7 @@ from balloonctl.policy import (
     policy_for,
     rates_between,
 )
-from balloonctl.units import format_size
+from balloonctl.units import format_change, format_size
 
 if TYPE_CHECKING:
     from balloonctl.fleet import Fleet
@@ -76,10 +76,10 @@ class AppliedChange:
     reason: str
 
     def line(self) -> str:
-        """One line for an operator: ``vm1: 2 GiB -> 1.88 GiB (shrink): REASON``."""
-        before = "?" if self.previous is None else format_size(self.previous)
-        return (f"{self.name}: {before} -> {format_size(self.target)} "
-                f"({self.action.value}): {self.reason}")
+        """One line for an operator: ``vm1: 2 GiB -> 1.9 GiB (shrink): REASON``; sizes that
+        would read alike are shown exactly (``2 GiB -> 2026 MiB``)."""
+        before, after = format_change(self.previous, self.target)
+        return f"{self.name}: {before} -> {after} ({self.action.value}): {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +93,9 @@ class ForeignMove:
     why: str
 
     def line(self) -> str:
-        before = "?" if self.previous is None else format_size(self.previous)
-        return (f"{self.name}: moved by another writer ({before} -> "
-                f"{format_size(self.actual)}): left alone until reclaimed")
+        before, after = format_change(self.previous, self.actual)
+        return (f"{self.name}: moved by another writer ({before} -> {after}): left alone "
+                "until reclaimed")
 
 
 @dataclass(slots=True)

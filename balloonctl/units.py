@@ -25,6 +25,7 @@ __all__ = [
     "SizeKind",
     "TargetSpec",
     "TiB",
+    "format_change",
     "format_duration",
     "format_exact",
     "format_size",
@@ -290,6 +291,18 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise SizeError(f"invalid duration {text!r}: must be greater than zero")
     return float(seconds)
+
+
+def format_change(before: int | None, after: int) -> tuple[str, str]:
+    """``before`` and ``after`` of a change as ``format_size`` shows them, or, where that
+    would show two different sizes alike (``2 GiB -> 2 GiB`` for a 22 MiB step), as
+    ``format_exact`` shows them (``2 GiB -> 2026 MiB``). ``None`` (unknown) gives ``?``."""
+    if before is None:
+        return "?", format_size(after)
+    plain = format_size(before), format_size(after)
+    if before != after and plain[0] == plain[1]:
+        return format_exact(before, with_bytes=False), format_exact(after, with_bytes=False)
+    return plain
 
 
 def format_duration(seconds: float | None) -> str:

@@ -28,7 +28,7 @@ from balloonctl.http.wire import stream_item_from_json
 from balloonctl.journal import Journal
 from balloonctl.serve import create_app
 from balloonctl.serve.runner import bind_unix
-from balloonctl.units import GiB, format_exact, format_size, format_size_aligned
+from balloonctl.units import GiB, format_change, format_exact, format_size_aligned
 from tui.app import DashboardApp
 from tui.testing import wait_until
 from tui.widgets.header import FleetHeader
@@ -36,6 +36,13 @@ from tui.widgets.header import FleetHeader
 pytestmark = pytest.mark.timeout(150)
 
 HOSTS = ("hv1", "hv2")
+
+
+def line_of(host: str, e: dict[str, Any]) -> str:
+    """The log line of a journaled auto change (docs/dashboard.md)."""
+    before, after = format_change(e["previous"], e["target"])
+    action = "shrink" if e["target"] < e["previous"] else "grow"
+    return f"{host} {e['vm']}: auto {before} -> {after} ({action}): {e['reason']}"
 
 
 @pytest.fixture
@@ -174,11 +181,7 @@ async def test_auto_changes_are_logged_once_naming_host_and_vm(root: Path) -> No
             expected: dict[str, list[str]] = {}
             while True:
                 for host in socks:
-                    expected[host] = [
-                        f"{host} {e['vm']}: auto {format_size(e['previous'])} -> "
-                        f"{format_size(e['target'])} "
-                        f"({'shrink' if e['target'] < e['previous'] else 'grow'}): "
-                        f"{e['reason']}" for e in await auto_entries(host)]
+                    expected[host] = [line_of(host, e) for e in await auto_entries(host)]
                 if all(expected.values()) and all(
                         logged.count(line) == 1 for lines in expected.values()
                         for line in lines):
@@ -187,11 +190,7 @@ async def test_auto_changes_are_logged_once_naming_host_and_vm(root: Path) -> No
                 await pilot.pause(0.1)
             # no auto line for a change the services did not journal, none twice
             auto_lines = [line for line in logged if ": auto " in line]
-            journaled = [
-                f"{host} {e['vm']}: auto {format_size(e['previous'])} -> "
-                f"{format_size(e['target'])} "
-                f"({'shrink' if e['target'] < e['previous'] else 'grow'}): {e['reason']}"
-                for host in socks for e in await auto_entries(host)]
+            journaled = [line_of(host, e) for host in socks for e in await auto_entries(host)]
             assert set(auto_lines) <= set(journaled), set(auto_lines) - set(journaled)
             assert len(auto_lines) == len(set(auto_lines))
 

@@ -17,6 +17,7 @@ from balloonctl.units import (
     MiB,
     SizeKind,
     TiB,
+    format_change,
     format_duration,
     format_exact,
     format_size,
@@ -278,3 +279,17 @@ def test_exact_sizes_show_the_bytes_and_a_human_size_that_is_not_rounded() -> No
     assert format_exact(GiB + 1) == "~1 GiB (1073741825 bytes)"  # marked as rounded
     assert format_exact(512) == "512 B"
     assert parse_size(format_exact(7 * GiB // 4).split(" (")[0].replace(" ", "")) == 7 * GiB // 4
+
+
+def test_format_change_shows_a_change_that_plain_sizes_would_hide() -> None:
+    """docs: a change reads `before -> after` as format_size shows them, unless both would
+    read alike though they differ: then exactly; an unknown `before` is `?`."""
+    assert format_change(2 * GiB, 1536 * MiB) == ("2 GiB", "1.5 GiB")
+    assert format_change(2 * GiB, 2026 * MiB) == ("2 GiB", "2026 MiB")
+    assert format_change(2026 * MiB, 2 * GiB) == ("2026 MiB", "2 GiB")
+    assert format_change(2 * GiB, 2 * GiB) == ("2 GiB", "2 GiB")  # no change: as it is
+    assert format_change(None, 2 * GiB) == ("?", "2 GiB")
+    assert format_change(None, 2026 * MiB) == ("?", format_size(2026 * MiB))
+    # one byte apart: still told apart
+    before, after = format_change(GiB, GiB - 1)
+    assert before != after and before == "1 GiB"

@@ -801,7 +801,7 @@ SPEC: dict[str, Any] = {'options': [{'names': ['--qmp'],
                                     'multiple': False,
                                     'kind': 'size',
                                     'choices': [],
-                                    'help': "The simulated host's RAM (default: two thirds of the "
+                                    'help': "The simulated host's RAM (default: half of the "
                                             "guests' RAM)."},
                                    {'names': ['--hosts'],
                                     'secondary': [],

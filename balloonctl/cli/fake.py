@@ -181,7 +181,7 @@ def demo(
     as_json: JsonOpt = False,
     host_mem: Annotated[str | None, typer.Option(
         "--host-mem", metavar="SIZE", show_default=False,
-        help="The simulated host's RAM (default: two thirds of the guests' RAM).",
+        help="The simulated host's RAM (default: half of the guests' RAM).",
         autocompletion=completers.typer_callback("host_mem"),
     )] = None,
     hosts: Annotated[int, typer.Option(
@@ -200,7 +200,7 @@ def demo(
     from balloonctl.store import private_state
 
     ram = parse_size(mem)
-    host_size = parse_size(host_mem) if host_mem else vms * ram * 2 // 3
+    host_size = parse_size(host_mem) if host_mem else vms * ram // 2
     fmt = output_format(fmt, as_json)
     if hosts > 1:
         from balloonctl.cli.dashboard import open_remote_dashboard
