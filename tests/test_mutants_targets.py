@@ -336,11 +336,15 @@ async def test_an_earlier_observation_is_its_actual_not_its_time() -> None:
     assert "moved away from the target 8 GiB (from 9 GiB)" in stored(targets)["foreign"]["why"]
 
 
-async def test_a_reached_target_seen_again_is_not_written_again() -> None:
+async def test_a_reached_target_seen_again_is_not_written_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     data = {ADDRESS: {"instance": RUN, "target": T, "target_at": time.time(),
                       "target_reached": True}}
     targets = remembered(store=BrokenStore(data))  # any write would fail loudly in the log
-    assert await targets.observe(actual=T) == (T, Owner.BALLOONCTL)
+    with caplog.at_level(logging.WARNING, logger="balloonctl.targets"):
+        assert await targets.observe(actual=T) == (T, Owner.BALLOONCTL)
+    assert caplog.messages == []
 
 
 async def test_what_observe_concludes_is_logged_with_the_vm_and_sizes(
