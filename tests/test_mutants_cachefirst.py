@@ -20,6 +20,7 @@ import pytest
 
 import balloonctl.fake.agent_server as agent_server
 from balloonctl.deadline import Deadline
+from balloonctl.errors import AgentExecBlocked, HintUnsupported
 from balloonctl.fake import FakeVM
 from balloonctl.model import HintMethod, HintMode
 from balloonctl.qga import QgaClient
@@ -312,3 +313,117 @@ async def test_a_reclaim_the_guest_does_not_finish_in_the_budget(
     fake_vm.qga.exec_duration = 0.0
     state = await client.hint_status()
     assert state.detail.endswith("; last reclaim failed: " + entry["hint_error"])
+
+
+# ---- the mode ----------------------------------------------------------------------------------
+
+
+async def test_device_mode_names_the_property(
+    fake_vm_factory: Any, recording: Callable[..., Recording],
+) -> None:
+    vm: FakeVM = await fake_vm_factory(hint_device=True)
+    async with recording(vm) as client:
+        state = await client.hint_status()
+    assert state.mode is HintMode.DEVICE and state.enabled is False
+    assert state.detail == "balloon device property reclaim-cache-first"
+
+
+async def test_unsupported_is_off_and_says_why_for_each_refusal(
+    fake_vm_factory: Any, recording: Callable[..., Recording],
+) -> None:
+    unsupported = ("stock QEMU has no reclaim-cache-first property; give balloonctl the VM's "
+                   "guest-agent socket (--qga / qga = ... in config) with guest-exec allowed")
+    vm: FakeVM = await fake_vm_factory()
+    async with BalloonClient(str(vm.qmp_path), name="vm1", connect_timeout=1.0) as client:
+        state = await client.hint_status()  # no guest agent at all
+        assert (state.mode, state.enabled, state.detail) == (HintMode.UNSUPPORTED, False,
+                                                              unsupported)
+        with pytest.raises(HintUnsupported) as info:
+            await client.set_hint(True)
+        assert info.value.vm == "vm1"
+    assert vm.qga is not None
+    vm.qga.exec_enabled = False
+    async with recording(vm) as client:
+        state = await client.hint_status()
+    assert state.enabled is False and state.detail.startswith("guest-exec is blocked (vm1: ")
+    assert state.detail.endswith(f"); {unsupported}")
+    vm.qga.exec_enabled = True
+    vm.faults.bad_reply["guest-info"] = {"version": 7}
+    async with recording(vm) as client:
+        state = await client.hint_status()
+    assert state.enabled is False
+    assert state.detail.startswith("the guest agent answered nonsense (vm1: ")
+    del vm.faults.bad_reply["guest-info"]
+    async with recording(vm) as client:
+        await client.set_hint(True)  # on in balloonctl's state ...
+        assert client.qga is not None
+        vm.faults.drop_on.add("guest-info")  # ... and then the agent goes away
+        state, refusal = await client.cache_first.probe(fresh=True)
+    assert refusal is not None and state.enabled is False
+    assert state.detail.startswith("the hint is on in balloonctl's state but not honoured: "
+                                   "the guest agent is unreachable (vm1: ")
+
+
+async def test_the_guest_agents_answer_is_reused_for_thirty_seconds(
+    fake_vm: FakeVM, recording: Callable[..., Recording],
+) -> None:
+    async with recording(fake_vm) as client:
+        await client.hint_status()
+        assert client.qga_sent.count("guest-info") == 1
+        await client.hint_status()
+        await client.cache_first.probe()
+        assert client.qga_sent.count("guest-info") == 1  # the answer is reused
+        assert client.run.qga_checked is not None
+        client.run.qga_checked -= 29.0
+        await client.hint_status()
+        assert client.qga_sent.count("guest-info") == 1
+        client.run.qga_checked -= 1.5  # 30.5 s old
+        await client.hint_status()
+        assert client.qga_sent.count("guest-info") == 2
+        await client.cache_first.probe(fresh=True)
+        assert client.qga_sent.count("guest-info") == 3
+
+
+async def test_turning_the_hint_on_asks_the_guest_agent_afresh(
+    fake_vm: FakeVM, recording: Callable[..., Recording],
+) -> None:
+    async with recording(fake_vm) as client:
+        assert (await client.hint_status()).mode is HintMode.AGENT
+        assert fake_vm.qga is not None
+        fake_vm.qga.exec_enabled = False  # within QGA_RECHECK of the last answer
+        with pytest.raises(AgentExecBlocked):
+            await client.set_hint(True)
+
+
+async def test_an_unreachable_guest_agent_is_asked_again_each_time(
+    fake_vm: FakeVM, fake_dir: Any,
+) -> None:
+    client = BalloonClient(str(fake_vm.qmp_path), name="vm1", qga=str(fake_dir / "gone.qga"),
+                           connect_timeout=1.0)
+    async with client:
+        for _ in range(2):
+            state = await client.hint_status()
+            assert state.mode is HintMode.UNSUPPORTED and "unreachable" in state.detail
+            assert client.run.qga_checked is None
+
+
+async def test_turning_off_what_cannot_be_honoured_is_recorded_as_off(
+    fake_vm: FakeVM, recording: Callable[..., Recording],
+) -> None:
+    async with recording(fake_vm) as client:
+        await client.set_hint(True)
+        assert fake_vm.qga is not None
+        fake_vm.qga.exec_enabled = False
+        state = await client.set_hint(False)
+        assert state.mode is HintMode.UNSUPPORTED
+        assert (await client.targets.remembered())["hint"] is False
+
+
+async def test_a_stored_release_of_another_shape_is_not_shown(
+    fake_vm: FakeVM, recording: Callable[..., Recording],
+) -> None:
+    async with recording(fake_vm) as client:
+        await client.targets.remember(hint_released="lots")
+        assert (await client.hint_status()).released is None
+        await client.targets.remember(hint_released=5 * MiB)
+        assert (await client.hint_status()).released == 5 * MiB
