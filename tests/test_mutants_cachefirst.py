@@ -427,3 +427,43 @@ async def test_a_stored_release_of_another_shape_is_not_shown(
         assert (await client.hint_status()).released is None
         await client.targets.remember(hint_released=5 * MiB)
         assert (await client.hint_status()).released == 5 * MiB
+
+
+async def test_the_methods_probe_waits_for_the_script_within_its_budget(
+    fake_vm: FakeVM, recording: Callable[..., Recording],
+) -> None:
+    assert fake_vm.qga is not None
+    fake_vm.qga.exec_duration = 30.0  # the script never ends in time
+    # the budget (half the command timeout) is the shorter, then the probe's reply timeout
+    for connect, command, limit in ((10.0, 2.0, "1s"), (0.8, 10.0, "0.8s")):
+        async with recording(fake_vm, connect_timeout=connect,
+                             command_timeout=command) as client:
+            state = await client.hint_status()
+        assert state.method is None
+        assert state.detail.endswith(f"did not exit within {limit})"), state.detail
+
+
+class WithoutSession:
+    """A ``HintClient`` with no QMP session (as ``LibvirtClient``): a BalloonClient's
+    protocol members only."""
+
+    def __init__(self, inner: BalloonClient) -> None:
+        self.inner = inner
+        self.name, self.qga, self.run = inner.name, inner.qga, inner.run
+        self.connect_timeout, self.command_timeout = inner.connect_timeout, inner.command_timeout
+        self.hint_mount_cgroup = inner.hint_mount_cgroup
+        self.qga_client = inner.qga_client
+        self.device_properties, self.device_path = inner.device_properties, inner.device_path
+        self.query = inner.query
+
+
+async def test_a_client_without_a_qmp_session_has_no_overall_limit(
+    fake_vm: FakeVM, recording: Callable[..., Recording],
+) -> None:
+    from balloonctl.cachefirst import CacheFirst
+
+    async with recording(fake_vm, connect_timeout=10.0, command_timeout=10.0) as client:
+        hint = CacheFirst(WithoutSession(client), client.targets, vm="vm1")
+        state = await hint.status()
+    assert state.mode is HintMode.AGENT and state.method is HintMethod.RECLAIM
+    assert client.qga_timeouts == [2.0, 2.0]
