@@ -126,6 +126,10 @@ async def test_a_bug_is_a_500_not_a_balloonctl_error_status() -> None:
     async for client in client_for(FailingSource(RuntimeError("a bug"))):
         response = await client.post("/v1/vms/vm1/target", json={"size": "1G"})
         assert response.status_code == 500
+        # the documented body still (docs/serve.md: every error is one), code `internal`
+        assert response.json() == {"error": "internal error (RuntimeError); see the "
+                                            "service's log", "code": "internal",
+                                   "kind": None, "vm": None}
 
 
 async def test_an_unknown_route_is_404_and_a_wrong_method_405() -> None:

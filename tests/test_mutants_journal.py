@@ -247,3 +247,17 @@ def test_a_write_cut_short_by_an_rlimit_is_cut_back(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert str(info.value) == f"journal {journal.path}: cannot write: File too large (EFBIG)"
     assert journal.path.read_bytes() == before
+
+
+def test_check_writable_creates_the_journal_as_append_would(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "journal.jsonl"
+    Journal(path).check_writable()
+    assert path.read_bytes() == b"" and (path.stat().st_mode & 0o777) == 0o600
+    Journal(path).check_writable()  # again: nothing changes
+    assert path.read_bytes() == b""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(JournalError) as info:
+        Journal(blocker / "journal.jsonl").check_writable()
+    assert str(info.value) == (f"journal {blocker / 'journal.jsonl'}: cannot write: "
+                               "Not a directory (ENOTDIR)")

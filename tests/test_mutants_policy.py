@@ -156,3 +156,18 @@ def test_settings_at_their_lowest() -> None:
                             fault_rate=0, psi_threshold=0, cycle=0.001, stale_after=1,
                             vms={"db": VmPolicy(free_reserve=64 * MiB + 1)})
     assert lowest.deadband == 0 and lowest.vms["db"].free_reserve == 64 * MiB + 1
+
+
+def test_the_policy_package_hands_out_each_export_from_its_home_and_nothing_else() -> None:
+    # docstring: the package exports lazily (``__all__``); an unknown name is Python's
+    # usual AttributeError for a module
+    import balloonctl.policy as policy
+    from balloonctl.policy import inputs, rules, settings
+
+    assert policy.decide is rules.decide
+    assert policy.PolicySettings is settings.PolicySettings
+    assert policy.rates_between is inputs.rates_between
+    assert policy.VmInput is inputs.VmInput
+    with pytest.raises(AttributeError) as info:
+        policy.nothing_here  # noqa: B018
+    assert str(info.value) == "module 'balloonctl.policy' has no attribute 'nothing_here'"

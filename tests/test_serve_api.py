@@ -332,3 +332,59 @@ async def test_auto_is_503_until_a_controller_is_wired(api: httpx.AsyncClient) -
         assert "start balloonctl serve with --auto" in reply.json()["error"]
 
 
+
+
+async def test_what_a_vm_or_its_guest_agent_does_wrong_has_its_own_status_never_500(
+    fake_fleet_factory: Callable[..., Awaitable[FakeFleet]], tmp_path: Path,
+) -> None:
+    """docs/serve.md's 409 (the hint cannot be honoured), 502 (QEMU or the guest agent
+    refused) and 504 (the VM did not answer in time), each from a real fake VM."""
+    fleet = await fake_fleet_factory(3, ram=2 * GiB, host_mem=8 * GiB)
+    refs = refs_of(fleet.directory, 3)
+    refs[2] = VmRef("vm3", refs[2].qmp)  # no guest agent given for vm3
+    service = HostService(Fleet(refs, hold=True, command_timeout=1.0), refs=refs, interval=0.1,
+                          host_root=fleet.directory / "host", journal=None, label="hv1")
+    app = create_app(service)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hv1") as api:
+
+            async def post(path: str, body: dict[str, Any]) -> tuple[int, str, str | None]:
+                reply = await api.post(path, json=body)
+                error = reply.json()
+                return reply.status_code, error.get("code"), error.get("vm")
+
+            fleet["vm1"].faults.errors["balloon"] = ("GenericError", "balloon refused")
+            assert await post("/v1/vms/vm1/target", {"size": "1.5G"}) == (
+                502, "qmp_error", "vm1")
+            qga = fleet["vm2"].qga
+            assert qga is not None
+            qga.exec_enabled = False
+            assert await post("/v1/vms/vm2/hint", {"on": True}) == (502, "qga_error", "vm2")
+            assert await post("/v1/vms/vm3/hint", {"on": True}) == (
+                409, "hint_unsupported", "vm3")
+            del fleet["vm1"].faults.errors["balloon"]
+            fleet["vm1"].faults.delay["balloon"] = 30.0
+            assert await post("/v1/vms/vm1/target", {"size": "1.5G"}) == (
+                504, "vm_timeout", "vm1")
+
+
+async def test_a_bug_in_the_service_is_a_500_with_the_documented_body(
+    service: HostService, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def bug(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(service, "set_hint", bug)
+    app = create_app(service)
+    async with app.router.lifespan_context(app):
+        # as uvicorn: the exception goes on to the server's log after the answer
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hv1") as api:
+            reply = await api.post("/v1/vms/vm1/hint", json={"on": True})
+            assert reply.status_code == 500
+            assert reply.json() == {"error": "internal error (KeyError); see the service's "
+                                             "log", "code": "internal", "kind": None,
+                                    "vm": None}
+            # the service goes on answering
+            assert (await api.get("/v1/vms/vm1")).status_code == 200

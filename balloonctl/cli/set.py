@@ -189,6 +189,8 @@ def set_(
         target = await c.set_target(spec, force=force, dry_run=dry_run)
         if not dry_run:
             standing[c.name] = target
+            if wait:  # actual as sent, so a stop before the first poll still names it
+                progress.callback(c.name)(before, target)
         if dry_run:
             sent = json.dumps({"execute": "balloon", "arguments": {"value": target}})
             return SetResult(c.name, target, before, False, None,

@@ -281,6 +281,13 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
         return JSONResponse(plain_error(code, str(exc.detail)), status_code=exc.status_code,
                             headers=exc.headers)
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # A bug: still the documented error body (docs/serve.md, code `internal`); the
+        # traceback goes to the server's log (Starlette re-raises it after this answer).
+        service.health.error("api", type(exc).__name__)
+        return JSONResponse(plain_error("internal", f"internal error ({type(exc).__name__}); "
+                                                    "see the service's log"), status_code=500)
+
     @contextlib.asynccontextmanager
     async def life(app: Starlette) -> AsyncIterator[None]:
         if manage:
@@ -320,6 +327,7 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
         routes.append(Route("/metrics", metrics_text, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=life if lifespan else None,
                     exception_handlers={BalloonError: balloon_error,
-                                        HTTPException: http_error})
+                                        HTTPException: http_error,
+                                        Exception: internal_error})
     app.state.service = service
     return app
