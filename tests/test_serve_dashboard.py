@@ -132,8 +132,13 @@ def test_demo_hosts_once_shows_every_host(tmp_path: Path) -> None:
                                             "BALLOONCTL_STATE": str(tmp_path / "state.json"),
                                             "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr
-    names = [vm["name"] for vm in json.loads(done.stdout)]
-    assert names == [f"hv{h}/vm{v}" for h in (1, 2, 3) for v in (1, 2)]
+    vms = json.loads(done.stdout)
+    assert [vm["name"] for vm in vms] == [f"hv{h}/vm{v}" for h in (1, 2, 3) for v in (1, 2)]
+    # docs/cli.md: the hint on for vm1 (vm3, vm5) of each host, stats polled every second;
+    # the one view shows that set-up done, not a poll from before it
+    assert [vm["hint_enabled"] for vm in vms] == [True, False] * 3
+    assert [vm["polling_interval"] for vm in vms] == [1] * 6
+    assert "stale" not in [vm["status"] for vm in vms]
 
 
 async def totals_from_json(sock: Path, host: str) -> HostTotals:

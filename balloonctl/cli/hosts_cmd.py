@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from balloonctl.cli.remote import Endpoint
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from balloonctl.http.hosts import MultiHost
     from balloonctl.journal import Journal
     from balloonctl.model import VmRef
@@ -109,6 +111,7 @@ class ServedHosts:
         fleets: list[FakeFleet] = []
         servers: list[uvicorn.Server] = []
         tasks: list[asyncio.Task[None]] = []
+        services: list[HostService] = []
         try:
             for i in range(1, self.n + 1):
                 where = self.root / f"hv{i}"
@@ -131,11 +134,14 @@ class ServedHosts:
                 servers.append(server)
                 tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
                 self.endpoints.append(Endpoint(label=f"hv{i}", uds=str(sock_path)))
+                await _started(server)  # its service polling: the set-up below is seen
                 hinted = demo_hinted(service.names)
                 for name in service.names:
                     await service.enable_stats(name, 1)
                     if name in hinted:
                         await service.set_hint(name, True)
+                services.append(service)
+            await _settled(services)
             self._ready.set()
             await self._stop.wait()
         finally:
@@ -165,6 +171,28 @@ class ServedHosts:
             if self._loop is not None and self._stop is not None:
                 self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(30)
+
+
+async def _started(server: uvicorn.Server, within: float = 30.0) -> None:
+    """Until ``server`` has run its lifespan (its service started) and listens.
+
+    Raises:
+        TimeoutError: not within ``within`` seconds.
+    """
+    async with asyncio.timeout(within):
+        while not server.started:  # noqa: ASYNC110 - uvicorn sets a flag, no event
+            await asyncio.sleep(0.01)
+
+
+async def _settled(services: Sequence[HostService], within: float = 10.0) -> None:
+    """Poll each service until its VMs' stats are reported at the interval just set (none
+    ``stale``), so that the first view shows the set-up done, hint and stats included; after
+    ``within`` seconds, whatever they show."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    for service in services:
+        while any(s.stale for s in await service.poll_once()) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)  # the guests report every second
 
 
 def demo_hosts(n: int, *, vms: int, ram: int, workload: str | None, once: bool,

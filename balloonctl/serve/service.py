@@ -190,9 +190,10 @@ class HostService:
     # -- events and streams ---------------------------------------------------------------
     async def _event_loop(self) -> None:
         async for name, event in self.source.events():
-            state = event.data.get("state")
-            if event.name == CONNECTED and isinstance(state, BalloonState):
-                self._observe(state)
+            if event.name == CONNECTED:
+                # poll now rather than keep the state the event carries: it comes from the
+                # events connection, which may have read it before a change made meanwhile
+                self.poke()
             self._publish({"type": "event", "host": self.label, "vm": name,
                            "event": event.name, "timestamp": event.timestamp,
                            "data": _event_data(event)})
