@@ -6,32 +6,22 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
+from cliproc import BALLOONCTL, cli_env, run
 
 from balloonctl.cli.exitcodes import ExitCode
 from balloonctl.fake import FakeVM, run_in_thread
 from balloonctl.units import GiB, MiB
 
-BALLOONCTL = str(Path(sys.executable).with_name("balloonctl"))
-
 
 @pytest.fixture
 def env(fake_dir: Path, tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("_BALLOONCTL")}
-    e.update({"BALLOONCTL_DIR": str(fake_dir), "BALLOONCTL_STATE": str(tmp_path / "state"),
-              "BALLOONCTL_CONFIG": str(tmp_path / "absent.toml"), "BALLOONCTL_WELLKNOWN": ""})
-    return e
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BALLOONCTL, *args], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return cli_env(fake_dir, tmp_path)
 
 
 def read_lines(stream: IO[str], n: int, timeout: float = 20.0) -> list[str]:
