@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from servedapp import serving
 from test_cli_process import BALLOONCTL
 
 from balloonctl.config import scan_dir
@@ -25,8 +26,7 @@ from balloonctl.fleet import Fleet
 from balloonctl.http.client import HttpSource
 from balloonctl.http.hosts import MultiHost
 from balloonctl.model import VmStatus
-from balloonctl.serve import HostService, create_app
-from balloonctl.serve.runner import bind_unix
+from balloonctl.serve import HostService
 from balloonctl.units import GiB, format_size, parse_target
 from tui.app import DashboardApp
 from tui.fleetview import HostTotals
@@ -51,17 +51,8 @@ async def served(directory: Path, sock: Path, label: str) -> AsyncIterator[uvico
     refs = scan_dir(directory)
     service = HostService(Fleet(refs, hold=True), refs=refs, interval=0.2,
                           host_root=directory / "host", label=label)
-    listener, temp = bind_unix(sock)
-    temp.rename(sock)
-    # as the runner: a dashboard's open stream must not hold the shutdown
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning",
-                                           lifespan="on", timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve(sockets=[listener]))
-    try:
+    async with serving(service, sock) as server:
         yield server
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
 
 
 def header_text(app: DashboardApp) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from servedapp import serving
 
 from balloonctl.cli.hosts_cmd import ServedHosts, served_host
 from balloonctl.config import scan_dir
@@ -26,8 +26,6 @@ from balloonctl.http.client import HttpSource
 from balloonctl.http.hosts import MultiHost
 from balloonctl.http.wire import stream_item_from_json
 from balloonctl.journal import Journal
-from balloonctl.serve import create_app
-from balloonctl.serve.runner import bind_unix
 from balloonctl.units import GiB, format_change, format_exact, format_size_aligned
 from tui.app import DashboardApp
 from tui.testing import wait_until
@@ -80,17 +78,10 @@ async def served(root: Path, label: str, *,
 
         service._auto_item = lying  # type: ignore[method-assign]
     sock = root / "run" / f"{label}.sock"
-    listener, temp = bind_unix(sock)
-    temp.rename(sock)
-    # as the runner: a dashboard's open stream must not hold the shutdown
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning",
-                                           lifespan="on", timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve(sockets=[listener]))
     try:
-        yield sock
+        async with serving(service, sock):
+            yield sock
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
         await fleet.stop()
 
 
