@@ -86,7 +86,7 @@ def test_auto_reclaim_under_a_service_without_auto_is_its_error(
     proc = serving(env, "--no-auto")
     try:
         refused = cli(env, "auto", "--reclaim", "vm1")
-        assert refused.returncode != 0 and refused.stdout == ""
+        assert (refused.returncode, refused.stdout) == (ExitCode.FAILURE, "")
         assert "auto is not available here" in refused.stderr
         assert refused.stderr.startswith("balloonctl: error: vm1: ")
         assert "no second auto" not in refused.stderr
