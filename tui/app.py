@@ -374,10 +374,7 @@ class DashboardApp(App[None]):
         self.main.log_line(f"{who(name)}: {text}", style="dim")
 
     def _target_lock(self, name: str) -> asyncio.Lock:
-        lock = self._target_locks.get(name)
-        if lock is None:
-            lock = self._target_locks[name] = asyncio.Lock()
-        return lock
+        return self._target_locks.setdefault(name, asyncio.Lock())  # one per VM, kept
 
     @on(ActionDone)
     def _action_done(self, message: ActionDone) -> None:
@@ -445,11 +442,8 @@ class DashboardApp(App[None]):
     def _toggle_auto(self, message: ToggleAuto) -> None:
         auto = self.auto
         if auto is None:  # balloonctl serve instances: switch their hosts' auto
-            calls = auto_host_calls(self.source, message.names, message.on)
-            if calls is None:
-                self.notify("Automatic ballooning needs a QMP fleet", severity="warning")
-            else:
-                self._start("auto", calls)
+            self._start("auto", auto_host_calls(self.source, message.names, message.on),
+                        cannot="Automatic ballooning needs a QMP fleet")
             return
         names = auto.names if message.names is None else message.names
         enabled = set(auto.names) if auto.enabled is None else set(auto.enabled)
@@ -464,13 +458,18 @@ class DashboardApp(App[None]):
 
     @on(Reclaim)
     def _reclaim(self, message: Reclaim) -> None:
-        if self.auto is None:
-            return
-        self._start("take back", reclaim_calls(self.auto, message.names))
+        self._start("take back", reclaim_calls(self.auto, self.source, message.names),
+                    cannot="Taking a VM back needs automatic ballooning (here or a service's)")
         self._auto_wake.set()
 
-    def _start(self, action: str, calls: Mapping[str, Callable[[], Awaitable[str]]]) -> None:
-        # One log line per action and VM: its result, when it is in (ActionDone).
+    def _start(self, action: str, calls: Mapping[str, Callable[[], Awaitable[str]]] | None,
+               *, cannot: str = "") -> None:
+        # One log line per action and VM: its result, when it is in (ActionDone); no calls:
+        # nothing here can do it, and the log and a notification say why (``cannot``).
+        if calls is None:
+            self.main.log_line(cannot, style="yellow")
+            self.notify(cannot, severity="warning")
+            return
         self._act(action, calls)
 
 

@@ -64,15 +64,28 @@ def stats_calls(source: DataSource, names: Iterable[str], interval: int) -> Call
     return {n: call(n) for n in names}
 
 
-def reclaim_calls(auto: AutoController, names: Iterable[str]) -> Calls:
-    """Take each VM back from another writer, so ``auto`` manages it again."""
+def reclaim_calls(auto: AutoController | None, source: object,
+                  names: Iterable[str]) -> Calls | None:
+    """Take each VM back from another writer, so auto manages it again: the dashboard's own
+    ``auto``, else the source's services (``MultiHost.reclaim``, ``HttpSource.reclaim``:
+    ``POST /v1/vms/NAME/reclaim``; a service without auto answers with an error). None
+    when there is neither."""
+    remote: Callable[[str], Awaitable[bool]] | None = getattr(source, "reclaim", None)
+    if auto is None and remote is None:
+        return None
+
+    async def take_back(name: str) -> bool:
+        if auto is None:
+            assert remote is not None
+            return await remote(name)
+        result = (await auto.reclaim([name]))[name]
+        if isinstance(result, BalloonError):
+            raise result
+        return result
 
     def call(name: str) -> Callable[[], Awaitable[str]]:
         async def run() -> str:
-            result = (await auto.reclaim([name]))[name]
-            if isinstance(result, BalloonError):
-                raise result
-            return "taken back: auto manages it again" if result else \
+            return "taken back: auto manages it again" if await take_back(name) else \
                 "not marked as moved by another writer"
 
         return run

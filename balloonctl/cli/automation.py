@@ -24,6 +24,7 @@ from balloonctl.cli.common import (
     out,
     out_lines,
     output_format,
+    report,
     report_error,
     report_states,
     run,
@@ -46,6 +47,29 @@ PLAN_KEYS = ("name", "action", "current", "target", "reason")
 
 def _plan_row(d: Decision) -> list[str]:
     return [d.name, d.action.value, size(d.current), size(d.target), d.reason]
+
+
+def _reclaim_line(name: str, reclaimed: bool) -> str:
+    return f"{name}: taken back from another writer" if reclaimed else \
+        f"{name}: was not marked as moved by another writer"
+
+
+def _reclaim_through_service(names: list[str]) -> bool:
+    """``auto --reclaim`` while ``balloonctl serve`` holds the sockets (``cli.remote``): the
+    service takes the VMs back and its auto manages them; no second auto is started.
+    False when the CLI talks QMP itself."""
+    services = settings().services()
+    if services is None:
+        return False
+    from balloonctl.cli.remote_cmds import reclaim_through_service
+
+    results = run(reclaim_through_service(services, names))
+    done = [_reclaim_line(n, r) for n, r in results.items() if isinstance(r, bool)]
+    out_lines(done)
+    if done:
+        note("auto: balloonctl serve runs auto for these VMs; no second auto started here")
+    exit_with(report(results, []))
+    return True
 
 
 def _controller(names: list[str], *, dry_run: bool, hold: bool = False) -> AutoController:
@@ -166,6 +190,8 @@ def auto(
     """Apply the automatic-ballooning policy every cycle, one line per change, until
     Ctrl-C or SIGTERM (targets then stay where they are). Every change is journaled; a
     VM moved by another writer is left alone until --reclaim."""
+    if reclaim and _reclaim_through_service(reclaim):
+        return
     s = settings()
     refs = s.select(vms or [], all_vms=all_vms)
     names = [r.name for r in refs]
@@ -202,8 +228,7 @@ def auto(
                 done = await controller.reclaim([r.name for r in taken_back])
                 for name, result in done.items():
                     if isinstance(result, bool):
-                        out_lines([f"{name}: taken back from another writer" if result
-                                   else f"{name}: was not marked as moved by another writer"])
+                        out_lines([_reclaim_line(name, result)])
                     else:
                         report_error(result.with_vm(name))
             return await controller.run(_emitter(fmt), cycles=cycles, duration=limit,

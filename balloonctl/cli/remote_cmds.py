@@ -1,5 +1,5 @@
-"""``set`` and ``hint`` through ``balloonctl serve`` (see ``cli.remote``): the same lines,
-errors and exit codes as when the CLI talks QMP itself."""
+"""``set``, ``hint`` and ``auto --reclaim`` through ``balloonctl serve`` (see
+``cli.remote``): the same lines, errors and exit codes as when the CLI talks QMP itself."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from balloonctl.units import TargetSpec, format_size
 if TYPE_CHECKING:
     from balloonctl.http.client import HttpSource
 
-__all__ = ["hint_through_service", "set_through_service"]
+__all__ = ["hint_through_service", "reclaim_through_service", "set_through_service"]
 
 WAIT_POLL = 0.25  # seconds between looks at a VM while --wait waits through the service
 
@@ -98,3 +98,14 @@ async def hint_through_service(eps: Sequence[Endpoint], names: Sequence[str], al
         return await source.set_hint(name, action == "on")
 
     return await remote_each(eps, names, all_vms, one)
+
+
+async def reclaim_through_service(eps: Sequence[Endpoint], names: Sequence[str]
+                                  ) -> dict[str, bool | BalloonError]:
+    """Take each selected VM back from another writer on its service (``POST
+    /v1/vms/NAME/reclaim``): True for each that was marked as moved by another writer.
+
+    Raises:
+        UnknownVM, ConnectFailed...: as ``remote_each``.
+    """
+    return await remote_each(eps, names, False, lambda source, name: source.reclaim(name))

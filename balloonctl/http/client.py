@@ -19,6 +19,7 @@ from balloonctl.http.wire import (
     AutoPlan,
     error_from_body,
     event_from_json,
+    reclaimed_from_json,
     spec_text,
     stream_item_from_json,
 )
@@ -150,6 +151,16 @@ class HttpSource:
     async def enable_stats(self, name: str, interval: int) -> None:
         """Raises: UnknownVM, QMPCommandError..., or a connection error as in ``open``."""
         await self._request("POST", f"/vms/{quote(name)}/stats", {"interval": interval})
+
+    async def reclaim(self, name: str) -> bool:
+        """Take the VM back from another writer, so the service's auto manages it again
+        (``POST /v1/vms/NAME/reclaim``); False when it was not marked as moved.
+
+        Raises: UnknownVM, Unavailable-coded BalloonError (the service has no auto),
+        BadReply (an answer of the wrong shape), or a connection error as in ``open``."""
+        path = f"/vms/{quote(name, safe='')}/reclaim"
+        return reclaimed_from_json(await self._request("POST", path, {}), name,
+                                   f"POST {API_PREFIX}{path}")
 
     async def get(self, path: str, **params: Any) -> Any:
         """``GET /v1{path}``'s JSON (``/host``, ``/plan``, ``/history``, ``/auto``...).

@@ -151,6 +151,13 @@ class MultiHost:
                     host.plan = dataclasses.replace(host.plan, enabled=enabled)
                 return enabled
         raise UnknownVM(f"no host named {label!r}")
+
+    async def reclaim(self, name: str) -> bool:
+        """Take a row's VM (``HOST/VM``) back from another writer on its host's service
+        (``HttpSource.reclaim``). Raises: UnknownVM, and what the host's service raises."""
+        host, vm = self._route(name)
+        return await host.source.reclaim(vm)
+
     async def set_target(self, name: str, spec: TargetSpec, *, force: bool = False) -> int:
         """Raises: UnknownVM, and what the host's service raises."""
         host, vm = self._route(name)

@@ -39,6 +39,7 @@ __all__ = [
     "event_to_json",
     "host_from_json",
     "plain_error",
+    "reclaimed_from_json",
     "spec_text",
     "status_for",
     "stream_item_from_json",
@@ -223,6 +224,20 @@ def auto_enabled_from_json(body: Any, where: str = "POST /v1/auto") -> bool:
     if not isinstance(enabled, bool):
         raise BadReply(f"{where}: 'enabled' is not true or false: {enabled!r:.40}")
     return enabled
+
+
+def reclaimed_from_json(body: Any, name: str,
+                        where: str = "POST /v1/vms/NAME/reclaim") -> bool:
+    """Whether the service took ``name`` back from another writer, from its ``{"name",
+    "reclaimed"}`` answer. Raises: BadReply: not that answer, or about another VM."""
+    if not isinstance(body, Mapping):
+        raise BadReply(f"{where}: expected an object, got {type(body).__name__}")
+    if body.get("name") != name:
+        raise BadReply(f"{where}: 'name' is not {name!r}: {body.get('name')!r:.40}")
+    reclaimed = body.get("reclaimed")
+    if not isinstance(reclaimed, bool):
+        raise BadReply(f"{where}: 'reclaimed' is not true or false: {reclaimed!r:.40}")
+    return reclaimed
 
 
 def cycle_events(cycle: Cycle, time: float) -> list[tuple[str, BalloonEvent]]:

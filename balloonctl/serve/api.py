@@ -51,7 +51,8 @@ async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
         raise UsageError("the request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise UsageError(f"unknown field {unknown[0]!r} (expected: {', '.join(sorted(allowed))})")
+        expected = ", ".join(sorted(allowed)) or "no fields"
+        raise UsageError(f"unknown field {unknown[0]!r} (expected: {expected})")
     return body
 
 
@@ -215,6 +216,12 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
             name, steps, dry_run=_field(body, "dry_run", bool, default=False),
             force=_field(body, "force", bool, default=False))))
 
+    async def reclaim(request: Request) -> Response:
+        name = request.path_params["name"]
+        service._known(name)
+        await _body(request, set())  # {} or nothing
+        return JSONResponse({"name": name, "reclaimed": await on(service.reclaim(name))})
+
     async def host(request: Request) -> Response:
         async def read() -> tuple[HostMemory, list[BalloonState]]:
             return service.read_host_now(), await service.snapshot()
@@ -313,6 +320,7 @@ def create_app(source: HostService | DataSource, *, metrics: bool = True,
         Route(f"{p}/vms/{{name}}/hint", hint, methods=["POST"]),
         Route(f"{p}/vms/{{name}}/stats", stats, methods=["POST"]),
         Route(f"{p}/vms/{{name}}/undo", undo, methods=["POST"]),
+        Route(f"{p}/vms/{{name}}/reclaim", reclaim, methods=["POST"]),
         Route(f"{p}/host", host, methods=["GET"]),
         Route(f"{p}/plan", plan, methods=["GET"]),
         Route(f"{p}/auto", auto_get, methods=["GET"]),

@@ -73,6 +73,13 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
         params=_NAME, body=_obj([], steps={"type": "integer", "minimum": 1, "default": 1},
                                 dry_run={"type": "boolean", "default": False},
                                 force={"type": "boolean", "default": False}))},
+    "/v1/vms/{name}/reclaim": {"post": _op(
+        "Take the VM back from another writer: auto manages it again from its next cycle "
+        "(as `auto --reclaim`; nothing is sent or journaled). `reclaimed`: whether it was "
+        "marked as moved by another writer", _obj(["name", "reclaimed"],
+                                                  name={"type": "string"},
+                                                  reclaimed={"type": "boolean"}),
+        errors=_VM_ERRORS, params=_NAME, body=_obj([]))},
     "/v1/host": {"get": _op("The host's memory, PSI and KSM", errors=(503,))},
     "/v1/plan": {"get": _op("What the policy would do now (nothing is sent)", errors=(503,))},
     "/v1/auto": {

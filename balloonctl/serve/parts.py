@@ -4,6 +4,7 @@ own health counters."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,12 +34,15 @@ class AutoControl(Protocol):
     ``enabled`` is the switch: None applies decisions to every VM, an empty set to none
     (``/v1/auto`` sets one or the other). ``cycle`` snapshots, decides, applies and journals
     one round (raising ``JournalError`` rather than run unrecorded); the service calls it
-    every ``PolicySettings.cycle`` seconds while any VM is enabled.
+    every ``PolicySettings.cycle`` seconds while any VM is enabled. ``reclaim`` takes VMs
+    back from other writers (True for each that was marked foreign; nothing is sent).
     """
 
     enabled: set[str] | None
 
     async def cycle(self) -> Cycle: ...
+
+    async def reclaim(self, names: Collection[str]) -> dict[str, bool | BalloonError]: ...
 
 
 @dataclass(slots=True)

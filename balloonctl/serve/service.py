@@ -35,6 +35,7 @@ from balloonctl.journal import Journal, JournalEntry, Origin
 from balloonctl.model import BalloonState, HintState, Owner, VmRef
 from balloonctl.policy import Decision, PolicySettings
 from balloonctl.qmp import BalloonEvent
+from balloonctl.serve.fanout import Fanout
 from balloonctl.serve.parts import AutoControl, Conflict, ServeHealth, Unavailable
 from balloonctl.units import SizeKind, TargetSpec, format_size
 
@@ -44,8 +45,6 @@ __all__ = ["SERVE_REASON", "AutoControl", "Conflict", "HostService", "ServeHealt
 log = logging.getLogger(__name__)
 
 SERVE_REASON = "set through balloonctl serve"  # the journal's reason of an HTTP client's set
-
-STREAM_QUEUE = 256  # items a slow stream reader may fall behind before the oldest are dropped
 
 
 class HostService:
@@ -80,7 +79,7 @@ class HostService:
         self.auto_stopped: str | None = None  # why auto switched itself off
         self._listing: bytes | None = None  # /v1/vms as sent, until a state changes
         self._changes: dict[str, int] = {}  # VM -> changes made through the service
-        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._fanout = Fanout(self.health)  # the stream's readers
         self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop the service runs on
         self._polled = asyncio.Event()
@@ -109,8 +108,7 @@ class HostService:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for queue in list(self._subscribers):
-            self._offer(queue, None)
+        self._fanout.end()
         with contextlib.suppress(BalloonError):
             await self.source.close()
 
@@ -194,20 +192,10 @@ class HostService:
                 # poll now rather than keep the state the event carries: it comes from the
                 # events connection, which may have read it before a change made meanwhile
                 self.poke()
-            self._publish({"type": "event", "host": self.label, "vm": name,
-                           "event": event.name, "timestamp": event.timestamp,
-                           "data": _event_data(event)})
+            self._publish({"type": "event", "host": self.label, **event_to_json(name, event)})
 
     def _publish(self, item: dict[str, Any]) -> None:
-        for queue in list(self._subscribers):
-            self._offer(queue, item)
-
-    def _offer(self, queue: asyncio.Queue[dict[str, Any] | None],
-               item: dict[str, Any] | None) -> None:
-        while queue.full():
-            queue.get_nowait()
-            self.health.stream_dropped += 1
-        queue.put_nowait(item)
+        self._fanout.publish(item)
 
     async def stream(self, *, snapshots: bool = True, events: bool = True,
                      auto: bool = True) -> AsyncIterator[dict[str, Any]]:
@@ -215,23 +203,17 @@ class HostService:
         current one first), ``{"type": "event", "vm", "event", "data"}`` for every event
         (auto's changes among them), and ``{"type": "auto", ...}`` after every auto cycle
         and switch (the last one first). Ends when the service stops."""
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(STREAM_QUEUE)
-        self._subscribers.add(queue)
-        wanted = {"snapshot": snapshots, "event": events, "auto": auto}
-        try:
-            if snapshots:
-                yield {"type": "snapshot", "host": self.label, "time": self.clock(),
-                       "vms": [s.to_json() for s in await self.snapshot()]}
+        async def first() -> list[dict[str, Any]]:
+            items = [{"type": "snapshot", "host": self.label, "time": self.clock(),
+                      "vms": [s.to_json() for s in await self.snapshot()]}] if snapshots else []
             if auto and self.last_cycle is not None:
-                yield self._auto_item()
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if wanted.get(item["type"], False):
-                    yield item
-        finally:
-            self._subscribers.discard(queue)
+                items.append(self._auto_item())
+            return items
+
+        wanted = {"snapshot": snapshots, "event": events, "auto": auto}
+        async with contextlib.aclosing(self._fanout.follow(first, wanted)) as items:
+            async for item in items:
+                yield item
 
     # -- DataSource -----------------------------------------------------------------------
     @property
@@ -483,12 +465,29 @@ class HostService:
             if cycle.applied:
                 self.poke()
 
+    async def reclaim(self, name: str) -> bool:
+        """Take a VM back from another writer: auto manages it again from its next cycle
+        (``AutoControl.reclaim``). False when it was not marked as moved by another writer.
+        Journals nothing, as ``auto --reclaim``.
+
+        Raises:
+            UnknownVM, Unavailable (no controller is wired), and what reading the VM's run
+            raises (ConnectFailed, QMPTimeout, StateFileError...).
+        """
+        self._known(name)
+        auto = self._auto()
+        async with self._lock:  # not alongside a poll or a cycle: one reader of each socket
+            result = (await auto.reclaim([name]))[name]
+        if isinstance(result, BalloonError):
+            raise result.with_vm(name)
+        now = self.latest.get(name)
+        if result and now is not None and now.owner is Owner.FOREIGN:
+            self.latest[name] = now.with_changes(owner=None)  # no mark, no target of ours
+            self._listing = None
+        self.poke()
+        return result
+
     def foreign(self, name: str) -> bool:
         """True while another writer's move of the VM's balloon stands (``Owner.FOREIGN``)."""
         state = self.latest.get(name)
         return state is not None and state.owner is Owner.FOREIGN
-
-
-def _event_data(event: BalloonEvent) -> dict[str, Any]:
-    return {key: value.to_json() if isinstance(value, BalloonState) else value
-            for key, value in event.data.items()}
