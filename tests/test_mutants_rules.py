@@ -97,6 +97,16 @@ def test_left_alone_with_the_documented_words() -> None:
     assert got["ok"].action is Action.HOLD
 
 
+def test_polling_off_is_left_alone_as_stale_saying_so() -> None:
+    # QEMU's default is polling off (interval 0): the stats are frozen however fresh the last
+    # report is, and the reason names the cause. An interval of 1 s is polling, not off.
+    got = run(vm("frozen", polling_interval=0), vm("fast", polling_interval=1), on=STEADY)
+    assert got["frozen"].action is Action.LEAVE and got["frozen"].target is None
+    assert got["frozen"].reason == "left alone: stats are stale (stats polling is off)"
+    assert_documented(got["frozen"].reason)
+    assert got["fast"].action is Action.HOLD
+
+
 def test_the_bounds_at_once() -> None:
     got = run(vm("low", actual=900 * MiB, floor=1 * GiB),
               vm("high", actual=3 * GiB, maximum=2 * GiB), on=STEADY)

@@ -195,6 +195,16 @@ async def test_setting_a_target_drops_the_foreign_mark_other_values_keep_it() ->
     assert "foreign" not in stored(targets) and stored(targets)["target"] == T
 
 
+async def test_a_target_set_at_the_same_time_replaces_only_an_older_one_never_a_later() -> None:
+    # a later target stands (never replaced with an older one); one set at the same instant
+    # is not older, so the last to be recorded stands
+    targets = remembered(store=entry(target=T, target_at=1000.0))
+    await targets.remember(target=2 * T, target_at=999.0)
+    assert (stored(targets)["target"], stored(targets)["target_at"]) == (T, 1000.0)
+    await targets.remember(target=2 * T, target_at=1000.0)
+    assert (stored(targets)["target"], stored(targets)["target_at"]) == (2 * T, 1000.0)
+
+
 def test_the_hint_as_set_on_the_run_else_the_inventory_preference() -> None:
     for preference in (None, False, True):
         targets = remembered(hint=preference)

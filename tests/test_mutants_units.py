@@ -19,7 +19,9 @@ from balloonctl.units import (
     KiB,
     MiB,
     TiB,
+    format_change,
     format_exact,
+    format_size,
     format_size_aligned,
     parse_duration,
     parse_size,
@@ -78,3 +80,13 @@ def test_a_wrong_duration_error_shows_what_a_duration_looks_like(text: str) -> N
     with pytest.raises(SizeError) as info:
         parse_duration(text)
     assert "30s" in str(info.value)
+
+
+def test_a_change_plain_sizes_tell_apart_is_shown_plainly() -> None:
+    # 1537 MiB reads "1.5 GiB" plainly and "1537 MiB" exactly: the exact form is only for a
+    # change that plain sizes would hide, not for one they show, nor for no change at all.
+    odd = 1537 * MiB
+    assert format_size(odd) == "1.5 GiB" != format_exact(odd, with_bytes=False)
+    assert format_change(odd, 3 * GiB) == ("1.5 GiB", "3 GiB")
+    assert format_change(3 * GiB, odd) == ("3 GiB", "1.5 GiB")
+    assert format_change(odd, odd) == ("1.5 GiB", "1.5 GiB")
