@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import uvicorn
@@ -12,7 +14,7 @@ import uvicorn
 from balloonctl.serve import HostService, create_app
 from balloonctl.serve.runner import bind_unix
 
-__all__ = ["serving"]
+__all__ = ["serving", "short_dir"]
 
 
 @asynccontextmanager
@@ -30,3 +32,14 @@ async def serving(service: HostService, sock: Path) -> AsyncIterator[uvicorn.Ser
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 20)
+
+
+@contextmanager
+def short_dir(prefix: str) -> Iterator[Path]:
+    """A new directory under /tmp, removed afterwards: short enough for the sockets of
+    several hosts' fleets and services (a unix socket path has at most 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from idlefleet import idle_fleet
 
 import balloonctl.store as store_module
 from balloonctl.auto import AutoController, Cycle
@@ -35,13 +36,8 @@ SETTINGS = PolicySettings(cycle=1.0, max_step=512 * MiB, psi_threshold=99.0)
 @pytest.fixture
 async def fake_fleet(fake_dir: Path) -> AsyncIterator[FakeFleet]:
     """Three idle 2 GiB guests on a simulated 4 GiB host (no KSM, no swap)."""
-    fleet = FakeFleet(3, fake_dir, ram=RAM, host_mem=4 * GiB,
-                      host={"ksm_run": False, "ksm_fraction": 0.0}, tick=0.01, rate=4 * GiB)
-    await fleet.start()
-    try:
+    async with idle_fleet(fake_dir, ram=RAM, host_mem=4 * GiB) as fleet:
         yield fleet
-    finally:
-        await fleet.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from idlefleet import idle_fleet
 from prometheus_client.parser import text_string_to_metric_families
 
 from balloonctl.auto import AutoController
@@ -42,13 +43,8 @@ async def wait_until(predicate: Callable[[], bool], *, within: float) -> None:
 @pytest.fixture
 async def fake_fleet(fake_dir: Path) -> AsyncIterator[FakeFleet]:
     """Three idle 2 GiB guests on a simulated 4 GiB host (no KSM, no swap)."""
-    fleet = FakeFleet(3, fake_dir, ram=RAM, host_mem=4 * GiB,
-                      host={"ksm_run": False, "ksm_fraction": 0.0}, tick=0.01, rate=4 * GiB)
-    await fleet.start()
-    try:
+    async with idle_fleet(fake_dir, ram=RAM, host_mem=4 * GiB) as fleet:
         yield fleet
-    finally:
-        await fleet.stop()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from idlefleet import idle_fleet
 
 from balloonctl.auto import AutoController
 from balloonctl.changes import JournalRecorder
@@ -53,13 +54,8 @@ async def wait_until(predicate: Callable[[], bool], *, within: float, what: str)
 async def fake_fleet(fake_dir: Path) -> AsyncIterator[FakeFleet]:
     """Three idle 2 GiB guests on a simulated 8 GiB host: room enough that auto has no
     pressure to act on."""
-    fleet = FakeFleet(3, fake_dir, ram=RAM, host_mem=8 * GiB, stats_interval=1,
-                      host={"ksm_run": False, "ksm_fraction": 0.0}, tick=0.01, rate=4 * GiB)
-    await fleet.start()
-    try:
+    async with idle_fleet(fake_dir, ram=RAM, host_mem=8 * GiB, stats_interval=1) as fleet:
         yield fleet
-    finally:
-        await fleet.stop()
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ selected VMs' hosts. Oracles are the services' own JSON (GET /v1/auto, /v1/histo
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from servedapp import serving
+from servedapp import serving, short_dir
 
 from balloonctl.cli.hosts_cmd import ServedHosts, served_host
 from balloonctl.config import scan_dir
@@ -45,11 +43,8 @@ def line_of(host: str, e: dict[str, Any]) -> str:
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ra-", dir="/tmp"))  # short socket paths
-    try:
+    with short_dir("ra-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @asynccontextmanager

@@ -6,14 +6,12 @@ without auto answers with its error line; a source that can do neither says so."
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-import uvicorn
+from servedapp import serving, short_dir
 
 from balloonctl.auto import AutoController
 from balloonctl.changes import JournalRecorder
@@ -24,8 +22,7 @@ from balloonctl.http.client import HttpSource
 from balloonctl.http.hosts import MultiHost
 from balloonctl.journal import Journal, Origin
 from balloonctl.policy import PolicySettings
-from balloonctl.serve import SERVE_REASON, HostService, create_app
-from balloonctl.serve.runner import bind_unix
+from balloonctl.serve import SERVE_REASON, HostService
 from balloonctl.units import GiB, MiB, parse_target
 from tui.app import DashboardApp
 from tui.testing import StaticSource, sample_states, wait_until
@@ -37,11 +34,8 @@ POLICY = PolicySettings(cycle=0.5, psi_threshold=99.0)
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rr-", dir="/tmp"))  # short socket paths
-    try:
+    with short_dir("rr-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @asynccontextmanager
@@ -65,16 +59,10 @@ async def served(root: Path, label: str, *, auto: bool
     service = HostService(source, refs=refs, interval=0.2, host_root=directory / "host",
                           journal=journal, policy=POLICY, auto=controller, label=label)
     sock = root / "run" / f"{label}.sock"
-    listener, temp = bind_unix(sock)
-    temp.rename(sock)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning",
-                                           lifespan="on", timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve(sockets=[listener]))
     try:
-        yield sock, service, fleet
+        async with serving(service, sock):
+            yield sock, service, fleet
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
         await fleet.stop()
 
 
