@@ -4,7 +4,6 @@ lifespan run as uvicorn runs it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
+from waiting import wait_until
 
 from balloonctl.changes import JournalRecorder
 from balloonctl.fake import FakeFleet
@@ -31,14 +31,6 @@ from tui.testing import StaticSource, sample_states
 
 pytestmark = pytest.mark.timeout(60)
 
-
-async def wait_until(predicate: Callable[[], bool], *, within: float) -> None:
-    """Let the service run until ``predicate()`` holds; fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "the condition never held"
-        await asyncio.sleep(0.01)
 
 
 def refs_of(directory: Path, n: int) -> list[VmRef]:

@@ -4,14 +4,14 @@ a HostService over a fake fleet on a simulated host under pressure, switched thr
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from idlefleet import idle_fleet
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_until
 
 from balloonctl.auto import AutoController
 from balloonctl.changes import JournalRecorder
@@ -31,13 +31,6 @@ RAM = 2 * GiB
 # Half-second cycles, big steps; PSI lags (a 10 s average), so only available memory counts.
 POLICY = PolicySettings(cycle=0.5, max_step=512 * MiB, psi_threshold=99.0)
 
-
-async def wait_until(predicate: Callable[[], bool], *, within: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "the condition never held"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from idlefleet import idle_fleet
+from waiting import wait_until
 
 from balloonctl.auto import AutoController
 from balloonctl.changes import JournalRecorder
@@ -41,13 +42,6 @@ pytestmark = pytest.mark.timeout(90)
 RAM = 2 * GiB
 POLICY = PolicySettings(cycle=0.5, max_step=512 * MiB, psi_threshold=99.0)
 
-
-async def wait_until(predicate: Callable[[], bool], *, within: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, f"never: {what}"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import os
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
@@ -72,7 +70,13 @@ def endpoints(hosts: Sequence[str], *, direct: bool,
         UsageError: a bad ``--host`` URL, ``$BALLOONCTL_TOKEN``, config, or configured
             token (file).
     """
-    from balloonctl.serve.paths import ENV_SOCKET, ENV_TOKEN, client_token, default_socket
+    from balloonctl.serve.paths import (
+        ENV_SOCKET,
+        ENV_TOKEN,
+        client_token,
+        default_socket,
+        listening,
+    )
 
     if hosts:
         cfg = None if config is None or os.environ.get(ENV_TOKEN) else config()
@@ -87,19 +91,10 @@ def endpoints(hosts: Sequence[str], *, direct: bool,
     if direct or os.environ.get(ENV_SOCKET) == OFF:
         return None
     sock = default_socket()
-    if not sock.is_socket() or not _answers(sock):
+    if not sock.is_socket() or not listening(sock):
         return None  # no service, or a socket left by one that died: talk QMP directly
     return [Endpoint(label="local", uds=str(sock))]
 
-
-def _answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-        return True
 
 
 def _matches(display: str, name: str, pattern: str) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import socket
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "configured_token",
     "default_socket",
     "ensure_token",
+    "listening",
     "read_token",
     "rotate_token",
     "token_matches",
@@ -180,3 +182,15 @@ def token_matches(given: str | bytes, expected: str) -> bool:
     """Constant-time comparison of a presented token with the expected one."""
     raw = given.encode("latin-1", "replace") if isinstance(given, str) else given
     return hmac.compare_digest(raw, expected.encode("ascii"))
+
+
+def listening(path: Path) -> bool:
+    """True when something accepts connections on the unix socket ``path`` (a service that
+    runs), False for a missing file or a socket left by one that died (within 1 s)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True

@@ -24,6 +24,7 @@ from pathlib import Path
 from balloonctl.errors import UsageError
 from balloonctl.serve.api import create_app
 from balloonctl.serve.guard import Guard, TokenFile
+from balloonctl.serve.paths import listening
 from balloonctl.serve.service import HostService
 
 __all__ = ["Listener", "bind_tcp", "bind_unix", "parse_listen", "serve"]
@@ -86,15 +87,6 @@ def _private_dir(directory: Path) -> None:
         os.chmod(directory, 0o700)
 
 
-def _in_use(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-        return True
-
 
 def bind_unix(path: Path) -> tuple[socket.socket, Path]:
     """A listening unix socket (mode 0600) bound to a temporary name beside ``path``;
@@ -108,7 +100,7 @@ def bind_unix(path: Path) -> tuple[socket.socket, Path]:
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise UsageError(f"{path} exists and is not a socket; remove it or choose another")
-        if _in_use(path):
+        if listening(path):
             raise UsageError(f"another balloonctl serve is listening on {path}")
     temp = path.with_name(f".{path.name}.{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
@@ -225,7 +217,7 @@ async def serve(service: HostService, *, path: Path | None = None,
         for leftover in (temp, path):
             if leftover is not None:
                 with contextlib.suppress(OSError):
-                    if leftover.is_socket() and not _in_use(leftover):
+                    if leftover.is_socket() and not listening(leftover):
                         leftover.unlink()
     if failure:
         raise failure[0]
